@@ -1,0 +1,326 @@
+// MaxPool2d on the CPU: forward (with or without indices) and backward, NCHW and channels_last.
+//
+// Semantics follow PyTorch bit for bit:
+//   - a window covers rows oh*stride - pad + j*dilation (j < kernel); its positions outside the input are
+//     skipped, and its first in-bounds position is where the search starts;
+//   - the running max starts at -inf with the index of that first position, and is replaced when
+//     (val > max || isnan(val)): ties keep the first maximum, NaN propagates (the last NaN of a window wins);
+//   - indices are int64 flat offsets h*W + w into the (H, W) input plane;
+//   - output and indices come in x.suggest_memory_format().
+// The backward scatters grad_out into the positions the indices name, in the order of the outputs, so the
+// sums of overlapping windows are deterministic (each thread owns whole planes, or whole samples for
+// channels_last); half types accumulate in a float buffer.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include "common/checks.h"
+#include "common/shapes.h"
+
+namespace dlkernels {
+namespace {
+
+struct PoolParams {
+  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
+  int64_t N, C, H, W, OH, OW;
+};
+
+// Validates the arguments of every max_pool2d op and computes the output size.
+PoolParams check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                           c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  check_dim(x, 4, "x", op);
+  const auto dtype = x.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+              "dlkernels.", op, ": expected 'x' to be float32, float64, bfloat16 or float16, got ", dtype);
+  check_pair(kernel_size, "kernel_size", op, 1);
+  check_pair(stride, "stride", op, 1);
+  check_pair(padding, "padding", op, 0);
+  check_pair(dilation, "dilation", op, 1);
+  // PyTorch's rule: padding at most half of the kernel size (floor), per dimension. (It also checks
+  // half of the dilated kernel, which is implied since dilation >= 1.)
+  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, "dlkernels.", op,
+              ": expected 'padding' to be at most half of 'kernel_size', got padding=", padding,
+              " and kernel_size=", kernel_size);
+  PoolParams p;
+  p.kh = kernel_size[0];
+  p.kw = kernel_size[1];
+  p.sh = stride[0];
+  p.sw = stride[1];
+  p.ph = padding[0];
+  p.pw = padding[1];
+  p.dh = dilation[0];
+  p.dw = dilation[1];
+  p.N = x.size(0);
+  p.C = x.size(1);
+  p.H = x.size(2);
+  p.W = x.size(3);
+  TORCH_CHECK(p.C > 0 && p.H > 0 && p.W > 0, "dlkernels.", op,
+              ": expected 'x' to have non-zero channels, height and width (only the batch may be empty), got shape ",
+              x.sizes());
+  p.OH = pool_output_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode);
+  p.OW = pool_output_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode);
+  TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the output would be empty: input ", p.H, "x", p.W,
+              " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding,
+              ", dilation=", dilation, ", ceil_mode=", ceil_mode, " gives ", p.OH, "x", p.OW);
+  return p;
+}
+
+// The first in-bounds position of a window starting at `start` (may be negative), stepping by `dilation`.
+inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
+  while (start < 0) start += dilation;
+  return start;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward, NCHW: one task per output row of one plane. For each in-bounds (ih, kw) of the row's windows the
+// inner loop runs over ow, so each output still sees its window positions in row-major order (same ties and
+// NaN rule as a per-output loop), and the loop body is branch-free.
+template <typename scalar_t, bool WithIndices>
+void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = p.N * p.C * p.OH;
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> maxv(p.OW);
+    std::vector<int64_t> maxi(WithIndices ? p.OW : 0);
+    // Per kw: the range of ow whose tap kw is inside the input (iw = ow*sw - pw + kw*dw in [0, W)).
+    std::vector<int64_t> ow_lo(p.kw), ow_hi(p.kw);
+    for (int64_t kw = 0; kw < p.kw; ++kw) {
+      const int64_t off = kw * p.dw - p.pw;  // iw = ow*sw + off
+      const int64_t lo = off >= 0 ? 0 : (-off + p.sw - 1) / p.sw;
+      const int64_t hi_num = p.W - 1 - off;  // ow*sw <= W-1-off
+      const int64_t hi = hi_num < 0 ? -1 : std::min(hi_num / p.sw, p.OW - 1);
+      ow_lo[kw] = lo;
+      ow_hi[kw] = hi;
+    }
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t plane = r / p.OH;
+      const int64_t oh = r % p.OH;
+      const scalar_t* src = in + plane * p.H * p.W;
+      const int64_t ih_start = oh * p.sh - p.ph;
+      const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
+      const int64_t ih0 = first_in_bounds(ih_start, p.dh);
+      acc_t* mv = maxv.data();
+      int64_t* mi = maxi.data();
+      for (int64_t ow = 0; ow < p.OW; ++ow) {
+        mv[ow] = -std::numeric_limits<acc_t>::infinity();
+        if (WithIndices) mi[ow] = ih0 * p.W + first_in_bounds(ow * p.sw - p.pw, p.dw);
+      }
+      for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+        const scalar_t* row = src + ih * p.W;
+        for (int64_t kw = 0; kw < p.kw; ++kw) {
+          const int64_t off = kw * p.dw - p.pw;
+          const int64_t base = ih * p.W + off;
+          for (int64_t ow = ow_lo[kw]; ow <= ow_hi[kw]; ++ow) {
+            const acc_t val = static_cast<acc_t>(row[ow * p.sw + off]);
+            const bool take = (val > mv[ow]) || std::isnan(val);
+            mv[ow] = take ? val : mv[ow];
+            if (WithIndices) mi[ow] = take ? base + ow * p.sw : mi[ow];
+          }
+        }
+      }
+      scalar_t* dst = out + r * p.OW;
+      for (int64_t ow = 0; ow < p.OW; ++ow) dst[ow] = static_cast<scalar_t>(mv[ow]);
+      if (WithIndices) std::copy(mi, mi + p.OW, ind + r * p.OW);
+    }
+  });
+}
+
+// Forward, channels_last: one task per output position (n, oh, ow); the inner loops run contiguously over C
+// with a per-channel max (and index) row.
+template <typename scalar_t, bool WithIndices>
+void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t positions = p.N * p.OH * p.OW;
+  const int64_t C = p.C;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, positions, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> maxv(C);
+    std::vector<int64_t> maxi(WithIndices ? C : 0);
+    acc_t* mv = maxv.data();
+    int64_t* mi = maxi.data();
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t ow = pos % p.OW;
+      const int64_t oh = (pos / p.OW) % p.OH;
+      const int64_t n = pos / (p.OW * p.OH);
+      const int64_t ih_start = oh * p.sh - p.ph;
+      const int64_t iw_start = ow * p.sw - p.pw;
+      const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
+      const int64_t iw1 = std::min(iw_start + (p.kw - 1) * p.dw + 1, p.W);
+      const int64_t ih0 = first_in_bounds(ih_start, p.dh);
+      const int64_t iw0 = first_in_bounds(iw_start, p.dw);
+      const int64_t first = ih0 * p.W + iw0;
+      for (int64_t c = 0; c < C; ++c) {
+        mv[c] = -std::numeric_limits<acc_t>::infinity();
+        if (WithIndices) mi[c] = first;
+      }
+      const scalar_t* src_n = in + n * p.H * p.W * C;
+      for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+        for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+          const int64_t idx = ih * p.W + iw;
+          const scalar_t* src = src_n + idx * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t val = static_cast<acc_t>(src[c]);
+            const bool take = (val > mv[c]) || std::isnan(val);
+            mv[c] = take ? val : mv[c];
+            if (WithIndices) mi[c] = take ? idx : mi[c];
+          }
+        }
+      }
+      scalar_t* dst = out + pos * C;
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(mv[c]);
+      if (WithIndices) std::copy(mi, mi + C, ind + pos * C);
+    }
+  });
+}
+
+template <bool WithIndices>
+std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
+                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  const PoolParams p = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op);
+  const auto fmt = x_in.suggest_memory_format();
+  const at::Tensor x = x_in.contiguous(fmt);
+  const auto opts = x.options().memory_format(fmt);
+  at::Tensor out = at::empty({p.N, p.C, p.OH, p.OW}, opts);
+  at::Tensor ind;
+  if (WithIndices) ind = at::empty({p.N, p.C, p.OH, p.OW}, opts.dtype(at::kLong));
+  if (out.numel() == 0) return {out, ind};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    int64_t* idx = WithIndices ? ind.mutable_data_ptr<int64_t>() : nullptr;
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      pool_forward_nhwc<scalar_t, WithIndices>(src, dst, idx, p);
+    } else {
+      pool_forward_nchw<scalar_t, WithIndices>(src, dst, idx, p);
+    }
+  });
+  return {out, ind};
+}
+
+at::Tensor max_pool2d_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                          c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(pool_forward<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size,
+                                                               c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                               c10::IntArrayRef dilation, bool ceil_mode) {
+  return pool_forward<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward. Indices outside the plane (only possible for a window with no in-bounds position, whose max is
+// -inf, or for indices not produced by the forward) are skipped rather than written out of bounds.
+
+// NCHW: one task per (n, c) plane; gradients add up in output order, in acc_t.
+template <typename scalar_t>
+void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
+  const int64_t planes = p.N * p.C;
+  const int64_t in_plane = p.H * p.W;
+  const int64_t out_plane = p.OH * p.OW;
+  at::parallel_for(0, planes, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(kDirect ? 0 : in_plane);
+    for (int64_t plane = begin; plane < end; ++plane) {
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + plane * in_plane) : buf.data();
+      std::fill(acc, acc + in_plane, acc_t(0));
+      const scalar_t* g = gout + plane * out_plane;
+      const int64_t* id = ind + plane * out_plane;
+      for (int64_t o = 0; o < out_plane; ++o) {
+        const int64_t i = id[o];
+        if (i >= 0 && i < in_plane) acc[i] += static_cast<acc_t>(g[o]);
+      }
+      if (!kDirect) {
+        scalar_t* dst = gin + plane * in_plane;
+        for (int64_t i = 0; i < in_plane; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
+      }
+    }
+  });
+}
+
+// channels_last: one task per sample n, which owns all its channels.
+template <typename scalar_t>
+void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolParams& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
+  const int64_t C = p.C;
+  const int64_t in_plane = p.H * p.W;
+  const int64_t in_sample = in_plane * C;
+  const int64_t out_positions = p.OH * p.OW;
+  at::parallel_for(0, p.N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(kDirect ? 0 : in_sample);
+    for (int64_t n = begin; n < end; ++n) {
+      acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + n * in_sample) : buf.data();
+      std::fill(acc, acc + in_sample, acc_t(0));
+      const scalar_t* g_n = gout + n * out_positions * C;
+      const int64_t* id_n = ind + n * out_positions * C;
+      for (int64_t o = 0; o < out_positions; ++o) {
+        const scalar_t* g = g_n + o * C;
+        const int64_t* id = id_n + o * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = id[c];
+          if (i >= 0 && i < in_plane) acc[i * C + c] += static_cast<acc_t>(g[c]);
+        }
+      }
+      if (!kDirect) {
+        scalar_t* dst = gin + n * in_sample;
+        for (int64_t i = 0; i < in_sample; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
+      }
+    }
+  });
+}
+
+at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
+                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                   c10::IntArrayRef dilation, bool ceil_mode) {
+  constexpr const char* op = "max_pool2d_backward";
+  const PoolParams p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op);
+  check_same_device_dtype(x, "x", grad_out_in, "grad_out", op);
+  TORCH_CHECK(indices_in.device() == x.device(), "dlkernels.", op, ": expected 'indices' on ", x.device(),
+              " like 'x', got ", indices_in.device());
+  TORCH_CHECK(indices_in.scalar_type() == at::kLong, "dlkernels.", op,
+              ": expected 'indices' of dtype int64, got ", indices_in.scalar_type());
+  const std::vector<int64_t> out_shape{p.N, p.C, p.OH, p.OW};
+  TORCH_CHECK(grad_out_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'grad_out' of shape ",
+              c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", grad_out_in.sizes());
+  TORCH_CHECK(indices_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'indices' of shape ",
+              c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", indices_in.sizes());
+
+  const auto fmt = x.suggest_memory_format();
+  at::Tensor grad_in = at::empty(x.sizes(), x.options().memory_format(fmt));
+  if (grad_in.numel() == 0) return grad_in;
+  const at::Tensor grad_out = grad_out_in.contiguous(fmt);
+  const at::Tensor indices = indices_in.contiguous(fmt);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_backward_cpu",
+                                  [&] {
+                                    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+                                    const int64_t* id = indices.const_data_ptr<int64_t>();
+                                    scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+                                    if (fmt == at::MemoryFormat::ChannelsLast) {
+                                      pool_backward_nhwc<scalar_t>(g, id, gi, p);
+                                    } else {
+                                      pool_backward_nchw<scalar_t>(g, id, gi, p);
+                                    }
+                                  });
+  return grad_in;
+}
+
+}  // namespace
+}  // namespace dlkernels
+
+TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
+  m.impl("max_pool2d", &dlkernels::max_pool2d_cpu);
+  m.impl("max_pool2d_with_indices", &dlkernels::max_pool2d_with_indices_cpu);
+  m.impl("max_pool2d_backward", &dlkernels::max_pool2d_backward_cpu);
+}

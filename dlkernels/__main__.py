@@ -1,0 +1,58 @@
+"""`python -m dlkernels info`: versions, how the extension was built, and which backend runs each op."""
+import argparse
+import platform
+import sys
+
+import torch
+
+from . import __version__, _ext
+from .ops import available_backends
+
+
+def info_lines():
+    lines = [
+        f"dlkernels        {__version__}",
+        f"python           {platform.python_version()}",
+        f"torch            {torch.__version__} (CUDA {torch.version.cuda or 'none'})",
+    ]
+    try:
+        import triton
+
+        lines.append(f"triton           {triton.__version__}")
+    except ImportError:
+        lines.append("triton           not installed")
+    if _ext.loaded():
+        build = _ext.build_info()
+        lines += [
+            "extension        dlkernels._C loaded",
+            f"  built against  torch {build['torch_version']}",
+            f"  CUDA kernels   {'yes, CUDA ' + build['cuda_version'] + ', archs ' + build['cuda_archs'] if build['with_cuda'] else 'no (CPU-only build)'}",
+            f"  OpenMP         {'yes' if build['openmp'] else 'no'}, {_ext._C.num_threads()} threads",
+        ]
+        if build["torch_version"] != torch.__version__:
+            lines.append(f"  WARNING        built against torch {build['torch_version']} but running {torch.__version__}: rebuild")
+    else:
+        lines += ["extension        NOT loaded: " + str(_ext.LOAD_ERROR), f"  to fix         {_ext.BUILD_HINT}"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            lines.append(f"GPU {i}            {torch.cuda.get_device_name(i)} (sm_{major}{minor})")
+    else:
+        lines.append("GPU              none visible")
+    lines.append("backends (auto picks the first):")
+    for device, ops in available_backends().items():
+        for op, backends in ops.items():
+            lines.append(f"  {device:5s} {op:12s} {', '.join(backends)}")
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m dlkernels", description=__doc__)
+    parser.add_argument("command", choices=["info"], help="info: versions, build and backends")
+    parser.parse_args(argv)
+    print("\n".join(info_lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

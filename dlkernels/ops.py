@@ -1,0 +1,390 @@
+"""Public functional API of dlkernels.
+
+Each function validates its arguments (errors name the argument), picks a backend and calls either the
+registered custom op torch.ops.dlkernels.<op> (C++ / CUDA kernels through the dispatcher) or the plain
+PyTorch reference. This module also registers the fake kernels (shapes for torch.compile) and the autograd
+formulas of the custom ops; the backward formulas call backward ops that are custom ops themselves, so
+torch.compile(fullgraph=True) traces forward and backward without a graph break.
+"""
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch._prims_common import suggest_memory_format
+
+from . import _ext, reference
+from .reference import ACTIVATIONS
+
+BACKENDS = ("auto", "native", "triton", "reference")
+# The public ops, and every registered custom op (forward and backward): opcheck runs over CUSTOM_OPS.
+OPS = ("linear_act", "conv2d", "max_pool2d")
+CUSTOM_OPS = (
+    "linear_act",
+    "linear_act_backward",
+    "conv2d",
+    "conv2d_backward",
+    "max_pool2d",
+    "max_pool2d_with_indices",
+    "max_pool2d_backward",
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shape formulas (the same as csrc/common/shapes.h)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # With ceil_mode the last window must start inside the input or the left padding.
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_tensor(t, name, op):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"dlkernels.{op}: expected '{name}' to be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"dlkernels.{op}: expected '{name}' to be a floating point tensor, got {t.dtype}")
+
+
+def _check_like(ref, ref_name, t, name, op):
+    if t.device != ref.device:
+        raise ValueError(f"dlkernels.{op}: expected '{name}' on {ref.device} like '{ref_name}', got {t.device}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"dlkernels.{op}: expected '{name}' of dtype {ref.dtype} like '{ref_name}', got {t.dtype}")
+
+
+def _check_activation(activation, op):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"dlkernels.{op}: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+
+
+def _is_int(v):
+    return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
+
+
+def _pair(value, name, op, minimum):
+    """An int or a sequence of one or two ints, as torch.nn.functional accepts, as a list of two ints."""
+    if _is_int(value):
+        pair = [value, value]
+    elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(_is_int(v) for v in value):
+        pair = [value[0], value[0]] if len(value) == 1 else list(value)
+    else:
+        raise TypeError(f"dlkernels.{op}: expected '{name}' to be an int or a pair of ints, got {value!r}")
+    if pair[0] < minimum or pair[1] < minimum:
+        raise ValueError(f"dlkernels.{op}: expected '{name}' to be >= {minimum}, got {value!r}")
+    return pair
+
+
+def _check_spatial_input(x, op):
+    if x.dim() not in (3, 4):
+        raise ValueError(f"dlkernels.{op}: expected 'x' to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backend selection
+
+_warned_missing_extension = False
+
+
+def _select_backend(op, backend, device):
+    global _warned_missing_extension
+    if backend not in BACKENDS:
+        raise ValueError(f"dlkernels.{op}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "reference":
+        return "reference"
+    if backend == "triton":
+        raise RuntimeError(
+            f"dlkernels.{op}: backend='triton' is not available in this install; use 'auto', 'native' or 'reference'"
+        )
+    native = _ext.has_kernel(op, device.type)
+    if backend == "native":
+        if native:
+            return "native"
+        if not _ext.loaded():
+            raise RuntimeError(
+                f"dlkernels.{op}: backend='native' needs the compiled extension dlkernels._C, which did not load "
+                f"({_ext.LOAD_ERROR}); {_ext.BUILD_HINT}"
+            )
+        raise RuntimeError(
+            f"dlkernels.{op}: backend='native' has no kernel for device '{device.type}' in this build "
+            "(see `python -m dlkernels info`)"
+        )
+    # "auto": the best available backend, never an error for a missing one.
+    if native:
+        return "native"
+    if not _ext.loaded() and not _warned_missing_extension:
+        _warned_missing_extension = True
+        warnings.warn(
+            f"dlkernels: the compiled extension did not load ({_ext.LOAD_ERROR}); backend='auto' falls back to "
+            f"the PyTorch reference. To get the kernels, {_ext.BUILD_HINT}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return "reference"
+
+
+def available_backends():
+    """What this install can run now: {device: {op: [backend, ...]}} for the CPU and, when a GPU is
+    visible, CUDA. "auto" picks the first backend of each list."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    result = {}
+    for device in devices:
+        result[device] = {
+            op: (["native"] if _ext.has_kernel(op, device) else []) + ["reference"] for op in OPS
+        }
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def linear_act(x, weight, bias=None, activation="none", backend="auto"):
+    """y = activation(x @ weight.T + bias) over any leading dimensions of x, in one fused kernel."""
+    op = "linear_act"
+    _check_tensor(x, "x", op)
+    _check_tensor(weight, "weight", op)
+    _check_like(x, "x", weight, "weight", op)
+    _check_activation(activation, op)
+    if weight.dim() != 2:
+        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if x.dim() < 1:
+        raise ValueError(f"dlkernels.{op}: expected 'x' to have at least 1 dimension, got a 0-D tensor")
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"dlkernels.{op}: x.shape[-1] ({x.shape[-1]}) must equal weight.shape[1] ({weight.shape[1]}); "
+            f"got x {tuple(x.shape)} and weight {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+        _check_like(x, "x", bias, "bias", op)
+        if tuple(bias.shape) != (weight.shape[0],):
+            raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if _select_backend(op, backend, x.device) == "reference":
+        return reference.linear_act(x, weight, bias, activation)
+    return torch.ops.dlkernels.linear_act(x, weight, bias, activation)
+
+
+def _conv_padding(x, weight, padding, stride, dilation, op):
+    """Resolves padding (int, pair, "same", "valid") to a symmetric pair, padding x on the right/bottom first
+    where "same" needs one more element there (as PyTorch does). Returns (x, padding)."""
+    if not isinstance(padding, str):
+        return x, _pair(padding, "padding", op, 0)
+    if padding == "valid":
+        return x, [0, 0]
+    if padding != "same":
+        raise ValueError(f"dlkernels.{op}: expected 'padding' to be an int, a pair, 'same' or 'valid', got {padding!r}")
+    if stride != [1, 1]:
+        raise ValueError(f"dlkernels.{op}: padding='same' is not supported for strided convolutions (stride={stride})")
+    total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+    left = [t // 2 for t in total]
+    extra = [t - 2 * lo for t, lo in zip(total, left)]  # 0 or 1
+    if any(extra):
+        x = F.pad(x, (0, extra[1], 0, extra[0]))
+    return x, left
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", backend="auto"):
+    """activation(conv2d(x, weight) + bias) with torch.nn.functional.conv2d's arguments, in one fused kernel."""
+    op = "conv2d"
+    _check_tensor(x, "x", op)
+    _check_tensor(weight, "weight", op)
+    _check_like(x, "x", weight, "weight", op)
+    _check_activation(activation, op)
+    _check_spatial_input(x, op)
+    if weight.dim() != 4:
+        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), got shape {tuple(weight.shape)}")
+    if not _is_int(groups) or groups < 1:
+        raise ValueError(f"dlkernels.{op}: expected 'groups' to be a positive int, got {groups!r}")
+    in_channels, out_channels = x.shape[-3], weight.shape[0]
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"dlkernels.{op}: 'groups' ({groups}) must divide the input channels ({in_channels}) and the output channels ({out_channels})"
+        )
+    if weight.shape[1] * groups != in_channels:
+        raise ValueError(
+            f"dlkernels.{op}: expected weight.shape[1] * groups == input channels, got weight {tuple(weight.shape)}, "
+            f"groups={groups} and x {tuple(x.shape)}"
+        )
+    if bias is not None:
+        _check_tensor(bias, "bias", op)
+        _check_like(x, "x", bias, "bias", op)
+        if tuple(bias.shape) != (out_channels,):
+            raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({out_channels},), got {tuple(bias.shape)}")
+    stride = _pair(stride, "stride", op, 1)
+    dilation = _pair(dilation, "dilation", op, 1)
+    x, padding = _conv_padding(x, weight, padding, stride, dilation, op)
+    for i, dim in enumerate(("height", "width")):
+        size, kernel = x.shape[-2 + i], weight.shape[2 + i]
+        if conv_output_size(size, kernel, stride[i], padding[i], dilation[i]) < 1:
+            raise ValueError(
+                f"dlkernels.{op}: the input {dim} ({size}, padded by {padding[i]} on each side) is smaller than "
+                f"the dilated kernel ({dilation[i] * (kernel - 1) + 1})"
+            )
+    batched = x.dim() == 4
+    if not batched:
+        x = x.unsqueeze(0)
+    if _select_backend(op, backend, x.device) == "reference":
+        out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+    else:
+        out = torch.ops.dlkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+    return out if batched else out.squeeze(0)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
+               backend="auto"):
+    """torch.nn.functional.max_pool2d: same output sizes, index values and NaN propagation."""
+    op = "max_pool2d"
+    _check_tensor(x, "x", op)
+    _check_spatial_input(x, op)
+    if any(s == 0 for s in x.shape[-3:]):
+        raise ValueError(f"dlkernels.{op}: expected non-zero channel, height and width sizes, got shape {tuple(x.shape)}")
+    kernel_size = _pair(kernel_size, "kernel_size", op, 1)
+    stride = kernel_size if stride is None or stride == [] or stride == () else _pair(stride, "stride", op, 1)
+    padding = _pair(padding, "padding", op, 0)
+    dilation = _pair(dilation, "dilation", op, 1)
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"dlkernels.{op}: 'padding' ({padding}) must be at most half of 'kernel_size' ({kernel_size})")
+    for i, dim in enumerate(("height", "width")):
+        size = x.shape[-2 + i]
+        if pool_output_size(size, kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode) < 1:
+            raise ValueError(
+                f"dlkernels.{op}: the input {dim} ({size}) is too small for kernel_size={kernel_size}, "
+                f"padding={padding}, dilation={dilation}: the output would be empty"
+            )
+    batched = x.dim() == 4
+    if not batched:
+        x = x.unsqueeze(0)
+    args = (x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    if _select_backend(op, backend, x.device) == "reference":
+        result = reference.max_pool2d(*args, return_indices=return_indices)
+    elif return_indices or (torch.is_grad_enabled() and x.requires_grad):
+        # The backward needs the indices: compute them in the forward rather than again in the backward.
+        result = torch.ops.dlkernels.max_pool2d_with_indices(*args)
+        if not return_indices:
+            result = result[0]
+    else:
+        result = torch.ops.dlkernels.max_pool2d(*args)
+    if batched:
+        return result
+    return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fake kernels and autograd of the custom ops (only when the extension, which defines them, loaded)
+
+
+def _empty_like_format(shape, like, dtype=None):
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=suggest_memory_format(like))
+
+
+def _register_custom_ops():
+    lib = "dlkernels::"
+
+    # linear_act ------------------------------------------------------------------------------------------
+    @torch.library.register_fake(lib + "linear_act")
+    def _(x, weight, bias, activation):
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake(lib + "linear_act_backward")
+    def _(grad_out, x, weight, bias, out, activation, output_mask):
+        return (
+            x.new_empty(x.shape) if output_mask[0] else None,
+            weight.new_empty(weight.shape) if output_mask[1] else None,
+            weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
+        )
+
+    def linear_setup(ctx, inputs, output):
+        x, weight, bias, activation = inputs
+        ctx.activation = activation
+        ctx.save_for_backward(x, weight, bias, output)
+
+    def linear_backward(ctx, grad_out):
+        x, weight, bias, out = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        grad_x, grad_weight, grad_bias = torch.ops.dlkernels.linear_act_backward(
+            grad_out, x, weight, bias, out, ctx.activation, mask
+        )
+        return grad_x, grad_weight, grad_bias, None
+
+    torch.library.register_autograd(lib + "linear_act", linear_backward, setup_context=linear_setup)
+
+    # conv2d ----------------------------------------------------------------------------------------------
+    @torch.library.register_fake(lib + "conv2d")
+    def _(x, weight, bias, stride, padding, dilation, groups, activation):
+        out_h = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
+        out_w = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
+        return _empty_like_format((x.shape[0], weight.shape[0], out_h, out_w), x)
+
+    @torch.library.register_fake(lib + "conv2d_backward")
+    def _(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
+        return (
+            _empty_like_format(x.shape, x) if output_mask[0] else None,
+            weight.new_empty(weight.shape) if output_mask[1] else None,
+            weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
+        )
+
+    def conv_setup(ctx, inputs, output):
+        x, weight, bias, stride, padding, dilation, groups, activation = inputs
+        ctx.conv_args = (stride, padding, dilation, groups, activation)
+        ctx.save_for_backward(x, weight, bias, output)
+
+    def conv_backward(ctx, grad_out):
+        x, weight, bias, out = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+        grad_x, grad_weight, grad_bias = torch.ops.dlkernels.conv2d_backward(
+            grad_out, x, weight, bias, out, *ctx.conv_args, mask
+        )
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "conv2d", conv_backward, setup_context=conv_setup)
+
+    # max_pool2d ------------------------------------------------------------------------------------------
+    def pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
+        return (x.shape[0], x.shape[1]) + tuple(
+            pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
+            for i in range(2)
+        )
+
+    @torch.library.register_fake(lib + "max_pool2d")
+    def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+        return _empty_like_format(pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x)
+
+    @torch.library.register_fake(lib + "max_pool2d_with_indices")
+    def _(x, kernel_size, stride, padding, dilation, ceil_mode):
+        shape = pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+        return _empty_like_format(shape, x), _empty_like_format(shape, x, torch.int64)
+
+    @torch.library.register_fake(lib + "max_pool2d_backward")
+    def _(grad_out, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
+        return _empty_like_format(x.shape, x)
+
+    def pool_setup(ctx, inputs, output):
+        x, *pool_args = inputs
+        ctx.pool_args = pool_args
+        ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
+
+    def pool_backward(ctx, grad_out, *unused_grad_indices):
+        x, indices = ctx.saved_tensors
+        if indices is None:  # the plain op keeps no indices: find them again
+            indices = torch.ops.dlkernels.max_pool2d_with_indices(x, *ctx.pool_args)[1]
+        grad_x = torch.ops.dlkernels.max_pool2d_backward(grad_out, x, indices, *ctx.pool_args)
+        return (grad_x,) + (None,) * len(ctx.pool_args)
+
+    torch.library.register_autograd(lib + "max_pool2d", pool_backward, setup_context=pool_setup)
+    torch.library.register_autograd(lib + "max_pool2d_with_indices", pool_backward, setup_context=pool_setup)
+
+
+if _ext.loaded():
+    _register_custom_ops()

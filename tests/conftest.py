@@ -1,0 +1,71 @@
+"""Shared test helpers: devices, backends, input makers and the one tolerance table."""
+import pytest
+import torch
+
+from dlkernels import _ext
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# Backends under test: every one besides the reference itself.
+BACKENDS = ["native"]
+# Dtypes per device: the CPU kernels do float32, float64 and bfloat16 at least; CUDA adds float16.
+DTYPES = {"cpu": [torch.float32, torch.float64, torch.bfloat16], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
+
+# Tolerances against the float64 reference, keyed by dtype and op kind. "reduce" ops (GEMM, conv) sum many
+# products; "exact" ops (max pooling) select values and must match bit for bit.
+TOLERANCE = {
+    (torch.float64, "reduce"): dict(atol=1e-10, rtol=1e-9),
+    (torch.float32, "reduce"): dict(atol=1e-4, rtol=1e-4),
+}
+# For float16/bfloat16 GEMM and conv the bound is relative to PyTorch's own error in that dtype: the kernel
+# may be off by at most LOW_PRECISION_FACTOR times torch's error (plus one unit in the last place).
+LOW_PRECISION_FACTOR = 2.0
+
+
+def device_params():
+    return [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES]
+
+
+def device_dtype_params():
+    return [(d, t) for d in DEVICES for t in DTYPES[d]]
+
+
+def require_native(device):
+    if not _ext.has_kernel("linear_act", device):
+        pytest.fail(f"the native backend has no {device} kernels: the extension did not build or load ({_ext.LOAD_ERROR})")
+
+
+def make_input(*shape, dtype=torch.float32, device="cpu", seed=0, low=0.1):
+    """Random values away from zero (so relu/max ties at 0 do not decide a test), both signs."""
+    g = torch.Generator().manual_seed(seed)
+    magnitude = torch.rand(*shape, generator=g, dtype=torch.float64) * (1 - low) + low
+    sign = torch.randint(0, 2, shape, generator=g).to(torch.float64) * 2 - 1
+    return (magnitude * sign).to(device=device, dtype=dtype)
+
+
+def assert_close_to_reference(actual, expected64, dtype, torch_same_dtype=None, kind="reduce"):
+    """actual (in dtype) against the float64 reference; torch_same_dtype is PyTorch's own result in dtype,
+    which sets the bound for float16/bfloat16."""
+    assert actual.dtype == dtype, f"result dtype {actual.dtype}, expected {dtype}"
+    assert actual.shape == expected64.shape, f"shape {tuple(actual.shape)}, expected {tuple(expected64.shape)}"
+    actual64 = actual.detach().to("cpu", torch.float64)
+    expected64 = expected64.detach().to("cpu", torch.float64)
+    if (dtype, kind) in TOLERANCE:
+        torch.testing.assert_close(actual64, expected64, **TOLERANCE[(dtype, kind)])
+        return
+    assert torch_same_dtype is not None, "low-precision checks need torch's own result in that dtype"
+    torch_error = (torch_same_dtype.detach().to("cpu", torch.float64) - expected64).abs().max().item() if expected64.numel() else 0.0
+    ulp = torch.finfo(dtype).eps * max(1.0, expected64.abs().max().item() if expected64.numel() else 1.0)
+    error = (actual64 - expected64).abs().max().item() if expected64.numel() else 0.0
+    bound = LOW_PRECISION_FACTOR * torch_error + ulp
+    assert error <= bound, f"max error {error:.3g} > {bound:.3g} ({LOW_PRECISION_FACTOR}x torch's own error {torch_error:.3g} + 1 ulp)"
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """float32 tests compare against float64: TF32 would make them flaky, so keep it off."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+

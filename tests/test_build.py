@@ -1,0 +1,120 @@
+"""The build: what was compiled, the fallback without the extension, `python -m dlkernels info`, the
+CMake library, and the shape formulas the fake kernels share with C++."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+from dlkernels import _ext
+from dlkernels.ops import CUSTOM_OPS, conv_output_size, pool_output_size
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, **env):
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                            env={**os.environ, **env}, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def test_extension_loaded_with_cpu_kernels():
+    assert _ext.loaded(), f"dlkernels._C did not load: {_ext.LOAD_ERROR}"
+    for op in CUSTOM_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", "CPU"), op
+
+
+def test_cuda_kernels_registered_when_built_with_cuda():
+    required = os.environ.get("DLKERNELS_REQUIRE_CUDA_BUILD") == "1"
+    built = _ext.build_info().get("with_cuda", False)
+    if required:
+        assert built, "DLKERNELS_REQUIRE_CUDA_BUILD=1 but dlkernels._C was built without CUDA"
+    if not built:
+        pytest.skip("CPU-only build")
+    assert _ext.build_info()["cuda_archs"], "a CUDA build must record its archs"
+    for op in CUSTOM_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", "CUDA"), op
+
+
+def test_info_tells_the_truth():
+    out = run_python("import sys; from dlkernels.__main__ import main; sys.exit(main(['info']))")
+    build = _ext.build_info()
+    assert "dlkernels._C loaded" in out
+    assert f"built against  torch {build['torch_version']}" in out
+    assert ("CUDA kernels   yes" in out) == build["with_cuda"]
+    assert "cpu   linear_act   native, reference" in out
+
+
+def test_import_without_extension_falls_back_with_one_warning():
+    out = run_python("""
+        import sys, warnings
+        sys.modules["dlkernels._C"] = None  # makes the import of the extension fail
+        import torch, dlkernels
+        x, w = torch.randn(3, 4), torch.randn(2, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = dlkernels.ops.linear_act(x, w, activation="relu")
+            dlkernels.ops.max_pool2d(torch.randn(1, 1, 4, 4), 2)
+        assert len(caught) == 1 and "falls back" in str(caught[0].message), [str(c.message) for c in caught]
+        torch.testing.assert_close(y, torch.relu(x @ w.t()))
+        assert dlkernels.available_backends()["cpu"]["linear_act"] == ["reference"]
+        try:
+            dlkernels.ops.linear_act(x, w, backend="native")
+        except RuntimeError as e:
+            assert "pip install --no-build-isolation" in str(e), e
+        else:
+            raise AssertionError("native must fail without the extension")
+        print("fallback ok")
+    """)
+    assert "fallback ok" in out
+
+
+@pytest.mark.slow
+def test_cmake_library_loads_in_a_fresh_process(tmp_path_factory):
+    """CMakeLists.txt builds csrc/ into a library that torch.ops.load_library can load without Python."""
+    build_dir = os.environ.get("DLKERNELS_CMAKE_BUILD_DIR") or str(tmp_path_factory.mktemp("cmake"))
+    cmake_prefix = torch.utils.cmake_prefix_path
+    configure = ["cmake", "-S", ROOT, "-B", build_dir, f"-DCMAKE_PREFIX_PATH={cmake_prefix}",
+                 "-DCMAKE_BUILD_TYPE=Release", "-DDLKERNELS_WITH_CUDA=OFF"]
+    for cmd in (configure, ["cmake", "--build", build_dir, "-j", str(os.cpu_count() or 2)]):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    library = os.path.join(build_dir, "libdlkernels.so")
+    out = run_python(f"""
+        import torch
+        torch.ops.load_library({library!r})
+        x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
+        y = torch.ops.dlkernels.linear_act(x, w, b, "relu")
+        torch.testing.assert_close(y, torch.relu(torch.nn.functional.linear(x, w, b)))
+        print("cmake library ok")
+    """)
+    assert "cmake library ok" in out
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 9, 17])
+@pytest.mark.parametrize("kernel,stride,padding,dilation", [(1, 1, 0, 1), (2, 2, 0, 1), (3, 2, 1, 1), (2, 3, 1, 1),
+                                                            (3, 1, 1, 2), (3, 3, 0, 2), (4, 2, 2, 1)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+def test_shape_formulas_match_torch(size, kernel, stride, padding, dilation, ceil_mode):
+    x = torch.randn(1, 1, size, size)
+    try:
+        expected = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode).shape[-1]
+    except RuntimeError:
+        expected = None  # torch rejects it: our formula must give an empty output
+    ours = pool_output_size(size, kernel, stride, padding, dilation, ceil_mode)
+    assert ours == expected if expected is not None else ours < 1
+    if dlkernels.ops._ext.loaded() and expected is not None:
+        native = torch.ops.dlkernels.max_pool2d(x, [kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2, ceil_mode)
+        assert native.shape[-1] == expected
+    weight = torch.randn(1, 1, kernel, kernel)
+    try:
+        conv_expected = F.conv2d(x, weight, None, stride, padding, dilation).shape[-1]
+    except RuntimeError:
+        conv_expected = None
+    conv_ours = conv_output_size(size, kernel, stride, padding, dilation)
+    assert conv_ours == conv_expected if conv_expected is not None else conv_ours < 1

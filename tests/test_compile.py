@@ -1,0 +1,62 @@
+"""torch.compile(fullgraph=True) over a small CNN that uses every op, forward and backward."""
+import pytest
+import torch
+
+import dlkernels
+from conftest import device_params, make_input, require_native
+
+
+class TinyNet(torch.nn.Module):
+    """Conv+ReLU -> MaxPool -> Conv+GELU -> MaxPool (with indices) -> Linear+SiLU -> Linear."""
+
+    def __init__(self, device, dtype):
+        super().__init__()
+        p = lambda *shape, seed: torch.nn.Parameter(make_input(*shape, dtype=dtype, device=device, seed=seed) * 0.3)
+        self.w1, self.b1 = p(8, 3, 3, 3, seed=1), p(8, seed=2)
+        self.w2, self.b2 = p(8, 4, 3, 3, seed=3), p(8, seed=4)
+        self.w3, self.b3 = p(16, 8 * 2 * 2, seed=5), p(16, seed=6)
+        self.w4 = p(5, 16, seed=7)
+
+    def forward(self, x):
+        x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu")
+        x = dlkernels.ops.max_pool2d(x, 2)
+        x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding="same", groups=2, activation="gelu")
+        x, _ = dlkernels.ops.max_pool2d(x, 3, 2, 1, return_indices=True)
+        x = dlkernels.ops.linear_act(x.flatten(1), self.w3, self.b3, "silu")
+        return dlkernels.ops.linear_act(x, self.w4, None, "none")
+
+
+def run_and_grads(model, x):
+    out = model(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()) + [x])
+    return out, grads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", device_params())
+def test_compile_fullgraph_forward_backward(device):
+    require_native(device)
+    torch._dynamo.reset()
+    model = TinyNet(device, torch.float32)
+    x = make_input(2, 3, 8, 8, device=device, seed=8).requires_grad_()
+    expected_out, expected_grads = run_and_grads(model, x)
+    compiled = torch.compile(model, fullgraph=True)
+    out, grads = run_and_grads(compiled, x)
+    torch.testing.assert_close(out, expected_out)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected)
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_compile_reduce_overhead_cuda_graphs():
+    """CUDA graphs replay on their own stream: a kernel launched on the default stream gives wrong results."""
+    require_native("cuda")
+    torch._dynamo.reset()
+    model = TinyNet("cuda", torch.float32)
+    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
+    for seed in range(4):  # the first calls record, the later ones replay the graph
+        x = make_input(4, 3, 8, 8, device="cuda", seed=seed)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x).clone(), model(x))

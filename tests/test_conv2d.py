@@ -1,0 +1,119 @@
+"""conv2d against the float64 reference: stride, padding (ints, pairs, same, valid), dilation, groups,
+layouts, unbatched and empty inputs, gradients."""
+import pytest
+import torch
+
+import dlkernels
+from dlkernels import reference
+from conftest import (BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input,
+                      require_native)
+
+CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
+    ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
+    ((1, 4, 17, 13), (6, 3, 2), 2, (1, 0), 1, 2),
+    ((3, 6, 11, 11), (6, 3, 3), 1, 2, 2, 6),  # depthwise, dilated
+    ((2, 3, 8, 8), (4, 1, 1), 1, 0, 1, 1),  # 1x1
+    ((1, 2, 5, 5), (3, 5, 5), 1, 0, 1, 1),  # kernel as large as the input
+    ((1, 3, 9, 8), (4, 4, 2), 1, "same", (2, 1), 1),  # "same" with an asymmetric split
+    ((2, 4, 10, 7), (8, 3, 3), (3, 2), "valid", 1, 4),
+    ((1, 1, 33, 3), (2, 3, 3), (1, 2), (2, 1), (1, 1), 1),
+]
+
+
+def as64(t):
+    return None if t is None else t.detach().to("cpu", torch.float64)
+
+
+def run_case(case, dtype, device, activation, backend="native", channels_last=False, requires_grad=False):
+    (n, c, h, w), (k, kh, kw), stride, padding, dilation, groups = case
+    x = make_input(n, c, h, w, dtype=dtype, device=device, seed=1)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    weight = make_input(k, c // groups, kh, kw, dtype=dtype, device=device, seed=2)
+    bias = make_input(k, dtype=dtype, device=device, seed=3)
+    for t in (x, weight, bias):
+        t.requires_grad_(requires_grad)
+    args = (stride, padding, dilation, groups, activation)
+    out = dlkernels.ops.conv2d(x, weight, bias, *args, backend=backend)
+    return (x, weight, bias), out, args
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("case", CASES)
+def test_forward(backend, device, dtype, activation, case):
+    require_native(device)
+    (x, weight, bias), out, args = run_case(case, dtype, device, activation, backend)
+    expected = reference.conv2d(as64(x), as64(weight), as64(bias), *args)
+    assert_close_to_reference(out, expected, dtype, reference.conv2d(x, weight, bias, *args))
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+def test_every_activation(device, activation):
+    require_native(device)
+    (x, weight, bias), out, args = run_case(CASES[0], torch.float32, device, activation)
+    assert_close_to_reference(out, reference.conv2d(as64(x), as64(weight), as64(bias), *args), torch.float32)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_channels_last_in_channels_last_out(device):
+    require_native(device)
+    (x, weight, bias), out, args = run_case(CASES[1], torch.float32, device, "relu", channels_last=True)
+    torch_out = reference.conv2d(x, weight, bias, *args)
+    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_reference(out, reference.conv2d(as64(x), as64(weight), as64(bias), *args), torch.float32)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_noncontiguous_unbatched_and_no_bias(device):
+    require_native(device)
+    x = make_input(3, 12, 9, device=device)[:, ::2, :]  # 3-D and strided
+    weight = make_input(4, 3, 3, 3, device=device, seed=1)
+    out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="silu", backend="native")
+    expected = reference.conv2d(as64(x).unsqueeze(0), as64(weight), None, 1, 1, 1, 1, "silu").squeeze(0)
+    assert_close_to_reference(out, expected, torch.float32)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_empty_batch(device):
+    require_native(device)
+    x = make_input(0, 3, 8, 8, device=device).requires_grad_()
+    weight = make_input(4, 3, 3, 3, device=device).requires_grad_()
+    bias = make_input(4, device=device).requires_grad_()
+    out = dlkernels.ops.conv2d(x, weight, bias, padding=1, activation="relu", backend="native")
+    assert out.shape == (0, 4, 8, 8)
+    out.sum().backward()
+    assert x.grad.shape == x.shape and torch.equal(weight.grad, torch.zeros_like(weight))
+    assert torch.equal(bias.grad, torch.zeros_like(bias))
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5]])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gradients(device, dtype, activation, case, channels_last):
+    require_native(device)
+    leaves, out, args = run_case(case, dtype, device, activation, channels_last=channels_last, requires_grad=True)
+    grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=4)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    torch_grads = torch.autograd.grad(reference.conv2d(*leaves, *args), leaves, grad_out)
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    grads64 = torch.autograd.grad(reference.conv2d(*leaves64, *args), leaves64, as64(grad_out))
+    for grad, torch_grad, grad64 in zip(grads, torch_grads, grads64):
+        assert_close_to_reference(grad, grad64, dtype, torch_grad)
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+def test_gradcheck_float64(activation):
+    require_native("cpu")
+    x = make_input(2, 4, 5, 6, dtype=torch.float64).requires_grad_()
+    weight = make_input(4, 2, 3, 2, dtype=torch.float64, seed=1).requires_grad_()
+    bias = make_input(4, dtype=torch.float64, seed=2).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *a: dlkernels.ops.conv2d(*a, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
+                                        activation=activation, backend="native"),
+        (x, weight, bias))

@@ -1,0 +1,119 @@
+"""linear_act against the float64 reference: values, gradients, layouts, leading dims, empty inputs."""
+import pytest
+import torch
+
+import dlkernels
+from dlkernels import reference
+from conftest import (BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input,
+                      require_native)
+
+SHAPES = [  # (leading dims of x, K, N)
+    ((1,), 1, 1),
+    ((3,), 17, 33),
+    ((17,), 33, 3),
+    ((33,), 127, 17),
+    ((2, 3), 5, 7),
+    ((2, 1, 4), 9, 1),
+]
+
+
+def reference64(x, weight, bias, activation):
+    as64 = lambda t: None if t is None else t.detach().to("cpu", torch.float64)
+    return reference.linear_act(as64(x), as64(weight), as64(bias), activation)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+@pytest.mark.parametrize("lead,K,N", SHAPES)
+def test_forward(backend, device, dtype, activation, lead, K, N):
+    require_native(device)
+    x = make_input(*lead, K, dtype=dtype, device=device, seed=1)
+    weight = make_input(N, K, dtype=dtype, device=device, seed=2)
+    bias = make_input(N, dtype=dtype, device=device, seed=3)
+    out = dlkernels.ops.linear_act(x, weight, bias, activation, backend=backend)
+    torch_out = reference.linear_act(x, weight, bias, activation)
+    assert_close_to_reference(out, reference64(x, weight, bias, activation), dtype, torch_out)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_no_bias_and_noncontiguous(device, activation):
+    require_native(device)
+    x = make_input(9, 20, device=device).t()  # (20, 9), non-contiguous
+    weight = make_input(6, 18, device=device, seed=4)[:, ::2]  # (6, 9), strided
+    assert not x.is_contiguous() and not weight.is_contiguous()
+    out = dlkernels.ops.linear_act(x, weight, None, activation, backend="native")
+    assert_close_to_reference(out, reference64(x, weight, None, activation), torch.float32)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_empty_and_zero_k(device):
+    require_native(device)
+    weight = make_input(5, 4, device=device)
+    bias = make_input(5, device=device)
+    empty = dlkernels.ops.linear_act(torch.empty(0, 4, device=device), weight, bias, "relu", backend="native")
+    assert empty.shape == (0, 5)
+    # K == 0: the product is empty, the output is act(bias) as with F.linear.
+    x0, w0 = torch.empty(3, 0, device=device), torch.empty(5, 0, device=device)
+    out = dlkernels.ops.linear_act(x0, w0, bias, "sigmoid", backend="native")
+    torch.testing.assert_close(out, torch.sigmoid(bias).expand(3, 5))
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_nan_propagates(device):
+    require_native(device)
+    x = make_input(2, 3, device=device)
+    x[0, 1] = float("nan")
+    out = dlkernels.ops.linear_act(x, make_input(4, 3, device=device), None, "relu", backend="native")
+    assert out[0].isnan().all() and not out[1].isnan().any()
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gradients(device, dtype, activation, with_bias):
+    require_native(device)
+    x = make_input(2, 3, 19, dtype=dtype, device=device, seed=5).requires_grad_()
+    weight = make_input(11, 19, dtype=dtype, device=device, seed=6).requires_grad_()
+    bias = make_input(11, dtype=dtype, device=device, seed=7).requires_grad_() if with_bias else None
+    grad_out = make_input(2, 3, 11, dtype=dtype, device=device, seed=8)
+    leaves = [t for t in (x, weight, bias) if t is not None]
+
+    out = dlkernels.ops.linear_act(x, weight, bias, activation, backend="native")
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    torch_grads = torch.autograd.grad(reference.linear_act(x, weight, bias, activation), leaves, grad_out)
+    leaves64 = [t.detach().to("cpu", torch.float64).requires_grad_() for t in leaves]
+    out64 = reference.linear_act(leaves64[0], leaves64[1], leaves64[2] if with_bias else None, activation)
+    grads64 = torch.autograd.grad(out64, leaves64, grad_out.to("cpu", torch.float64))
+    for grad, torch_grad, grad64 in zip(grads, torch_grads, grads64):
+        assert_close_to_reference(grad, grad64, dtype, torch_grad)
+
+
+def test_only_requested_gradients_are_computed():
+    require_native("cpu")
+    x = make_input(4, 3).requires_grad_()
+    weight = make_input(2, 3)  # frozen
+    bias = make_input(2)
+    grad_x, grad_w, grad_b = torch.ops.dlkernels.linear_act_backward(
+        torch.ones(4, 2), x.detach(), weight, bias, torch.ones(4, 2), "none", [True, False, False])
+    assert grad_x is not None and grad_w is None and grad_b is None
+    out = dlkernels.ops.linear_act(x, weight, bias, "tanh")
+    (grad,) = torch.autograd.grad(out.sum(), [x])
+    assert grad.shape == x.shape
+
+
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+def test_gradcheck_float64(activation):
+    require_native("cpu")
+    x = make_input(3, 4, dtype=torch.float64, seed=9).requires_grad_()
+    weight = make_input(5, 4, dtype=torch.float64, seed=10).requires_grad_()
+    bias = make_input(5, dtype=torch.float64, seed=11).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *a: dlkernels.ops.linear_act(*a, activation=activation, backend="native"), (x, weight, bias))
+
+
+def test_reference_backend_matches_torch():
+    x, weight = make_input(3, 4), make_input(2, 4, seed=1)
+    out = dlkernels.ops.linear_act(x, weight, None, "gelu", backend="reference")
+    torch.testing.assert_close(out, torch.nn.functional.gelu(x @ weight.t()))

@@ -1,0 +1,105 @@
+"""max_pool2d against torch: bit-exact values and indices, PyTorch's output sizes, NaNs, ties, layouts,
+gradients."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+from conftest import BACKENDS, device_dtype_params, device_params, make_input, require_native
+
+CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
+    ((2, 3, 8, 8), 2, None, 0, 1, False),
+    ((2, 3, 9, 11), 3, 2, 1, 1, True),  # overlapping windows
+    ((1, 2, 7, 7), 3, 2, 1, 2, False),
+    ((1, 3, 10, 10), (3, 2), (2, 1), (1, 0), 1, True),
+    ((1, 1, 5, 5), 2, 3, 1, 1, True),  # ceil_mode: the last window would start in the right padding
+    ((2, 5, 17, 33), 3, 1, 1, 1, False),
+    ((1, 4, 6, 5), 3, 3, 0, 1, True),
+    ((3, 2, 1, 9), (1, 3), (1, 2), 0, (1, 2), True),
+]
+
+
+def check_pool(case, dtype, device, backend="native", channels_last=False, values=None):
+    shape, kernel_size, stride, padding, dilation, ceil_mode = case
+    x = make_input(*shape, dtype=dtype, device=device) if values is None else values.to(device, dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    args = (kernel_size, stride, padding, dilation, ceil_mode)
+    out, indices = dlkernels.ops.max_pool2d(x, *args, return_indices=True, backend=backend)
+    torch_out, torch_indices = F.max_pool2d(x, *args, return_indices=True)
+    assert out.shape == torch_out.shape and out.dtype == torch_out.dtype
+    torch.testing.assert_close(out, torch_out, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(indices, torch_indices)
+    plain = dlkernels.ops.max_pool2d(x, *args, backend=backend)
+    torch.testing.assert_close(plain, torch_out, rtol=0, atol=0, equal_nan=True)
+    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(memory_format=torch.channels_last)
+    return x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_forward_bit_exact(backend, device, dtype, channels_last, case):
+    require_native(device)
+    check_pool(case, dtype, device, backend, channels_last)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nans_and_ties(device, channels_last):
+    require_native(device)
+    g = torch.Generator().manual_seed(0)
+    values = torch.randint(-2, 3, (2, 3, 9, 9), generator=g).float()  # many ties
+    values[values == 2] = float("nan")
+    values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
+    for case in CASES[:4]:
+        check_pool(((2, 3, 9, 9),) + case[1:], torch.float32, device, channels_last=channels_last, values=values)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_unbatched_and_empty(device):
+    require_native(device)
+    x = make_input(3, 7, 6, device=device)
+    out, indices = dlkernels.ops.max_pool2d(x, 2, return_indices=True, backend="native")
+    torch_out, torch_indices = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(out, torch_out) and torch.equal(indices, torch_indices)
+    empty = dlkernels.ops.max_pool2d(torch.empty(0, 3, 8, 8, device=device), 2, backend="native")
+    assert empty.shape == (0, 3, 4, 4)
+
+
+@pytest.mark.parametrize("device,dtype", device_dtype_params())
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5]])
+def test_gradients_match_torch(device, dtype, channels_last, case):
+    require_native(device)
+    shape, *args = case
+    x = make_input(*shape, dtype=dtype, device=device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out = dlkernels.ops.max_pool2d(x, *args, backend="native")
+    grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=3)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (torch_grad,) = torch.autograd.grad(F.max_pool2d(x, *args), x, grad_out)
+    # Overlapping windows add several gradients into one element; the order of those additions may
+    # differ, so low precision gets one rounding step of slack.
+    tol = dict(rtol=0, atol=0) if dtype in (torch.float32, torch.float64) else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(grad, torch_grad, **tol)
+    assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_gradient_of_the_plain_op_recomputes_indices():
+    require_native("cpu")
+    x = make_input(1, 2, 6, 6, dtype=torch.float64).requires_grad_()
+    args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
+    (grad,) = torch.autograd.grad(torch.ops.dlkernels.max_pool2d(x, *args).sum(), x)
+    (torch_grad,) = torch.autograd.grad(F.max_pool2d(x, *args).sum(), x)
+    assert torch.equal(grad, torch_grad)
+
+
+def test_gradcheck_float64():
+    require_native("cpu")
+    x = make_input(2, 3, 7, 6, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda t: dlkernels.ops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend="native"), (x,))
