@@ -44,7 +44,7 @@ constexpr int64_t kTileK = 256;
 // stays a good shape when the compiler may use AVX2.
 constexpr int kMR = 4;
 template <typename acc_t> constexpr int kNR = sizeof(acc_t) == 4 ? 4 : 2;
-template <typename acc_t> constexpr int kLanes = 32 / sizeof(acc_t);  // 8 floats or 4 doubles
+template <typename acc_t> constexpr int kLanes = sizeof(acc_t) == 4 ? 8 : 2;
 
 // C[i * ldc + j] += dot(A row i, B row j) over `len` elements, for i < MR, j < NR.
 //

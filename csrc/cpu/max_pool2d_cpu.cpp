@@ -70,7 +70,7 @@ PoolParams check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_size, c1
   p.OW = pool_output_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode);
   TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the output would be empty: input ", p.H, "x", p.W,
               " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding,
-              ", dilation=", dilation, ", ceil_mode=", ceil_mode, " gives ", p.OH, "x", p.OW);
+              ", dilation=", dilation, ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
   return p;
 }
 
@@ -84,13 +84,15 @@ inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
 // Forward, NCHW: one task per output row of one plane. For each in-bounds (ih, kw) of the row's windows the
 // inner loop runs over ow, so each output still sees its window positions in row-major order (same ties and
 // NaN rule as a per-output loop), and the loop body is branch-free.
-template <typename scalar_t, bool WithIndices>
+// index_t is the type of the running index row: int32 when the plane fits (same lane width as the float max
+// row, which lets the compiler vectorise the select), int64 otherwise.
+template <typename scalar_t, bool WithIndices, typename index_t>
 void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = p.N * p.C * p.OH;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> maxv(p.OW);
-    std::vector<int64_t> maxi(WithIndices ? p.OW : 0);
+    std::vector<index_t> maxi(WithIndices ? p.OW : 0);
     // Per kw: the range of ow whose tap kw is inside the input (iw = ow*sw - pw + kw*dw in [0, W)).
     std::vector<int64_t> ow_lo(p.kw), ow_hi(p.kw);
     for (int64_t kw = 0; kw < p.kw; ++kw) {
@@ -109,21 +111,22 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
       const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
       const int64_t ih0 = first_in_bounds(ih_start, p.dh);
       acc_t* mv = maxv.data();
-      int64_t* mi = maxi.data();
+      index_t* mi = maxi.data();
       for (int64_t ow = 0; ow < p.OW; ++ow) {
         mv[ow] = -std::numeric_limits<acc_t>::infinity();
-        if (WithIndices) mi[ow] = ih0 * p.W + first_in_bounds(ow * p.sw - p.pw, p.dw);
+        if (WithIndices) mi[ow] = static_cast<index_t>(ih0 * p.W + first_in_bounds(ow * p.sw - p.pw, p.dw));
       }
       for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
         const scalar_t* row = src + ih * p.W;
         for (int64_t kw = 0; kw < p.kw; ++kw) {
           const int64_t off = kw * p.dw - p.pw;
-          const int64_t base = ih * p.W + off;
+          const index_t base = static_cast<index_t>(ih * p.W + off);
+          const index_t step = static_cast<index_t>(p.sw);
           for (int64_t ow = ow_lo[kw]; ow <= ow_hi[kw]; ++ow) {
             const acc_t val = static_cast<acc_t>(row[ow * p.sw + off]);
             const bool take = (val > mv[ow]) || std::isnan(val);
             mv[ow] = take ? val : mv[ow];
-            if (WithIndices) mi[ow] = take ? base + ow * p.sw : mi[ow];
+            if (WithIndices) mi[ow] = take ? base + static_cast<index_t>(ow) * step : mi[ow];
           }
         }
       }
@@ -136,7 +139,7 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
 
 // Forward, channels_last: one task per output position (n, oh, ow); the inner loops run contiguously over C
 // with a per-channel max (and index) row.
-template <typename scalar_t, bool WithIndices>
+template <typename scalar_t, bool WithIndices, typename index_t>
 void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t positions = p.N * p.OH * p.OW;
@@ -144,9 +147,9 @@ void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
   at::parallel_for(0, positions, grain, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> maxv(C);
-    std::vector<int64_t> maxi(WithIndices ? C : 0);
+    std::vector<index_t> maxi(WithIndices ? C : 0);
     acc_t* mv = maxv.data();
-    int64_t* mi = maxi.data();
+    index_t* mi = maxi.data();
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t ow = pos % p.OW;
       const int64_t oh = (pos / p.OW) % p.OH;
@@ -157,7 +160,7 @@ void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
       const int64_t iw1 = std::min(iw_start + (p.kw - 1) * p.dw + 1, p.W);
       const int64_t ih0 = first_in_bounds(ih_start, p.dh);
       const int64_t iw0 = first_in_bounds(iw_start, p.dw);
-      const int64_t first = ih0 * p.W + iw0;
+      const index_t first = static_cast<index_t>(ih0 * p.W + iw0);
       for (int64_t c = 0; c < C; ++c) {
         mv[c] = -std::numeric_limits<acc_t>::infinity();
         if (WithIndices) mi[c] = first;
@@ -165,8 +168,8 @@ void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
       const scalar_t* src_n = in + n * p.H * p.W * C;
       for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
         for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-          const int64_t idx = ih * p.W + iw;
-          const scalar_t* src = src_n + idx * C;
+          const index_t idx = static_cast<index_t>(ih * p.W + iw);
+          const scalar_t* src = src_n + (ih * p.W + iw) * C;
           for (int64_t c = 0; c < C; ++c) {
             const acc_t val = static_cast<acc_t>(src[c]);
             const bool take = (val > mv[c]) || std::isnan(val);
@@ -198,10 +201,22 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     int64_t* idx = WithIndices ? ind.mutable_data_ptr<int64_t>() : nullptr;
-    if (fmt == at::MemoryFormat::ChannelsLast) {
-      pool_forward_nhwc<scalar_t, WithIndices>(src, dst, idx, p);
+    // Window starts lie below H + pad (resp. W + pad) and a first in-bounds position (even of a window with
+    // none, whose index PyTorch still reports) less than kernel*dilation further: int32 holds every offset
+    // when this bound fits, with room to spare.
+    const bool small = (p.H + p.ph + p.kh * p.dh + 1) * (p.W + p.pw + p.kw * p.dw + 1) < (int64_t(1) << 30);
+    auto run = [&](auto index_tag) {
+      using index_t = decltype(index_tag);
+      if (fmt == at::MemoryFormat::ChannelsLast) {
+        pool_forward_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+      } else {
+        pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+      }
+    };
+    if (!WithIndices || small) {
+      run(int32_t{});
     } else {
-      pool_forward_nchw<scalar_t, WithIndices>(src, dst, idx, p);
+      run(int64_t{});
     }
   });
   return {out, ind};
