@@ -64,7 +64,7 @@ def extension():
         ("DLKERNELS_PYTHON_MODULE", None),
         ("DLKERNELS_TORCH_VERSION", f'"{torch.__version__}"'),
     ]
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is the one torch's headers need (cpp_extension sets it)
     if with_cuda:
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         archs = cuda_arch_list()
@@ -81,7 +81,7 @@ def extension():
             sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=define_macros,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr",
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr",
                                                              "-lineinfo"]},
             extra_link_args=["-fopenmp"],
         )

@@ -57,8 +57,9 @@ template <>
 struct ActivationFn<Activation::ReLU> {
   // NaN propagates as in torch.relu: the comparison is false for NaN, so z is returned.
   template <typename T> static DLK_HOST_DEVICE T forward(T z) { return z < T(0) ? T(0) : z; }
-  // From the output, as torch's threshold_backward: gradient passes where the output is positive.
-  template <typename T> static DLK_HOST_DEVICE T grad(T y) { return y > T(0) ? T(1) : T(0); }
+  // From the output, as torch's threshold_backward: the gradient is blocked where y <= 0 and passes
+  // elsewhere, NaN outputs included.
+  template <typename T> static DLK_HOST_DEVICE T grad(T y) { return y <= T(0) ? T(0) : T(1); }
 };
 
 template <>

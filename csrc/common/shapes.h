@@ -8,8 +8,11 @@
 
 namespace dlkernels {
 
+// Floor division, also for a negative numerator (then the size comes out < 1 and the caller rejects it).
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
 inline int64_t conv_output_size(int64_t in, int64_t kernel, int64_t stride, int64_t padding, int64_t dilation) {
-  return (in + 2 * padding - dilation * (kernel - 1) - 1) / stride + 1;
+  return floor_div(in + 2 * padding - dilation * (kernel - 1) - 1, stride) + 1;
 }
 
 // PyTorch's pooling rule: with ceil_mode the last window may hang over the right edge, but it must start
@@ -18,8 +21,7 @@ inline int64_t pool_output_size(int64_t in, int64_t kernel, int64_t stride, int6
                                 bool ceil_mode) {
   const int64_t span = in + 2 * padding - dilation * (kernel - 1) - 1;
   const int64_t numerator = span + (ceil_mode ? stride - 1 : 0);
-  // Floor division, also for a negative span (then the size comes out < 1 and the caller rejects it).
-  int64_t out = (numerator >= 0 ? numerator / stride : -((-numerator + stride - 1) / stride)) + 1;
+  int64_t out = floor_div(numerator, stride) + 1;
   if (ceil_mode && (out - 1) * stride >= in + padding) --out;
   return out;
 }
