@@ -26,9 +26,23 @@ def build_info():
     return dict(_C.build_info()) if _C is not None else {}
 
 
+def _registered_kernels():
+    """{(op, device_type)} of every kernel the extension registered. Read once at import: the dispatcher
+    query is not traceable by torch.compile, a set lookup is."""
+    if _C is None:
+        return frozenset()
+    ops = [name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("dlkernels::")]
+    return frozenset(
+        (op, device)
+        for op in ops
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", key)
+    )
+
+
+REGISTERED_KERNELS = _registered_kernels()
+
+
 def has_kernel(op, device_type):
     """Whether torch.ops.dlkernels.<op> has a kernel for the device type ("cpu", "cuda")."""
-    if _C is None:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", key)
+    return (op, device_type) in REGISTERED_KERNELS
