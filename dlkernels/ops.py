@@ -6,6 +6,7 @@ PyTorch reference. This module also registers the fake kernels (shapes for torch
 formulas of the custom ops; the backward formulas call backward ops that are custom ops themselves, so
 torch.compile(fullgraph=True) traces forward and backward without a graph break.
 """
+import importlib
 import warnings
 
 import torch
@@ -14,6 +15,15 @@ from torch._prims_common import suggest_memory_format
 
 from . import _ext, reference
 from .reference import ACTIVATIONS
+
+try:
+    _triton = importlib.import_module("dlkernels.triton_ops")
+    _TRITON_IMPORT_ERROR = None
+except ImportError as error:
+    if error.name not in ("triton", "dlkernels.triton_ops"):
+        raise  # a bug in our Triton code must not pass as "Triton is not installed"
+    _triton = None
+    _TRITON_IMPORT_ERROR = error
 
 BACKENDS = ("auto", "native", "triton", "reference")
 # The public ops, and every registered custom op (forward and backward): opcheck runs over CUSTOM_OPS.
@@ -104,9 +114,10 @@ def _select_backend(op, backend, device):
     if backend == "reference":
         return "reference"
     if backend == "triton":
-        raise RuntimeError(
-            f"dlkernels.{op}: backend='triton' is not available in this install; use 'auto', 'native' or 'reference'"
-        )
+        reason = _triton_unavailable(device)
+        if reason:
+            raise RuntimeError(f"dlkernels.{op}: backend='triton' cannot run here: {reason}")
+        return "triton"
     native = _ext.has_kernel(op, device.type)
     if backend == "native":
         if native:
@@ -134,6 +145,13 @@ def _select_backend(op, backend, device):
     return "reference"
 
 
+def _triton_unavailable(device):
+    """None when the Triton kernels can run on the device, else the reason they cannot."""
+    if _triton is None:
+        return f"Triton is not available ({_TRITON_IMPORT_ERROR}); install triton"
+    return _triton.unavailable_reason(device)
+
+
 def available_backends():
     """What this install can run now: {device: {op: [backend, ...]}} for the CPU and, when a GPU is
     visible, CUDA. "auto" picks the first backend of each list."""
@@ -141,7 +159,10 @@ def available_backends():
     result = {}
     for device in devices:
         result[device] = {
-            op: (["native"] if _ext.has_kernel(op, device) else []) + ["reference"] for op in OPS
+            op: (["native"] if _ext.has_kernel(op, device) else [])
+            + ([] if _triton_unavailable(torch.device(device)) else ["triton"])
+            + ["reference"]
+            for op in OPS
         }
     return result
 
@@ -171,8 +192,11 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto"):
         _check_like(x, "x", bias, "bias", op)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    if _select_backend(op, backend, x.device) == "reference":
+    chosen = _select_backend(op, backend, x.device)
+    if chosen == "reference":
         return reference.linear_act(x, weight, bias, activation)
+    if chosen == "triton":
+        return _triton.linear_act(x, weight, bias, activation)
     return torch.ops.dlkernels.linear_act(x, weight, bias, activation)
 
 
@@ -235,8 +259,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     batched = x.dim() == 4
     if not batched:
         x = x.unsqueeze(0)
-    if _select_backend(op, backend, x.device) == "reference":
+    chosen = _select_backend(op, backend, x.device)
+    if chosen == "reference":
         out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+    elif chosen == "triton":
+        out = _triton.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
     else:
         out = torch.ops.dlkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
     return out if batched else out.squeeze(0)
@@ -267,8 +294,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if not batched:
         x = x.unsqueeze(0)
     args = (x, kernel_size, stride, padding, dilation, bool(ceil_mode))
-    if _select_backend(op, backend, x.device) == "reference":
+    chosen = _select_backend(op, backend, x.device)
+    if chosen == "reference":
         result = reference.max_pool2d(*args, return_indices=return_indices)
+    elif chosen == "triton":
+        result = _triton.max_pool2d(*args, return_indices=return_indices)
     elif return_indices or (torch.is_grad_enabled() and x.requires_grad):
         # The backward needs the indices: compute them in the forward rather than again in the backward.
         result = torch.ops.dlkernels.max_pool2d_with_indices(*args)

@@ -1,8 +1,16 @@
 """Shared test helpers: devices, backends, input makers and the one tolerance table."""
+import os
+
 import pytest
 import torch
 
-from dlkernels import _ext
+# Without a GPU the Triton kernels run under the interpreter, which must be chosen before any @triton.jit
+# function is defined, i.e. before dlkernels is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import dlkernels  # noqa: E402
+from dlkernels import _ext  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Backends under test: every one besides the reference itself.
@@ -29,9 +37,16 @@ def device_dtype_params():
     return [(d, t) for d in DEVICES for t in DTYPES[d]]
 
 
-def require_native(device):
-    if not _ext.has_kernel("linear_act", device):
+def require_backend(backend, device):
+    """Fails (never skips) when a backend under test cannot run on the device."""
+    if backend == "native" and not _ext.has_kernel("linear_act", device):
         pytest.fail(f"the native backend has no {device} kernels: the extension did not build or load ({_ext.LOAD_ERROR})")
+    if backend not in dlkernels.available_backends()[device]["linear_act"]:
+        pytest.fail(f"backend {backend!r} cannot run on {device}")
+
+
+def require_native(device):
+    require_backend("native", device)
 
 
 def make_input(*shape, dtype=torch.float32, device="cpu", seed=0, low=0.1):

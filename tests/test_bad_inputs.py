@@ -59,9 +59,11 @@ def test_python_api_rejects(name):
         call()
 
 
-def test_triton_backend_not_available_yet():
-    with pytest.raises(RuntimeError, match="backend='triton' is not available"):
-        ops.linear_act(x2, w2, backend="triton")
+def test_backend_that_cannot_run_on_the_device_says_so():
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run here"):
+        ops.linear_act(meta(x2), meta(w2), backend="triton")
+    with pytest.raises(RuntimeError, match="backend='native' (has no kernel for device 'meta'|needs the compiled)"):
+        ops.linear_act(meta(x2), meta(w2), backend="native")
 
 
 raw = lambda: torch.ops.dlkernels

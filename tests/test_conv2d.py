@@ -6,7 +6,7 @@ import torch
 import dlkernels
 from dlkernels import reference
 from conftest import (BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input,
-                      require_native)
+                      require_backend)
 
 CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
@@ -24,7 +24,7 @@ def as64(t):
     return None if t is None else t.detach().to("cpu", torch.float64)
 
 
-def run_case(case, dtype, device, activation, backend="native", channels_last=False, requires_grad=False):
+def run_case(case, dtype, device, activation, backend, channels_last=False, requires_grad=False):
     (n, c, h, w), (k, kh, kw), stride, padding, dilation, groups = case
     x = make_input(n, c, h, w, dtype=dtype, device=device, seed=1)
     if channels_last:
@@ -38,12 +38,12 @@ def run_case(case, dtype, device, activation, backend="native", channels_last=Fa
     return (x, weight, bias), out, args
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_forward(backend, device, dtype, activation, case):
-    require_native(device)
+    require_backend(backend, device)
     (x, weight, bias), out, args = run_case(case, dtype, device, activation, backend)
     expected = reference.conv2d(as64(x), as64(weight), as64(bias), *args)
     assert_close_to_reference(out, expected, dtype, reference.conv2d(x, weight, bias, *args))
@@ -51,16 +51,18 @@ def test_forward(backend, device, dtype, activation, case):
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
-def test_every_activation(device, activation):
-    require_native(device)
-    (x, weight, bias), out, args = run_case(CASES[0], torch.float32, device, activation)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_activation(backend, device, activation):
+    require_backend(backend, device)
+    (x, weight, bias), out, args = run_case(CASES[0], torch.float32, device, activation, backend)
     assert_close_to_reference(out, reference.conv2d(as64(x), as64(weight), as64(bias), *args), torch.float32)
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_channels_last_in_channels_last_out(device):
-    require_native(device)
-    (x, weight, bias), out, args = run_case(CASES[1], torch.float32, device, "relu", channels_last=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_in_channels_last_out(backend, device):
+    require_backend(backend, device)
+    (x, weight, bias), out, args = run_case(CASES[1], torch.float32, device, "relu", backend, channels_last=True)
     torch_out = reference.conv2d(x, weight, bias, *args)
     assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(memory_format=torch.channels_last)
     assert out.is_contiguous(memory_format=torch.channels_last)
@@ -68,22 +70,24 @@ def test_channels_last_in_channels_last_out(device):
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_noncontiguous_unbatched_and_no_bias(device):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_noncontiguous_unbatched_and_no_bias(backend, device):
+    require_backend(backend, device)
     x = make_input(3, 12, 9, device=device)[:, ::2, :]  # 3-D and strided
     weight = make_input(4, 3, 3, 3, device=device, seed=1)
-    out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="silu", backend="native")
+    out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="silu", backend=backend)
     expected = reference.conv2d(as64(x).unsqueeze(0), as64(weight), None, 1, 1, 1, 1, "silu").squeeze(0)
     assert_close_to_reference(out, expected, torch.float32)
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_empty_batch(device):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend, device):
+    require_backend(backend, device)
     x = make_input(0, 3, 8, 8, device=device).requires_grad_()
     weight = make_input(4, 3, 3, 3, device=device).requires_grad_()
     bias = make_input(4, device=device).requires_grad_()
-    out = dlkernels.ops.conv2d(x, weight, bias, padding=1, activation="relu", backend="native")
+    out = dlkernels.ops.conv2d(x, weight, bias, padding=1, activation="relu", backend=backend)
     assert out.shape == (0, 4, 8, 8)
     out.sum().backward()
     assert x.grad.shape == x.shape and torch.equal(weight.grad, torch.zeros_like(weight))
@@ -94,9 +98,10 @@ def test_empty_batch(device):
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5]])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_gradients(device, dtype, activation, case, channels_last):
-    require_native(device)
-    leaves, out, args = run_case(case, dtype, device, activation, channels_last=channels_last, requires_grad=True)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients(backend, device, dtype, activation, case, channels_last):
+    require_backend(backend, device)
+    leaves, out, args = run_case(case, dtype, device, activation, backend, channels_last=channels_last, requires_grad=True)
     grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=4)
     grads = torch.autograd.grad(out, leaves, grad_out)
     torch_grads = torch.autograd.grad(reference.conv2d(*leaves, *args), leaves, grad_out)
@@ -108,12 +113,13 @@ def test_gradients(device, dtype, activation, case, channels_last):
 
 
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
-def test_gradcheck_float64(activation):
-    require_native("cpu")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend, activation):
+    require_backend(backend, "cpu")
     x = make_input(2, 4, 5, 6, dtype=torch.float64).requires_grad_()
     weight = make_input(4, 2, 3, 2, dtype=torch.float64, seed=1).requires_grad_()
     bias = make_input(4, dtype=torch.float64, seed=2).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda *a: dlkernels.ops.conv2d(*a, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
-                                        activation=activation, backend="native"),
+                                        activation=activation, backend=backend),
         (x, weight, bias))

@@ -5,7 +5,7 @@ import torch
 import dlkernels
 from dlkernels import reference
 from conftest import (BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input,
-                      require_native)
+                      require_backend)
 
 SHAPES = [  # (leading dims of x, K, N)
     ((1,), 1, 1),
@@ -22,12 +22,12 @@ def reference64(x, weight, bias, activation):
     return reference.linear_act(as64(x), as64(weight), as64(bias), activation)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
 @pytest.mark.parametrize("lead,K,N", SHAPES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_forward(backend, device, dtype, activation, lead, K, N):
-    require_native(device)
+    require_backend(backend, device)
     x = make_input(*lead, K, dtype=dtype, device=device, seed=1)
     weight = make_input(N, K, dtype=dtype, device=device, seed=2)
     bias = make_input(N, dtype=dtype, device=device, seed=3)
@@ -38,49 +38,53 @@ def test_forward(backend, device, dtype, activation, lead, K, N):
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("activation", ["none", "relu"])
-def test_no_bias_and_noncontiguous(device, activation):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_bias_and_noncontiguous(backend, device, activation):
+    require_backend(backend, device)
     x = make_input(9, 20, device=device).t()  # (20, 9), non-contiguous
     weight = make_input(6, 18, device=device, seed=4)[:, ::2]  # (6, 9), strided
     assert not x.is_contiguous() and not weight.is_contiguous()
-    out = dlkernels.ops.linear_act(x, weight, None, activation, backend="native")
+    out = dlkernels.ops.linear_act(x, weight, None, activation, backend=backend)
     assert_close_to_reference(out, reference64(x, weight, None, activation), torch.float32)
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_empty_and_zero_k(device):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_and_zero_k(backend, device):
+    require_backend(backend, device)
     weight = make_input(5, 4, device=device)
     bias = make_input(5, device=device)
-    empty = dlkernels.ops.linear_act(torch.empty(0, 4, device=device), weight, bias, "relu", backend="native")
+    empty = dlkernels.ops.linear_act(torch.empty(0, 4, device=device), weight, bias, "relu", backend=backend)
     assert empty.shape == (0, 5)
     # K == 0: the product is empty, the output is act(bias) as with F.linear.
     x0, w0 = torch.empty(3, 0, device=device), torch.empty(5, 0, device=device)
-    out = dlkernels.ops.linear_act(x0, w0, bias, "sigmoid", backend="native")
+    out = dlkernels.ops.linear_act(x0, w0, bias, "sigmoid", backend=backend)
     torch.testing.assert_close(out, torch.sigmoid(bias).expand(3, 5))
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_nan_propagates(device):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates(backend, device):
+    require_backend(backend, device)
     x = make_input(2, 3, device=device)
     x[0, 1] = float("nan")
-    out = dlkernels.ops.linear_act(x, make_input(4, 3, device=device), None, "relu", backend="native")
+    out = dlkernels.ops.linear_act(x, make_input(4, 3, device=device), None, "relu", backend=backend)
     assert out[0].isnan().all() and not out[1].isnan().any()
 
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_gradients(device, dtype, activation, with_bias):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients(backend, device, dtype, activation, with_bias):
+    require_backend(backend, device)
     x = make_input(2, 3, 19, dtype=dtype, device=device, seed=5).requires_grad_()
     weight = make_input(11, 19, dtype=dtype, device=device, seed=6).requires_grad_()
     bias = make_input(11, dtype=dtype, device=device, seed=7).requires_grad_() if with_bias else None
     grad_out = make_input(2, 3, 11, dtype=dtype, device=device, seed=8)
     leaves = [t for t in (x, weight, bias) if t is not None]
 
-    out = dlkernels.ops.linear_act(x, weight, bias, activation, backend="native")
+    out = dlkernels.ops.linear_act(x, weight, bias, activation, backend=backend)
     grads = torch.autograd.grad(out, leaves, grad_out)
     torch_grads = torch.autograd.grad(reference.linear_act(x, weight, bias, activation), leaves, grad_out)
     leaves64 = [t.detach().to("cpu", torch.float64).requires_grad_() for t in leaves]
@@ -91,7 +95,7 @@ def test_gradients(device, dtype, activation, with_bias):
 
 
 def test_only_requested_gradients_are_computed():
-    require_native("cpu")
+    require_backend("native", "cpu")
     x = make_input(4, 3).requires_grad_()
     weight = make_input(2, 3)  # frozen
     bias = make_input(2)
@@ -104,13 +108,14 @@ def test_only_requested_gradients_are_computed():
 
 
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
-def test_gradcheck_float64(activation):
-    require_native("cpu")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend, activation):
+    require_backend(backend, "cpu")
     x = make_input(3, 4, dtype=torch.float64, seed=9).requires_grad_()
     weight = make_input(5, 4, dtype=torch.float64, seed=10).requires_grad_()
     bias = make_input(5, dtype=torch.float64, seed=11).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda *a: dlkernels.ops.linear_act(*a, activation=activation, backend="native"), (x, weight, bias))
+        lambda *a: dlkernels.ops.linear_act(*a, activation=activation, backend=backend), (x, weight, bias))
 
 
 def test_reference_backend_matches_torch():

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import dlkernels
-from conftest import BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input, require_native
+from conftest import BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend
 
 CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
     ((2, 3, 8, 8), 2, None, 0, 1, False),
@@ -19,7 +19,7 @@ CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
 ]
 
 
-def check_pool(case, dtype, device, backend="native", channels_last=False, values=None):
+def check_pool(case, dtype, device, backend, channels_last=False, values=None):
     shape, kernel_size, stride, padding, dilation, ceil_mode = case
     x = make_input(*shape, dtype=dtype, device=device) if values is None else values.to(device, dtype)
     if channels_last:
@@ -36,49 +36,52 @@ def check_pool(case, dtype, device, backend="native", channels_last=False, value
     return x
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_forward_bit_exact(backend, device, dtype, channels_last, case):
-    require_native(device)
+    require_backend(backend, device)
     check_pool(case, dtype, device, backend, channels_last)
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_nans_and_ties(device, channels_last):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nans_and_ties(backend, device, channels_last):
+    require_backend(backend, device)
     g = torch.Generator().manual_seed(0)
     values = torch.randint(-2, 3, (2, 3, 9, 9), generator=g).float()  # many ties
     values[values == 2] = float("nan")
     values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
     for case in CASES[:4]:
-        check_pool(((2, 3, 9, 9),) + case[1:], torch.float32, device, channels_last=channels_last, values=values)
+        check_pool(((2, 3, 9, 9),) + case[1:], torch.float32, device, backend, channels_last=channels_last, values=values)
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_unbatched_and_empty(device):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unbatched_and_empty(backend, device):
+    require_backend(backend, device)
     x = make_input(3, 7, 6, device=device)
-    out, indices = dlkernels.ops.max_pool2d(x, 2, return_indices=True, backend="native")
+    out, indices = dlkernels.ops.max_pool2d(x, 2, return_indices=True, backend=backend)
     torch_out, torch_indices = F.max_pool2d(x, 2, return_indices=True)
     assert torch.equal(out, torch_out) and torch.equal(indices, torch_indices)
-    empty = dlkernels.ops.max_pool2d(torch.empty(0, 3, 8, 8, device=device), 2, backend="native")
+    empty = dlkernels.ops.max_pool2d(torch.empty(0, 3, 8, 8, device=device), 2, backend=backend)
     assert empty.shape == (0, 3, 4, 4)
 
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5]])
-def test_gradients_match_torch(device, dtype, channels_last, case):
-    require_native(device)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_match_torch(backend, device, dtype, channels_last, case):
+    require_backend(backend, device)
     shape, *args = case
     x = make_input(*shape, dtype=dtype, device=device)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
     x.requires_grad_()
-    out = dlkernels.ops.max_pool2d(x, *args, backend="native")
+    out = dlkernels.ops.max_pool2d(x, *args, backend=backend)
     grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=3)
     (grad,) = torch.autograd.grad(out, x, grad_out)
     (torch_grad,) = torch.autograd.grad(F.max_pool2d(x, *args), x, grad_out)
@@ -94,7 +97,7 @@ def test_gradients_match_torch(device, dtype, channels_last, case):
 
 
 def test_gradient_of_the_plain_op_recomputes_indices():
-    require_native("cpu")
+    require_backend("native", "cpu")
     x = make_input(1, 2, 6, 6, dtype=torch.float64).requires_grad_()
     args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
     (grad,) = torch.autograd.grad(torch.ops.dlkernels.max_pool2d(x, *args).sum(), x)
@@ -102,8 +105,9 @@ def test_gradient_of_the_plain_op_recomputes_indices():
     assert torch.equal(grad, torch_grad)
 
 
-def test_gradcheck_float64():
-    require_native("cpu")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend):
+    require_backend(backend, "cpu")
     x = make_input(2, 3, 7, 6, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda t: dlkernels.ops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend="native"), (x,))
+        lambda t: dlkernels.ops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend), (x,))
