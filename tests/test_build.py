@@ -1,6 +1,7 @@
 """The build: what was compiled, the fallback without the extension, `python -m dlkernels info`, the
 CMake library, and the shape formulas the fake kernels share with C++."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -47,7 +48,7 @@ def test_info_tells_the_truth():
     assert "dlkernels._C loaded" in out
     assert f"built against  torch {build['torch_version']}" in out
     assert ("CUDA kernels   yes" in out) == build["with_cuda"]
-    assert "cpu   linear_act   native, reference" in out
+    assert re.search(r"cpu\s+linear_act\s+native, .*reference", out), out
 
 
 def test_import_without_extension_falls_back_with_one_warning():
@@ -62,7 +63,7 @@ def test_import_without_extension_falls_back_with_one_warning():
             dlkernels.ops.max_pool2d(torch.randn(1, 1, 4, 4), 2)
         assert len(caught) == 1 and "falls back" in str(caught[0].message), [str(c.message) for c in caught]
         torch.testing.assert_close(y, torch.relu(x @ w.t()))
-        assert dlkernels.available_backends()["cpu"]["linear_act"] == ["reference"]
+        assert "native" not in dlkernels.available_backends()["cpu"]["linear_act"]
         try:
             dlkernels.ops.linear_act(x, w, backend="native")
         except RuntimeError as e:

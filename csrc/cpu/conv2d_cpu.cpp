@@ -24,22 +24,15 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
+#include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/cpu_utils.h"
 
 namespace dlkernels {
 namespace {
 
 constexpr const char* kOp = "conv2d";
 constexpr const char* kOpBwd = "conv2d_backward";
-
-// Everything the loops need to know about one convolution.
-struct ConvShape {
-  int64_t N, C, H, W;     // input
-  int64_t K, KH, KW;      // output channels, kernel
-  int64_t OH, OW;         // output
-  int64_t sh, sw, ph, pw, dh, dw;
-  int64_t groups, Cg, Kg;  // channels per group, in and out
-};
 
 // The outputs o in [lo, hi) whose input index o * stride + offset lies in [0, in): the tap's valid range.
 struct Range {
@@ -50,70 +43,6 @@ inline Range valid_range(int64_t offset, int64_t stride, int64_t in, int64_t out
   const int64_t hi = (in - 1 - offset) < 0 ? 0 : std::min(out, (in - 1 - offset) / stride + 1);
   return {lo, std::max(lo, hi)};
 }
-
-// ---------------------------------------------------------------------------------------------------------
-// Checks.
-
-void check_supported_dtype(const at::Tensor& t, const char* arg, const char* op) {
-  check_floating(t, arg, op);
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, "dlkernels.", op,
-              ": expected '", arg, "' of dtype float32, float64, bfloat16 or float16, got ", st);
-}
-
-ConvShape check_conv_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                          const char* op) {
-  check_supported_dtype(x, "x", op);
-  check_dim(x, 4, "x", op);
-  check_same_device_dtype(x, "x", weight, "weight", op);
-  check_dim(weight, 4, "weight", op);
-  TORCH_CHECK(x.device().is_cpu(), "dlkernels.", op, ": the CPU kernel got 'x' on ", x.device());
-  check_pair(stride, "stride", op, 1);
-  check_pair(padding, "padding", op, 0);
-  check_pair(dilation, "dilation", op, 1);
-  TORCH_CHECK(groups >= 1, "dlkernels.", op, ": expected 'groups' >= 1, got ", groups);
-  ConvShape s;
-  s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
-  s.K = weight.size(0), s.KH = weight.size(2), s.KW = weight.size(3);
-  s.sh = stride[0], s.sw = stride[1], s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
-  s.groups = groups;
-  // As torch: zero batch and zero channels are fine, an empty image is not.
-  TORCH_CHECK(s.H >= 1 && s.W >= 1, "dlkernels.", op, ": expected 'x' with non-zero height and width, got shape ",
-              x.sizes());
-  TORCH_CHECK(s.C % groups == 0, "dlkernels.", op, ": expected the input channels (", s.C,
-              ") to be divisible by 'groups' (", groups, ")");
-  TORCH_CHECK(s.K % groups == 0, "dlkernels.", op, ": expected the output channels (weight.size(0) = ", s.K,
-              ") to be divisible by 'groups' (", groups, ")");
-  s.Cg = s.C / groups;
-  s.Kg = s.K / groups;
-  TORCH_CHECK(weight.size(1) == s.Cg, "dlkernels.", op, ": expected weight.size(1) to be in_channels / groups = ",
-              s.C, " / ", groups, " = ", s.Cg, ", got ", weight.size(1), " (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(s.K >= 1, "dlkernels.", op, ": expected at least one output channel (weight.size(0) >= 1), got ",
-              "weight shape ", weight.sizes());
-  TORCH_CHECK(s.KH >= 1 && s.KW >= 1, "dlkernels.", op, ": expected a kernel of at least 1 x 1, got weight shape ",
-              weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same_device_dtype(x, "x", *bias, "bias", op);
-    check_dim(*bias, 1, "bias", op);
-    TORCH_CHECK(bias->size(0) == s.K, "dlkernels.", op, ": expected 'bias' of size ", s.K,
-                " (weight.size(0)), got ", bias->size(0));
-  }
-  // Checked before the output-size formula, whose integer division would round a negative span up to 0.
-  const int64_t eff_h = s.dh * (s.KH - 1) + 1, eff_w = s.dw * (s.KW - 1) + 1;
-  TORCH_CHECK(s.H + 2 * s.ph >= eff_h && s.W + 2 * s.pw >= eff_w, "dlkernels.", op, ": input (H x W after padding) is ",
-              "smaller than the dilated kernel: input ", s.H + 2 * s.ph, " x ", s.W + 2 * s.pw,
-              " (with padding ", padding, "), dilated kernel ", eff_h, " x ", eff_w);
-  s.OH = conv_output_size(s.H, s.KH, s.sh, s.ph, s.dh);
-  s.OW = conv_output_size(s.W, s.KW, s.sw, s.pw, s.dw);
-  TORCH_CHECK(s.OH >= 1 && s.OW >= 1, "dlkernels.", op, ": output size ", s.OH, " x ", s.OW, " is too small");
-  return s;
-}
-
-bool has_bias(const std::optional<at::Tensor>& bias) { return bias.has_value() && bias->defined(); }
-
-// An NCHW-contiguous copy in the accumulation dtype (no copy when t already is one).
-at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc_type) { return t.contiguous().to(acc_type); }
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward: output planes in blocks of KB output channels of one group. The block shares every input load KB
@@ -187,7 +116,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                       c10::string_view activation) {
   const Activation act = parse_activation(activation);
-  const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp);
+  const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   const auto memory_format = x.suggest_memory_format();
   at::Tensor out = at::empty({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out.contiguous(memory_format);
@@ -237,7 +166,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
-  const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOpBwd);
+  const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOpBwd, c10::DeviceType::CPU);
   check_same_device_dtype(x, "x", grad_out, "grad_out", kOpBwd);
   check_same_device_dtype(x, "x", out, "out", kOpBwd);
   const std::array<int64_t, 4> y_shape = {s.N, s.K, s.OH, s.OW};

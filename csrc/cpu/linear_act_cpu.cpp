@@ -22,6 +22,8 @@
 
 #include "common/activation.h"
 #include "common/checks.h"
+#include "common/op_args.h"
+#include "cpu/cpu_utils.h"
 
 namespace dlkernels {
 namespace {
@@ -125,57 +127,14 @@ void gemm_nt(const acc_t* A, const acc_t* B, int64_t M, int64_t N, int64_t K, co
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Checks and shapes.
-
-void check_supported_dtype(const at::Tensor& t, const char* arg, const char* op) {
-  check_floating(t, arg, op);
-  const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, "dlkernels.", op,
-              ": expected '", arg, "' of dtype float32, float64, bfloat16 or float16, got ", st);
-}
-
-// Checks x, weight and bias; returns (M, N, K) with M the product of the leading dims of x.
-std::array<int64_t, 3> check_linear_args(const at::Tensor& x, const at::Tensor& weight,
-                                         const std::optional<at::Tensor>& bias, const char* op) {
-  check_supported_dtype(x, "x", op);
-  TORCH_CHECK(x.dim() >= 1, "dlkernels.", op, ": expected 'x' to have at least 1 dimension, got a 0-d tensor");
-  check_same_device_dtype(x, "x", weight, "weight", op);
-  check_dim(weight, 2, "weight", op);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "dlkernels.", op, ": expected the last dimension of 'x' (",
-              x.size(-1), ") to equal weight.size(1) (", weight.size(1), "); x has shape ", x.sizes(),
-              ", weight has shape ", weight.sizes());
-  if (bias.has_value() && bias->defined()) {
-    check_same_device_dtype(x, "x", *bias, "bias", op);
-    check_dim(*bias, 1, "bias", op);
-    TORCH_CHECK(bias->size(0) == weight.size(0), "dlkernels.", op, ": expected 'bias' of size ", weight.size(0),
-                " (weight.size(0)), got ", bias->size(0));
-  }
-  TORCH_CHECK(x.device().is_cpu(), "dlkernels.", op, ": the CPU kernel got 'x' on ", x.device());
-  int64_t M = 1;
-  for (int64_t d = 0; d + 1 < x.dim(); ++d) M *= x.size(d);  // not numel()/K: K may be 0
-  return {M, weight.size(0), weight.size(1)};
-}
-
-std::vector<int64_t> output_shape(const at::Tensor& x, int64_t N) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = N;
-  return shape;
-}
-
-// A contiguous copy in the accumulation dtype (no copy at all when x already is one).
-at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc_type) { return t.contiguous().to(acc_type); }
-
-bool has_bias(const std::optional<at::Tensor>& bias) { return bias.has_value() && bias->defined(); }
-
-// ---------------------------------------------------------------------------------------------------------
 // Forward.
 
 at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           c10::string_view activation) {
   const Activation act = parse_activation(activation);
-  const std::array<int64_t, 3> mnk = check_linear_args(x, weight, bias, kOp);
-  const int64_t M = mnk[0], N = mnk[1], K = mnk[2];
-  at::Tensor out = at::empty(output_shape(x, N), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const LinearShape shape = check_linear_args(x, weight, bias, kOp, c10::DeviceType::CPU);
+  const int64_t M = shape.M, N = shape.N, K = shape.K;
+  at::Tensor out = at::empty(shape.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (M == 0 || N == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_linear_act_cpu", [&] {
@@ -213,11 +172,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
-  const std::array<int64_t, 3> mnk = check_linear_args(x, weight, bias, kOpBwd);
-  const int64_t M = mnk[0], N = mnk[1], K = mnk[2];
+  const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
+  const int64_t M = shape.M, N = shape.N, K = shape.K;
   check_same_device_dtype(x, "x", grad_out, "grad_out", kOpBwd);
   check_same_device_dtype(x, "x", out, "out", kOpBwd);
-  const std::vector<int64_t> y_shape = output_shape(x, N);
+  const std::vector<int64_t>& y_shape = shape.out_shape;
   TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'grad_out' of shape ",
               at::IntArrayRef(y_shape), " (the output's), got ", grad_out.sizes());
   TORCH_CHECK(out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'out' of shape ",

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -24,55 +25,11 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/op_args.h"
 #include "common/shapes.h"
 
 namespace dlkernels {
 namespace {
-
-struct PoolParams {
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-  int64_t N, C, H, W, OH, OW;
-};
-
-// Validates the arguments of every max_pool2d op and computes the output size.
-PoolParams check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                           c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  check_dim(x, 4, "x", op);
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
-              "dlkernels.", op, ": expected 'x' to be float32, float64, bfloat16 or float16, got ", dtype);
-  check_pair(kernel_size, "kernel_size", op, 1);
-  check_pair(stride, "stride", op, 1);
-  check_pair(padding, "padding", op, 0);
-  check_pair(dilation, "dilation", op, 1);
-  // PyTorch's rule: padding at most half of the kernel size (floor), per dimension. (It also checks
-  // half of the dilated kernel, which is implied since dilation >= 1.)
-  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, "dlkernels.", op,
-              ": expected 'padding' to be at most half of 'kernel_size', got padding=", padding,
-              " and kernel_size=", kernel_size);
-  PoolParams p;
-  p.kh = kernel_size[0];
-  p.kw = kernel_size[1];
-  p.sh = stride[0];
-  p.sw = stride[1];
-  p.ph = padding[0];
-  p.pw = padding[1];
-  p.dh = dilation[0];
-  p.dw = dilation[1];
-  p.N = x.size(0);
-  p.C = x.size(1);
-  p.H = x.size(2);
-  p.W = x.size(3);
-  TORCH_CHECK(p.C > 0 && p.H > 0 && p.W > 0, "dlkernels.", op,
-              ": expected 'x' to have non-zero channels, height and width (only the batch may be empty), got shape ",
-              x.sizes());
-  p.OH = pool_output_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode);
-  p.OW = pool_output_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode);
-  TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the output would be empty: input ", p.H, "x", p.W,
-              " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding,
-              ", dilation=", dilation, ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
-  return p;
-}
 
 // The first in-bounds position of a window starting at `start` (may be negative), stepping by `dilation`.
 inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
@@ -87,7 +44,7 @@ inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
 // index_t is the type of the running index row: int32 when the plane fits (same lane width as the float max
 // row, which lets the compiler vectorise the select), int64 otherwise.
 template <typename scalar_t, bool WithIndices, typename index_t>
-void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
+void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = p.N * p.C * p.OH;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -140,7 +97,7 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
 // Forward, channels_last: one task per output position (n, oh, ow); the inner loops run contiguously over C
 // with a per-channel max (and index) row.
 template <typename scalar_t, bool WithIndices, typename index_t>
-void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolParams& p) {
+void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t positions = p.N * p.OH * p.OW;
   const int64_t C = p.C;
@@ -189,7 +146,7 @@ template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
                                                 c10::IntArrayRef stride, c10::IntArrayRef padding,
                                                 c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolParams p = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op);
+  const PoolShape p = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
   const auto opts = x.options().memory_format(fmt);
@@ -239,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor&
 
 // NCHW: one task per (n, c) plane; gradients add up in output order, in acc_t.
 template <typename scalar_t>
-void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolParams& p) {
+void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t planes = p.N * p.C;
@@ -266,7 +223,7 @@ void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
 
 // channels_last: one task per sample n, which owns all its channels.
 template <typename scalar_t>
-void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolParams& p) {
+void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t C = p.C;
@@ -300,7 +257,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tens
                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                    c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
-  const PoolParams p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op);
+  const PoolShape p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   check_same_device_dtype(x, "x", grad_out_in, "grad_out", op);
   TORCH_CHECK(indices_in.device() == x.device(), "dlkernels.", op, ": expected 'indices' on ", x.device(),
               " like 'x', got ", indices_in.device());
