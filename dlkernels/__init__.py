@@ -2,10 +2,13 @@
 
     import dlkernels
     y = dlkernels.ops.linear_act(x, weight, bias, activation="relu")
+    model = dlkernels.convert(torchvision.models.vgg11())   # swap in the fused layers
 """
-from . import _ext, ops, reference
+from . import _ext, nn, ops, reference
+from .nn import convert, revert
 from .ops import ACTIVATIONS, BACKENDS, available_backends
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "reference", "available_backends", "ACTIVATIONS", "BACKENDS", "__version__"]
+__all__ = ["ops", "nn", "reference", "convert", "revert", "available_backends", "ACTIVATIONS", "BACKENDS",
+           "__version__"]

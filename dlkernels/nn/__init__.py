@@ -1,0 +1,27 @@
+"""Drop-in torch.nn layers backed by dlkernels.ops, and model conversion.
+
+    import dlkernels.nn
+    layer = dlkernels.nn.Conv2d(3, 16, 3, padding=1, activation="relu")   # like nn.Conv2d + nn.ReLU
+    model, report = dlkernels.nn.convert(torch_model, return_report=True) # swap + fuse, on a copy
+    print(report)
+    torch_model_again = dlkernels.nn.revert(model)
+
+See layers.py for the layers and convert.py for convert()/revert() and the report they give.
+"""
+from .convert import ConversionReport, Converted, Fused, Left, convert, revert
+from .layers import Conv2d, FusedActivation, Linear, MaxPool2d, activation_module, activation_name
+
+__all__ = [
+    "Linear",
+    "Conv2d",
+    "MaxPool2d",
+    "FusedActivation",
+    "convert",
+    "revert",
+    "ConversionReport",
+    "Converted",
+    "Fused",
+    "Left",
+    "activation_name",
+    "activation_module",
+]

@@ -1,0 +1,234 @@
+"""Drop-in replacements for torch.nn.Linear, Conv2d and MaxPool2d that run through dlkernels.ops.
+
+Each layer is a subclass of the torch.nn layer it replaces: same constructor arguments (plus the keyword-only
+``activation=`` and ``backend=``), same parameters, same ``state_dict`` keys, so a checkpoint saved from the
+torch layer loads into ours and back. ``activation`` is fused into the layer's kernel (``"none"``, ``"relu"``,
+``"sigmoid"``, ``"tanh"``, ``"gelu"`` (erf form, ``nn.GELU()``), ``"gelu_tanh"`` (``nn.GELU("tanh")``),
+``"silu"``); ``backend`` is passed to every call of ``dlkernels.ops`` (``"auto"``, ``"native"``, ``"triton"``,
+``"reference"``).
+
+    layer = dlkernels.nn.Conv2d(3, 16, 3, padding=1, activation="relu")
+    fast = dlkernels.nn.Linear.from_torch(torch_linear, activation="gelu")   # shares torch_linear's parameters
+    plain = fast.to_torch()                                                   # back to torch.nn.Linear
+"""
+import copy
+
+import torch.nn.functional as F
+from torch import nn
+
+from .. import ops
+from ..ops import ACTIVATIONS, BACKENDS
+
+__all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "activation_name", "activation_module"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Activations: the torch.nn modules that can be fused, and back
+
+
+def activation_name(module):
+    """The dlkernels activation string of a torch.nn activation module that can be fused, else None.
+
+    Only the exact classes count (a subclass may change the function): nn.ReLU -> "relu", nn.Sigmoid ->
+    "sigmoid", nn.Tanh -> "tanh", nn.GELU() -> "gelu", nn.GELU(approximate="tanh") -> "gelu_tanh",
+    nn.SiLU -> "silu"."""
+    kind = type(module)
+    if kind is nn.ReLU:
+        return "relu"
+    if kind is nn.Sigmoid:
+        return "sigmoid"
+    if kind is nn.Tanh:
+        return "tanh"
+    if kind is nn.GELU:
+        return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
+    if kind is nn.SiLU:
+        return "silu"
+    return None
+
+
+def activation_module(name):
+    """A new torch.nn module computing the dlkernels activation ``name`` (None for "none")."""
+    _check_activation(name)
+    return {
+        "none": lambda: None,
+        "relu": nn.ReLU,
+        "sigmoid": nn.Sigmoid,
+        "tanh": nn.Tanh,
+        "gelu": nn.GELU,
+        "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+        "silu": nn.SiLU,
+    }[name]()
+
+
+def _check_activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"dlkernels.nn: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return activation
+
+
+def _check_backend(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"dlkernels.nn: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Moving a module's state between classes without copying its tensors
+
+
+def _rebuild(module, cls, drop=()):
+    """A new instance of cls holding module's state: the same Parameter and buffer objects (shared, not
+    copied), submodules, hooks, training flag and attributes. The containers are copied, so registering a
+    parameter or hook on one module later does not change the other."""
+    new = cls.__new__(cls)
+    state = {}
+    for key, value in module.__dict__.items():
+        if key in drop:
+            continue
+        state[key] = copy.copy(value) if isinstance(value, (dict, set, list)) else value
+    new.__dict__.update(state)
+    return new
+
+
+class _DlkLayer:
+    """Mixin with what the three layers share: the torch base class, from_torch/to_torch and the repr."""
+
+    _torch_class = None  # the torch.nn class this layer replaces
+    _own_attributes = ("activation", "backend", "_fused_by_convert")
+
+    @classmethod
+    def from_torch(cls, layer, activation="none", backend="auto"):
+        """A dlkernels layer that shares ``layer``'s parameters and buffers (no copy: training one trains the
+        other), with its hooks, training flag and other attributes.
+
+        ``layer`` must be an instance of the torch.nn class this layer replaces (or of a subclass: then its
+        own forward is not used, ours is). ``activation`` is applied after the layer, fused into its kernel.
+        """
+        if not isinstance(layer, cls._torch_class):
+            raise TypeError(
+                f"dlkernels.nn.{cls.__name__}.from_torch: expected a torch.nn.{cls._torch_class.__name__}, "
+                f"got {type(layer).__name__}"
+            )
+        new = _rebuild(layer, cls, drop=cls._own_attributes)
+        new._set_options(activation, backend)
+        return new
+
+    def to_torch(self):
+        """The plain torch.nn layer with the same (shared) parameters, buffers, hooks and attributes.
+
+        A fused activation is not part of it: see ``activation_module()``, or use ``dlkernels.revert`` on the
+        whole model, which puts the original activation modules back."""
+        return _rebuild(self, self._torch_class, drop=self._own_attributes)
+
+    def activation_module(self):
+        """A new torch.nn module computing this layer's fused activation, or None when there is none."""
+        return activation_module(self.activation)
+
+    def _set_options(self, activation, backend):
+        self.activation = _check_activation(activation)
+        self.backend = _check_backend(backend)
+        self._fused_by_convert = False
+
+    def extra_repr(self):
+        options = f"backend={self.backend!r}"
+        if getattr(self, "activation", None) is not None:
+            options = f"activation={self.activation!r}, " + options
+        base = super().extra_repr()
+        return f"{base}, {options}" if base else options
+
+
+class Linear(_DlkLayer, nn.Linear):
+    """torch.nn.Linear computing ``activation(x @ weight.T + bias)`` with ``dlkernels.ops.linear_act``.
+
+    Same arguments as torch.nn.Linear plus ``activation`` (fused after the bias) and ``backend``."""
+
+    _torch_class = nn.Linear
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, activation="none",
+                 backend="auto"):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._set_options(activation, backend)
+
+    def forward(self, input):
+        return ops.linear_act(input, self.weight, self.bias, self.activation, self.backend)
+
+
+class Conv2d(_DlkLayer, nn.Conv2d):
+    """torch.nn.Conv2d computing ``activation(conv2d(x) + bias)`` with ``dlkernels.ops.conv2d``.
+
+    Same arguments as torch.nn.Conv2d plus ``activation`` and ``backend``. ``padding_mode`` other than
+    "zeros" ("reflect", "replicate", "circular") works the way torch does it: the input is padded with
+    F.pad first, then convolved without padding."""
+
+    _torch_class = nn.Conv2d
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation="none", backend="auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
+                         dtype=dtype)
+        self._set_options(activation, backend)
+
+    def _conv_forward(self, input, weight, bias):
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                          self.activation, self.backend)
+
+    def forward(self, input):
+        return self._conv_forward(input, self.weight, self.bias)
+
+
+class MaxPool2d(_DlkLayer, nn.MaxPool2d):
+    """torch.nn.MaxPool2d computed with ``dlkernels.ops.max_pool2d``; same arguments plus ``backend``.
+
+    It has no ``activation`` (max pooling commutes with the monotonic activations anyway)."""
+
+    _torch_class = nn.MaxPool2d
+    _own_attributes = ("backend", "_fused_by_convert")
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
+                 *, backend="auto"):
+        super().__init__(kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         return_indices=return_indices, ceil_mode=ceil_mode)
+        self._set_options(None, backend)
+
+    @classmethod
+    def from_torch(cls, layer, backend="auto"):
+        """A dlkernels MaxPool2d with ``layer``'s settings, hooks and attributes."""
+        return super().from_torch(layer, activation=None, backend=backend)
+
+    def _set_options(self, activation, backend):
+        if activation is not None:
+            raise TypeError("dlkernels.nn.MaxPool2d has no activation")
+        self.backend = _check_backend(backend)
+        self._fused_by_convert = False
+
+    def activation_module(self):
+        return None
+
+    def forward(self, input):
+        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                              self.return_indices, self.backend)
+
+
+class FusedActivation(nn.Module):
+    """What ``dlkernels.convert`` leaves where an activation module was fused into the layer before it.
+
+    It returns its input unchanged (the layer already applied the activation) and holds no parameters, so the
+    model's ``state_dict`` keys do not change. ``original`` is the activation module it stands for (kept
+    outside the module tree); ``into`` names the layer that computes it. ``dlkernels.revert`` puts
+    ``original`` back."""
+
+    def __init__(self, original, into):
+        super().__init__()
+        object.__setattr__(self, "original", original)  # not a submodule: it must not show in modules()
+        self.into = into
+
+    def forward(self, input):
+        return input
+
+    def extra_repr(self):
+        return f"{self.original!r}, into={self.into!r}"
