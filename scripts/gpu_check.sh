@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one command that validates dlkernels on a GPU machine (H100/H200): builds the extension there, runs
 # the whole test suite (CUDA tests included, CUDA build required), and prints a short summary last.
-# Logs and results go under $OUT (default ./gpu-check-out). Must finish well inside 8 minutes.
+# Logs and results go under $OUT (default ./gpu-check-out); the device tool returns at most 8 files, so
+# keep it to machine.txt, build/info/tests/bench logs and bench.{csv,json,png}. Must finish well inside
+# 8 minutes. Afterwards copy $OUT/bench.* to benchmarks/results/<device-slug>/ and commit them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu-check-out}
@@ -29,7 +31,9 @@ step() {  # step NAME TIMEOUT CMD...: runs CMD with a time limit, logs to $OUT/N
 
 if step build 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -e .; then
   step info 60 "$PYTHON" -m dlkernels info
-  step tests 300 "$PYTHON" -m pytest -q -x --junitxml="$OUT/tests.xml"
+  step tests 300 "$PYTHON" -m pytest -q -x -rfE
+  # The roofline benchmark on the GPU (bf16, quick case list); stops starting new cases after 150 s.
+  step bench 240 "$PYTHON" -m benchmarks --quick --device cuda --max-seconds 150 --out "$OUT" --name bench
 fi
 
 echo "== dlkernels gpu_check ($(cat "$OUT/machine.txt" | sed -n 3p))"

@@ -1,0 +1,250 @@
+"""Tests of the benchmark harness itself (benchmarks/): formulas, datasheet units, ceilings, the correctness
+gate, and one end-to-end --quick run on the CPU. No timing assertions: benchmarks are not tests."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # benchmarks/ is not part of the installed package: import it from the checkout
+    sys.path.insert(0, REPO)
+
+from benchmarks import cases, ceilings, providers, report, run  # noqa: E402
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Formulas against hand counts
+
+
+def test_linear_formulas_hand_counts():
+    # M=2, K=3, N=4, bias, relu: GEMM 2*2*4*3 = 48, bias 8, relu 8.
+    assert cases.linear_flops(2, 3, 4, True, "relu", "forward") == 64
+    assert cases.linear_flops(2, 3, 4, True, "relu", "backward") == 96 + 16
+    assert cases.linear_flops(2, 3, 4, True, "relu", "fwd+bwd") == 64 + 112
+    assert cases.linear_flops(2, 3, 4, False, "none", "forward") == 48
+    # bytes (float32): x 6, W 12, b 4, out 8 elements.
+    assert cases.linear_bytes(2, 3, 4, 4, True, "relu", "forward") == (6 + 12 + 4 + 8) * 4
+    # backward reads grad_out 8, x 6, W 12, the saved output 8; writes grad_x 6, grad_W 12, grad_b 4.
+    assert cases.linear_bytes(2, 3, 4, 4, True, "relu", "backward") == (8 + 6 + 12 + 8 + 6 + 12 + 4) * 4
+    assert cases.linear_bytes(2, 3, 4, 4, False, "none", "backward") == (8 + 6 + 12 + 6 + 12) * 4
+    # fwd+bwd reads x, W, b, grad_out and writes out, grad_x, grad_W, grad_b.
+    assert cases.linear_bytes(2, 3, 4, 2, True, "gelu", "fwd+bwd") == (6 + 12 + 4 + 8 + 8 + 6 + 12 + 4) * 2
+    with pytest.raises(ValueError):
+        cases.linear_flops(2, 3, 4, mode="sideways")
+
+
+def test_conv_formulas_hand_counts():
+    # N=1, C=2, 4x4, K=3, 3x3, padding 1: 4x4 output, 1*3*16*2*9 = 864 multiply-adds; 48 output elements.
+    assert cases.conv2d_out_hw(4, 4, 3, 3, 1, 1) == (4, 4)
+    assert cases.conv2d_flops(1, 2, 4, 4, 3, 3, 3, 1, 1, activation="relu", mode="forward") == 2 * 864 + 2 * 48
+    assert cases.conv2d_flops(1, 2, 4, 4, 3, 3, 3, 1, 1, bias=False, mode="backward") == 4 * 864
+    assert cases.conv2d_bytes(1, 2, 4, 4, 3, 3, 3, 4, 1, 1, activation="relu", mode="forward") == (32 + 54 + 3 + 48) * 4
+    assert cases.conv2d_bytes(1, 2, 4, 4, 3, 3, 3, 4, 1, 1, activation="relu", mode="backward") == \
+        (48 + 32 + 54 + 48 + 32 + 54 + 3) * 4
+    # stride 2: 2x2 output
+    assert cases.conv2d_out_hw(4, 4, 3, 3, 2, 1) == (2, 2)
+    assert cases.conv2d_flops(1, 2, 4, 4, 3, 3, 3, 2, 1, bias=False, mode="forward") == 2 * (3 * 4 * 2 * 9)
+    # groups divide the reduction
+    assert cases.conv2d_flops(1, 4, 4, 4, 4, 3, 3, 1, 1, groups=2, bias=False) == 2 * (4 * 16 * 2 * 9)
+
+
+def test_pool_formulas_hand_counts():
+    # 1x1x4x4, 2x2 windows, stride 2: 4 outputs of 3 comparisons each.
+    assert cases.max_pool2d_flops(1, 1, 4, 4, 2, mode="forward") == 12
+    assert cases.max_pool2d_flops(1, 1, 4, 4, 2, mode="backward") == 4
+    assert cases.max_pool2d_bytes(1, 1, 4, 4, 2, 4, mode="forward") == (16 + 4) * 4
+    assert cases.max_pool2d_bytes(1, 1, 4, 4, 2, 4, mode="backward") == (4 + 16) * 4 + 4 * 8  # int64 indices
+    assert cases.max_pool2d_bytes(1, 1, 4, 4, 2, 2, mode="fwd+bwd") == (16 + 4 + 4 + 16) * 2
+    # ResNet's stem pool: 3x3, stride 2, padding 1 halves 112 to 56
+    assert cases.pool_out_hw(112, 112, 3, 2, 1) == (56, 56)
+    assert cases.max_pool2d_flops(1, 64, 112, 112, 3, 2, 1) == 64 * 56 * 56 * 8
+
+
+def _counted(fn):
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def test_gemm_and_conv_flops_match_torch_flop_counter():
+    x = torch.randn(8, 16, requires_grad=True)
+    w = torch.randn(12, 16, requires_grad=True)
+    assert _counted(lambda: torch.nn.functional.linear(x, w)) == cases.linear_flops(8, 16, 12, False, "none")
+    y = torch.nn.functional.linear(x, w)
+    assert _counted(lambda: y.backward(torch.ones_like(y))) == cases.linear_flops(8, 16, 12, False, "none", "backward")
+    img = torch.randn(2, 3, 9, 9, requires_grad=True)
+    k = torch.randn(5, 3, 3, 3, requires_grad=True)
+    conv = lambda: torch.nn.functional.conv2d(img, k, stride=2, padding=1)  # noqa: E731
+    assert _counted(conv) == cases.conv2d_flops(2, 3, 9, 9, 5, 3, 3, 2, 1, bias=False)
+    out = conv()
+    assert _counted(lambda: out.backward(torch.ones_like(out))) == \
+        cases.conv2d_flops(2, 3, 9, 9, 5, 3, 3, 2, 1, bias=False, mode="backward")
+
+
+def test_case_objects_use_the_formulas():
+    lin = cases.LinearCase("mlp", 16, 32, 8, "relu")
+    assert lin.flops("forward") == cases.linear_flops(16, 32, 8, True, "relu")
+    assert lin.bytes("fwd+bwd", 2) == cases.linear_bytes(16, 32, 8, 2, True, "relu", "fwd+bwd")
+    conv = cases.ConvCase("resnet", 2, 8, 14, 16, stride=2)
+    assert conv.flops("backward") == cases.conv2d_flops(2, 8, 14, 14, 16, 3, 3, 2, 1, activation="relu", mode="backward")
+    pool = cases.PoolCase("vgg", 2, 4, 8, channels_last=True)
+    x = pool.make_inputs("cpu", torch.float32)["x"]
+    assert x.is_contiguous(memory_format=torch.channels_last) and (x != 0).all()
+    # TinyVGG 28x28, batch 1: convs 1->10 and 10->10 at 28x28 and twice 10->10 at 14x14, linear 490 -> 10.
+    tiny = cases.ModelCase("model", "tinyvgg", 1, 1, 28, 10)
+    hand = 2 * 784 * 10 * 9 * 1 + 2 * 784 * 10 * 90 + 2 * (2 * 196 * 10 * 90) + 2 * 490 * 10
+    assert tiny.flops("forward") == hand
+
+
+def test_every_default_case_has_positive_formulas():
+    for device_type in ("cpu", "cuda"):
+        for quick in (False, True):
+            for case in cases.build_cases(device_type, quick):
+                if case.op == "model":
+                    continue  # needs torchvision for vgg11; TinyVGG is covered above
+                for mode in case.modes:
+                    assert case.flops(mode) > 0 and case.bytes(mode, 2) > 0, (case, mode)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Datasheet units and ceilings
+
+
+def test_datasheet_units():
+    h100 = ceilings.DATASHEET["NVIDIA H100 SXM5"]
+    assert h100["memory_bandwidth"] == pytest.approx(3.35e12)  # 3.35 TB/s, decimal, in bytes/s
+    assert h100["flops"]["bfloat16"] == pytest.approx(989.4e12)  # dense, FLOP/s
+    assert h100["flops"]["bfloat16"] / h100["memory_bandwidth"] == pytest.approx(295, rel=0.01)  # ridge, FLOP/B
+    assert ceilings.DATASHEET["NVIDIA H200 SXM"]["memory_bandwidth"] == pytest.approx(4.8e12)
+    for name, entry in ceilings.DATASHEET.items():
+        assert 1e12 <= entry["memory_bandwidth"] <= 1e13, name
+        flops = entry["flops"]
+        assert 1e13 <= flops["float32"] < flops["tf32"] < flops["bfloat16"] == flops["float16"] < 1e16, name
+    zen = ceilings.zen4_peaks(2, 3.7e9)
+    assert zen["flops"]["float32"] == pytest.approx(2 * 3.7e9 * 32)  # 2 cores x 32 FLOP/cycle
+    assert zen["flops"]["float64"] == pytest.approx(zen["flops"]["float32"] / 2)
+    assert zen["memory_bandwidth"] == pytest.approx(460.8e9)  # 12 x DDR5-4800 x 8 bytes
+    assert ceilings.datasheet_for("NVIDIA H100 80GB HBM3", "cuda")[0] == "NVIDIA H100 SXM5"
+    assert ceilings.datasheet_for("NVIDIA H100 PCIe", "cuda")[0] == "NVIDIA H100 PCIe"
+    assert ceilings.datasheet_for("NVIDIA H200", "cuda")[0] == "NVIDIA H200 SXM"
+    assert ceilings.datasheet_for("Some GPU", "cuda") is None
+    assert report.fmt_rate(3.35e12, "B/s") == "3.35 TB/s" and report.fmt_rate(989.4e12, "FLOP/s") == "989 TFLOP/s"
+    h100_line = next(line for line in ceilings.datasheet_table(2).splitlines() if line.startswith("NVIDIA H100 SXM5"))
+    assert h100_line.split()[3:6] == ["3.35", "67", "67"] and "989.4" in h100_line  # TB/s, then TFLOP/s
+
+
+def test_ceilings_measurement_small():
+    bandwidth = ceilings.measure_bandwidth("cpu", 4 << 20, budget=0.02)
+    assert 1e8 < bandwidth < 1e13  # bytes/s: between 0.1 GB/s and 10 TB/s
+    flops = ceilings.measure_matmul("cpu", torch.float32, 128, budget=0.02)
+    assert 1e7 < flops < 1e13
+    overhead = ceilings.measure_overhead("cpu", budget=0.02)
+    assert 1e-8 < overhead < 1e-2
+    assert ceilings.cache_bytes("cpu") > 0
+
+
+def test_roofline_regimes():
+    # 1 GFLOP/s and 1 GB/s: ridge at 1 FLOP/byte; one trivial op costs 1 us.
+    mem = report.roofline(flops=1e6, nbytes=1e7, bandwidth=1e9, peak=1e9, overhead_s=1e-6, n_ops=1)
+    assert mem["bound"] == "memory" and mem["regime"] == "memory" and mem["bound_flops"] == pytest.approx(1e8)
+    comp = report.roofline(flops=1e8, nbytes=1e6, bandwidth=1e9, peak=1e9, overhead_s=1e-6, n_ops=1)
+    assert comp["bound"] == "compute" and comp["regime"] == "compute" and comp["bound_flops"] == pytest.approx(1e9)
+    tiny = report.roofline(flops=10, nbytes=10, bandwidth=1e9, peak=1e9, overhead_s=1e-6, n_ops=3)
+    assert tiny["regime"] == "overhead" and tiny["t_overhead_s"] == pytest.approx(3e-6)
+
+
+def test_best_of_two_ceilings_sets_the_roofline():
+    first = {"memory_bandwidth": 1e9, "flops": {"float32": 1e10}, "overhead_s": 2e-6}
+    second = {"memory_bandwidth": 2e9, "flops": {"float32": 5e9}, "overhead_s": 1e-6}
+    best = run.combine_ceilings(first, second)
+    assert best["memory_bandwidth"] == 2e9 and best["flops"]["float32"] == 1e10 and best["overhead_s"] == 1e-6
+    row = {"flops": 1e6, "bytes": 1e7, "dtype": "float32", "status": "ok", "median_s": 1e-2, "n_ops": 1}
+    run.apply_roofline([row], best)
+    assert row["bound"] == "memory" and row["bound_flops"] == pytest.approx(2e8)  # 0.1 FLOP/B x 2 GB/s
+    assert row["fraction"] == pytest.approx(1e8 / 2e8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The correctness gate
+
+
+def test_max_error():
+    a = torch.tensor([1.0, -2.0, 4.0])
+    assert run.max_error((a,), (a.double(),)) == 0
+    assert run.max_error((a + 0.04,), (a.double(),)) == pytest.approx(0.01)
+    assert run.max_error((a[:2],), (a.double(),)) == math.inf
+    assert run.max_error((a * float("nan"),), (a.double(),)) == math.inf
+    assert run.max_error({"w": a, "extra": a}, {"w": a.double()}) == 0
+
+
+def test_wrong_provider_is_reported_and_not_timed(monkeypatch):
+    case = cases.LinearCase("mlp", 4, 8, 6, "relu")
+    monkeypatch.setattr(providers, "unavailable", lambda *args: None)
+    monkeypatch.setattr(case, "dlkernels_fn", lambda backend: (lambda t: case.torch_fn()(t) * 1.01))
+    ceil = {"memory_bandwidth": 1e10, "flops": {"float32": 1e11}, "overhead_s": 1e-6}
+    rows = run.run_case(case, torch.float32, ["forward", "fwd+bwd"], ["torch_eager", "dlk_native"], torch.device("cpu"),
+                        ceil, budget=0.01)
+    by = {(r["mode"], r["provider"]): r for r in rows}
+    for mode in ("forward", "fwd+bwd"):
+        assert by[(mode, "torch_eager")]["status"] == "ok" and by[(mode, "torch_eager")]["median_s"] > 0
+        wrong = by[(mode, "dlk_native")]
+        assert wrong["status"] == "wrong" and wrong["median_s"] is None and wrong["max_err"] > 1e-3
+
+
+def test_case_selection():
+    all_cases = cases.build_cases("cpu", quick=False)
+    vgg = run.select_cases(all_cases, ["conv2d"], list(cases.MODES), ["vgg/"])
+    assert vgg and all(c.op == "conv2d" and c.group == "vgg" for c in vgg)
+    nhwc = run.select_cases(all_cases, None, ["backward"], ["nhwc"])
+    assert nhwc and all(c.op == "max_pool2d" and c.params["channels_last"] for c in nhwc)
+    assert not run.select_cases(all_cases, ["model"], ["backward"], None)  # models time forward and fwd+bwd only
+    assert providers.resolve(["native", "eager", "compile"]) == ["torch_eager", "torch_compile", "dlk_native"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end
+
+
+@pytest.mark.slow
+def test_quick_run_writes_table_csv_json_png(tmp_path):
+    """`python -m benchmarks --quick` restricted by filters to a few small cases (~20 s on 2 cores)."""
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--op", "linear_act,max_pool2d,model",
+           "--shapes", "M=1 ,NHWC,tinyvgg", "--budget", "0.02", "--out", str(tmp_path), "--name", "t"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: some provider was wrong (a finding)
+    assert "TFLOP/s" in proc.stdout and "regime" in proc.stdout and "vs eager" in proc.stdout
+
+    with open(tmp_path / "t.csv") as f:
+        rows = list(csv.DictReader(f))
+    for field in ("device_name", "torch", "triton", "python", "git_commit", "time_utc", "op", "case", "mode", "dtype",
+                  "provider", "status", "median_s", "p20_s", "p80_s", "tflops", "gbps", "intensity", "bound",
+                  "bound_flops", "fraction", "regime", "speedup", "max_err"):
+        assert field in rows[0], field
+    assert {r["op"] for r in rows} == {"linear_act", "max_pool2d", "model"}
+    assert {r["mode"] for r in rows} == set(cases.MODES)
+    eager = [r for r in rows if r["provider"] == "torch_eager"]
+    assert eager and all(r["status"] == "ok" for r in eager), [(r["case"], r["reason"]) for r in eager]
+    for r in eager:
+        assert float(r["median_s"]) > 0 and float(r["p20_s"]) <= float(r["p80_s"])
+        assert float(r["tflops"]) > 0 and float(r["gbps"]) > 0 and float(r["fraction"]) > 0
+        assert float(r["speedup"]) == pytest.approx(1.0)
+        assert r["regime"] in ("memory", "compute", "overhead") and r["bound"] in ("memory", "compute")
+    triton_rows = [r for r in rows if r["provider"] == "dlk_triton"]
+    assert triton_rows and all(r["status"] == "skipped" and r["reason"] for r in triton_rows)
+
+    with open(tmp_path / "t.json") as f:
+        doc = json.load(f)
+    assert doc["meta"]["device"] == "cpu" and doc["meta"]["git_commit"]
+    assert doc["ceilings"]["memory_bandwidth"] > 0 and doc["ceilings"]["flops"]["float32"] > 0
+    assert len(doc["rows"]) == len(rows) and doc["rows"][0]["device_name"] == doc["meta"]["device_name"]
+
+    pytest.importorskip("matplotlib")
+    with open(tmp_path / "t.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
