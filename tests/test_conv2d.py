@@ -122,4 +122,6 @@ def test_gradcheck_float64(backend, activation):
     assert torch.autograd.gradcheck(
         lambda *a: dlkernels.ops.conv2d(*a, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
                                         activation=activation, backend=backend),
-        (x, weight, bias))
+        # Under the Triton interpreter each of the ~600 perturbed forwards costs ~0.1 s: fast mode checks
+        # random projections of the Jacobian instead (test_gradients compares every gradient in full).
+        (x, weight, bias), fast_mode=backend == "triton")

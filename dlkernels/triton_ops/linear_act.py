@@ -1,0 +1,219 @@
+"""linear_act in Triton: y = act(x @ W^T + b), and its backward, as custom ops dlkernels_triton::linear_act
+and dlkernels_triton::linear_act_backward.
+
+One tiled GEMM kernel, C = A @ B over (M, N, K) with arbitrary strides, serves the four products:
+
+  forward        A = x (M, K),        B = W^T (K, N)   epilogue: act(acc + b)        -> y
+  recompute      A = x,               B = W^T          epilogue: g * act'(acc + b)   -> dz   (gelu/gelu_tanh/silu)
+  grad x         A = dz (M, N),       B = W (N, K)                                   -> dx
+  grad W         A = dz^T (N, M),     B = x (M, K)     + row sums of A               -> dW, db
+
+Fusions: bias and activation in the forward epilogue; for relu/sigmoid/tanh (and none) dz = g * act'(y) is
+formed while the grad GEMMs load their A tiles (a "prologue"), so dz never goes to memory; for gelu,
+gelu_tanh and silu the derivative needs the pre-activation z, which is recomputed like the native backend
+does (one GEMM whose epilogue writes dz directly; z itself is never stored) instead of saved in the
+forward (saving it would cost an M x N write in every forward, training or not); grad_bias is summed by the
+grad-W GEMM from the dz tiles it already loads. No atomics: results are deterministic.
+"""
+import math
+from typing import List, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (ACT_CODE, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
+                      check_dtype, config, device_guard, dot, dot_precision, grad_operand)
+
+# Hopper (H100/H200): 128x128 and 128x256 tiles with K slices of 64 feed wgmma from a 3-4 stage
+# TMA/cp.async pipeline inside the 228 KB of shared memory per SM; 8 warps (two warpgroups) for the
+# largest tiles. The BLOCK_M=16/32/64 configs with long K slices are for skinny, memory-bound shapes
+# (M <= 64): they keep more programs busy and stream W at full bandwidth. GROUP_M groups programs that
+# share B tiles so they hit L2 together.
+GEMM_CONFIGS = [
+    config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=32, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
+]
+# Fits every dtype's shared memory and registers (float64 included): used when autotuning is off.
+DEFAULT_CONFIG = config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
+# Under the interpreter: small tiles so the test shapes still span several tiles and masked edges.
+INTERPRETER_CONFIG = config(BLOCK_M=32, BLOCK_N=32, BLOCK_K=32, GROUP_M=2, num_warps=4, num_stages=1)
+
+EPILOGUE_ACT = 0  # store act(acc + bias)
+EPILOGUE_GRAD = 1  # store g * act'(acc + bias): the recomputed pre-activation becomes dz at once
+
+
+@autotune(GEMM_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG,
+          key=["M", "N", "K", "A_ACT", "EPILOGUE", "ACT", "ROWSUM", "DOT"])
+@triton.jit
+def _gemm_kernel(
+    a_ptr, s_ptr, b_ptr, c_ptr, bias_ptr, g_ptr, rowsum_ptr,
+    M, N, K,
+    stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    A_ACT: tl.constexpr,  # A = a * act'(s) with this activation (s has a's strides); 0: A = a
+    HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EPILOGUE: tl.constexpr,
+    ROWSUM: tl.constexpr,  # also write rowsum[m] = sum_k A[m, k] (float32/64), from the programs of column 0
+    DOT: tl.constexpr,  # False: only the row sums are wanted, skip the product
+    PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # Grouped ordering: GROUP_M row tiles run next to each other over all column tiles, so the B tiles
+    # they share are read from L2 rather than from memory.
+    pid = tl.program_id(0)
+    tiles_m = tl.cdiv(M, BLOCK_M)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_size = min(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % group_size
+    pid_n = (pid % per_group) // group_size
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    mask_m = rm < M
+    mask_n = rn < N
+    a_offs = rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
+    b_offs = rk[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+    rowsum = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
+    for k0 in range(0, K, BLOCK_K):
+        mask_k = (k0 + rk) < K
+        a_mask = mask_m[:, None] & mask_k[None, :]
+        a = grad_operand(a_ptr + a_offs, s_ptr + a_offs, a_mask, A_ACT, ACC_DTYPE)
+        if ROWSUM:
+            rowsum += tl.sum(a.to(ACC_DTYPE), axis=1)
+        if DOT:
+            b = tl.load(b_ptr + b_offs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+            acc = dot(a, b, acc, PRECISION)
+        a_offs += BLOCK_K * stride_ak
+        b_offs += BLOCK_K * stride_bk
+
+    if ROWSUM:
+        if pid_n == 0:
+            tl.store(rowsum_ptr + rm, rowsum, mask=mask_m)
+    if DOT:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(ACC_DTYPE)[None, :]
+        c_offs = rm[:, None].to(tl.int64) * stride_cm + rn[None, :] * stride_cn
+        c_mask = mask_m[:, None] & mask_n[None, :]
+        if EPILOGUE == 0:
+            acc = apply_activation(acc, ACT)
+        else:
+            acc = tl.load(g_ptr + c_offs, mask=c_mask, other=0.0).to(ACC_DTYPE) * activation_grad(acc, ACT)
+        tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
+
+
+def _allow_tf32():
+    return torch.backends.cuda.matmul.allow_tf32
+
+
+def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, g=None, rowsum=None, with_dot=True):
+    """Launches _gemm_kernel for C (M, N) = A (M, K) @ B (K, N) (2-D tensors or views with any strides)."""
+    M, K = a.shape
+    N = b.shape[1]
+    with_dot = with_dot and N > 0
+    if M == 0 or not (with_dot or rowsum is not None):
+        return
+    # Unused pointers get any valid tensor: the constexpr flags compile their accesses away.
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * (triton.cdiv(N, meta["BLOCK_N"]) if with_dot else 1),)
+    with device_guard(a):
+        _gemm_kernel[grid](
+            a, a if s is None else s, b, c, a if bias is None else bias, a if g is None else g,
+            a if rowsum is None else rowsum,
+            M, N if with_dot else 1, K,
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+            A_ACT=a_act, HAS_BIAS=bias is not None, ACT=act, EPILOGUE=epilogue, ROWSUM=rowsum is not None,
+            DOT=with_dot, PRECISION=dot_precision(a.dtype, _allow_tf32()), ACC_DTYPE=acc_dtype(a.dtype),
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Custom ops
+
+
+@torch.library.custom_op("dlkernels_triton::linear_act", mutates_args=())
+def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+    check_dtype(x, "linear_act")
+    N, K = weight.shape
+    x2 = x.reshape(math.prod(x.shape[:-1]), K)
+    out = torch.empty((x2.shape[0], N), dtype=x.dtype, device=x.device)
+    _gemm(x2, weight.t(), out, bias=bias, act=ACT_CODE[activation])
+    return out.view(*x.shape[:-1], N)
+
+
+@linear_act.register_fake
+def _(x, weight, bias, activation):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("dlkernels_triton::linear_act_backward", mutates_args=())
+def linear_act_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                        out: torch.Tensor, activation: str, output_mask: List[bool]
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_bias) of linear_act; a result not selected by output_mask (or grad_bias
+    without a bias) is an empty placeholder tensor (custom ops cannot return None)."""
+    check_dtype(x, "linear_act_backward")
+    N, K = weight.shape
+    M = math.prod(x.shape[:-1])
+    x2 = x.reshape(M, K)
+    need_x, need_w, need_b = output_mask[0], output_mask[1], output_mask[2] and bias is not None
+    placeholder = lambda: x.new_empty((0,))
+    grad_x = torch.empty((M, K), dtype=x.dtype, device=x.device) if need_x else placeholder()
+    grad_w = torch.empty((N, K), dtype=x.dtype, device=x.device) if need_w else placeholder()
+    # grad_bias is summed in the accumulation type and rounded once.
+    grad_b = torch.empty(N, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+
+    g = grad_out.reshape(M, N).contiguous()
+    if activation in NEEDS_PREACTIVATION:
+        # Recompute z = x W^T + b and turn it into dz = g * act'(z) in the same epilogue.
+        dz = torch.empty((M, N), dtype=x.dtype, device=x.device)
+        if need_x or need_w or need_b:
+            _gemm(x2, weight.t(), dz, bias=bias, act=ACT_CODE[activation], epilogue=EPILOGUE_GRAD, g=g)
+        a_act, s = 0, None
+    else:
+        # dz = g * act'(y) is formed on load inside the two GEMMs below.
+        dz, a_act, s = g, ACT_CODE[activation], out.reshape(M, N).contiguous()
+
+    if need_x:  # dx = dz @ W
+        _gemm(dz, weight, grad_x, a_act=a_act, s=s)
+    if need_w or need_b:  # dW = dz^T @ x, db = row sums of dz^T
+        _gemm(dz.t(), x2, grad_w if need_w else x2, a_act=a_act, s=None if s is None else s.t(),
+              rowsum=grad_b if need_b else None, with_dot=need_w)
+    grad_b = grad_b.to(x.dtype) if need_b else placeholder()
+    return grad_x.view(x.shape) if need_x else grad_x, grad_w, grad_b
+
+
+@linear_act_backward.register_fake
+def _(grad_out, x, weight, bias, out, activation, output_mask):
+    placeholder = lambda: x.new_empty((0,))
+    return (
+        x.new_empty(x.shape) if output_mask[0] else placeholder(),
+        weight.new_empty(weight.shape) if output_mask[1] else placeholder(),
+        weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else placeholder(),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(x, weight, bias, output)
+
+
+def _backward(ctx, grad_out):
+    x, weight, bias, out = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+    grads = linear_act_backward(grad_out, x, weight, bias, out, ctx.activation, mask)
+    return tuple(grad if needed else None for grad, needed in zip(grads, mask)) + (None,)
+
+
+linear_act.register_autograd(_backward, setup_context=_setup_context)
