@@ -131,9 +131,12 @@ def _select_backend(op, backend, device):
             f"dlkernels.{op}: backend='native' has no kernel for device '{device.type}' in this build "
             "(see `python -m dlkernels info`)"
         )
-    # "auto": the best available backend, never an error for a missing one.
+    # "auto": the best available backend, never an error for a missing one. Triton only on a GPU: on the
+    # CPU it runs under the interpreter, a testing tool far slower than the reference.
     if native:
         return "native"
+    if device.type == "cuda" and not _triton_unavailable(device):
+        return "triton"
     if not _ext.loaded() and not _warned_missing_extension:
         _warned_missing_extension = True
         warnings.warn(

@@ -2,7 +2,7 @@
 # The one command that validates dlkernels on a GPU machine (H100/H200): builds the extension there, runs
 # the whole test suite (CUDA tests included, CUDA build required), and prints a short summary last.
 # Logs and results go under $OUT (default ./gpu-check-out); the device tool returns at most 8 files, so
-# keep it to machine.txt, build/info/tests/bench logs and bench.{csv,json,png}. Must finish well inside
+# keep it to machine.txt, build/tests/bench logs and bench.{csv,json,png}. Must finish well inside
 # 8 minutes. Afterwards copy $OUT/bench.* to benchmarks/results/<device-slug>/ and commit them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +29,10 @@ step() {  # step NAME TIMEOUT CMD...: runs CMD with a time limit, logs to $OUT/N
   "$PYTHON" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 } >"$OUT/machine.txt" 2>&1
 
-if step build 300 "$PYTHON" -m pip install --no-build-isolation --no-deps -e .; then
-  step info 60 "$PYTHON" -m dlkernels info
-  step tests 300 "$PYTHON" -m pytest -q -x -rfE
+if step build 240 bash -c "'$PYTHON' -m pip install --no-build-isolation --no-deps -e . && '$PYTHON' -m dlkernels info"; then
+  # One default config per Triton kernel here (tuning every test shape would take minutes); the benchmark
+  # below autotunes, which also checks that every Hopper config compiles.
+  step tests 240 env DLKERNELS_TRITON_AUTOTUNE=0 "$PYTHON" -m pytest -q --maxfail=25 -rfE
   # The roofline benchmark on the GPU (bf16, quick case list); stops starting new cases after 150 s.
   step bench 240 "$PYTHON" -m benchmarks --quick --device cuda --max-seconds 150 --out "$OUT" --name bench
 fi
