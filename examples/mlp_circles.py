@@ -21,6 +21,9 @@ except ImportError:  # run from a source checkout without installing
     import dlkernels
 import dlkernels.nn  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the examples' shared printing
+from _compare import accuracy_difference, report_agreement  # noqa: E402
+
 
 def make_data(n_samples, seed):
     from sklearn.datasets import make_circles
@@ -79,13 +82,6 @@ def train(model, data, epochs, lr, device):
     }
 
 
-def print_side_by_side(results):
-    names = list(results)
-    print(f"{'':12s}" + "".join(f"{n:>14s}" for n in names))
-    for key in results[names[0]]:
-        print(f"{key:12s}" + "".join(f"{results[n][key]:14.4f}" for n in names))
-
-
 def run(epochs=500, lr=0.01, n_samples=1000, device="cpu", backend="auto", seed=42, tolerance=1.0):
     """Trains both models; returns {"torch.nn": metrics, "dlkernels": metrics}."""
     device = torch.device(device)
@@ -98,10 +94,7 @@ def run(epochs=500, lr=0.01, n_samples=1000, device="cpu", backend="auto", seed=
         "torch.nn": train(model, data, epochs, lr, device),
         "dlkernels": train(converted, data, epochs, lr, device),
     }
-    print_side_by_side(results)
-    difference = abs(results["torch.nn"]["test acc %"] - results["dlkernels"]["test acc %"])
-    print(f"test accuracies {'agree' if difference <= tolerance else 'DISAGREE'} "
-          f"(difference {difference:.2f} points, tolerance {tolerance})")
+    report_agreement(results, tolerance)
     return results
 
 
@@ -120,8 +113,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     results = run(args.epochs, args.lr, args.samples, args.device, args.backend, args.seed, args.tolerance)
-    difference = abs(results["torch.nn"]["test acc %"] - results["dlkernels"]["test acc %"])
-    return 0 if difference <= args.tolerance else 1
+    return 0 if accuracy_difference(results) <= args.tolerance else 1
 
 
 if __name__ == "__main__":

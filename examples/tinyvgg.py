@@ -26,6 +26,9 @@ except ImportError:  # run from a source checkout without installing
     import dlkernels
 import dlkernels.nn  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the examples' shared printing
+from _compare import accuracy_difference, report_agreement  # noqa: E402
+
 
 class TinyVGG(nn.Module):
     """The CNN explainer's TinyVGG, as in the seed's notes: two conv blocks and a linear classifier."""
@@ -117,13 +120,6 @@ def train(model, data, epochs, batch_size, lr, seed, device):
     }
 
 
-def print_side_by_side(results):
-    names = list(results)
-    print(f"{'':12s}" + "".join(f"{n:>14s}" for n in names))
-    for key in results[names[0]]:
-        print(f"{key:12s}" + "".join(f"{results[n][key]:14.4f}" for n in names))
-
-
 def run(data_dir=None, epochs=None, batch_size=32, lr=0.1, hidden_units=10, device="cpu", backend="auto", seed=42,
         train_limit=None, tolerance=1.0):
     """Trains both models; returns {"torch.nn": metrics, "dlkernels": metrics}."""
@@ -142,10 +138,7 @@ def run(data_dir=None, epochs=None, batch_size=32, lr=0.1, hidden_units=10, devi
         "torch.nn": train(model, data, epochs, batch_size, lr, seed, device),
         "dlkernels": train(converted, data, epochs, batch_size, lr, seed, device),
     }
-    print_side_by_side(results)
-    difference = abs(results["torch.nn"]["test acc %"] - results["dlkernels"]["test acc %"])
-    print(f"test accuracies {'agree' if difference <= tolerance else 'DISAGREE'} "
-          f"(difference {difference:.2f} points, tolerance {tolerance})")
+    report_agreement(results, tolerance)
     return results
 
 
@@ -168,8 +161,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     results = run(args.data_dir, args.epochs, args.batch_size, args.lr, args.hidden_units, args.device, args.backend,
                   args.seed, args.train_limit, args.tolerance)
-    difference = abs(results["torch.nn"]["test acc %"] - results["dlkernels"]["test acc %"])
-    return 0 if difference <= args.tolerance else 1
+    return 0 if accuracy_difference(results) <= args.tolerance else 1
 
 
 if __name__ == "__main__":
