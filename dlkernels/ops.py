@@ -406,9 +406,14 @@ def _register_custom_ops():
     def pool_setup(ctx, inputs, output):
         x, *pool_args = inputs
         ctx.pool_args = pool_args
+        # The indices take no gradient: without this autograd would allocate a zero tensor the size of
+        # the indices for every backward.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
 
     def pool_backward(ctx, grad_out, *unused_grad_indices):
+        if grad_out is None:  # not materialised (see pool_setup): no gradient flows back
+            return (None,) * (1 + len(ctx.pool_args))
         x, indices = ctx.saved_tensors
         if indices is None:  # the plain op keeps no indices: find them again
             indices = torch.ops.dlkernels.max_pool2d_with_indices(x, *ctx.pool_args)[1]

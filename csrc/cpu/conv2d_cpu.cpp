@@ -1,10 +1,14 @@
 // Conv2d with fused bias + activation on the CPU (NCHW, symmetric padding, groups), and its backward.
 //
-// Direct convolution: every output plane (n, k) is a sum over the input channels c of its group and the
-// kernel taps (kh, kw) of  w[k, c, kh, kw] * (the input plane c shifted by the tap). A tap shifts whole rows,
-// so the innermost loop runs along an output row (contiguous when stride is 1) over a range of ow computed
-// once per tap, with no bounds test per element: padding is handled by clipping the range, never by
-// reading zeros.
+// Forward: an implicit GEMM on the shared packed GEMM of cpu/gemm.h. Per image n and group g,
+//   out[n, g] [Kg, OH*OW] = W[g] [Kg, Cg*KH*KW] @ col(x[n, g]) [Cg*KH*KW, OH*OW]
+// where col is im2col, never materialised: the GEMM's B-packing copies each KC x NR panel straight out of
+// the image (row segments of the input, zeros for the padding). Bias and relu run in the micro-kernel's
+// epilogue, other activations on each finished tile.
+// Backward: grad_w[g] = sum_n gz[n, g] @ col(x[n, g])^T is one GEMM whose K runs over (n, position), so
+// the batch sum happens inside the register accumulators in a fixed order; grad_x for stride 1 is the
+// forward convolution of gz with the flipped, transposed weights (padding dilation*(k-1) - padding), the
+// same implicit GEMM; other strides use the direct scatter loop below.
 //
 // The kernels work on NCHW-contiguous copies in the accumulation type (float for bf16/fp16, double for
 // double): half inputs are converted once, and every result is rounded once, on its write. A channels_last
@@ -20,6 +24,7 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/activation.h"
@@ -27,6 +32,7 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/gemm.h"
 
 namespace dlkernels {
 namespace {
@@ -45,72 +51,152 @@ inline Range valid_range(int64_t offset, int64_t stride, int64_t in, int64_t out
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward: output planes in blocks of KB output channels of one group. The block shares every input load KB
-// times (the same input row feeds KB accumulator rows), which is what makes the direct loop less memory-bound.
-constexpr int kBlockK = 4;
+// Forward as an implicit GEMM (see cpu/gemm.h for the interface). Batch entry b = (n, g).
 
-template <typename acc_t, int KB>
-void accumulate_block(const ConvShape& s, const acc_t* x_n, const acc_t* w_k, acc_t* acc) {
-  const int64_t plane = s.OH * s.OW;
+// Copies im2col rows [k0, k0 + kc) x columns [j0, j0 + nr) of one image-group into a B panel:
+// dst[k * NR + j] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding) with k = (c, kh, kw) and
+// j = (oh, ow). Within one output row and stride 1 the columns are one contiguous input row segment.
+template <typename acc_t>
+void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
+                 int NR) {
   const int64_t taps = s.KH * s.KW;
-  for (int64_t c = 0; c < s.Cg; ++c) {
-    const acc_t* xc = x_n + c * s.H * s.W;
-    for (int64_t i = 0; i < s.KH; ++i) {
-      const Range rh = valid_range(i * s.dh - s.ph, s.sh, s.H, s.OH);
-      for (int64_t j = 0; j < s.KW; ++j) {
-        const int64_t off_w = j * s.dw - s.pw;
-        const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
-        if (rw.lo >= rw.hi) continue;
-        acc_t wv[KB];
-        for (int b = 0; b < KB; ++b) wv[b] = w_k[(b * s.Cg + c) * taps + i * s.KW + j];
-        for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-          const acc_t* xr = xc + (oh * s.sh + i * s.dh - s.ph) * s.W;  // the input row of this output row
-          acc_t* ar = acc + oh * s.OW;
-          if (s.sw == 1) {
-            for (int64_t ow = rw.lo; ow < rw.hi; ++ow) {
-              const acc_t xv = xr[ow + off_w];
-              for (int b = 0; b < KB; ++b) ar[b * plane + ow] += wv[b] * xv;
-            }
-          } else {
-            for (int64_t ow = rw.lo; ow < rw.hi; ++ow) {
-              const acc_t xv = xr[ow * s.sw + off_w];
-              for (int b = 0; b < KB; ++b) ar[b * plane + ow] += wv[b] * xv;
-            }
+  for (int64_t k = k0; k < k0 + kc; ++k) {
+    const int64_t c = k / taps, kh = (k % taps) / s.KW, kw = k % s.KW;
+    acc_t* d = dst + (k - k0) * NR;
+    const acc_t* plane = xg + c * s.H * s.W;
+    int64_t oh = j0 / s.OW, ow = j0 % s.OW;
+    for (int jj = 0; jj < nr;) {
+      const int seg = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));  // rest of this output row
+      const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+      if (ih < 0 || ih >= s.H) {
+        std::fill(d + jj, d + jj + seg, acc_t(0));
+      } else {
+        const acc_t* row = plane + ih * s.W;
+        const int64_t iw0 = ow * s.sw - s.pw + kw * s.dw;
+        if (s.sw == 1) {
+          const int lo = static_cast<int>(std::clamp<int64_t>(-iw0, 0, seg));
+          const int hi = static_cast<int>(std::clamp<int64_t>(s.W - iw0, lo, seg));
+          std::fill(d + jj, d + jj + lo, acc_t(0));
+          std::copy(row + iw0 + lo, row + iw0 + hi, d + jj + lo);
+          std::fill(d + jj + hi, d + jj + seg, acc_t(0));
+        } else {
+          for (int t = 0; t < seg; ++t) {
+            const int64_t iw = iw0 + t * s.sw;
+            d[jj + t] = iw >= 0 && iw < s.W ? row[iw] : acc_t(0);
           }
         }
       }
+      jj += seg;
+      ow = 0;
+      ++oh;
     }
+    std::fill(d + nr, d + NR, acc_t(0));
   }
 }
 
-// Computes every output plane z[n, k] = bias[k] + sum over taps, in acc_t, and hands each finished plane to
-// `epilogue(n * K + k, values)`. x and w are NCHW-contiguous acc_t buffers; bias may be null.
-template <typename acc_t, typename Epilogue>
-void conv_forward_planes(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias,
-                         const Epilogue& epilogue) {
-  const int64_t plane = s.OH * s.OW;
-  const int64_t blocks_per_group = (s.Kg + kBlockK - 1) / kBlockK;
-  const int64_t items = s.N * s.groups * blocks_per_group;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(kBlockK * plane);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t n = item / (s.groups * blocks_per_group);
-      const int64_t g = (item / blocks_per_group) % s.groups;
-      const int64_t k0 = g * s.Kg + (item % blocks_per_group) * kBlockK;
-      const int kb = static_cast<int>(std::min<int64_t>(kBlockK, (g + 1) * s.Kg - k0));
-      for (int b = 0; b < kb; ++b) std::fill_n(acc.data() + b * plane, plane, bias ? bias[k0 + b] : acc_t(0));
-      const acc_t* x_n = x + (n * s.C + g * s.Cg) * s.H * s.W;
-      const acc_t* w_k = w + k0 * s.Cg * s.KH * s.KW;
-      switch (kb) {
-        case 1: accumulate_block<acc_t, 1>(s, x_n, w_k, acc.data()); break;
-        case 2: accumulate_block<acc_t, 2>(s, x_n, w_k, acc.data()); break;
-        case 3: accumulate_block<acc_t, 3>(s, x_n, w_k, acc.data()); break;
-        default: accumulate_block<acc_t, kBlockK>(s, x_n, w_k, acc.data()); break;
-      }
-      for (int b = 0; b < kb; ++b) epilogue(n * s.K + k0 + b, acc.data() + b * plane);
-    }
-  });
+template <typename acc_t, typename Post>
+struct ConvForwardGemm {
+  int64_t batch, M, N, K, num_a;
+  const ConvShape& s;
+  const acc_t* x;     // [N, C, H, W]
+  const acc_t* w;     // [K, Cg, KH, KW]
+  const acc_t* bias;  // [K] or null
+  acc_t* out;         // [N, K, OH, OW]
+  int64_t ldc;
+  bool relu, has_post;
+  const Post& post_fn;
+
+  int64_t a_of(int64_t b) const { return b % s.groups; }
+  void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
+    cpu::pack_a_strided(w + g * s.Kg * K, K, 1, i0, mr, K, dst, MR);
+  }
+  void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
+    const int64_t n = b / s.groups, g = b % s.groups;
+    pack_im2col(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
+  }
+  acc_t* c(int64_t b) const { return out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N; }
+  const acc_t* bias_m(int64_t b) const { return bias ? bias + (b % s.groups) * s.Kg : nullptr; }
+  const acc_t* bias_n(int64_t) const { return nullptr; }
+  void post(int64_t b, int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ld) const {
+    // Output plane index of the tile's first row, and the tile.
+    post_fn((b / s.groups) * s.K + (b % s.groups) * s.Kg + i0, j0, m, n, c, ld);
+  }
+};
+
+// out[n, k] = bias[k] + conv(x, w) in acc_t (relu applied if asked), then post(plane, j0, m, n, tile, ld) on
+// each finished tile of `m` output planes starting at plane index (n * K + k) and positions [j0, j0 + n).
+template <typename acc_t, typename Post>
+void conv_forward_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* out, bool relu,
+                       bool has_post, const Post& post) {
+  const int64_t P = s.OH * s.OW;
+  ConvForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg, P, s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
+                                 relu, has_post, post};
+  cpu::gemm_run<acc_t>(g);
 }
+
+struct NoPost {
+  template <typename T>
+  void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
+};
+
+// grad_w[g] [Kg, Cg*KH*KW] = sum over n of gz[n, g] [Kg, P] @ col(x[n, g])^T [P, Cg*KH*KW]: one GEMM per
+// group whose K runs over (n, position), so the batch sum is accumulated in registers in a fixed order.
+template <typename acc_t, typename Post>
+struct ConvWeightGradGemm {
+  int64_t batch, M, N, K, num_a;
+  const ConvShape& s;
+  const acc_t* gz;  // [N, K, OH, OW]
+  const acc_t* x;   // [N, C, H, W]
+  acc_t* gw;        // [K, Cg, KH, KW]
+  int64_t ldc;
+  bool relu, has_post;
+  const Post& post_fn;
+
+  int64_t a_of(int64_t g) const { return g; }
+  void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
+    const int64_t P = s.OH * s.OW;
+    for (int64_t n = 0; n < s.N; ++n) {
+      cpu::pack_panel(gz + (n * s.K + g * s.Kg) * P, P, 1, i0, mr, 0, P, dst + n * P * MR, MR);
+    }
+  }
+  // dst[k * NR + j] = x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] with k - k0 = (n, oh, ow) and
+  // j0 + j = (c, kh, kw): for each column, row segments of the input, written down the panel.
+  void pack_b(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
+    const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
+    for (int j = 0; j < nr; ++j) {
+      const int64_t col = j0 + j;
+      const int64_t c = g * s.Cg + col / taps, kh = (col % taps) / s.KW, kw = col % s.KW;
+      acc_t* d = dst + j;
+      int64_t n = k0 / P, p = k0 % P;
+      int64_t oh = p / s.OW, ow = p % s.OW;
+      for (int64_t kk = 0; kk < kc;) {
+        const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
+        const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+        const int64_t iw0 = ow * s.sw - s.pw + kw * s.dw;
+        // The t in [lo, hi) whose iw = iw0 + t * sw is inside the row (none when ih is outside).
+        int64_t lo = 0, hi = 0;
+        if (ih >= 0 && ih < s.H) {
+          lo = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + s.sw - 1) / s.sw);
+          hi = iw0 > s.W - 1 ? lo : std::clamp<int64_t>((s.W - 1 - iw0) / s.sw + 1, lo, seg);
+        }
+        const acc_t* row = x + ((n * s.C + c) * s.H + ih) * s.W + iw0;
+        for (int64_t t = 0; t < lo; ++t) d[(kk + t) * NR] = acc_t(0);
+        for (int64_t t = lo; t < hi; ++t) d[(kk + t) * NR] = row[t * s.sw];
+        for (int64_t t = hi; t < seg; ++t) d[(kk + t) * NR] = acc_t(0);
+        kk += seg;
+        ow = 0;
+        if (++oh == s.OH) oh = 0, ++n;
+      }
+    }
+    for (int64_t kk = 0; kk < kc; ++kk) std::fill(dst + kk * NR + nr, dst + (kk + 1) * NR, acc_t(0));
+  }
+  acc_t* c(int64_t g) const { return gw + g * s.Kg * N; }
+  const acc_t* bias_m(int64_t) const { return nullptr; }
+  const acc_t* bias_n(int64_t) const { return nullptr; }
+  void post(int64_t g, int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ld) const {
+    post_fn(g * s.Kg + i0, j0, m, n, c, ld);
+  }
+};
 
 at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
@@ -129,14 +215,25 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t plane = s.OH * s.OW;
+    // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
+    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+    at::Tensor cbuf = direct ? out : at::empty({s.N, s.K, s.OH, s.OW}, out.options().dtype(acc_type));
     dispatch_activation(act, [&](auto act_tag) {
-      using Fn = ActivationFn<decltype(act_tag)::value>;
-      conv_forward_planes<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                                 ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                 [&](int64_t p, const acc_t* z) {  // activation and the one rounding
-                                   scalar_t* o = y + p * plane;
-                                   for (int64_t i = 0; i < plane; ++i) o[i] = static_cast<scalar_t>(Fn::forward(z[i]));
-                                 });
+      constexpr Activation A = decltype(act_tag)::value;
+      using Fn = ActivationFn<A>;
+      constexpr bool in_kernel = A == Activation::None || A == Activation::ReLU;
+      auto post = [&](int64_t p0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
+        for (int i = 0; i < m; ++i) {
+          scalar_t* o = y + (p0 + i) * plane + j0;
+          for (int j = 0; j < n; ++j) {
+            const acc_t z = c[i * ld + j];
+            o[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z));
+          }
+        }
+      };
+      conv_forward_gemm<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
+                               ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
+                               A == Activation::ReLU, !(direct && in_kernel), post);
     });
   });
   return out.contiguous(memory_format);
@@ -144,22 +241,6 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward.
-
-// dot(a, b) over n contiguous elements with independent lanes, so that the compiler vectorises it (a single
-// running sum may not be reordered without -ffast-math); the lanes are added in a fixed order.
-template <typename acc_t>
-inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
-  constexpr int V = sizeof(acc_t) == 4 ? 8 : 4;
-  acc_t lanes[V] = {};
-  int64_t i = 0;
-  for (; i + V <= n; i += V) {
-    for (int l = 0; l < V; ++l) lanes[l] += a[i + l] * b[i + l];
-  }
-  acc_t s = acc_t(0);
-  for (int l = 0; l < V; ++l) s += lanes[l];
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -202,21 +283,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
     std::vector<acc_t> plane_sums(s.N * s.K, acc_t(0));
     dispatch_activation(act, [&](auto act_tag) {
-      using Fn = ActivationFn<decltype(act_tag)::value>;
+      constexpr Activation A = decltype(act_tag)::value;
       auto grad_plane = [&](int64_t p, auto saved) {  // saved(i): what Fn::grad expects at element i of plane p
-        acc_t sum = acc_t(0);
-        for (int64_t i = 0; i < plane; ++i) {
-          const acc_t g = static_cast<acc_t>(go_p[p * plane + i]) * Fn::grad(saved(i));
-          gz_p[p * plane + i] = g;
-          sum += g;
+        // Two loops: the first vectorises (no running sum), the second sums in 16 fixed lanes (a single
+        // running sum may not be reordered, so it would run one add at a time).
+        acc_t* gzp = gz_p + p * plane;
+        const scalar_t* gop = go_p + p * plane;
+        for (int64_t i = 0; i < plane; ++i) gzp[i] = grad_times<A>(static_cast<acc_t>(gop[i]), saved(i));
+        if (!need_b) return;
+        constexpr int V = 16;
+        acc_t lanes[V] = {};
+        int64_t i = 0;
+        for (; i + V <= plane; i += V) {
+          for (int l = 0; l < V; ++l) lanes[l] += gzp[i + l];
         }
+        acc_t sum = acc_t(0);
+        for (int l = 0; l < V; ++l) sum += lanes[l];
+        for (; i < plane; ++i) sum += gzp[i];
         plane_sums[p] = sum;
       };
       if (grad_needs_preactivation(act)) {
-        // Recompute the pre-activation plane by plane with the forward loops; it stays in acc_t (never rounded).
+        // Recompute the pre-activation with the forward GEMM; it stays in acc_t (never rounded).
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
-        conv_forward_planes<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                   [&](int64_t p, const acc_t* z) { grad_plane(p, [z](int64_t i) { return z[i]; }); });
+        at::Tensor z = at::empty({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+        const acc_t* z_p = z.mutable_data_ptr<acc_t>();
+        conv_forward_gemm<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
+                                 z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
+        at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) {
+            const acc_t* zp = z_p + p * plane;
+            grad_plane(p, [zp](int64_t i) { return zp[i]; });
+          }
+        });
       } else {
         const at::Tensor saved = out.contiguous();
         const scalar_t* s_p = saved.const_data_ptr<scalar_t>();
@@ -239,9 +337,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       }
     }
 
-    // Step 2a: grad_x[n, c] = sum over the group's output channels k and taps of w[k, c, tap] * gz[n, k]
-    // scattered back through the tap's shift. One thread owns each (n, c) plane: no races, fixed order.
-    if (need_x && grad_x.numel() > 0) {
+    // Rounds a finished tile of rows [r0, r0 + m) x columns [j0, j0 + n) of an acc_t GEMM result into the
+    // half-type tensor dst with `cols` columns (float/double results are written in place by the GEMM).
+    auto rounder = [](scalar_t* dst, int64_t cols) {
+      return [dst, cols](int64_t r0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
+        for (int i = 0; i < m; ++i) {
+          for (int j = 0; j < n; ++j) dst[(r0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ld + j]);
+        }
+      };
+    };
+    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+
+    // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
+    // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
+    const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
+    if (need_x && grad_x.numel() > 0 && x_by_gemm) {
+      ConvShape t = s;
+      t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
+      t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
+      t.Cg = s.Kg, t.Kg = s.Cg;
+      // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
+      const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
+      at::Tensor gxa = direct ? grad_x : at::empty(x.sizes(), opts.dtype(acc_type));
+      conv_forward_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
+                               !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+    }
+
+    // Step 2a, other strides: grad_x[n, c] = sum over the group's output channels k and taps of
+    // w[k, c, tap] * gz[n, k] scattered back through the tap's shift. One thread owns each (n, c) plane.
+    if (need_x && grad_x.numel() > 0 && !x_by_gemm) {
       scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
       at::parallel_for(0, s.N * s.C, 1, [&](int64_t p0, int64_t p1) {
         std::vector<acc_t> acc(s.H * s.W);
@@ -276,42 +400,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       });
     }
 
-    // Step 2b: grad_w[k, cl, tap] = sum over n and output positions of gz[n, k] * (x[n, c] shifted by the tap).
-    // One thread owns each (k, cl) slice; the batch is walked in order.
+    // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
     if (need_w && grad_w.numel() > 0) {
-      scalar_t* gw = grad_w.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, s.K * s.Cg, 1, [&](int64_t q0, int64_t q1) {
-        std::vector<acc_t> acc(taps);
-        for (int64_t q = q0; q < q1; ++q) {
-          const int64_t k = q / s.Cg, cl = q % s.Cg;
-          const int64_t c = (k / s.Kg) * s.Cg + cl;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t n = 0; n < s.N; ++n) {
-            const acc_t* gzk = gz_p + (n * s.K + k) * plane;
-            const acc_t* xc = x_p + (n * s.C + c) * s.H * s.W;
-            for (int64_t i = 0; i < s.KH; ++i) {
-              const Range rh = valid_range(i * s.dh - s.ph, s.sh, s.H, s.OH);
-              for (int64_t j = 0; j < s.KW; ++j) {
-                const int64_t off_w = j * s.dw - s.pw;
-                const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
-                if (rw.lo >= rw.hi) continue;
-                acc_t sum = acc_t(0);
-                for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-                  const acc_t* xr = xc + (oh * s.sh + i * s.dh - s.ph) * s.W;  // the input row of this output row
-                  const acc_t* gr = gzk + oh * s.OW;
-                  if (s.sw == 1) {
-                    sum += dot(gr + rw.lo, xr + rw.lo + off_w, rw.hi - rw.lo);
-                  } else {
-                    for (int64_t ow = rw.lo; ow < rw.hi; ++ow) sum += gr[ow] * xr[ow * s.sw + off_w];
-                  }
-                }
-                acc[i * s.KW + j] += sum;
-              }
-            }
-          }
-          for (int64_t t = 0; t < taps; ++t) gw[q * taps + t] = static_cast<scalar_t>(acc[t]);
-        }
-      });
+      const int64_t cols = s.Cg * s.KH * s.KW;
+      at::Tensor gwa = direct ? grad_w : at::empty(weight.sizes(), opts.dtype(acc_type));
+      const auto post = rounder(grad_w.mutable_data_ptr<scalar_t>(), cols);
+      ConvWeightGradGemm<acc_t, decltype(post)> g{s.groups, s.Kg, cols, s.N * plane, s.groups, s, gz_p, x_p,
+                                                  gwa.mutable_data_ptr<acc_t>(), cols, false, !direct, post};
+      cpu::gemm_run<acc_t>(g);
     }
   });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());

@@ -1,9 +1,9 @@
 // Fused Linear + bias + activation on the CPU: y = act(x @ W^T + b), and its backward.
 //
-// Everything runs on one blocked GEMM of the "NT" form C[m, n] = sum_k A[m, k] * B[n, k]: both operands are
-// read along K, so the innermost loop is a contiguous dot product. The forward is exactly this form
-// (A = x, B = W); the backward brings its two products into it with one transposed copy per operand
-// (O(M*K + N*K) memory work next to O(M*N*K) arithmetic).
+// Forward and backward run on the shared packed GEMM of cpu/gemm.h (register-blocked micro-kernel, chosen
+// at run time for AVX-512 / AVX2 / SSE2). Forward: y = x @ W^T with bias and relu in the micro-kernel's
+// epilogue and other activations applied on each finished tile. Backward: grad_x = gz @ W and
+// grad_w = gz^T @ x, with the transposes done by the packing (strided reads), not by copies.
 //
 // Half types (bf16, fp16) are converted to float once before the GEMM, so the inner loops only ever see
 // the accumulation type (float, or double for double inputs) and the result is rounded once, on its write.
@@ -18,12 +18,14 @@
 #include <array>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "common/activation.h"
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/gemm.h"
 
 namespace dlkernels {
 namespace {
@@ -32,99 +34,52 @@ constexpr const char* kOp = "linear_act";
 constexpr const char* kOpBwd = "linear_act_backward";
 
 // ---------------------------------------------------------------------------------------------------------
-// The GEMM.
-//
-// Cache blocking: a (kTileM x kTileN) block of C is one unit of parallel work and is accumulated in a
-// per-thread buffer while K is walked in slices of kTileK, so the A slice (kTileM x kTileK) and the B slice
-// (kTileN x kTileK) both stay in L2 (64 KiB each for float) for the whole slice. Inside a slice, a
-// register tile of kMR rows of A times kNR rows of B shares every load kNR resp. kMR times.
-constexpr int64_t kTileM = 64;
-constexpr int64_t kTileN = 64;
-constexpr int64_t kTileK = 256;
-// Register tile: kMR rows of A times NR<acc_t> rows of B, each with V<acc_t> lanes (below). Chosen by
-// measurement with the baseline x86-64 flags this package builds with (SSE2: 16 vector registers); it
-// stays a good shape when the compiler may use AVX2.
-constexpr int kMR = 4;
-template <typename acc_t> constexpr int kNR = sizeof(acc_t) == 4 ? 4 : 2;
-template <typename acc_t> constexpr int kLanes = sizeof(acc_t) == 4 ? 8 : 2;
+// The GEMM problems (see cpu/gemm.h). C[M, N] = A[M, K] @ B[K, N] with A and B strided views of dense
+// buffers: packing reads them through their strides, so no operand is ever transposed in memory.
 
-// C[i * ldc + j] += dot(A row i, B row j) over `len` elements, for i < MR, j < NR.
-//
-// A float dot product written as one running sum is not vectorised by the compiler (that would reorder
-// the additions, which it may not do without -ffast-math). Keeping V independent partial sums ("lanes")
-// per output makes the lane loop trivially vectorisable; the lanes are added up once at the end, in a
-// fixed order, so the result is deterministic.
-template <typename acc_t, int MR, int NR>
-inline void dot_tile(const acc_t* A, int64_t lda, const acc_t* B, int64_t ldb, int64_t len, acc_t* C,
-                     int64_t ldc) {
-  constexpr int V = kLanes<acc_t>;
-  acc_t lanes[MR][NR][V] = {};
-  int64_t k = 0;
-  for (; k + V <= len; k += V) {
-    for (int i = 0; i < MR; ++i) {
-      for (int j = 0; j < NR; ++j) {
-        for (int l = 0; l < V; ++l) lanes[i][j][l] += A[i * lda + k + l] * B[j * ldb + k + l];
-      }
-    }
+template <typename acc_t, typename Post>
+struct LinearGemm {
+  int64_t batch = 1, M, N, K;
+  int64_t num_a = 1;
+  const acc_t* A;
+  int64_t a_sm, a_sk;
+  const acc_t* B;
+  int64_t b_sk, b_sn;
+  acc_t* C;
+  int64_t ldc;
+  const acc_t* bias = nullptr;  // per column
+  bool relu = false;
+  bool has_post = false;
+  Post post_fn;
+
+  int64_t a_of(int64_t) const { return 0; }
+  void pack_a(int64_t, int64_t i0, int mr, acc_t* dst, int MR) const {
+    cpu::pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR);
   }
-  for (int i = 0; i < MR; ++i) {
-    for (int j = 0; j < NR; ++j) {
-      acc_t s = acc_t(0);
-      for (int l = 0; l < V; ++l) s += lanes[i][j][l];
-      for (int64_t kk = k; kk < len; ++kk) s += A[i * lda + kk] * B[j * ldb + kk];  // the K remainder
-      C[i * ldc + j] += s;
-    }
+  void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
+    cpu::pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
   }
+  acc_t* c(int64_t) const { return C; }
+  const acc_t* bias_m(int64_t) const { return nullptr; }
+  const acc_t* bias_n(int64_t) const { return bias; }
+  void post(int64_t, int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc_) const {
+    post_fn(i0, j0, m, n, c, ldc_);
+  }
+};
+
+// C = A @ B (+ bias per column, relu if asked), then post(i0, j0, m, n, tile, ldc) on each finished tile
+// when has_post. A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn].
+template <typename acc_t, typename Post>
+void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, int64_t a_sk, const acc_t* B,
+                 int64_t b_sk, int64_t b_sn, acc_t* C, const acc_t* bias, bool relu, bool has_post, Post post) {
+  LinearGemm<acc_t, Post> g{1, M, N, K, 1, A, a_sm, a_sk, B, b_sk, b_sn, C, N, bias, relu, has_post, post};
+  cpu::gemm_run<acc_t>(g);
 }
 
-// A partial register tile at the bottom/right edge of a block (mr <= kMR, nr <= kNR): one output at a time.
-template <typename acc_t>
-inline void dot_tile_edge(int mr, int nr, const acc_t* A, int64_t lda, const acc_t* B, int64_t ldb, int64_t len,
-                          acc_t* C, int64_t ldc) {
-  for (int i = 0; i < mr; ++i) {
-    for (int j = 0; j < nr; ++j) dot_tile<acc_t, 1, 1>(A + i * lda, lda, B + j * ldb, ldb, len, C + i * ldc + j, ldc);
-  }
-}
-
-// C = A[M, K] @ B[N, K]^T with both operands row-major and contiguous. C is never materialised here: each
-// finished row segment of a block is handed to `epilogue(m, n0, values, count)`, which applies bias and
-// activation and writes the output once. K == 0 hands over zeros.
-template <typename acc_t, typename Epilogue>
-void gemm_nt(const acc_t* A, const acc_t* B, int64_t M, int64_t N, int64_t K, const Epilogue& epilogue) {
-  constexpr int NR = kNR<acc_t>;
-  const int64_t tiles_m = (M + kTileM - 1) / kTileM;
-  const int64_t tiles_n = (N + kTileN - 1) / kTileN;
-  // One block is already ~kTileM*kTileN*K multiply-adds, so a grain of one block is not too fine.
-  at::parallel_for(0, tiles_m * tiles_n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(kTileM * kTileN);
-    for (int64_t t = begin; t < end; ++t) {
-      // Consecutive blocks of one thread share the same rows of A.
-      const int64_t m0 = (t / tiles_n) * kTileM;
-      const int64_t n0 = (t % tiles_n) * kTileN;
-      const int64_t mb = std::min(kTileM, M - m0);
-      const int64_t nb = std::min(kTileN, N - n0);
-      std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t k0 = 0; k0 < K; k0 += kTileK) {
-        const int64_t kb = std::min(kTileK, K - k0);
-        for (int64_t j = 0; j < nb; j += NR) {
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nb - j));
-          const acc_t* b = B + (n0 + j) * K + k0;
-          for (int64_t i = 0; i < mb; i += kMR) {
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - i));
-            const acc_t* a = A + (m0 + i) * K + k0;
-            acc_t* c = acc.data() + i * kTileN + j;
-            if (mr == kMR && nr == NR) {
-              dot_tile<acc_t, kMR, NR>(a, K, b, K, kb, c, kTileN);
-            } else {
-              dot_tile_edge<acc_t>(mr, nr, a, K, b, K, kb, c, kTileN);
-            }
-          }
-        }
-      }
-      for (int64_t i = 0; i < mb; ++i) epilogue(m0 + i, n0, acc.data() + i * kTileN, nb);
-    }
-  });
-}
+struct NoPost {
+  template <typename T>
+  void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
+};
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward.
@@ -143,19 +98,28 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const s
     const at::Tensor xa = as_acc(x, acc_type);
     const at::Tensor wa = as_acc(weight, acc_type);
     const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
-    const acc_t* b = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
+    // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
+    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+    at::Tensor cbuf = direct ? out : at::empty({M, N}, out.options().dtype(acc_type));
+    acc_t* C = cbuf.mutable_data_ptr<acc_t>();
     dispatch_activation(act, [&](auto act_tag) {
-      using Fn = ActivationFn<decltype(act_tag)::value>;
-      // Epilogue: bias, activation and the one rounding to the output dtype.
-      gemm_nt<acc_t>(xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), M, N, K,
-                     [&](int64_t m, int64_t n0, const acc_t* c, int64_t count) {
-                       scalar_t* row = y + m * N + n0;
-                       for (int64_t j = 0; j < count; ++j) {
-                         const acc_t z = b ? c[j] + b[n0 + j] : c[j];
-                         row[j] = static_cast<scalar_t>(Fn::forward(z));
-                       }
-                     });
+      constexpr Activation A = decltype(act_tag)::value;
+      using Fn = ActivationFn<A>;
+      constexpr bool in_kernel = A == Activation::None || A == Activation::ReLU;  // vectorised in the kernel
+      // Epilogue: bias (+ relu) in the micro-kernel; other activations and the one rounding here, per tile.
+      auto post = [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
+        for (int i = 0; i < m; ++i) {
+          scalar_t* row = y + (i0 + i) * N + j0;
+          for (int j = 0; j < n; ++j) {
+            const acc_t z = c[i * ldc + j];
+            row[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z));
+          }
+        }
+      };
+      linear_gemm<acc_t>(M, N, K, xa.const_data_ptr<acc_t>(), K, 1, wa.const_data_ptr<acc_t>(), 1, K, C,
+                         ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, A == Activation::ReLU,
+                         !(direct && in_kernel), post);
     });
   });
   return out;
@@ -205,7 +169,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
     const int64_t chunks = (M + kBiasRows - 1) / kBiasRows;
     std::vector<acc_t> bias_parts(need_b ? chunks * N : 0, acc_t(0));
     dispatch_activation(act, [&](auto act_tag) {
-      using Fn = ActivationFn<decltype(act_tag)::value>;
+      constexpr Activation A = decltype(act_tag)::value;
       // `saved(m, n)` is what Fn::grad expects: the pre-activation (recomputed in acc_t, never rounded) for
       // gelu/gelu_tanh/silu, the forward output otherwise.
       auto pass = [&](auto saved) {
@@ -214,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
             acc_t* part = need_b ? bias_parts.data() + c * N : nullptr;
             for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
               for (int64_t n = 0; n < N; ++n) {
-                const acc_t g = static_cast<acc_t>(go_p[m * N + n]) * Fn::grad(saved(m * N + n));
+                const acc_t g = grad_times<A>(static_cast<acc_t>(go_p[m * N + n]), saved(m * N + n));
                 gz_p[m * N + n] = g;
                 if (part) part[n] += g;
               }
@@ -227,10 +191,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
         acc_t* z_p = z.mutable_data_ptr<acc_t>();
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         const acc_t* b = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
-        gemm_nt<acc_t>(xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), M, N, K,
-                       [&](int64_t m, int64_t n0, const acc_t* c, int64_t count) {
-                         for (int64_t j = 0; j < count; ++j) z_p[m * N + n0 + j] = b ? c[j] + b[n0 + j] : c[j];
-                       });
+        linear_gemm<acc_t>(M, N, K, xa.const_data_ptr<acc_t>(), K, 1, wa.const_data_ptr<acc_t>(), 1, K, z_p, b, false,
+                           false, NoPost{});
         pass([z_p](int64_t i) { return z_p[i]; });
       } else {
         const at::Tensor saved = out.contiguous();
@@ -251,23 +213,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
       });
     }
 
-    // Writes a finished row segment of an [rows, cols] result, rounding once.
-    auto write_to = [](scalar_t* dst, int64_t cols) {
-      return [dst, cols](int64_t r, int64_t c0, const acc_t* c, int64_t count) {
-        for (int64_t j = 0; j < count; ++j) dst[r * cols + c0 + j] = static_cast<scalar_t>(c[j]);
-      };
+    // dst[rows, cols] = A @ B through the GEMM: straight into dst for float/double, through a float buffer
+    // rounded once per tile for half types.
+    auto gemm_to = [&](scalar_t* dst, int64_t rows, int64_t cols, int64_t inner, const acc_t* A, int64_t a_sm,
+                       int64_t a_sk, const acc_t* B, int64_t b_sk, int64_t b_sn) {
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr, false,
+                           false, NoPost{});
+      } else {
+        at::Tensor tmp = at::empty({rows, cols}, opts.dtype(acc_type));
+        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, tmp.mutable_data_ptr<acc_t>(), nullptr,
+                           false, true, [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
+                             for (int i = 0; i < m; ++i) {
+                               for (int j = 0; j < n; ++j) dst[(i0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ldc + j]);
+                             }
+                           });
+      }
     };
-    // Step 2a: grad_x[M, K] = gz[M, N] @ W[N, K]  ==  NT GEMM of gz with W^T [K, N].
+    // Step 2a: grad_x[M, K] = gz[M, N] @ W[N, K].
     if (need_x && K > 0) {
-      const at::Tensor wt = wa.t().contiguous();
-      gemm_nt<acc_t>(gz_p, wt.const_data_ptr<acc_t>(), M, K, N, write_to(grad_x.mutable_data_ptr<scalar_t>(), K));
+      gemm_to(grad_x.mutable_data_ptr<scalar_t>(), M, K, N, gz_p, N, 1, wa.const_data_ptr<acc_t>(), K, 1);
     }
-    // Step 2b: grad_w[N, K] = gz^T[N, M] @ x[M, K]  ==  NT GEMM of gz^T with x^T [K, M]. M == 0 gives zeros.
+    // Step 2b: grad_w[N, K] = gz^T[N, M] @ x[M, K]: A is gz read down its columns. M == 0 gives zeros.
     if (need_w && K > 0) {
-      const at::Tensor gzt = gz.t().contiguous();
-      const at::Tensor xt = xa.t().contiguous();
-      gemm_nt<acc_t>(gzt.const_data_ptr<acc_t>(), xt.const_data_ptr<acc_t>(), N, K, M,
-                     write_to(grad_w.mutable_data_ptr<scalar_t>(), K));
+      gemm_to(grad_w.mutable_data_ptr<scalar_t>(), N, K, M, gz_p, 1, N, xa.const_data_ptr<acc_t>(), K, 1);
     }
   });
   return {grad_x, grad_w, grad_b};

@@ -27,6 +27,8 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/simd.h"
+
 
 namespace dlkernels {
 namespace {
@@ -92,6 +94,152 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
       if (WithIndices) std::copy(mi, mi + p.OW, ind + r * p.OW);
     }
   });
+}
+
+// The vectorised forward for float NCHW, stride 1 or 2 along W: the same per-output rule, L outputs at a
+// time (one per lane). Window positions are visited in the same row-major order as above and the select is
+// (v > max) | isnan(v), so values, ties and NaNs come out exactly as in the scalar loops, which still do
+// the outputs whose window leaves the row (padding), other strides, and CPUs without AVX2. Stride 2 loads
+// two vectors and keeps their even lanes, so every input element of a row is read once per window row.
+// (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
+#if defined(__x86_64__)
+// Outputs [ow0, ow0 + 16) of one output row whose input rows are [ih0, ih1) (step dh), all window columns
+// inside the row.
+template <int SW, bool WithIndices>
+DLK_TARGET_AVX512 void pool_chunk_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                         int64_t ow0, float* out, int64_t* ind) {
+  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
+                                         10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512i mi = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t kw = 0; kw < p.kw; ++kw) {
+      const int64_t off = ih * p.W + ow0 * SW - p.pw + kw * p.dw;  // lane 0's input element
+      const float* q = src + off;
+      const __m512 v = SW == 1 ? _mm512_loadu_ps(q)
+                               : _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16));
+      const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      m = _mm512_mask_mov_ps(m, take, v);
+      if (WithIndices) {
+        mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
+      }
+    }
+  }
+  _mm512_storeu_ps(out + ow0, m);
+  if (WithIndices) {
+    _mm512_storeu_si512(ind + ow0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
+    _mm512_storeu_si512(ind + ow0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
+  }
+}
+
+// The same with 8 lanes.
+template <int SW, bool WithIndices>
+DLK_TARGET_AVX2 void pool_chunk_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1, int64_t ow0,
+                                     float* out, int64_t* ind) {
+  const __m256i lane = _mm256_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW);
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  __m256i mi = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t kw = 0; kw < p.kw; ++kw) {
+      const int64_t off = ih * p.W + ow0 * SW - p.pw + kw * p.dw;
+      const float* q = src + off;
+      __m256 v;
+      if (SW == 1) {
+        v = _mm256_loadu_ps(q);
+      } else {  // even lanes of (a, b): [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order
+        const __m256 ab = _mm256_shuffle_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), 0x88);
+        v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ab), 0xD8));
+      }
+      const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      m = _mm256_blendv_ps(m, v, take);
+      if (WithIndices) {
+        const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(off)), lane);
+        mi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi), _mm256_castsi256_ps(idx), take));
+      }
+    }
+  }
+  _mm256_storeu_ps(out + ow0, m);
+  if (WithIndices) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0 + 4),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1)));
+  }
+}
+#endif
+
+using PoolChunkFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, float*, int64_t*);
+
+// Output rows [r0, r1) (row = plane * OH + oh) of an NCHW float tensor: vector chunks of L outputs where the
+// whole window is inside the row, the scalar rule elsewhere.
+template <int SW, bool WithIndices>
+void pool_rows_f32(PoolChunkFn chunk, int L, const float* in, float* out, int64_t* ind, const PoolShape& p,
+                   int64_t r0, int64_t r1) {
+  // Chunk starts ow0 whose L outputs have every window column in the row, counting the extra element the
+  // stride-2 load reads: ow0*SW - pw >= 0 and (ow0 + L - 1)*SW - pw + (kw-1)*dw + (SW-1) <= W - 1.
+  const int64_t lo = (p.pw + SW - 1) / SW;
+  const int64_t hi_num = p.W - 1 - (SW - 1) + p.pw - (p.kw - 1) * p.dw - (L - 1) * SW;
+  const int64_t last = hi_num < 0 ? -1 : hi_num / SW;  // the last valid chunk start
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t plane = r / p.OH, oh = r % p.OH;
+    const float* src = in + plane * p.H * p.W;
+    const int64_t ih_start = oh * p.sh - p.ph;
+    const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
+    const int64_t ih0 = first_in_bounds(ih_start, p.dh);
+    float* o = out + r * p.OW;
+    int64_t* id = WithIndices ? ind + r * p.OW : nullptr;
+    int64_t done_lo = 0, done_hi = 0;  // outputs [done_lo, done_hi) are written by vector chunks
+    if (last >= lo) {
+      int64_t ow0 = lo;
+      for (; ow0 <= last; ow0 += L) chunk(src, p, ih0, ih1, ow0, o, id);
+      // One more chunk ending as far right as allowed; it may overlap the previous one (same values).
+      if (ow0 - L < last) chunk(src, p, ih0, ih1, last, o, id);
+      done_lo = lo;
+      done_hi = last + L;
+    }
+    for (int64_t ow = 0; ow < p.OW; ++ow) {
+      if (ow == done_lo && done_hi > done_lo) ow = done_hi;
+      if (ow >= p.OW) break;
+      const int64_t iw_start = ow * p.sw - p.pw;
+      const int64_t iw1 = std::min(iw_start + (p.kw - 1) * p.dw + 1, p.W);
+      const int64_t iw0 = first_in_bounds(iw_start, p.dw);
+      float mv = -std::numeric_limits<float>::infinity();
+      int64_t mi = ih0 * p.W + iw0;
+      for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+        for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+          const float v = src[ih * p.W + iw];
+          if (v > mv || std::isnan(v)) mv = v, mi = ih * p.W + iw;
+        }
+      }
+      o[ow] = mv;
+      if (WithIndices) id[ow] = mi;
+    }
+  }
+}
+
+// Float NCHW, stride 1 or 2 along W, int32-sized planes: the vector path when the CPU has AVX2 at least.
+// Returns false (nothing done) otherwise.
+template <bool WithIndices>
+bool pool_forward_nchw_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
+#if defined(__x86_64__)
+  const cpu::Isa isa = cpu::cpu_isa();
+  if (isa == cpu::Isa::Base || (p.sw != 1 && p.sw != 2)) return false;
+  const bool wide = isa == cpu::Isa::Avx512;
+  const int L = wide ? 16 : 8;
+  PoolChunkFn chunk = p.sw == 1 ? (wide ? &pool_chunk_avx512<1, WithIndices> : &pool_chunk_avx2<1, WithIndices>)
+                                : (wide ? &pool_chunk_avx512<2, WithIndices> : &pool_chunk_avx2<2, WithIndices>);
+  const int64_t grain = std::max<int64_t>(1, 4096 / p.OW);  // whole rows, a few thousand outputs per grain
+  at::parallel_for(0, p.N * p.C * p.OH, grain, [&](int64_t r0, int64_t r1) {
+    if (p.sw == 1) {
+      pool_rows_f32<1, WithIndices>(chunk, L, in, out, ind, p, r0, r1);
+    } else {
+      pool_rows_f32<2, WithIndices>(chunk, L, in, out, ind, p, r0, r1);
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
 }
 
 // Forward, channels_last: one task per output position (n, oh, ow); the inner loops run contiguously over C
@@ -166,6 +314,10 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
       using index_t = decltype(index_tag);
       if (fmt == at::MemoryFormat::ChannelsLast) {
         pool_forward_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+      } else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
+        if (!pool_forward_nchw_f32<WithIndices>(src, dst, idx, p)) {
+          pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+        }
       } else {
         pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
       }
@@ -206,7 +358,7 @@ void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
     std::vector<acc_t> buf(kDirect ? 0 : in_plane);
     for (int64_t plane = begin; plane < end; ++plane) {
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + plane * in_plane) : buf.data();
-      std::fill(acc, acc + in_plane, acc_t(0));
+      cpu::zero_fill(acc, in_plane * sizeof(acc_t));  // not std::fill: see zero_fill
       const scalar_t* g = gout + plane * out_plane;
       const int64_t* id = ind + plane * out_plane;
       for (int64_t o = 0; o < out_plane; ++o) {
@@ -234,7 +386,7 @@ void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
     std::vector<acc_t> buf(kDirect ? 0 : in_sample);
     for (int64_t n = begin; n < end; ++n) {
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + n * in_sample) : buf.data();
-      std::fill(acc, acc + in_sample, acc_t(0));
+      cpu::zero_fill(acc, in_sample * sizeof(acc_t));
       const scalar_t* g_n = gout + n * out_positions * C;
       const int64_t* id_n = ind + n * out_positions * C;
       for (int64_t o = 0; o < out_positions; ++o) {

@@ -1,0 +1,229 @@
+// The CPU GEMM shared by linear_act and conv2d (forward and backward): C = A @ B with A [M, K], B [K, N],
+// bias + activation applied in the epilogue.
+//
+// Structure (the classic Goto/BLIS one, kept small):
+//   - A is packed once, up front, into panels of MR rows stored k-major (a[k * MR + i]), so the micro-kernel
+//     reads it contiguously; rows past M are zero.
+//   - The work is split into tasks = (batch entry, block of MC rows, block of NC columns). A task walks K in
+//     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
+//     runs the micro-kernel over every MR x NR tile of its block. The A micro-panel (MR x KC) stays in L1
+//     while the task sweeps the B panels.
+//   - The micro-kernel (gemm.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
+//     vector loads of B and MR broadcasts of A, each feeding NR / lanes FMAs. There is one for AVX-512 and
+//     one for AVX2+FMA (intrinsics) and a portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies
+//     relu before its one store; other activations and the rounding to half types run in `post` on the
+//     finished tile while it is still in cache.
+// Packing is done through the problem's callbacks, so the same driver does a plain strided GEMM (linear),
+// an implicit-im2col GEMM (conv: B is packed straight from the image, never materialised), and the
+// transposed products of the backward passes (packing reads the transpose; no transposed copies).
+//
+// Every element of C sums its K terms in the same order whatever the thread count or its tile position:
+// results are deterministic.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+
+// C[0:m, 0:n] of an MR x NR tile (row stride ldc) = (load_c ? C : 0) + A panel @ B panel over kc, then
+// + bias_m[i] (per row, if given) + bias_n[j] (per column, if given), then relu if asked.
+template <typename T>
+using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,
+                               const T* bias_m, const T* bias_n, bool relu);
+
+template <typename T>
+struct MicroKernel {
+  int mr, nr;
+  MicroKernelFn<T> run;
+};
+
+// The micro-kernel for this CPU (float and double), chosen once from cpu_isa().
+template <typename T>
+const MicroKernel<T>& micro_kernel();
+
+// Cache blocking (Zen 4: 32 KiB L1d, 1 MiB L2 per core). The A micro-panel (MR x KC, 20 KiB for float) stays
+// in L1 while a task sweeps its KC x NC block of B (up to 640 KiB) from L2. KC = 640 floats keeps a 3x3
+// conv over 64 channels (K = 576) in one slice (no reload of C); MC is large so that B, the operand
+// packed per task, is repacked rarely.
+template <typename T>
+struct GemmBlocking {
+  static constexpr int64_t KC = 2560 / sizeof(T);
+  static constexpr int64_t MC = 2048 / sizeof(T);
+  static constexpr int64_t NC = 256 * 4 / sizeof(T);
+};
+
+// A 64-byte aligned scratch buffer (vector loads of packed panels never straddle a cache line).
+template <typename T>
+struct AlignedBuffer {
+  explicit AlignedBuffer(size_t n) : p(static_cast<T*>(std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64 + 64))) {
+    TORCH_CHECK(p != nullptr, "dlkernels: out of memory for a GEMM packing buffer of ", n, " elements");
+  }
+  ~AlignedBuffer() { std::free(p); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* get() const { return p; }
+  T* p;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Packing helpers for operands that are plain strided matrices.
+
+// dst[k * P + r] = S[r * sr + k] for r < rows, k < kc, through 8 x 8 transposes in AVX registers (about 4x
+// faster than element by element; it is what packing W of a Linear costs). False, and nothing done,
+// without AVX2.
+bool pack_transpose_f32(const float* S, int64_t sr, int rows, int64_t kc, float* dst, int P);
+
+// dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
+// rows, stored k-major, of a strided matrix. When the rows of S are contiguous (sk == 1) this is a
+// transposition: it goes in blocks of 16 k (one cache line of each source row) so that the 16 destination
+// lines stay in L1 while every row contributes its line. Walking k in the outer loop instead reads P rows
+// that lie a power of two apart (L1 set conflicts); walking rows outer writes a new line per element.
+template <typename T>
+void pack_panel(const T* S, int64_t sr, int64_t sk, int64_t r0, int rows, int64_t k0, int64_t kc, T* dst, int P) {
+  const T* base = S + r0 * sr + k0 * sk;
+  if (rows < P) {
+    for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * P + rows, dst + (k + 1) * P, T(0));
+  }
+  if (sk == 1 && sr != 1) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (pack_transpose_f32(base, sr, rows, kc, dst, P)) return;
+    }
+    constexpr int64_t KB = 64 / sizeof(T);
+    for (int64_t kb = 0; kb < kc; kb += KB) {
+      const int64_t ke = std::min(kc, kb + KB);
+      for (int r = 0; r < rows; ++r) {
+        const T* src = base + r * sr;
+        for (int64_t k = kb; k < ke; ++k) dst[k * P + r] = src[k];
+      }
+    }
+  } else {
+    for (int64_t k = 0; k < kc; ++k) {
+      const T* src = base + k * sk;
+      T* d = dst + k * P;
+      if (sr == 1) {
+        std::memcpy(d, src, rows * sizeof(T));
+      } else {
+        for (int r = 0; r < rows; ++r) d[r] = src[r * sr];
+      }
+    }
+  }
+}
+
+// The A panel of rows [i0, i0 + mr) over all of K, for P::pack_a; A(i, k) = A[i * sm + k * sk].
+template <typename T>
+void pack_a_strided(const T* A, int64_t sm, int64_t sk, int64_t i0, int mr, int64_t K, T* dst, int MR) {
+  pack_panel(A, sm, sk, i0, mr, 0, K, dst, MR);
+}
+
+// The B panel of columns [j0, j0 + nr), k in [k0, k0 + kc), for P::pack_b; B(k, j) = B[k * sk + j * sn].
+template <typename T>
+void pack_b_strided(const T* B, int64_t sk, int64_t sn, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) {
+  pack_panel(B, sn, sk, j0, nr, k0, kc, dst, NR);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The driver. `P` describes a batch of independent GEMMs of the same shape:
+//   int64_t batch, M, N, K;
+//   int64_t num_a;                 distinct A matrices (e.g. conv groups); a_of(b) picks one per batch entry
+//   int64_t a_of(int64_t b) const;
+//   void pack_a(int64_t a, int64_t i0, int mr, T* dst, int MR) const;   all of K, as pack_a_strided
+//   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
+//   T* c(int64_t b) const; int64_t ldc;          where C lives (acc type); it is written, never read first
+//   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
+//   bool relu; bool has_post;
+//   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc) const;  on finished tiles
+template <typename T, typename P>
+void gemm_run(const P& p) {
+  const MicroKernel<T>& uk = micro_kernel<T>();
+  const int MR = uk.mr, NR = uk.nr;
+  const int64_t M = p.M, N = p.N, K = p.K;
+  if (p.batch == 0 || M == 0 || N == 0) return;
+  using Blk = GemmBlocking<T>;
+
+  // Pack every A once (all of K); the tasks then only read it.
+  const int64_t panels_m = (M + MR - 1) / MR;
+  const int64_t a_size = panels_m * K * MR;
+  AlignedBuffer<T> a_packed(std::max<int64_t>(1, p.num_a * a_size));
+  // Grains keep small problems on the calling thread: waking a second thread costs more than it saves
+  // there, and on a busy machine a parallel region waits for its slowest (possibly descheduled) thread.
+  const int64_t pack_grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, K * MR));
+  at::parallel_for(0, p.num_a * panels_m, pack_grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t a = t / panels_m, pm = t % panels_m;
+      const int mr = static_cast<int>(std::min<int64_t>(MR, M - pm * MR));
+      p.pack_a(a, pm * MR, mr, a_packed.get() + a * a_size + pm * K * MR, MR);
+    }
+  });
+
+  // Task grid. Every task streams its rows of A once, so with few (batch, row block) pairs the column
+  // blocks are made as large as allowed, their count rounded up to a multiple of the thread count (equal
+  // shares) rather than cut finer.
+  const int64_t panels_n = (N + NR - 1) / NR;
+  const int64_t mc_panels = std::max<int64_t>(1, Blk::MC / MR);
+  const int64_t blocks_m = (panels_m + mc_panels - 1) / mc_panels;
+  const int64_t threads = at::get_num_threads();
+  int64_t blocks_n = (panels_n + Blk::NC / NR - 1) / (Blk::NC / NR);
+  if (p.batch * blocks_m < threads) {
+    const int64_t share = threads / (p.batch * blocks_m);
+    blocks_n = std::min(panels_n, (blocks_n + share - 1) / share * share);
+  }
+  const int64_t nc_panels = (panels_n + blocks_n - 1) / blocks_n;
+  blocks_n = (panels_n + nc_panels - 1) / nc_panels;
+  // K in equal slices of at most KC (576 = 3 x 192 rather than 256 + 256 + 64). K == 0: one empty slice,
+  // which still writes bias and activation.
+  const int64_t k_slices = std::max<int64_t>(1, (K + Blk::KC - 1) / Blk::KC);
+  const int64_t KC = std::max<int64_t>(1, (K + k_slices - 1) / k_slices);
+
+  const double task_flops = 2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) *
+                            std::max<int64_t>(K, 1);
+  const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // >= ~40 us each
+  at::parallel_for(0, p.batch * blocks_m * blocks_n, task_grain, [&](int64_t t0, int64_t t1) {
+    AlignedBuffer<T> b_packed(nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);
+    for (int64_t t = t0; t < t1; ++t) {
+      // Consecutive tasks share the batch entry and the row block (the same A stays in cache).
+      const int64_t b = t / (blocks_m * blocks_n);
+      const int64_t bm = (t / blocks_n) % blocks_m;
+      const int64_t bn = t % blocks_n;
+      const int64_t pm0 = bm * mc_panels, pm1 = std::min(panels_m, pm0 + mc_panels);
+      const int64_t pn0 = bn * nc_panels, pn1 = std::min(panels_n, pn0 + nc_panels);
+      const T* a_base = a_packed.get() + p.a_of(b) * a_size;
+      T* C = p.c(b);
+      const T* bias_m = p.bias_m(b);
+      const T* bias_n = p.bias_n(b);
+      for (int64_t s = 0; s < k_slices; ++s) {
+        const int64_t k0 = s * KC, kc = std::min(KC, K - k0);
+        const bool last = s + 1 == k_slices;
+        for (int64_t pn = pn0; pn < pn1; ++pn) {
+          const int nr = static_cast<int>(std::min<int64_t>(NR, N - pn * NR));
+          p.pack_b(b, pn * NR, nr, k0, kc, b_packed.get() + (pn - pn0) * kc * NR, NR);
+        }
+        for (int64_t pm = pm0; pm < pm1; ++pm) {
+          const int64_t i0 = pm * MR;
+          const int mr = static_cast<int>(std::min<int64_t>(MR, M - i0));
+          const T* a = a_base + pm * K * MR + k0 * MR;
+          for (int64_t pn = pn0; pn < pn1; ++pn) {
+            const int64_t j0 = pn * NR;
+            const int nr = static_cast<int>(std::min<int64_t>(NR, N - j0));
+            T* c = C + i0 * p.ldc + j0;
+            uk.run(kc, a, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
+                   last && bias_m ? bias_m + i0 : nullptr, last && bias_n ? bias_n + j0 : nullptr, last && p.relu);
+            if (last && p.has_post) p.post(b, i0, j0, mr, nr, c, p.ldc);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace dlkernels

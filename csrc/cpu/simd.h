@@ -1,0 +1,82 @@
+// Run-time ISA dispatch for the CPU kernels.
+//
+// The package is built for the baseline x86-64 ISA so that one wheel runs everywhere (never -march=native).
+// The hot loops exist as functions carrying __attribute__((target(...))) (AVX-512, AVX2+FMA), written with
+// intrinsics, next to a portable version; which one runs is decided once, at run time, from what the CPU
+// reports (cpu_isa()).
+//
+// Why intrinsics and not one template over GCC vector extensions compiled per target: GCC 12 lowers the
+// vector-extension compares and selects of such a template to scalar code before it is inlined into the
+// AVX-512 wrapper, and its SLP pass turns a run of broadcasts into a vector load plus two shuffles each.
+// Plain arithmetic on vector extensions is fine, which is what the portable GEMM kernel uses.
+//
+// Results are deterministic for a given ISA; they may differ in the last bits between ISAs (FMA or not).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+// GCC notes that passing vectors by value changes the ABI outside a target that has them; our vector
+// helpers are always inlined.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// GCC 12 reports its own _mm512_undefined_*() placeholders inside AVX-512 intrinsics as (maybe) used
+// uninitialised when those intrinsics are inlined: false positives in the compiler's headers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#define DLK_ALWAYS_INLINE inline __attribute__((always_inline))
+// The ISA sets of the wrappers (AMD Zen 4 and Intel since Skylake-SP have all of the first).
+#define DLK_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"), flatten))
+#define DLK_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
+
+namespace dlkernels {
+namespace cpu {
+
+enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
+
+// The best ISA this CPU supports, detected once. The environment variable DLKERNELS_CPU_ISA (base, avx2,
+// avx512) can lower it, which is how the fallback paths are tested on a machine that has AVX-512.
+Isa cpu_isa();
+const char* isa_name(Isa isa);
+
+// Zeroes `bytes` bytes with plain vector stores. memset / std::fill of a large freshly allocated buffer
+// goes to glibc's `rep stosb`, and the page faults of new memory taken inside it cost more than inside
+// ordinary stores (profiled in max_pool2d's backward).
+void zero_fill(void* p, size_t bytes);
+
+// GCC vector of `Bytes / sizeof(T)` lanes, for the portable kernels.
+template <typename T, int Bytes>
+struct VecType;
+#define DLK_VEC_TYPE(T, BYTES)                                              \
+  template <>                                                               \
+  struct VecType<T, BYTES> {                                                \
+    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T)))); \
+  };
+DLK_VEC_TYPE(float, 16)
+DLK_VEC_TYPE(double, 16)
+#undef DLK_VEC_TYPE
+template <typename T, int Bytes>
+using Vec = typename VecType<T, Bytes>::type;
+
+// Unaligned loads and stores through memcpy: a vector type passed as a template argument loses its
+// aligned(...) attribute in GCC, so a plain dereference could be compiled as an aligned move.
+template <typename V, typename T>
+DLK_ALWAYS_INLINE V vload(const T* p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+DLK_ALWAYS_INLINE void vstore(T* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+
+// s - 0 is exactly s for every s (unlike s + 0, which turns -0.0 into +0.0), so the compiler folds the
+// subtraction and emits one broadcast.
+template <typename V, typename T>
+DLK_ALWAYS_INLINE V vbroadcast(T s) { return s - V{}; }
+
+}  // namespace cpu
+}  // namespace dlkernels
