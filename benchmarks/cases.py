@@ -553,6 +553,20 @@ def model_cases(gpu, quick):
     return cases
 
 
-def build_cases(device_type, quick=False):
+def cpu_goal_cases():
+    """The shapes of the CPU performance goals (float32, all threads): linear+relu at three sizes, a
+    ResNet-style 3x3 conv + bias + relu, and max pooling on a large input in both layouts."""
+    linear = [LinearCase("goals", m, k, n, "relu") for m, k, n in ((32, 4096, 4096), (512, 1024, 1024), (4096, 4096, 4096))]
+    conv = [ConvCase("goals", 32, 64, 56, 64)]
+    pool = [PoolCase("goals", 64, 64, 112, k, 2, 0, channels_last=cl) for k in (2, 3) for cl in (False, True)]
+    return linear + conv + pool
+
+
+SUITES = ("default", "cpu-goals")
+
+
+def build_cases(device_type, quick=False, suite="default"):
+    if suite == "cpu-goals":
+        return cpu_goal_cases()
     gpu = device_type == "cuda"
     return linear_cases(gpu, quick) + conv_cases(gpu, quick) + pool_cases(gpu, quick) + model_cases(gpu, quick)

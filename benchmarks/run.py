@@ -39,6 +39,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter timing (CPU: < 1 min)")
+    p.add_argument("--suite", default="default", choices=cases_mod.SUITES,
+                   help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals")
     p.add_argument("--op", action="append", help=f"ops to run, comma-separated: {', '.join(cases_mod.OPS)}")
     p.add_argument("--dtype", action="append",
                    help="dtypes, comma-separated (float32, bfloat16, float16, float64); default: float32 on the "
@@ -376,7 +378,7 @@ def main(argv=None):
     left_out = default_left_out(device, quick, explicit=bool(args.provider))
     if providers_mod.BASELINE not in providers:
         providers.insert(0, providers_mod.BASELINE)
-    selected = select_cases(cases_mod.build_cases(device.type, quick), split(args.op), modes, split(args.shapes))
+    selected = select_cases(cases_mod.build_cases(device.type, quick, args.suite), split(args.op), modes, split(args.shapes))
     if args.list:
         for case in selected:
             print(f"{case.op:11s} {case.name:45s} modes: {', '.join(m for m in case.modes if m in modes)}")
@@ -390,7 +392,7 @@ def main(argv=None):
 
     meta = collect_meta(device, args, quick)
     out_dir = args.out or os.path.join(HERE, "results", meta["device_slug"])
-    stem = args.name or ("roofline-quick" if quick else "roofline")
+    stem = args.name or ("roofline-quick" if quick else "roofline" if args.suite == "default" else args.suite)
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     print(f"dlkernels benchmarks on {meta['device_name']} ({device}, {meta['threads']} threads), torch "
