@@ -3,6 +3,7 @@
 // guard direct calls through torch.ops.dlkernels.*.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <vector>
 
@@ -33,6 +34,15 @@ inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bia
   check_dim(*bias, 1, "bias", op);
   TORCH_CHECK(bias->size(0) == size, "dlkernels.", op, ": expected 'bias' of size ", size,
               " (weight.size(0)), got ", bias->size(0));
+}
+
+// A tensor a backward op receives in the forward output's shape (grad_out, the saved output): that shape,
+// and x's device and dtype.
+inline void check_output_like(const at::Tensor& x, const at::Tensor& t, const char* arg, c10::IntArrayRef out_shape,
+                              const char* op) {
+  check_same_device_dtype(x, "x", t, arg, op);
+  TORCH_CHECK(t.sizes() == out_shape, "dlkernels.", op, ": expected '", arg, "' of shape ", out_shape,
+              " (the forward output's), got ", t.sizes());
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -149,6 +159,19 @@ inline PoolShape check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_si
               " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding,
               ", dilation=", dilation, ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
   return p;
+}
+
+// The backward's grad_out and indices: the pooled shape of x, x's device; indices int64.
+inline void check_pool_backward_args(const at::Tensor& x, const at::Tensor& grad_out, const at::Tensor& indices,
+                                     const PoolShape& p, const char* op) {
+  const std::array<int64_t, 4> out_shape{p.N, p.C, p.OH, p.OW};
+  check_output_like(x, grad_out, "grad_out", out_shape, op);
+  TORCH_CHECK(indices.device() == x.device(), "dlkernels.", op, ": expected 'indices' on ", x.device(),
+              " like 'x', got ", indices.device());
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "dlkernels.", op, ": expected 'indices' of dtype int64, got ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'indices' of shape ",
+              c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", indices.sizes());
 }
 
 }  // namespace dlkernels

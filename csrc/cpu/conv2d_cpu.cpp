@@ -248,13 +248,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOpBwd, c10::DeviceType::CPU);
-  check_same_device_dtype(x, "x", grad_out, "grad_out", kOpBwd);
-  check_same_device_dtype(x, "x", out, "out", kOpBwd);
   const std::array<int64_t, 4> y_shape = {s.N, s.K, s.OH, s.OW};
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'grad_out' of shape ",
-              at::IntArrayRef(y_shape), " (the output's), got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'out' of shape ",
-              at::IntArrayRef(y_shape), " (the forward's output), got ", out.sizes());
+  check_output_like(x, grad_out, "grad_out", y_shape, kOpBwd);
+  check_output_like(x, out, "out", y_shape, kOpBwd);
 
   const bool need_x = output_mask[0];
   const bool need_w = output_mask[1];

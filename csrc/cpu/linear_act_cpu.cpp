@@ -138,13 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
-  check_same_device_dtype(x, "x", grad_out, "grad_out", kOpBwd);
-  check_same_device_dtype(x, "x", out, "out", kOpBwd);
-  const std::vector<int64_t>& y_shape = shape.out_shape;
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'grad_out' of shape ",
-              at::IntArrayRef(y_shape), " (the output's), got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(y_shape), "dlkernels.", kOpBwd, ": expected 'out' of shape ",
-              at::IntArrayRef(y_shape), " (the forward's output), got ", out.sizes());
+  check_output_like(x, grad_out, "grad_out", shape.out_shape, kOpBwd);
+  check_output_like(x, out, "out", shape.out_shape, kOpBwd);
 
   const bool need_x = output_mask[0];
   const bool need_w = output_mask[1];

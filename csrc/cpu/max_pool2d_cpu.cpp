@@ -410,16 +410,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tens
                                    c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
   const PoolShape p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
-  check_same_device_dtype(x, "x", grad_out_in, "grad_out", op);
-  TORCH_CHECK(indices_in.device() == x.device(), "dlkernels.", op, ": expected 'indices' on ", x.device(),
-              " like 'x', got ", indices_in.device());
-  TORCH_CHECK(indices_in.scalar_type() == at::kLong, "dlkernels.", op,
-              ": expected 'indices' of dtype int64, got ", indices_in.scalar_type());
-  const std::vector<int64_t> out_shape{p.N, p.C, p.OH, p.OW};
-  TORCH_CHECK(grad_out_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'grad_out' of shape ",
-              c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", grad_out_in.sizes());
-  TORCH_CHECK(indices_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'indices' of shape ",
-              c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", indices_in.sizes());
+  check_pool_backward_args(x, grad_out_in, indices_in, p, op);
 
   const auto fmt = x.suggest_memory_format();
   at::Tensor grad_in = at::empty(x.sizes(), x.options().memory_format(fmt));

@@ -176,13 +176,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   constexpr const char* op = "conv2d_backward";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
-  check_same_device_dtype(x_in, "x", grad_out_in, "grad_out", op);
-  check_same_device_dtype(x_in, "x", out_in, "out", op);
-  const std::vector<int64_t> out_shape{g.N, g.K, g.OH, g.OW};
-  TORCH_CHECK(grad_out_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'grad_out' of shape ",
-              c10::IntArrayRef(out_shape), ", got ", grad_out_in.sizes());
-  TORCH_CHECK(out_in.sizes() == c10::IntArrayRef(out_shape), "dlkernels.", op, ": expected 'out' of shape ",
-              c10::IntArrayRef(out_shape), ", got ", out_in.sizes());
+  const std::array<int64_t, 4> out_shape{g.N, g.K, g.OH, g.OW};
+  check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
+  check_output_like(x_in, out_in, "out", out_shape, op);
   const bool with_bias = has_bias(bias);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();

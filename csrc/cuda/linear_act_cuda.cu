@@ -181,12 +181,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
   constexpr const char* op = "linear_act_backward";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
-  check_same_device_dtype(x, "x", grad_out, "grad_out", op);
-  check_same_device_dtype(x, "x", out, "out", op);
-  TORCH_CHECK(grad_out.sizes() == c10::IntArrayRef(d.out_shape), "dlkernels.", op, ": expected 'grad_out' of shape ",
-              c10::IntArrayRef(d.out_shape), ", got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == c10::IntArrayRef(d.out_shape), "dlkernels.", op, ": expected 'out' of shape ",
-              c10::IntArrayRef(d.out_shape), ", got ", out.sizes());
+  check_output_like(x, grad_out, "grad_out", d.out_shape, op);
+  check_output_like(x, out, "out", d.out_shape, op);
   const bool with_bias = has_bias(bias);
   const c10::cuda::CUDAGuard guard(x.device());
 
