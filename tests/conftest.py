@@ -87,3 +87,12 @@ def _no_tf32():
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
+
+@pytest.fixture
+def one_thread():
+    """Small models: one thread is as fast, and with 2 threads OpenMP waits at every op (10-100x slower)
+    while other processes keep the cores busy. Restores torch's setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,21 +18,14 @@ import dlkernels
 import dlkernels.nn as dnn
 from conftest import TOLERANCE, make_input
 
-pytestmark = pytest.mark.filterwarnings("ignore:dlkernels. the compiled extension did not load:RuntimeWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:dlkernels. the compiled extension did not load:RuntimeWarning"),
+]
 
-ACTIVATIONS = ["none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu"]
+ACTIVATIONS = dlkernels.ACTIVATIONS
 # One layer in float32: the same bound as the op tests (conftest's table).
 LAYER_TOL = TOLERANCE[(torch.float32, "reduce")]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small shapes: one thread is as fast, and with 2 threads OpenMP waits at every op (10-100x slower)
-    while other processes keep the cores busy. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_close_deep(actual, expected, rtol=1e-3, name=""):

@@ -16,14 +16,6 @@ def load_example(name):
     return module
 
 
-@pytest.fixture
-def one_thread():
-    """The examples set 1 thread (main() does); put torch's setting back afterwards."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def assert_accuracies_agree(results, tolerance):
     ours, theirs = results["dlkernels"], results["torch.nn"]
     assert abs(ours["test acc %"] - theirs["test acc %"]) <= tolerance
@@ -42,7 +34,6 @@ def test_mlp_circles_quick(one_thread, capsys):
 
 def test_tinyvgg_digits_quick(one_thread, capsys):
     example = load_example("tinyvgg")
-    torch.set_num_threads(1)
     results = example.run(epochs=3)
     assert_accuracies_agree(results, tolerance=1.0)
     assert results["torch.nn"]["test acc %"] > 15  # three short epochs (10 reach ~90%): above chance (10%)

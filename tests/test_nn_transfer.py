@@ -10,19 +10,12 @@ from torch import nn
 import dlkernels.nn as dnn
 from conftest import make_input
 
-pytestmark = pytest.mark.filterwarnings("ignore:dlkernels. the compiled extension did not load:RuntimeWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:dlkernels. the compiled extension did not load:RuntimeWarning"),
+]
 
 STEPS = 3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small shapes: one thread is as fast, and with 2 threads OpenMP waits at every op (10-100x slower)
-    while other processes keep the cores busy. Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fine_tune(checkpoint, use_dlkernels, images, labels):
