@@ -16,6 +16,9 @@ CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
     ((2, 5, 17, 33), 3, 1, 1, 1, False),
     ((1, 4, 6, 5), 3, 3, 0, 1, True),
     ((3, 2, 1, 9), (1, 3), (1, 2), 0, (1, 2), True),
+    # enough channels and columns for whole vectors of 8 and 16 lanes plus a remainder, in both layouts
+    ((2, 21, 9, 37), 3, 2, 1, 1, True),
+    ((1, 19, 6, 40), 2, 2, 0, 1, False),
 ]
 
 
@@ -51,11 +54,12 @@ def test_forward_bit_exact(backend, device, dtype, channels_last, case):
 def test_nans_and_ties(backend, device, channels_last):
     require_backend(backend, device)
     g = torch.Generator().manual_seed(0)
-    values = torch.randint(-2, 3, (2, 3, 9, 9), generator=g).float()  # many ties
+    shape = (2, 19, 9, 37)  # vector lanes and remainders in both layouts
+    values = torch.randint(-2, 3, shape, generator=g).float()  # many ties
     values[values == 2] = float("nan")
     values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
     for case in CASES[:4]:
-        check_pool(((2, 3, 9, 9),) + case[1:], torch.float32, device, backend, channels_last=channels_last, values=values)
+        check_pool((shape,) + case[1:], torch.float32, device, backend, channels_last=channels_last, values=values)
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -94,6 +98,23 @@ def test_gradients_match_torch(backend, device, dtype, channels_last, case):
         (grad64,) = torch.autograd.grad(F.max_pool2d(x64, *args), x64, grad_out.to("cpu", torch.float64))
         assert_close_to_reference(grad, grad64, dtype, torch_grad)
     assert grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_buffers_on_huge_pages(channels_last):
+    """Outputs of 8 MiB and more are allocated with the huge-page advice (csrc/cpu/memory.cpp)."""
+    require_backend("native", "cpu")
+    x = make_input(2, 16, 512, 512)  # 32 MiB; the output is 8 MiB, the indices 16 MiB
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out, indices = dlkernels.ops.max_pool2d(x, 2, return_indices=True, backend="native")
+    torch_out, torch_indices = F.max_pool2d(x, 2, return_indices=True)
+    assert torch.equal(out, torch_out) and torch.equal(indices, torch_indices)
+    grad_out = make_input(*out.shape, seed=3)
+    (grad,) = torch.autograd.grad(out, x, grad_out)
+    (torch_grad,) = torch.autograd.grad(torch_out, x, grad_out)
+    assert torch.equal(grad, torch_grad)
 
 
 def test_gradient_of_the_plain_op_recomputes_indices():

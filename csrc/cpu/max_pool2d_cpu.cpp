@@ -27,6 +27,7 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/cpu_utils.h"
 #include "cpu/simd.h"
 
 
@@ -101,85 +102,139 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
 // (v > max) | isnan(v), so values, ties and NaNs come out exactly as in the scalar loops, which still do
 // the outputs whose window leaves the row (padding), other strides, and CPUs without AVX2. Stride 2 loads
 // two vectors and keeps their even lanes, so every input element of a row is read once per window row.
+// Each running max is a chain of dependent compare/select steps, one per window position, so a call works
+// on U independent chunks at once to keep the vector units busy (one chunk alone runs at a quarter speed).
 // (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
 #if defined(__x86_64__)
-// Outputs [ow0, ow0 + 16) of one output row whose input rows are [ih0, ih1) (step dh), all window columns
-// inside the row.
-template <int SW, bool WithIndices>
-DLK_TARGET_AVX512 void pool_chunk_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                         int64_t ow0, float* out, int64_t* ind) {
+// Outputs [ow0[u], ow0[u] + 16), u < U, of one output row whose input rows are [ih0, ih1) (step dh), all
+// window columns inside the row.
+template <int SW, bool WithIndices, int U>
+DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                          const int64_t* ow0, float* out, int64_t* ind) {
   const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
                                          10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512i mi = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
+  __m512 m[U];
+  __m512i mi[U];
+  for (int u = 0; u < U; ++u) {
+    m[u] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    mi[u] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0[u] * SW - p.pw)), lane);
+  }
   for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
     for (int64_t kw = 0; kw < p.kw; ++kw) {
-      const int64_t off = ih * p.W + ow0 * SW - p.pw + kw * p.dw;  // lane 0's input element
-      const float* q = src + off;
-      const __m512 v = SW == 1 ? _mm512_loadu_ps(q)
-                               : _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16));
-      const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      m = _mm512_mask_mov_ps(m, take, v);
-      if (WithIndices) {
-        mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
+      const int64_t tap = ih * p.W - p.pw + kw * p.dw;
+      for (int u = 0; u < U; ++u) {
+        const int64_t off = tap + ow0[u] * SW;  // lane 0's input element
+        const float* q = src + off;
+        const __m512 v = SW == 1 ? _mm512_loadu_ps(q)
+                                 : _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16));
+        const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m[u] = _mm512_mask_mov_ps(m[u], take, v);
+        if (WithIndices) {
+          const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane);
+          mi[u] = _mm512_mask_mov_epi32(mi[u], take, idx);
+        }
       }
     }
   }
-  _mm512_storeu_ps(out + ow0, m);
-  if (WithIndices) {
-    _mm512_storeu_si512(ind + ow0, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
-    _mm512_storeu_si512(ind + ow0 + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
+  for (int u = 0; u < U; ++u) {
+    _mm512_storeu_ps(out + ow0[u], m[u]);
+    if (WithIndices) {
+      _mm512_storeu_si512(ind + ow0[u], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
+      _mm512_storeu_si512(ind + ow0[u] + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
+    }
   }
 }
 
 // The same with 8 lanes.
-template <int SW, bool WithIndices>
-DLK_TARGET_AVX2 void pool_chunk_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1, int64_t ow0,
-                                     float* out, int64_t* ind) {
+template <int SW, bool WithIndices, int U>
+DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                      const int64_t* ow0, float* out, int64_t* ind) {
   const __m256i lane = _mm256_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW);
-  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  __m256i mi = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
+  __m256 m[U];
+  __m256i mi[U];
+  for (int u = 0; u < U; ++u) {
+    m[u] = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    mi[u] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0[u] * SW - p.pw)), lane);
+  }
   for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
     for (int64_t kw = 0; kw < p.kw; ++kw) {
-      const int64_t off = ih * p.W + ow0 * SW - p.pw + kw * p.dw;
-      const float* q = src + off;
-      __m256 v;
-      if (SW == 1) {
-        v = _mm256_loadu_ps(q);
-      } else {  // even lanes of (a, b): [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order
-        const __m256 ab = _mm256_shuffle_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), 0x88);
-        v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ab), 0xD8));
-      }
-      const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      m = _mm256_blendv_ps(m, v, take);
-      if (WithIndices) {
-        const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(off)), lane);
-        mi = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi), _mm256_castsi256_ps(idx), take));
+      const int64_t tap = ih * p.W - p.pw + kw * p.dw;
+      for (int u = 0; u < U; ++u) {
+        const int64_t off = tap + ow0[u] * SW;
+        const float* q = src + off;
+        __m256 v;
+        if (SW == 1) {
+          v = _mm256_loadu_ps(q);
+        } else {  // even lanes of (a, b): [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order
+          const __m256 ab = _mm256_shuffle_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), 0x88);
+          v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ab), 0xD8));
+        }
+        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m[u], _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        m[u] = _mm256_blendv_ps(m[u], v, take);
+        if (WithIndices) {
+          const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(off)), lane);
+          mi[u] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi[u]), _mm256_castsi256_ps(idx), take));
+        }
       }
     }
   }
-  _mm256_storeu_ps(out + ow0, m);
-  if (WithIndices) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0 + 4),
-                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi, 1)));
+  for (int u = 0; u < U; ++u) {
+    _mm256_storeu_ps(out + ow0[u], m[u]);
+    if (WithIndices) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0[u]),
+                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi[u])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0[u] + 4),
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi[u], 1)));
+    }
   }
 }
 #endif
 
-using PoolChunkFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, float*, int64_t*);
+constexpr int kMaxChunks = 4;  // chunks per call (U above)
+using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, float*, int64_t*);
+// The chunk kernels of one ISA, stride and index choice, for U = 1 .. kMaxChunks, and their lane count.
+struct PoolChunkKernels {
+  PoolChunksFn chunks[kMaxChunks];
+  int lanes;
+};
+
+#if defined(__x86_64__)
+template <int SW, bool WithIndices>
+PoolChunkKernels pool_chunk_kernels(bool avx512) {
+  if (avx512) {
+    return {{&pool_chunks_avx512<SW, WithIndices, 1>, &pool_chunks_avx512<SW, WithIndices, 2>,
+             &pool_chunks_avx512<SW, WithIndices, 3>, &pool_chunks_avx512<SW, WithIndices, 4>},
+            16};
+  }
+  return {{&pool_chunks_avx2<SW, WithIndices, 1>, &pool_chunks_avx2<SW, WithIndices, 2>,
+           &pool_chunks_avx2<SW, WithIndices, 3>, &pool_chunks_avx2<SW, WithIndices, 4>},
+          8};
+}
+#endif
 
 // Output rows [r0, r1) (row = plane * OH + oh) of an NCHW float tensor: vector chunks of L outputs where the
 // whole window is inside the row, the scalar rule elsewhere.
-template <int SW, bool WithIndices>
-void pool_rows_f32(PoolChunkFn chunk, int L, const float* in, float* out, int64_t* ind, const PoolShape& p,
+template <int SW>
+void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64_t* ind, const PoolShape& p,
                    int64_t r0, int64_t r1) {
+  const int L = k.lanes;
   // Chunk starts ow0 whose L outputs have every window column in the row, counting the extra element the
   // stride-2 load reads: ow0*SW - pw >= 0 and (ow0 + L - 1)*SW - pw + (kw-1)*dw + (SW-1) <= W - 1.
   const int64_t lo = (p.pw + SW - 1) / SW;
   const int64_t hi_num = p.W - 1 - (SW - 1) + p.pw - (p.kw - 1) * p.dw - (L - 1) * SW;
   const int64_t last = hi_num < 0 ? -1 : hi_num / SW;  // the last valid chunk start
+  // The chunk starts, the same for every row: every L from lo, and one more ending as far right as allowed,
+  // which may overlap the one before (it writes the same values).
+  std::vector<int64_t> starts;
+  int64_t done_lo = 0, done_hi = 0;  // outputs [done_lo, done_hi) are written by vector chunks
+  if (last >= lo) {
+    for (int64_t ow0 = lo; ow0 <= last; ow0 += L) starts.push_back(ow0);
+    if (starts.back() < last) starts.push_back(last);
+    done_lo = lo;
+    done_hi = last + L;
+  }
+  const int64_t n_starts = static_cast<int64_t>(starts.size());
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t plane = r / p.OH, oh = r % p.OH;
     const float* src = in + plane * p.H * p.W;
@@ -187,15 +242,10 @@ void pool_rows_f32(PoolChunkFn chunk, int L, const float* in, float* out, int64_
     const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
     const int64_t ih0 = first_in_bounds(ih_start, p.dh);
     float* o = out + r * p.OW;
-    int64_t* id = WithIndices ? ind + r * p.OW : nullptr;
-    int64_t done_lo = 0, done_hi = 0;  // outputs [done_lo, done_hi) are written by vector chunks
-    if (last >= lo) {
-      int64_t ow0 = lo;
-      for (; ow0 <= last; ow0 += L) chunk(src, p, ih0, ih1, ow0, o, id);
-      // One more chunk ending as far right as allowed; it may overlap the previous one (same values).
-      if (ow0 - L < last) chunk(src, p, ih0, ih1, last, o, id);
-      done_lo = lo;
-      done_hi = last + L;
+    int64_t* id = ind ? ind + r * p.OW : nullptr;
+    for (int64_t i = 0; i < n_starts; i += kMaxChunks) {
+      const int64_t u = std::min<int64_t>(kMaxChunks, n_starts - i);
+      k.chunks[u - 1](src, p, ih0, ih1, starts.data() + i, o, id);
     }
     for (int64_t ow = 0; ow < p.OW; ++ow) {
       if (ow == done_lo && done_hi > done_lo) ow = done_hi;
@@ -212,7 +262,7 @@ void pool_rows_f32(PoolChunkFn chunk, int L, const float* in, float* out, int64_
         }
       }
       o[ow] = mv;
-      if (WithIndices) id[ow] = mi;
+      if (id) id[ow] = mi;
     }
   }
 }
@@ -224,16 +274,15 @@ bool pool_forward_nchw_f32(const float* in, float* out, int64_t* ind, const Pool
 #if defined(__x86_64__)
   const cpu::Isa isa = cpu::cpu_isa();
   if (isa == cpu::Isa::Base || (p.sw != 1 && p.sw != 2)) return false;
-  const bool wide = isa == cpu::Isa::Avx512;
-  const int L = wide ? 16 : 8;
-  PoolChunkFn chunk = p.sw == 1 ? (wide ? &pool_chunk_avx512<1, WithIndices> : &pool_chunk_avx2<1, WithIndices>)
-                                : (wide ? &pool_chunk_avx512<2, WithIndices> : &pool_chunk_avx2<2, WithIndices>);
+  const bool avx512 = isa == cpu::Isa::Avx512;
+  const PoolChunkKernels kernels =
+      p.sw == 1 ? pool_chunk_kernels<1, WithIndices>(avx512) : pool_chunk_kernels<2, WithIndices>(avx512);
   const int64_t grain = std::max<int64_t>(1, 4096 / p.OW);  // whole rows, a few thousand outputs per grain
   at::parallel_for(0, p.N * p.C * p.OH, grain, [&](int64_t r0, int64_t r1) {
     if (p.sw == 1) {
-      pool_rows_f32<1, WithIndices>(chunk, L, in, out, ind, p, r0, r1);
+      pool_rows_f32<1>(kernels, in, out, ind, p, r0, r1);
     } else {
-      pool_rows_f32<2, WithIndices>(chunk, L, in, out, ind, p, r0, r1);
+      pool_rows_f32<2>(kernels, in, out, ind, p, r0, r1);
     }
   });
   return true;
@@ -290,6 +339,142 @@ void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
   });
 }
 
+// The vectorised forward for float channels_last: the same per-channel rule, L channels at a time, window
+// positions in the same row-major order, so values, ties and NaNs match the loop above exactly. The window
+// of an output position is clipped to the input ([ih0, ih1) x [iw0, iw1), steps dh and dw) by the caller.
+// As for NCHW, one call keeps U vectors of channels (U*L channels) in flight.
+#if defined(__x86_64__)
+// Channels [c0, c0 + 16*U), of which only the first `count` exist (the rest are masked off).
+template <bool WithIndices, int U>
+DLK_TARGET_AVX512 void pool_channels_avx512(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                            int64_t iw0, int64_t iw1, int64_t c0, int64_t count, float* out,
+                                            int64_t* ind) {
+  __mmask16 lanes[U];
+  __m512 m[U];
+  __m512i mi[U];
+  for (int u = 0; u < U; ++u) {
+    const int64_t n = std::min<int64_t>(16, count - 16 * u);
+    lanes[u] = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    m[u] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    mi[u] = _mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
+  }
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+      const float* q = src_n + (ih * p.W + iw) * p.C + c0;
+      const __m512i idx = _mm512_set1_epi32(static_cast<int32_t>(ih * p.W + iw));
+      for (int u = 0; u < U; ++u) {
+        const __m512 v = _mm512_maskz_loadu_ps(lanes[u], q + 16 * u);
+        const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        m[u] = _mm512_mask_mov_ps(m[u], take, v);
+        if (WithIndices) mi[u] = _mm512_mask_mov_epi32(mi[u], take, idx);
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + 16 * u;
+    _mm512_mask_storeu_ps(out + c, lanes[u], m[u]);
+    if (WithIndices) {
+      _mm512_mask_storeu_epi64(ind + c, __mmask8(lanes[u]), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
+      _mm512_mask_storeu_epi64(ind + c + 8, __mmask8(lanes[u] >> 8),
+                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
+    }
+  }
+}
+
+// The same with 8 lanes and no masks: channels [c0, c0 + 8*U), all of them present.
+template <bool WithIndices, int U>
+DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                        int64_t iw0, int64_t iw1, int64_t c0, int64_t /*count*/, float* out,
+                                        int64_t* ind) {
+  __m256 m[U];
+  __m256i mi[U];
+  for (int u = 0; u < U; ++u) {
+    m[u] = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    mi[u] = _mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
+  }
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+      const float* q = src_n + (ih * p.W + iw) * p.C + c0;
+      const __m256 idx = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(ih * p.W + iw)));
+      for (int u = 0; u < U; ++u) {
+        const __m256 v = _mm256_loadu_ps(q + 8 * u);
+        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m[u], _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        m[u] = _mm256_blendv_ps(m[u], v, take);
+        if (WithIndices) mi[u] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi[u]), idx, take));
+      }
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    const int64_t c = c0 + 8 * u;
+    _mm256_storeu_ps(out + c, m[u]);
+    if (WithIndices) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi[u])));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + c + 4),
+                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi[u], 1)));
+    }
+  }
+}
+#endif
+
+using PoolChannelsFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                float*, int64_t*);
+
+// Float channels_last with int32-sized planes, on a CPU with AVX2 at least; returns false (nothing done)
+// otherwise. One task per output position, as above; the channels go in groups of up to kMaxChunks vectors,
+// and with AVX2 the channels past the last multiple of 8 take the scalar rule.
+template <bool WithIndices>
+bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
+#if defined(__x86_64__)
+  const cpu::Isa isa = cpu::cpu_isa();
+  if (isa == cpu::Isa::Base) return false;
+  const bool avx512 = isa == cpu::Isa::Avx512;
+  const PoolChannelsFn channels[kMaxChunks] = {
+      avx512 ? &pool_channels_avx512<WithIndices, 1> : &pool_channels_avx2<WithIndices, 1>,
+      avx512 ? &pool_channels_avx512<WithIndices, 2> : &pool_channels_avx2<WithIndices, 2>,
+      avx512 ? &pool_channels_avx512<WithIndices, 3> : &pool_channels_avx2<WithIndices, 3>,
+      avx512 ? &pool_channels_avx512<WithIndices, 4> : &pool_channels_avx2<WithIndices, 4>};
+  const int64_t L = avx512 ? 16 : 8;
+  const int64_t C = p.C;
+  const int64_t vector_channels = avx512 ? C : C / L * L;  // AVX-512 masks the last partial vector
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, p.N * p.OH * p.OW, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t ow = pos % p.OW;
+      const int64_t oh = (pos / p.OW) % p.OH;
+      const int64_t n = pos / (p.OW * p.OH);
+      const int64_t ih_start = oh * p.sh - p.ph;
+      const int64_t iw_start = ow * p.sw - p.pw;
+      const int64_t ih1 = std::min(ih_start + (p.kh - 1) * p.dh + 1, p.H);
+      const int64_t iw1 = std::min(iw_start + (p.kw - 1) * p.dw + 1, p.W);
+      const int64_t ih0 = first_in_bounds(ih_start, p.dh);
+      const int64_t iw0 = first_in_bounds(iw_start, p.dw);
+      const float* src_n = in + n * p.H * p.W * C;
+      float* o = out + pos * C;
+      int64_t* id = WithIndices ? ind + pos * C : nullptr;
+      for (int64_t c = 0; c < vector_channels; c += kMaxChunks * L) {
+        const int64_t count = std::min(kMaxChunks * L, vector_channels - c);
+        channels[(count + L - 1) / L - 1](src_n, p, ih0, ih1, iw0, iw1, c, count, o, id);
+      }
+      for (int64_t c = vector_channels; c < C; ++c) {
+        float mv = -std::numeric_limits<float>::infinity();
+        int64_t mx = ih0 * p.W + iw0;
+        for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+          for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+            const float v = src_n[(ih * p.W + iw) * C + c];
+            if (v > mv || std::isnan(v)) mv = v, mx = ih * p.W + iw;
+          }
+        }
+        o[c] = mv;
+        if (WithIndices) id[c] = mx;
+      }
+    }
+  });
+  return true;
+#else
+  return false;
+#endif
+}
+
 template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
                                                 c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -298,9 +483,9 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
   const auto opts = x.options().memory_format(fmt);
-  at::Tensor out = at::empty({p.N, p.C, p.OH, p.OW}, opts);
+  at::Tensor out = empty_output({p.N, p.C, p.OH, p.OW}, opts);
   at::Tensor ind;
-  if (WithIndices) ind = at::empty({p.N, p.C, p.OH, p.OW}, opts.dtype(at::kLong));
+  if (WithIndices) ind = empty_output({p.N, p.C, p.OH, p.OW}, opts.dtype(at::kLong));
   if (out.numel() == 0) return {out, ind};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_cpu", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
@@ -312,12 +497,15 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
     const bool small = (p.H + p.ph + p.kh * p.dh + 1) * (p.W + p.pw + p.kw * p.dw + 1) < (int64_t(1) << 30);
     auto run = [&](auto index_tag) {
       using index_t = decltype(index_tag);
-      if (fmt == at::MemoryFormat::ChannelsLast) {
-        pool_forward_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
-      } else if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
-        if (!pool_forward_nchw_f32<WithIndices>(src, dst, idx, p)) {
-          pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+      const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
+      if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
+        if (channels_last ? pool_forward_nhwc_f32<WithIndices>(src, dst, idx, p)
+                          : pool_forward_nchw_f32<WithIndices>(src, dst, idx, p)) {
+          return;
         }
+      }
+      if (channels_last) {
+        pool_forward_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
       } else {
         pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
       }
@@ -413,7 +601,7 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tens
   check_pool_backward_args(x, grad_out_in, indices_in, p, op);
 
   const auto fmt = x.suggest_memory_format();
-  at::Tensor grad_in = at::empty(x.sizes(), x.options().memory_format(fmt));
+  at::Tensor grad_in = empty_output(x.sizes(), x.options().memory_format(fmt));
   if (grad_in.numel() == 0) return grad_in;
   const at::Tensor grad_out = grad_out_in.contiguous(fmt);
   const at::Tensor indices = indices_in.contiguous(fmt);
