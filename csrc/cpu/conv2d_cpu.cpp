@@ -17,7 +17,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -204,7 +203,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const Activation act = parse_activation(activation);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   const auto memory_format = x.suggest_memory_format();
-  at::Tensor out = at::empty({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out.contiguous(memory_format);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_cpu", [&] {
@@ -217,7 +216,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
     const int64_t plane = s.OH * s.OW;
     // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-    at::Tensor cbuf = direct ? out : at::empty({s.N, s.K, s.OH, s.OW}, out.options().dtype(acc_type));
+    at::Tensor cbuf = direct ? out : empty_output({s.N, s.K, s.OH, s.OW}, out.options().dtype(acc_type));
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
       using Fn = ActivationFn<A>;
@@ -256,9 +255,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
   const bool need_w = output_mask[1];
   const bool need_b = output_mask[2] && has_bias(bias);
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_x = need_x ? at::empty(x.sizes(), opts) : at::Tensor();  // NCHW, converted at the end
-  at::Tensor grad_w = need_w ? at::empty(weight.sizes(), opts) : at::Tensor();
-  at::Tensor grad_b = need_b ? at::empty({s.K}, opts) : at::Tensor();
+  at::Tensor grad_x = need_x ? empty_output(x.sizes(), opts) : at::Tensor();  // NCHW, converted at the end
+  at::Tensor grad_w = need_w ? empty_output(weight.sizes(), opts) : at::Tensor();
+  at::Tensor grad_b = need_b ? empty_output({s.K}, opts) : at::Tensor();
   if (!need_x && !need_w && !need_b) return {grad_x, grad_w, grad_b};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_backward_cpu", [&] {
@@ -275,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 
     // Step 1: gz = grad_out * act'(saved) in acc_t, one (n, k) plane per work item, with the plane's sum
     // for grad_bias taken in the same pass.
-    at::Tensor gz = at::empty({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+    at::Tensor gz = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
     acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
     std::vector<acc_t> plane_sums(s.N * s.K, acc_t(0));
     dispatch_activation(act, [&](auto act_tag) {
@@ -301,7 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       if (grad_needs_preactivation(act)) {
         // Recompute the pre-activation with the forward GEMM; it stays in acc_t (never rounded).
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
-        at::Tensor z = at::empty({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+        at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
         const acc_t* z_p = z.mutable_data_ptr<acc_t>();
         conv_forward_gemm<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
                                  z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
@@ -354,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       t.Cg = s.Kg, t.Kg = s.Cg;
       // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
       const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
-      at::Tensor gxa = direct ? grad_x : at::empty(x.sizes(), opts.dtype(acc_type));
+      at::Tensor gxa = direct ? grad_x : empty_output(x.sizes(), opts.dtype(acc_type));
       conv_forward_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
                                !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
     }
@@ -399,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
     if (need_w && grad_w.numel() > 0) {
       const int64_t cols = s.Cg * s.KH * s.KW;
-      at::Tensor gwa = direct ? grad_w : at::empty(weight.sizes(), opts.dtype(acc_type));
+      at::Tensor gwa = direct ? grad_w : empty_output(weight.sizes(), opts.dtype(acc_type));
       const auto post = rounder(grad_w.mutable_data_ptr<scalar_t>(), cols);
       ConvWeightGradGemm<acc_t, decltype(post)> g{s.groups, s.Kg, cols, s.N * plane, s.groups, s, gz_p, x_p,
                                                   gwa.mutable_data_ptr<acc_t>(), cols, false, !direct, post};

@@ -131,6 +131,14 @@ void pack_b_strided(const T* B, int64_t sk, int64_t sn, int64_t j0, int nr, int6
   pack_panel(B, sn, sk, j0, nr, k0, kc, dst, NR);
 }
 
+// C[M, N] = A[M, K] @ B[K, N] for float, A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn],
+// C row-major with row stride ldc, when one side is skinny (skinny_gemm.cpp):
+//   - M <= 4 and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot products;
+//   - M <= 4 or K <= 4, and B's rows contiguous (b_sn == 1): rows of C as combinations of rows of B.
+// Returns false, with nothing done, for other shapes and layouts and on CPUs without AVX2.
+bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
+                     int64_t b_sk, int64_t b_sn, float* C, int64_t ldc);
+
 // ---------------------------------------------------------------------------------------------------------
 // The driver. `P` describes a batch of independent GEMMs of the same shape:
 //   int64_t batch, M, N, K;

@@ -11,7 +11,6 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -69,9 +68,26 @@ struct LinearGemm {
 
 // C = A @ B (+ bias per column, relu if asked), then post(i0, j0, m, n, tile, ldc) on each finished tile
 // when has_post. A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn].
+// Batch sizes up to 4 (and grad_w's inner dimension up to 4) take the skinny float kernels, which stream W
+// once instead of packing it; bias, relu and post then run over all of C.
 template <typename acc_t, typename Post>
 void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, int64_t a_sk, const acc_t* B,
                  int64_t b_sk, int64_t b_sn, acc_t* C, const acc_t* bias, bool relu, bool has_post, Post post) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (cpu::skinny_gemm_f32(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, N)) {
+      if (bias || relu) {
+        for (int64_t i = 0; i < M; ++i) {
+          acc_t* row = C + i * N;
+          for (int64_t j = 0; j < N; ++j) {
+            const acc_t z = bias ? row[j] + bias[j] : row[j];
+            row[j] = relu ? ActivationFn<Activation::ReLU>::forward(z) : z;
+          }
+        }
+      }
+      if (has_post) post(0, 0, static_cast<int>(M), static_cast<int>(N), C, N);
+      return;
+    }
+  }
   LinearGemm<acc_t, Post> g{1, M, N, K, 1, A, a_sm, a_sk, B, b_sk, b_sn, C, N, bias, relu, has_post, post};
   cpu::gemm_run<acc_t>(g);
 }
@@ -89,7 +105,7 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const s
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOp, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
-  at::Tensor out = at::empty(shape.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor out = empty_output(shape.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (M == 0 || N == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_linear_act_cpu", [&] {
@@ -101,7 +117,7 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const s
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-    at::Tensor cbuf = direct ? out : at::empty({M, N}, out.options().dtype(acc_type));
+    at::Tensor cbuf = direct ? out : empty_output({M, N}, out.options().dtype(acc_type));
     acc_t* C = cbuf.mutable_data_ptr<acc_t>();
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
@@ -145,9 +161,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
   const bool need_w = output_mask[1];
   const bool need_b = output_mask[2] && has_bias(bias);
   const auto opts = x.options().memory_format(at::MemoryFormat::Contiguous);
-  at::Tensor grad_x = need_x ? at::empty(x.sizes(), opts) : at::Tensor();
-  at::Tensor grad_w = need_w ? at::empty({N, K}, opts) : at::Tensor();
-  at::Tensor grad_b = need_b ? at::empty({N}, opts) : at::Tensor();
+  at::Tensor grad_x = need_x ? empty_output(x.sizes(), opts) : at::Tensor();
+  at::Tensor grad_w = need_w ? empty_output({N, K}, opts) : at::Tensor();
+  at::Tensor grad_b = need_b ? empty_output({N}, opts) : at::Tensor();
   if (!need_x && !need_w && !need_b) return {grad_x, grad_w, grad_b};
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_linear_act_backward_cpu", [&] {
@@ -159,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
     const scalar_t* go_p = go.const_data_ptr<scalar_t>();
 
     // Step 1: gz = grad_out * act'(saved), in acc_t, with grad_bias's partial sums taken in the same pass.
-    at::Tensor gz = at::empty({M, N}, opts.dtype(acc_type));
+    at::Tensor gz = empty_output({M, N}, opts.dtype(acc_type));
     acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
     const int64_t chunks = (M + kBiasRows - 1) / kBiasRows;
     std::vector<acc_t> bias_parts(need_b ? chunks * N : 0, acc_t(0));
@@ -182,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
         });
       };
       if (grad_needs_preactivation(act)) {
-        at::Tensor z = at::empty({M, N}, opts.dtype(acc_type));
+        at::Tensor z = empty_output({M, N}, opts.dtype(acc_type));
         acc_t* z_p = z.mutable_data_ptr<acc_t>();
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         const acc_t* b = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
@@ -216,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
         linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr, false,
                            false, NoPost{});
       } else {
-        at::Tensor tmp = at::empty({rows, cols}, opts.dtype(acc_type));
+        at::Tensor tmp = empty_output({rows, cols}, opts.dtype(acc_type));
         linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, tmp.mutable_data_ptr<acc_t>(), nullptr,
                            false, true, [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
                              for (int i = 0; i < m; ++i) {
