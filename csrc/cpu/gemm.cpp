@@ -53,9 +53,10 @@ DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc
 }
 
 // The x86 micro-kernels, one macro expanded per ISA and type (intrinsics: see simd.h for why). Per k: NV
-// vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators.
+// vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
+// columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
 #if defined(__x86_64__)
-#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)           \
+#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)       \
   TARGET void NAME(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,             \
                    const T* bias_m, const T* bias_n, bool relu) {                                                \
     constexpr int NR = NV * LANES;                                                                               \
@@ -65,7 +66,7 @@ DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc
     }                                                                                                            \
     for (int64_t k = 0; k < kc; ++k) {                                                                           \
       VEC bv[NV];                                                                                                \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * NR + v * LANES);                \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                \
       _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                    \
         const VEC av = SET1(a[k * MR + i]);                                                                      \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);            \
@@ -95,14 +96,20 @@ DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc
 // AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (12 x 32, 6 x 64 and 8 x 48
 // measured the same on Zen 4; 8 rows divide the usual M and channel counts). AVX2 (16 registers): 6 x 16
 // floats / 6 x 8 doubles = 12 accumulators.
-DLK_X86_MICRO(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 2, 16, _mm512_setzero_ps, _mm512_loadu_ps,
-              _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_max_ps)
-DLK_X86_MICRO(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 2, 8, _mm512_setzero_pd, _mm512_loadu_pd,
-              _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd, _mm512_max_pd)
-DLK_X86_MICRO(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 2, 8, _mm256_setzero_ps, _mm256_loadu_ps,
-              _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_max_ps)
-DLK_X86_MICRO(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 2, 4, _mm256_setzero_pd, _mm256_loadu_pd,
-              _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd, _mm256_max_pd)
+// The half-width variants (NV = 1) compute the last column panel of a GEMM when it has at most half its
+// columns (e.g. 196 = 6 x 32 + 4 positions of a 14x14 image), with the same additions in the same order.
+#define DLK_X86_MICRO_WIDTHS(NAME, TARGET, T, VEC, MR, LANES, W, TY)                                         \
+  DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,     \
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY,              \
+                _mm##W##_max_##TY)                                                                             \
+  DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY,                   \
+                _mm##W##_loadu_##TY, _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY,            \
+                _mm##W##_add_##TY, _mm##W##_max_##TY)
+DLK_X86_MICRO_WIDTHS(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 16, 512, ps)
+DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
+DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)
+DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256, pd)
+#undef DLK_X86_MICRO_WIDTHS
 #undef DLK_X86_MICRO
 #endif
 
@@ -134,15 +141,15 @@ MicroKernel<T> select_micro_kernel() {
 #if defined(__x86_64__)
   switch (cpu_isa()) {
     case Isa::Avx512:
-      if constexpr (f32) return {8, 32, &micro_f32_avx512};
-      else return {8, 16, &micro_f64_avx512};
+      if constexpr (f32) return {8, 32, &micro_f32_avx512, &micro_f32_avx512_half};
+      else return {8, 16, &micro_f64_avx512, &micro_f64_avx512_half};
     case Isa::Avx2:
-      if constexpr (f32) return {6, 16, &micro_f32_avx2};
-      else return {6, 8, &micro_f64_avx2};
+      if constexpr (f32) return {6, 16, &micro_f32_avx2, &micro_f32_avx2_half};
+      else return {6, 8, &micro_f64_avx2, &micro_f64_avx2_half};
     default: break;
   }
 #endif
-  return {4, f32 ? 8 : 4, &micro_base<T>};
+  return {4, f32 ? 8 : 4, &micro_base<T>, &micro_base<T>};
 }
 
 #if defined(__x86_64__)

@@ -25,11 +25,11 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <type_traits>
+#include <utility>
 
+#include "cpu/cpu_utils.h"
 #include "cpu/simd.h"
 
 namespace dlkernels {
@@ -45,6 +45,7 @@ template <typename T>
 struct MicroKernel {
   int mr, nr;
   MicroKernelFn<T> run;
+  MicroKernelFn<T> run_half;  // the same for tiles of at most nr / 2 columns (B panels still nr wide)
 };
 
 // The micro-kernel for this CPU (float and double), chosen once from cpu_isa().
@@ -62,17 +63,13 @@ struct GemmBlocking {
   static constexpr int64_t NC = 256 * 4 / sizeof(T);
 };
 
-// A 64-byte aligned scratch buffer (vector loads of packed panels never straddle a cache line).
+// A packing buffer of n elements: the calling thread's scratch memory for `slot` (see Scratch in
+// cpu_utils.h). The driver packs A on the calling thread in slot 0 and B in every task in slot 1.
 template <typename T>
-struct AlignedBuffer {
-  explicit AlignedBuffer(size_t n) : p(static_cast<T*>(std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64 + 64))) {
-    TORCH_CHECK(p != nullptr, "dlkernels: out of memory for a GEMM packing buffer of ", n, " elements");
-  }
-  ~AlignedBuffer() { std::free(p); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  T* get() const { return p; }
-  T* p;
+struct PackBuffer {
+  PackBuffer(int slot, size_t n) : scratch(slot, n * sizeof(T)) {}
+  T* get() const { return static_cast<T*>(scratch.get()); }
+  Scratch scratch;
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -150,6 +147,33 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
 //   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
 //   bool relu; bool has_post;
 //   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc) const;  on finished tiles
+// Block sizes (in panels) along M and N, at most max_m and max_n, that minimise the work of the busiest of
+// `threads` threads: at::parallel_for deals the tasks (batch x row blocks x column blocks) out in
+// contiguous chunks of equal count, and a task costs its MR x NR tiles plus about a quarter tile per B
+// panel it packs. Each count of blocks is tried from its minimum up to `threads` more; ties go to fewer
+// tasks.
+inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m, int64_t panels_n, int64_t max_m,
+                                                 int64_t max_n, int64_t threads) {
+  const int64_t dm0 = (panels_m + max_m - 1) / max_m, dn0 = (panels_n + max_n - 1) / max_n;
+  std::pair<int64_t, int64_t> best{max_m, max_n};
+  double best_cost = -1;
+  int64_t best_tasks = 0;
+  for (int64_t dm = dm0; dm <= std::min(panels_m, dm0 + threads); ++dm) {
+    const int64_t mcp = (panels_m + dm - 1) / dm, bm = (panels_m + mcp - 1) / mcp;
+    for (int64_t dn = dn0; dn <= std::min(panels_n, dn0 + threads); ++dn) {
+      const int64_t ncp = (panels_n + dn - 1) / dn, bn = (panels_n + ncp - 1) / ncp;
+      const int64_t tasks = batch * bm * bn;
+      const double cost = static_cast<double>((tasks + threads - 1) / threads) * (mcp * ncp + 0.25 * ncp);
+      if (best_cost < 0 || cost < best_cost || (cost == best_cost && tasks < best_tasks)) {
+        best = {mcp, ncp};
+        best_cost = cost;
+        best_tasks = tasks;
+      }
+    }
+  }
+  return best;
+}
+
 template <typename T, typename P>
 void gemm_run(const P& p) {
   const MicroKernel<T>& uk = micro_kernel<T>();
@@ -161,7 +185,7 @@ void gemm_run(const P& p) {
   // Pack every A once (all of K); the tasks then only read it.
   const int64_t panels_m = (M + MR - 1) / MR;
   const int64_t a_size = panels_m * K * MR;
-  AlignedBuffer<T> a_packed(std::max<int64_t>(1, p.num_a * a_size));
+  PackBuffer<T> a_packed(0, std::max<int64_t>(1, p.num_a * a_size));
   // Grains keep small problems on the calling thread: waking a second thread costs more than it saves
   // there, and on a busy machine a parallel region waits for its slowest (possibly descheduled) thread.
   const int64_t pack_grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, K * MR));
@@ -173,20 +197,20 @@ void gemm_run(const P& p) {
     }
   });
 
-  // Task grid. Every task streams its rows of A once, so with few (batch, row block) pairs the column
-  // blocks are made as large as allowed, their count rounded up to a multiple of the thread count (equal
-  // shares) rather than cut finer.
+  // Task grid: (batch entry, block of rows, block of columns), blocks of at most MC x NC. With many tasks
+  // per thread any split balances; with few (batch 1, a small image, few output channels) the blocks are
+  // cut along M, N or both so that the busiest thread has the least work.
   const int64_t panels_n = (N + NR - 1) / NR;
-  const int64_t mc_panels = std::max<int64_t>(1, Blk::MC / MR);
-  const int64_t blocks_m = (panels_m + mc_panels - 1) / mc_panels;
   const int64_t threads = at::get_num_threads();
-  int64_t blocks_n = (panels_n + Blk::NC / NR - 1) / (Blk::NC / NR);
-  if (p.batch * blocks_m < threads) {
-    const int64_t share = threads / (p.batch * blocks_m);
-    blocks_n = std::min(panels_n, (blocks_n + share - 1) / share * share);
+  int64_t mc_panels = std::max<int64_t>(1, Blk::MC / MR);
+  int64_t nc_panels = std::max<int64_t>(1, Blk::NC / NR);
+  if (p.batch * ((panels_m + mc_panels - 1) / mc_panels) * ((panels_n + nc_panels - 1) / nc_panels) < 16 * threads) {
+    const auto grid = balanced_grid(p.batch, panels_m, panels_n, mc_panels, nc_panels, threads);
+    mc_panels = grid.first;
+    nc_panels = grid.second;
   }
-  const int64_t nc_panels = (panels_n + blocks_n - 1) / blocks_n;
-  blocks_n = (panels_n + nc_panels - 1) / nc_panels;
+  const int64_t blocks_m = (panels_m + mc_panels - 1) / mc_panels;
+  const int64_t blocks_n = (panels_n + nc_panels - 1) / nc_panels;
   // K in equal slices of at most KC (576 = 3 x 192 rather than 256 + 256 + 64). K == 0: one empty slice,
   // which still writes bias and activation.
   const int64_t k_slices = std::max<int64_t>(1, (K + Blk::KC - 1) / Blk::KC);
@@ -196,7 +220,7 @@ void gemm_run(const P& p) {
                             std::max<int64_t>(K, 1);
   const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // >= ~40 us each
   at::parallel_for(0, p.batch * blocks_m * blocks_n, task_grain, [&](int64_t t0, int64_t t1) {
-    AlignedBuffer<T> b_packed(nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);
+    PackBuffer<T> b_packed(1, nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);
     for (int64_t t = t0; t < t1; ++t) {
       // Consecutive tasks share the batch entry and the row block (the same A stays in cache).
       const int64_t b = t / (blocks_m * blocks_n);
@@ -223,7 +247,8 @@ void gemm_run(const P& p) {
             const int64_t j0 = pn * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, N - j0));
             T* c = C + i0 * p.ldc + j0;
-            uk.run(kc, a, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
+            const MicroKernelFn<T> run = 2 * nr <= NR ? uk.run_half : uk.run;
+            run(kc, a, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
                    last && bias_m ? bias_m + i0 : nullptr, last && bias_n ? bias_n + j0 : nullptr, last && p.relu);
             if (last && p.has_post) p.post(b, i0, j0, mr, nr, c, p.ldc);
           }

@@ -2,6 +2,9 @@
 #include "cpu/cpu_utils.h"
 
 #include <cstdint>
+#include <cstdlib>
+
+#include <c10/util/Exception.h>
 
 #include <ATen/ops/empty.h>
 
@@ -30,6 +33,53 @@ void advise_huge_pages(void* data, size_t bytes) {
   (void)data;
   (void)bytes;
 #endif
+}
+
+namespace {
+constexpr size_t kKeepBytes = size_t(64) << 20;
+
+void* aligned_scratch(size_t bytes) {
+  const size_t size = (bytes + 63) / 64 * 64 + 64;  // room for the vector loads that run past the end
+  void* p = std::aligned_alloc(64, size);
+  TORCH_CHECK(p != nullptr, "dlkernels: out of memory for a scratch buffer of ", bytes, " bytes");
+  advise_huge_pages(p, size);
+  return p;
+}
+
+struct ScratchSlot {
+  void* data = nullptr;
+  size_t capacity = 0;
+  bool in_use = false;
+  ~ScratchSlot() { std::free(data); }
+};
+thread_local ScratchSlot scratch_slots[2];
+}  // namespace
+
+Scratch::Scratch(int slot, size_t bytes) : data_(nullptr), slot_(-1) {
+  TORCH_INTERNAL_ASSERT(slot == 0 || slot == 1);
+  ScratchSlot& s = scratch_slots[slot];
+  if (bytes > kKeepBytes || s.in_use) {
+    data_ = aligned_scratch(bytes);
+    return;
+  }
+  if (s.capacity < bytes) {
+    std::free(s.data);
+    s.data = nullptr;
+    s.capacity = 0;
+    s.data = aligned_scratch(bytes);
+    s.capacity = bytes;
+  }
+  s.in_use = true;
+  data_ = s.data;
+  slot_ = slot;
+}
+
+Scratch::~Scratch() {
+  if (slot_ < 0) {
+    std::free(data_);
+  } else {
+    scratch_slots[slot_].in_use = false;
+  }
 }
 
 }  // namespace cpu

@@ -1,0 +1,50 @@
+"""The CPU kernels give the same bits whatever the thread count: the GEMM's task grid, the skinny kernels'
+split and the pooling backward's partition all change with it, the order of each element's additions
+must not."""
+import pytest
+import torch
+
+import dlkernels
+from conftest import make_input, require_backend
+
+
+def run_at(threads, fn):
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
+def forward_and_grads(op, inputs):
+    inputs = [t.clone().requires_grad_() for t in inputs]
+    out = op(*inputs)
+    grads = torch.autograd.grad(out, inputs, make_input(*out.shape, seed=9))
+    return [out.detach(), *grads]
+
+
+CASES = {
+    # batch 1 and 3 (skinny kernels), and a GEMM whose last column panel is narrow
+    "linear_m1": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "relu", backend="native"), [(1, 300), (200, 300), (200,)]),
+    "linear_m3": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "gelu", backend="native"), [(3, 70), (37, 70), (37,)]),
+    "linear_m40": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "relu", backend="native"), [(40, 129), (196, 129), (196,)]),
+    # batch 1 on a 14x14 image: few tasks (balanced grid), 196 = 6 x 32 + 4 columns (half-width kernel)
+    "conv_14x14": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
+                   [(1, 32, 14, 14), (48, 32, 3, 3), (48,)]),
+    "pool_overlapping": (lambda x: dlkernels.ops.max_pool2d(x, 3, 2, 1, backend="native"), [(2, 24, 15, 17)]),
+    "pool_channels_last": (lambda x: dlkernels.ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2,
+                                                              1, backend="native"), [(3, 24, 15, 17)]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_same_bits_at_one_and_many_threads(name):
+    require_backend("native", "cpu")
+    op, shapes = CASES[name]
+    inputs = [make_input(*shape, seed=i) for i, shape in enumerate(shapes)]
+    many = max(2, torch.get_num_threads())
+    one = run_at(1, lambda: forward_and_grads(op, inputs))
+    several = run_at(many, lambda: forward_and_grads(op, inputs))
+    for a, b in zip(one, several):
+        assert torch.equal(a, b)
