@@ -93,6 +93,97 @@ void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_
   }
 }
 
+// The same for float and stride 1 with AVX-512 or AVX2 masked loads and stores: each output-row segment of
+// a panel row is one or two vectors whose lanes in the padding load as zeros (masked-off lanes are not
+// read, so they may lie outside the image). For few channels the packing costs as much as the GEMM, and
+// the generic loop above spends most of it in fill/copy calls on segments of a few dozen floats.
+#if defined(__x86_64__)
+// Lanes [lo, hi) of a vector as a mask.
+inline uint32_t lane_mask(int64_t lo, int64_t hi) { return hi <= lo ? 0u : ((1u << hi) - 1) & ~((1u << lo) - 1); }
+
+template <bool Avx512>
+inline void pack_im2col_f32_s1(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0, int64_t kc,
+                               float* dst, int NR);
+
+// The panel's columns split into output-row segments once; then per k row (c, kh, kw, stepped without
+// divisions) one or two masked vector copies per segment.
+#define DLK_PACK_IM2COL_S1(AVX512, TARGET, LANES, LOAD, STORE)                                                   \
+  template <>                                                                                                    \
+  TARGET void pack_im2col_f32_s1<AVX512>(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0,   \
+                                         int64_t kc, float* dst, int NR) {                                       \
+    constexpr int kMaxSegments = 64;                                                                             \
+    TORCH_INTERNAL_ASSERT(NR <= kMaxSegments);                                                                   \
+    int seg_start[kMaxSegments], seg_len[kMaxSegments];                                                          \
+    int64_t seg_oh[kMaxSegments], seg_ow[kMaxSegments];                                                          \
+    int segments = 0;                                                                                            \
+    for (int64_t jj = 0, oh = j0 / s.OW, ow = j0 % s.OW; jj < nr; ow = 0, ++oh, ++segments) {                    \
+      seg_start[segments] = static_cast<int>(jj);                                                                \
+      seg_len[segments] = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));                               \
+      seg_oh[segments] = oh;                                                                                     \
+      seg_ow[segments] = ow;                                                                                     \
+      jj += seg_len[segments];                                                                                   \
+    }                                                                                                            \
+    int64_t c = k0 / (s.KH * s.KW), kh = (k0 / s.KW) % s.KH, kw = k0 % s.KW;                                     \
+    for (int64_t k = 0; k < kc; ++k) {                                                                           \
+      float* d = dst + k * NR;                                                                                   \
+      const float* plane = xg + c * s.H * s.W;                                                                   \
+      for (int q = 0; q < segments; ++q) {                                                                       \
+        const int64_t ih = seg_oh[q] * s.sh - s.ph + kh * s.dh;                                                  \
+        const bool row_in = ih >= 0 && ih < s.H;                                                                 \
+        const float* row = plane + (row_in ? ih * s.W : 0);                                                      \
+        const int64_t iw0 = seg_ow[q] - s.pw + kw * s.dw;                                                        \
+        for (int t = 0; t < seg_len[q]; t += LANES) {                                                            \
+          const int64_t n = std::min<int64_t>(LANES, seg_len[q] - t), first = iw0 + t;                           \
+          const uint32_t valid =                                                                                 \
+              row_in ? lane_mask(std::clamp<int64_t>(-first, 0, n), std::clamp<int64_t>(s.W - first, 0, n)) : 0u; \
+          STORE(d + seg_start[q] + t, lane_mask(0, n), LOAD(valid, row + first));                               \
+        }                                                                                                        \
+      }                                                                                                          \
+      for (int t = nr; t < NR; t += LANES) {                                                                     \
+        STORE(d + t, lane_mask(0, std::min<int64_t>(LANES, NR - t)), LOAD(0u, d));                               \
+      }                                                                                                          \
+      if (++kw == s.KW) {                                                                                        \
+        kw = 0;                                                                                                  \
+        if (++kh == s.KH) kh = 0, ++c;                                                                           \
+      }                                                                                                          \
+    }                                                                                                            \
+  }
+
+__attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  // lane i: bit i of mask
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(mask)), bit), bit);
+}
+#define DLK_LOAD512(MASK, P) _mm512_maskz_loadu_ps(static_cast<__mmask16>(MASK), P)
+#define DLK_STORE512(P, MASK, V) _mm512_mask_storeu_ps(P, static_cast<__mmask16>(MASK), V)
+#define DLK_LOAD256(MASK, P) _mm256_maskload_ps(P, avx2_lanes(MASK))
+#define DLK_STORE256(P, MASK, V) _mm256_maskstore_ps(P, avx2_lanes(MASK), V)
+DLK_PACK_IM2COL_S1(true, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
+DLK_PACK_IM2COL_S1(false, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
+#undef DLK_LOAD512
+#undef DLK_STORE512
+#undef DLK_LOAD256
+#undef DLK_STORE256
+#undef DLK_PACK_IM2COL_S1
+#endif
+
+// pack_im2col, vectorised where the CPU and the shape allow.
+template <typename acc_t>
+void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
+                      int NR) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (s.sw == 1) {
+      switch (cpu::cpu_isa()) {
+        case cpu::Isa::Avx512: return pack_im2col_f32_s1<true>(s, xg, j0, nr, k0, kc, dst, NR);
+        case cpu::Isa::Avx2: return pack_im2col_f32_s1<false>(s, xg, j0, nr, k0, kc, dst, NR);
+        default: break;
+      }
+    }
+  }
+#endif
+  pack_im2col(s, xg, j0, nr, k0, kc, dst, NR);
+}
+
 template <typename acc_t, typename Post>
 struct ConvForwardGemm {
   int64_t batch, M, N, K, num_a;
@@ -111,7 +202,7 @@ struct ConvForwardGemm {
   }
   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const int64_t n = b / s.groups, g = b % s.groups;
-    pack_im2col(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
+    pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
   }
   acc_t* c(int64_t b) const { return out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N; }
   const acc_t* bias_m(int64_t b) const { return bias ? bias + (b % s.groups) * s.Kg : nullptr; }
