@@ -19,6 +19,7 @@ CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
     # enough channels and columns for whole vectors of 8 and 16 lanes plus a remainder, in both layouts
     ((2, 21, 9, 37), 3, 2, 1, 1, True),
     ((1, 19, 6, 40), 2, 2, 0, 1, False),
+    ((2, 70, 7, 9), 3, 2, 1, 1, False),  # more channels than one call keeps in registers
 ]
 
 
@@ -54,12 +55,13 @@ def test_forward_bit_exact(backend, device, dtype, channels_last, case):
 def test_nans_and_ties(backend, device, channels_last):
     require_backend(backend, device)
     g = torch.Generator().manual_seed(0)
-    shape = (2, 19, 9, 37)  # vector lanes and remainders in both layouts
-    values = torch.randint(-2, 3, shape, generator=g).float()  # many ties
-    values[values == 2] = float("nan")
-    values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
-    for case in CASES[:4]:
-        check_pool((shape,) + case[1:], torch.float32, device, backend, channels_last=channels_last, values=values)
+    # vector lanes and remainders in both layouts; more channels than one call keeps in registers
+    for shape in [(2, 19, 9, 37), (1, 70, 9, 8)]:
+        values = torch.randint(-2, 3, shape, generator=g).float()  # many ties
+        values[values == 2] = float("nan")
+        values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
+        for case in CASES[:4]:
+            check_pool((shape,) + case[1:], torch.float32, device, backend, channels_last=channels_last, values=values)
 
 
 @pytest.mark.parametrize("device", device_params())

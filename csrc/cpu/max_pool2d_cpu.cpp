@@ -14,6 +14,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -144,6 +145,43 @@ DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, 
   }
 }
 
+// Outputs [ow0, ow0 + n), n <= 16, whose windows lie inside the row but whose loads would pass the end of
+// the row (short rows, e.g. the 14 outputs of a 28-wide row, and the last outputs of a stride-2 row):
+// the lanes past the window columns of the n outputs are masked off (not read) and load as -inf, which
+// never replaces a maximum, and the stores are masked to the n outputs.
+template <int SW, bool WithIndices>
+DLK_TARGET_AVX512 void pool_chunk_tail_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                              int64_t ow0, int n, float* out, int64_t* ind) {
+  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
+                                         10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  // Elements a tap reads for the n outputs: (n - 1) * SW + 1, in one or two vectors.
+  const int used = (n - 1) * SW + 1;
+  const __mmask16 lo_mask = static_cast<__mmask16>((1u << std::min(used, 16)) - 1);
+  const __mmask16 hi_mask = static_cast<__mmask16>((1u << std::max(used - 16, 0)) - 1);
+  const __mmask16 out_mask = static_cast<__mmask16>((1u << n) - 1);
+  __m512 m = neg_inf;
+  __m512i mi = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t kw = 0; kw < p.kw; ++kw) {
+      const int64_t off = ih * p.W - p.pw + kw * p.dw + ow0 * SW;
+      const float* q = src + off;
+      const __m512 a = _mm512_mask_loadu_ps(neg_inf, lo_mask, q);
+      const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16));
+      const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      m = _mm512_mask_mov_ps(m, take, v);
+      if (WithIndices) mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
+    }
+  }
+  _mm512_mask_storeu_ps(out + ow0, out_mask, m);
+  if (WithIndices) {
+    _mm512_mask_storeu_epi64(ind + ow0, static_cast<__mmask8>(out_mask), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
+    _mm512_mask_storeu_epi64(ind + ow0 + 8, static_cast<__mmask8>(out_mask >> 8),
+                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
+  }
+}
+
 // The same with 8 lanes.
 template <int SW, bool WithIndices, int U>
 DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
@@ -191,10 +229,13 @@ DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int6
 
 constexpr int kMaxChunks = 4;  // chunks per call (U above)
 using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, float*, int64_t*);
-// The chunk kernels of one ISA, stride and index choice, for U = 1 .. kMaxChunks, and their lane count.
+using PoolTailFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, int, float*, int64_t*);
+// The chunk kernels of one ISA, stride and index choice, for U = 1 .. kMaxChunks, their lane count, and
+// the masked kernel for short chunks (AVX-512 only; null otherwise).
 struct PoolChunkKernels {
   PoolChunksFn chunks[kMaxChunks];
   int lanes;
+  PoolTailFn tail;
 };
 
 #if defined(__x86_64__)
@@ -203,11 +244,13 @@ PoolChunkKernels pool_chunk_kernels(bool avx512) {
   if (avx512) {
     return {{&pool_chunks_avx512<SW, WithIndices, 1>, &pool_chunks_avx512<SW, WithIndices, 2>,
              &pool_chunks_avx512<SW, WithIndices, 3>, &pool_chunks_avx512<SW, WithIndices, 4>},
-            16};
+            16,
+            &pool_chunk_tail_avx512<SW, WithIndices>};
   }
   return {{&pool_chunks_avx2<SW, WithIndices, 1>, &pool_chunks_avx2<SW, WithIndices, 2>,
            &pool_chunks_avx2<SW, WithIndices, 3>, &pool_chunks_avx2<SW, WithIndices, 4>},
-          8};
+          8,
+          nullptr};
 }
 #endif
 
@@ -232,6 +275,17 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
     done_lo = lo;
     done_hi = last + L;
   }
+  // Masked chunks (when the ISA has them) for the outputs after those, up to the last whose window ends
+  // inside the row: ow*SW - pw + (kw-1)*dw <= W - 1.
+  std::vector<std::pair<int64_t, int>> tails;
+  if (k.tail) {
+    const int64_t tail_num = p.W - 1 + p.pw - (p.kw - 1) * p.dw;
+    const int64_t end = tail_num < 0 ? 0 : std::min(p.OW, tail_num / SW + 1);  // one past the last such output
+    int64_t ow0 = starts.empty() ? lo : done_hi;
+    if (starts.empty()) done_lo = done_hi = lo;
+    for (; ow0 < end; ow0 += L) tails.emplace_back(ow0, static_cast<int>(std::min<int64_t>(L, end - ow0)));
+    done_hi = std::max(done_hi, end);
+  }
   const int64_t n_starts = static_cast<int64_t>(starts.size());
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t plane = r / p.OH, oh = r % p.OH;
@@ -245,6 +299,7 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
       const int64_t u = std::min<int64_t>(kMaxChunks, n_starts - i);
       k.chunks[u - 1](src, p, ih0, ih1, starts.data() + i, o, id);
     }
+    for (const auto& [ow0, n] : tails) k.tail(src, p, ih0, ih1, ow0, n, o, id);
     for (int64_t ow = 0; ow < p.OW; ++ow) {
       if (ow == done_lo && done_hi > done_lo) ow = done_hi;
       if (ow >= p.OW) break;
@@ -379,6 +434,46 @@ DLK_TARGET_AVX512 void pool_channels_avx512(const float* src_n, const PoolShape&
   }
 }
 
+// Many channels (more than the registers hold): window positions outer, channels inner, the running
+// maxima kept in `out` and the running indices in `idx` (int32, C of them) in L1. Each tap's channels are
+// then read as one sequential run, where interleaving the taps in register-sized groups reads several
+// short runs at once, which the hardware prefetchers follow less well when the input comes from memory.
+template <bool WithIndices>
+DLK_TARGET_AVX512 void pool_position_taps_avx512(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
+                                                 int64_t iw0, int64_t iw1, float* out, int64_t* ind,
+                                                 int32_t* idx) {
+  const int64_t C = p.C;
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
+  auto lanes = [C](int64_t c) {
+    return C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1);
+  };
+  for (int64_t c = 0; c < C; c += 16) {
+    _mm512_mask_storeu_ps(out + c, lanes(c), neg_inf);
+    if (WithIndices) _mm512_mask_storeu_epi32(idx + c, lanes(c), first);
+  }
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+      const float* q = src_n + (ih * p.W + iw) * C;
+      const __m512i tap = _mm512_set1_epi32(static_cast<int32_t>(ih * p.W + iw));
+      for (int64_t c = 0; c < C; c += 16) {
+        const __mmask16 l = lanes(c);
+        const __m512 v = _mm512_maskz_loadu_ps(l, q + c);
+        const __m512 m = _mm512_maskz_loadu_ps(l, out + c);
+        const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        _mm512_mask_storeu_ps(out + c, take & l, v);
+        if (WithIndices) _mm512_mask_storeu_epi32(idx + c, take & l, tap);
+      }
+    }
+  }
+  if (WithIndices) {
+    for (int64_t c = 0; c < C; c += 8) {
+      const __mmask8 l = C - c >= 8 ? __mmask8(0xFF) : __mmask8((1u << (C - c)) - 1);
+      _mm512_mask_storeu_epi64(ind + c, l, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(l, idx + c)));
+    }
+  }
+}
+
 // The same with 8 lanes and no masks: channels [c0, c0 + 8*U), all of them present.
 template <bool WithIndices, int U>
 DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
@@ -435,7 +530,9 @@ bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const Pool
   const int64_t C = p.C;
   const int64_t vector_channels = avx512 ? C : C / L * L;  // AVX-512 masks the last partial vector
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+  const bool taps_outer = avx512 && C > kMaxChunks * L;  // more channels than the registers hold
   at::parallel_for(0, p.N * p.OH * p.OW, grain, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> idx_buf(taps_outer && WithIndices ? C : 0);
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t ow = pos % p.OW;
       const int64_t oh = (pos / p.OW) % p.OH;
@@ -449,6 +546,10 @@ bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const Pool
       const float* src_n = in + n * p.H * p.W * C;
       float* o = out + pos * C;
       int64_t* id = WithIndices ? ind + pos * C : nullptr;
+      if (taps_outer) {
+        pool_position_taps_avx512<WithIndices>(src_n, p, ih0, ih1, iw0, iw1, o, id, idx_buf.data());
+        continue;
+      }
       for (int64_t c = 0; c < vector_channels; c += kMaxChunks * L) {
         const int64_t count = std::min(kMaxChunks * L, vector_channels - c);
         channels[(count + L - 1) / L - 1](src_n, p, ih0, ih1, iw0, iw1, c, count, o, id);
