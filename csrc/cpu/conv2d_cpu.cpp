@@ -200,6 +200,10 @@ struct ConvForwardGemm {
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
     cpu::pack_a_strided(w + g * s.Kg * K, K, 1, i0, mr, K, dst, MR);
   }
+  const acc_t* a_rows(int64_t* lda) const {
+    *lda = K;
+    return w;
+  }
   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const int64_t n = b / s.groups, g = b % s.groups;
     pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
@@ -243,6 +247,7 @@ struct ConvWeightGradGemm {
   const Post& post_fn;
 
   int64_t a_of(int64_t g) const { return g; }
+  const acc_t* a_rows(int64_t*) const { return nullptr; }  // gz is read down its columns
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
     const int64_t P = s.OH * s.OW;
     for (int64_t n = 0; n < s.N; ++n) {

@@ -57,18 +57,22 @@ DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc
 // columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
 #if defined(__x86_64__)
 #define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)       \
-  TARGET void NAME(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,             \
+  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c, \
                    const T* bias_m, const T* bias_n, bool relu) {                                                \
     constexpr int NR = NV * LANES;                                                                               \
     VEC acc[MR][NV];                                                                                             \
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                      \
       _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = SETZERO();                                \
     }                                                                                                            \
+    /* A(i, k) is a[k * MR + i] (packed) or a[i * lda + k] (in place, rows past m read as row 0) */              \
+    const T* arow[MR];                                                                                           \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda; \
+    const int64_t astep = lda == 0 ? MR : 1;                                                                     \
     for (int64_t k = 0; k < kc; ++k) {                                                                           \
       VEC bv[NV];                                                                                                \
       _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                \
       _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                    \
-        const VEC av = SET1(a[k * MR + i]);                                                                      \
+        const VEC av = SET1(arow[i][k * astep]);                                                                 \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);            \
       }                                                                                                          \
     }                                                                                                            \
@@ -115,15 +119,18 @@ DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256
 
 // The portable micro-kernel (any CPU; SSE2 on x86-64): GCC vector extensions, 4 rows x 2 vectors of 16 bytes.
 template <typename T>
-void micro_base(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int m, int n, bool load_c, const T* bias_m,
-                const T* bias_n, bool relu) {
+void micro_base(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,
+                const T* bias_m, const T* bias_n, bool relu) {
   using V = Vec<T, 16>;
   constexpr int MR = 4, NV = 2, L = 16 / sizeof(T), NR = NV * L;
   V acc[MR][NV] = {};
+  const T* arow[MR];
+  for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda;
+  const int64_t astep = lda == 0 ? MR : 1;
   for (int64_t k = 0; k < kc; ++k) {
     const V b0 = vload<V>(b + k * NR), b1 = vload<V>(b + k * NR + L);
     for (int i = 0; i < MR; ++i) {
-      const V av = vbroadcast<V>(a[k * MR + i]);
+      const V av = vbroadcast<V>(arow[i][k * astep]);
       acc[i][0] += av * b0;
       acc[i][1] += av * b1;
     }

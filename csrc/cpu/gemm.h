@@ -36,10 +36,12 @@ namespace dlkernels {
 namespace cpu {
 
 // C[0:m, 0:n] of an MR x NR tile (row stride ldc) = (load_c ? C : 0) + A panel @ B panel over kc, then
-// + bias_m[i] (per row, if given) + bias_n[j] (per column, if given), then relu if asked.
+// + bias_m[i] (per row, if given) + bias_n[j] (per column, if given), then relu if asked. The A panel is
+// packed (a[k * MR + i]) when lda == 0, else read in place: row i at a + i * lda, contiguous along k (rows
+// from m on are not read).
 template <typename T>
-using MicroKernelFn = void (*)(int64_t kc, const T* a, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,
-                               const T* bias_m, const T* bias_n, bool relu);
+using MicroKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n,
+                               bool load_c, const T* bias_m, const T* bias_n, bool relu);
 
 template <typename T>
 struct MicroKernel {
@@ -142,6 +144,8 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
 //   int64_t num_a;                 distinct A matrices (e.g. conv groups); a_of(b) picks one per batch entry
 //   int64_t a_of(int64_t b) const;
 //   void pack_a(int64_t a, int64_t i0, int mr, T* dst, int MR) const;   all of K, as pack_a_strided
+//   const T* a_rows(int64_t* lda) const;  A in place when its rows are contiguous along k: A number a,
+//                                          row i at a_rows + (a * M + i) * lda; null when they are not
 //   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
 //   T* c(int64_t b) const; int64_t ldc;          where C lives (acc type); it is written, never read first
 //   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
@@ -182,20 +186,7 @@ void gemm_run(const P& p) {
   if (p.batch == 0 || M == 0 || N == 0) return;
   using Blk = GemmBlocking<T>;
 
-  // Pack every A once (all of K); the tasks then only read it.
   const int64_t panels_m = (M + MR - 1) / MR;
-  const int64_t a_size = panels_m * K * MR;
-  PackBuffer<T> a_packed(0, std::max<int64_t>(1, p.num_a * a_size));
-  // Grains keep small problems on the calling thread: waking a second thread costs more than it saves
-  // there, and on a busy machine a parallel region waits for its slowest (possibly descheduled) thread.
-  const int64_t pack_grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, K * MR));
-  at::parallel_for(0, p.num_a * panels_m, pack_grain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t a = t / panels_m, pm = t % panels_m;
-      const int mr = static_cast<int>(std::min<int64_t>(MR, M - pm * MR));
-      p.pack_a(a, pm * MR, mr, a_packed.get() + a * a_size + pm * K * MR, MR);
-    }
-  });
 
   // Task grid: (batch entry, block of rows, block of columns), blocks of at most MC x NC. With many tasks
   // per thread any split balances; with few (batch 1, a small image, few output channels) the blocks are
@@ -216,6 +207,28 @@ void gemm_run(const P& p) {
   const int64_t k_slices = std::max<int64_t>(1, (K + Blk::KC - 1) / Blk::KC);
   const int64_t KC = std::max<int64_t>(1, (K + k_slices - 1) / k_slices);
 
+  // A is packed once (all of K) and the tasks then only read it; packing costs a pass over A (read and
+  // write) that pays when each A panel is used by many tasks. When A is used by at most two (batch 1 with
+  // few columns: a 3x3 conv over a 7x7 or 14x14 image, where packing the weights took longer than the
+  // products) and its rows are contiguous along k, the micro-kernel reads A in place instead.
+  int64_t lda = 0;
+  const T* a_rows = p.batch * blocks_n <= 2 ? p.a_rows(&lda) : nullptr;
+  if (!a_rows) lda = 0;
+  const int64_t a_size = a_rows ? 0 : panels_m * K * MR;
+  PackBuffer<T> a_packed(0, std::max<int64_t>(1, p.num_a * a_size));
+  if (!a_rows) {
+    // Grains keep small problems on the calling thread: waking a second thread costs more than it saves
+    // there, and on a busy machine a parallel region waits for its slowest (possibly descheduled) thread.
+    const int64_t pack_grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, K * MR));
+    at::parallel_for(0, p.num_a * panels_m, pack_grain, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t a = t / panels_m, pm = t % panels_m;
+        const int mr = static_cast<int>(std::min<int64_t>(MR, M - pm * MR));
+        p.pack_a(a, pm * MR, mr, a_packed.get() + a * a_size + pm * K * MR, MR);
+      }
+    });
+  }
+
   const double task_flops = 2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) *
                             std::max<int64_t>(K, 1);
   const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // >= ~40 us each
@@ -228,7 +241,7 @@ void gemm_run(const P& p) {
       const int64_t bn = t % blocks_n;
       const int64_t pm0 = bm * mc_panels, pm1 = std::min(panels_m, pm0 + mc_panels);
       const int64_t pn0 = bn * nc_panels, pn1 = std::min(panels_n, pn0 + nc_panels);
-      const T* a_base = a_packed.get() + p.a_of(b) * a_size;
+      const T* a_base = a_rows ? a_rows + p.a_of(b) * M * lda : a_packed.get() + p.a_of(b) * a_size;
       T* C = p.c(b);
       const T* bias_m = p.bias_m(b);
       const T* bias_n = p.bias_n(b);
@@ -242,14 +255,14 @@ void gemm_run(const P& p) {
         for (int64_t pm = pm0; pm < pm1; ++pm) {
           const int64_t i0 = pm * MR;
           const int mr = static_cast<int>(std::min<int64_t>(MR, M - i0));
-          const T* a = a_base + pm * K * MR + k0 * MR;
+          const T* a = a_rows ? a_base + i0 * lda + k0 : a_base + pm * K * MR + k0 * MR;
           for (int64_t pn = pn0; pn < pn1; ++pn) {
             const int64_t j0 = pn * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, N - j0));
             T* c = C + i0 * p.ldc + j0;
             const MicroKernelFn<T> run = 2 * nr <= NR ? uk.run_half : uk.run;
-            run(kc, a, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
-                   last && bias_m ? bias_m + i0 : nullptr, last && bias_n ? bias_n + j0 : nullptr, last && p.relu);
+            run(kc, a, lda, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
+                last && bias_m ? bias_m + i0 : nullptr, last && bias_n ? bias_n + j0 : nullptr, last && p.relu);
             if (last && p.has_post) p.post(b, i0, j0, mr, nr, c, p.ldc);
           }
         }

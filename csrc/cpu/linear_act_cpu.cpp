@@ -55,6 +55,11 @@ struct LinearGemm {
   void pack_a(int64_t, int64_t i0, int mr, acc_t* dst, int MR) const {
     cpu::pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR);
   }
+  const acc_t* a_rows(int64_t* lda) const {
+    if (a_sk != 1 || a_sm <= 0) return nullptr;
+    *lda = a_sm;
+    return A;
+  }
   void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     cpu::pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
   }
