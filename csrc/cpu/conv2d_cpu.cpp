@@ -105,42 +105,54 @@ template <bool Avx512>
 inline void pack_im2col_f32_s1(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0, int64_t kc,
                                float* dst, int NR);
 
-// The panel's columns split into output-row segments once; then per k row (c, kh, kw, stepped without
-// divisions) one or two masked vector copies per segment.
+// The panel row is cut once into pieces of at most one vector, each within one output row (or in the zero
+// columns past nr), with its store mask and, per kw, its load mask (the lanes whose column is inside the
+// image); then per k row (c, kh, kw, stepped without divisions) each piece is one masked load and store.
+struct Im2colPiece {
+  int dst_col;      // first panel column
+  int64_t oh;       // output row (-1: zero columns)
+  int64_t iw_base;  // input column of the first lane, before kw * dw
+  uint32_t store;   // lanes to store
+};
+
 #define DLK_PACK_IM2COL_S1(AVX512, TARGET, LANES, LOAD, STORE)                                                   \
   template <>                                                                                                    \
   TARGET void pack_im2col_f32_s1<AVX512>(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0,   \
                                          int64_t kc, float* dst, int NR) {                                       \
-    constexpr int kMaxSegments = 64;                                                                             \
-    TORCH_INTERNAL_ASSERT(NR <= kMaxSegments);                                                                   \
-    int seg_start[kMaxSegments], seg_len[kMaxSegments];                                                          \
-    int64_t seg_oh[kMaxSegments], seg_ow[kMaxSegments];                                                          \
-    int segments = 0;                                                                                            \
-    for (int64_t jj = 0, oh = j0 / s.OW, ow = j0 % s.OW; jj < nr; ow = 0, ++oh, ++segments) {                    \
-      seg_start[segments] = static_cast<int>(jj);                                                                \
-      seg_len[segments] = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));                               \
-      seg_oh[segments] = oh;                                                                                     \
-      seg_ow[segments] = ow;                                                                                     \
-      jj += seg_len[segments];                                                                                   \
+    constexpr int kMaxPieces = 128;                                                                              \
+    TORCH_INTERNAL_ASSERT(NR <= kMaxPieces / 2);                                                                 \
+    Im2colPiece pieces[kMaxPieces];                                                                              \
+    int count = 0;                                                                                               \
+    for (int64_t jj = 0, oh = j0 / s.OW, ow = j0 % s.OW; jj < nr; ow = 0, ++oh) {                                \
+      const int64_t len = std::min<int64_t>(nr - jj, s.OW - ow);                                                 \
+      for (int64_t t = 0; t < len; t += LANES) {                                                                 \
+        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t - s.pw,                                          \
+                           lane_mask(0, std::min<int64_t>(LANES, len - t))};                                     \
+      }                                                                                                          \
+      jj += len;                                                                                                 \
+    }                                                                                                            \
+    for (int t = nr; t < NR; t += LANES) pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t))}; \
+    std::vector<uint32_t> load(static_cast<size_t>(count) * s.KW);                                               \
+    for (int q = 0; q < count; ++q) {                                                                            \
+      const int64_t n = 32 - __builtin_clz(pieces[q].store);                                                     \
+      for (int64_t kw = 0; kw < s.KW; ++kw) {                                                                    \
+        const int64_t first = pieces[q].iw_base + kw * s.dw;                                                     \
+        load[q * s.KW + kw] = pieces[q].oh < 0 ? 0u                                                              \
+                                               : lane_mask(std::clamp<int64_t>(-first, 0, n),                   \
+                                                           std::clamp<int64_t>(s.W - first, 0, n));              \
+      }                                                                                                          \
     }                                                                                                            \
     int64_t c = k0 / (s.KH * s.KW), kh = (k0 / s.KW) % s.KH, kw = k0 % s.KW;                                     \
     for (int64_t k = 0; k < kc; ++k) {                                                                           \
       float* d = dst + k * NR;                                                                                   \
       const float* plane = xg + c * s.H * s.W;                                                                   \
-      for (int q = 0; q < segments; ++q) {                                                                       \
-        const int64_t ih = seg_oh[q] * s.sh - s.ph + kh * s.dh;                                                  \
-        const bool row_in = ih >= 0 && ih < s.H;                                                                 \
-        const float* row = plane + (row_in ? ih * s.W : 0);                                                      \
-        const int64_t iw0 = seg_ow[q] - s.pw + kw * s.dw;                                                        \
-        for (int t = 0; t < seg_len[q]; t += LANES) {                                                            \
-          const int64_t n = std::min<int64_t>(LANES, seg_len[q] - t), first = iw0 + t;                           \
-          const uint32_t valid =                                                                                 \
-              row_in ? lane_mask(std::clamp<int64_t>(-first, 0, n), std::clamp<int64_t>(s.W - first, 0, n)) : 0u; \
-          STORE(d + seg_start[q] + t, lane_mask(0, n), LOAD(valid, row + first));                               \
-        }                                                                                                        \
-      }                                                                                                          \
-      for (int t = nr; t < NR; t += LANES) {                                                                     \
-        STORE(d + t, lane_mask(0, std::min<int64_t>(LANES, NR - t)), LOAD(0u, d));                               \
+      for (int q = 0; q < count; ++q) {                                                                          \
+        const Im2colPiece& piece = pieces[q];                                                                    \
+        const int64_t ih = piece.oh * s.sh - s.ph + kh * s.dh;                                                   \
+        const bool row_in = piece.oh >= 0 && ih >= 0 && ih < s.H;                                                \
+        const uint32_t mask = row_in ? load[q * s.KW + kw] : 0u;                                                 \
+        const float* src = plane + (row_in ? ih * s.W + piece.iw_base + kw * s.dw : 0);                          \
+        STORE(d + piece.dst_col, piece.store, LOAD(mask, src));                                                  \
       }                                                                                                          \
       if (++kw == s.KW) {                                                                                        \
         kw = 0;                                                                                                  \
