@@ -1,8 +1,9 @@
-// Output allocation for the CPU kernels; see empty_output in cpu_utils.h.
+// Memory for the CPU kernels: outputs on huge pages and per-thread scratch (see cpu_utils.h).
 #include "cpu/cpu_utils.h"
 
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include <c10/util/Exception.h>
 
@@ -17,13 +18,18 @@ namespace cpu {
 
 namespace {
 constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
-// Below this a buffer takes few enough faults that the system call costs more than it saves.
+// Smaller buffers mostly come from malloc's heap, already faulted in and reused from call to call; advising
+// them would only split its mappings.
 constexpr size_t kAdviseMinBytes = size_t(8) << 20;
 }  // namespace
 
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (bytes < kAdviseMinBytes) return;
+  static const bool enabled = [] {
+    const char* env = std::getenv("DLKERNELS_CPU_HUGE_PAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  if (!enabled || bytes < kAdviseMinBytes) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
   // Only whole huge pages inside the buffer, so no other allocation is affected. A kernel without
