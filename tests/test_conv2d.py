@@ -17,6 +17,7 @@ CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((1, 3, 9, 8), (4, 4, 2), 1, "same", (2, 1), 1),  # "same" with an asymmetric split
     ((2, 4, 10, 7), (8, 3, 3), (3, 2), "valid", 1, 4),
     ((1, 1, 33, 3), (2, 3, 3), (1, 2), (2, 1), (1, 1), 1),
+    ((2, 9, 6, 21), (7, 3, 3), 1, 1, 1, 1),  # rows wide enough for the CPU packers' vector paths
 ]
 
 
@@ -96,7 +97,7 @@ def test_empty_batch(backend, device):
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5]])
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5], CASES[8]])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients(backend, device, dtype, activation, case, channels_last):

@@ -269,6 +269,9 @@ struct ConvWeightGradGemm {
   // dst[k * NR + j] = x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] with k - k0 = (n, oh, ow) and
   // j0 + j = (c, kh, kw): for each column, row segments of the input, written down the panel.
   void pack_b(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (s.sw == 1 && cpu::cpu_isa() != cpu::Isa::Base) return pack_b_transposed(g, j0, nr, k0, kc, dst, NR);
+    }
     const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
     for (int j = 0; j < nr; ++j) {
       const int64_t col = j0 + j;
@@ -296,6 +299,52 @@ struct ConvWeightGradGemm {
       }
     }
     for (int64_t kk = 0; kk < kc; ++kk) std::fill(dst + kk * NR + nr, dst + (kk + 1) * NR, acc_t(0));
+  }
+  // The same for float and stride 1, output-row segment by segment: for 8 columns at a time, the positions
+  // where all 8 read inside the image are 8 contiguous input runs, transposed 8 x 8 in registers into the
+  // panel; the rest (padding borders, the last columns) element by element.
+  void pack_b_transposed(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst, int NR) const {
+    const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
+    int64_t n = k0 / P, p = k0 % P;
+    int64_t oh = p / s.OW, ow = p % s.OW;
+    for (int64_t kk = 0; kk < kc;) {
+      const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
+      float* d = dst + kk * NR;
+      for (int jb = 0; jb < NR; jb += 8) {
+        const int width = std::clamp(nr - jb, 0, 8);
+        // Per column: its input run for this segment (the element of t = 0) and the t in [lo, hi) inside.
+        const float* src[8];
+        int64_t lo[8], hi[8], all_lo = 0, all_hi = seg;
+        for (int i = 0; i < width; ++i) {
+          const int64_t col = j0 + jb + i;
+          const int64_t c = g * s.Cg + col / taps, kh = (col % taps) / s.KW, kw = col % s.KW;
+          const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw0 = ow - s.pw + kw * s.dw;
+          const bool row_in = ih >= 0 && ih < s.H;
+          lo[i] = row_in ? std::clamp<int64_t>(-iw0, 0, seg) : seg;
+          hi[i] = row_in ? std::clamp<int64_t>(s.W - iw0, lo[i], seg) : seg;
+          src[i] = row_in ? x + ((n * s.C + c) * s.H + ih) * s.W + iw0 : nullptr;
+          all_lo = std::max(all_lo, lo[i]);
+          all_hi = std::min(all_hi, hi[i]);
+        }
+        const bool block = width == 8 && all_hi - all_lo >= 8;
+        if (block) {
+          const float* run[8];
+          for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
+          cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+        }
+        for (int i = 0; i < 8; ++i) {
+          float* col = d + jb + i;
+          for (int64_t t = 0; t < seg; ++t) {
+            if (block && t == all_lo) t = all_hi;
+            if (t >= seg) break;
+            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t] : 0.0f;
+          }
+        }
+      }
+      kk += seg;
+      ow = 0;
+      if (++oh == s.OH) oh = 0, ++n;
+    }
   }
   acc_t* c(int64_t g) const { return gw + g * s.Kg * N; }
   const acc_t* bias_m(int64_t) const { return nullptr; }

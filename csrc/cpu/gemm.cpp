@@ -160,13 +160,13 @@ MicroKernel<T> select_micro_kernel() {
 }
 
 #if defined(__x86_64__)
-DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* S, int64_t sr, int rows, int64_t kc, float* dst, int P) {
+DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst, int P) {
   int r = 0;
   for (; r + 8 <= rows; r += 8) {
     int64_t k = 0;
     for (; k + 8 <= kc; k += 8) {
       __m256 v[8];
-      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(S + (r + i) * sr + k);
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(S[r + i] + k);
       // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves: v[i] becomes column i.
       __m256 t[8], u[8];
       for (int i = 0; i < 4; ++i) {
@@ -185,11 +185,11 @@ DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* S, int64_t sr, int row
       }
     }
     for (; k < kc; ++k) {
-      for (int i = 0; i < 8; ++i) dst[k * P + r + i] = S[(r + i) * sr + k];
+      for (int i = 0; i < 8; ++i) dst[k * P + r + i] = S[r + i][k];
     }
   }
   for (; r < rows; ++r) {
-    for (int64_t k = 0; k < kc; ++k) dst[k * P + r] = S[r * sr + k];
+    for (int64_t k = 0; k < kc; ++k) dst[k * P + r] = S[r][k];
   }
 }
 #endif
@@ -212,10 +212,10 @@ void zero_fill(void* p, size_t bytes) {
   std::memset(p, 0, bytes);
 }
 
-bool pack_transpose_f32(const float* S, int64_t sr, int rows, int64_t kc, float* dst, int P) {
+bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P) {
 #if defined(__x86_64__)
   if (cpu_isa() == Isa::Base) return false;
-  pack_transpose_f32_avx2(S, sr, rows, kc, dst, P);
+  pack_transpose_f32_avx2(rows, nrows, kc, dst, P);
   return true;
 #else
   return false;

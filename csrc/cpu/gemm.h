@@ -77,10 +77,10 @@ struct PackBuffer {
 // ---------------------------------------------------------------------------------------------------------
 // Packing helpers for operands that are plain strided matrices.
 
-// dst[k * P + r] = S[r * sr + k] for r < rows, k < kc, through 8 x 8 transposes in AVX registers (about 4x
-// faster than element by element; it is what packing W of a Linear costs). False, and nothing done,
-// without AVX2.
-bool pack_transpose_f32(const float* S, int64_t sr, int rows, int64_t kc, float* dst, int P);
+// dst[k * P + r] = rows[r][k] for r < nrows, k < kc, through 8 x 8 transposes in AVX registers (about 4x
+// faster than element by element; it is what packing W of a Linear, or the image for a conv's weight
+// gradient, costs). False, and nothing done, without AVX2.
+bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P);
 
 // dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
 // rows, stored k-major, of a strided matrix. When the rows of S are contiguous (sk == 1) this is a
@@ -95,7 +95,11 @@ void pack_panel(const T* S, int64_t sr, int64_t sk, int64_t r0, int rows, int64_
   }
   if (sk == 1 && sr != 1) {
     if constexpr (std::is_same_v<T, float>) {
-      if (pack_transpose_f32(base, sr, rows, kc, dst, P)) return;
+      const float* row_ptrs[64];
+      if (rows <= 64) {
+        for (int r = 0; r < rows; ++r) row_ptrs[r] = base + r * sr;
+        if (pack_transpose_f32(row_ptrs, rows, kc, dst, P)) return;
+      }
     }
     constexpr int64_t KB = 64 / sizeof(T);
     for (int64_t kb = 0; kb < kc; kb += KB) {
