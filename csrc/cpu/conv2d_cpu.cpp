@@ -107,7 +107,8 @@ inline void pack_im2col_f32_s1(const ConvShape& s, const float* xg, int64_t j0, 
 
 // The panel row is cut once into pieces of at most one vector, each within one output row (or in the zero
 // columns past nr), with its store mask and, per kw, its load mask (the lanes whose column is inside the
-// image); then per k row (c, kh, kw, stepped without divisions) each piece is one masked load and store.
+// image); then each piece is copied down the panel, one masked load and store per k row, its source
+// stepped from k to k without divisions.
 struct Im2colPiece {
   int dst_col;      // first panel column
   int64_t oh;       // output row (-1: zero columns)
@@ -142,21 +143,29 @@ struct Im2colPiece {
                                                            std::clamp<int64_t>(s.W - first, 0, n));              \
       }                                                                                                          \
     }                                                                                                            \
-    int64_t c = k0 / (s.KH * s.KW), kh = (k0 / s.KW) % s.KH, kw = k0 % s.KW;                                     \
-    for (int64_t k = 0; k < kc; ++k) {                                                                           \
-      float* d = dst + k * NR;                                                                                   \
-      const float* plane = xg + c * s.H * s.W;                                                                   \
-      for (int q = 0; q < count; ++q) {                                                                          \
-        const Im2colPiece& piece = pieces[q];                                                                    \
-        const int64_t ih = piece.oh * s.sh - s.ph + kh * s.dh;                                                   \
-        const bool row_in = piece.oh >= 0 && ih >= 0 && ih < s.H;                                                \
-        const uint32_t mask = row_in ? load[q * s.KW + kw] : 0u;                                                 \
-        const float* src = plane + (row_in ? ih * s.W + piece.iw_base + kw * s.dw : 0);                          \
-        STORE(d + piece.dst_col, piece.store, LOAD(mask, src));                                                  \
-      }                                                                                                          \
-      if (++kw == s.KW) {                                                                                        \
-        kw = 0;                                                                                                  \
-        if (++kh == s.KH) kh = 0, ++c;                                                                           \
+    /* Piece by piece down the panel: k = (c, kh, kw) steps the source by dw, dh * W or H * W. */              \
+    const int64_t c0 = k0 / (s.KH * s.KW), kh0 = (k0 / s.KW) % s.KH, kw0 = k0 % s.KW;                           \
+    for (int q = 0; q < count; ++q) {                                                                            \
+      const Im2colPiece& piece = pieces[q];                                                                      \
+      const uint32_t* load_q = load.data() + q * s.KW;                                                           \
+      const int64_t ih_first = piece.oh * s.sh - s.ph; /* the input row for kh = 0 */                           \
+      float* d = dst + piece.dst_col;                                                                            \
+      int64_t kh = kh0, kw = kw0;                                                                                \
+      int64_t off = c0 * s.H * s.W + (ih_first + kh * s.dh) * s.W + piece.iw_base + kw * s.dw; /* of the source */ \
+      bool row_in = piece.oh >= 0 && ih_first + kh * s.dh >= 0 && ih_first + kh * s.dh < s.H;                    \
+      for (int64_t k = 0; k < kc; ++k) {                                                                         \
+        STORE(d + k * NR, piece.store, LOAD(row_in ? load_q[kw] : 0u, xg + (row_in ? off : 0)));                 \
+        off += s.dw;                                                                                             \
+        if (++kw == s.KW) {                                                                                      \
+          kw = 0;                                                                                                \
+          off += s.dh * s.W - s.KW * s.dw;                                                                       \
+          if (++kh == s.KH) {                                                                                    \
+            kh = 0;                                                                                              \
+            off += s.H * s.W - s.KH * s.dh * s.W;                                                                \
+          }                                                                                                      \
+          const int64_t ih = ih_first + kh * s.dh;                                                               \
+          row_in = piece.oh >= 0 && ih >= 0 && ih < s.H;                                                         \
+        }                                                                                                        \
       }                                                                                                          \
     }                                                                                                            \
   }
