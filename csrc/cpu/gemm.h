@@ -3,15 +3,18 @@
 //
 // Structure (the classic Goto/BLIS one, kept small):
 //   - A is packed once, up front, into panels of MR rows stored k-major (a[k * MR + i]), so the micro-kernel
-//     reads it contiguously; rows past M are zero.
-//   - The work is split into tasks = (batch entry, block of MC rows, block of NC columns). A task walks K in
+//     reads it contiguously; rows past M are zero. When each A panel serves at most two tasks, packing does
+//     not pay and the micro-kernel reads A's rows in place.
+//   - The work is split into tasks = (batch entry, block of MC rows, block of NC columns), cut finer when
+//     that leaves threads idle. A task walks K in
 //     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
 //     runs the micro-kernel over every MR x NR tile of its block. The A micro-panel (MR x KC) stays in L1
 //     while the task sweeps the B panels.
 //   - The micro-kernel (gemm.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
 //     vector loads of B and MR broadcasts of A, each feeding NR / lanes FMAs. There is one for AVX-512 and
-//     one for AVX2+FMA (intrinsics) and a portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies
-//     relu before its one store; other activations and the rounding to half types run in `post` on the
+//     one for AVX2+FMA (intrinsics), each with a half-width twin for a narrow last column panel, and a
+//     portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies relu
+//     before its one store; other activations and the rounding to half types run in `post` on the
 //     finished tile while it is still in cache.
 // Packing is done through the problem's callbacks, so the same driver does a plain strided GEMM (linear),
 // an implicit-im2col GEMM (conv: B is packed straight from the image, never materialised), and the
@@ -37,8 +40,8 @@ namespace cpu {
 
 // C[0:m, 0:n] of an MR x NR tile (row stride ldc) = (load_c ? C : 0) + A panel @ B panel over kc, then
 // + bias_m[i] (per row, if given) + bias_n[j] (per column, if given), then relu if asked. The A panel is
-// packed (a[k * MR + i]) when lda == 0, else read in place: row i at a + i * lda, contiguous along k (rows
-// from m on are not read).
+// packed (a[k * MR + i]) when lda == 0, else read in place: row i at a + i * lda, contiguous along k (the
+// rows from m on, which may not exist, read row 0 again; their results are dropped).
 template <typename T>
 using MicroKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n,
                                bool load_c, const T* bias_m, const T* bias_n, bool relu);
@@ -142,19 +145,6 @@ void pack_b_strided(const T* B, int64_t sk, int64_t sn, int64_t j0, int nr, int6
 bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
                      int64_t b_sk, int64_t b_sn, float* C, int64_t ldc);
 
-// ---------------------------------------------------------------------------------------------------------
-// The driver. `P` describes a batch of independent GEMMs of the same shape:
-//   int64_t batch, M, N, K;
-//   int64_t num_a;                 distinct A matrices (e.g. conv groups); a_of(b) picks one per batch entry
-//   int64_t a_of(int64_t b) const;
-//   void pack_a(int64_t a, int64_t i0, int mr, T* dst, int MR) const;   all of K, as pack_a_strided
-//   const T* a_rows(int64_t* lda) const;  A in place when its rows are contiguous along k: A number a,
-//                                          row i at a_rows + (a * M + i) * lda; null when they are not
-//   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
-//   T* c(int64_t b) const; int64_t ldc;          where C lives (acc type); it is written, never read first
-//   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
-//   bool relu; bool has_post;
-//   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc) const;  on finished tiles
 // Block sizes (in panels) along M and N, at most max_m and max_n, that minimise the work of the busiest of
 // `threads` threads: at::parallel_for deals the tasks (batch x row blocks x column blocks) out in
 // contiguous chunks of equal count, and a task costs its MR x NR tiles plus about a quarter tile per B
@@ -182,6 +172,19 @@ inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m
   return best;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The driver. `P` describes a batch of independent GEMMs of the same shape:
+//   int64_t batch, M, N, K;
+//   int64_t num_a;                 distinct A matrices (e.g. conv groups); a_of(b) picks one per batch entry
+//   int64_t a_of(int64_t b) const;
+//   void pack_a(int64_t a, int64_t i0, int mr, T* dst, int MR) const;   all of K, as pack_a_strided
+//   const T* a_rows(int64_t* lda) const;  A in place when its rows are contiguous along k: A number a,
+//                                          row i at a_rows + (a * M + i) * lda; null when they are not
+//   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
+//   T* c(int64_t b) const; int64_t ldc;          where C lives (acc type); it is written, never read first
+//   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
+//   bool relu; bool has_post;
+//   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc) const;  on finished tiles
 template <typename T, typename P>
 void gemm_run(const P& p) {
   const MicroKernel<T>& uk = micro_kernel<T>();

@@ -102,7 +102,7 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
 // the outputs whose window leaves the row (padding), other strides, and CPUs without AVX2. Stride 2 loads
 // two vectors and keeps their even lanes, so every input element of a row is read once per window row.
 // Each running max is a chain of dependent compare/select steps, one per window position, so a call works
-// on U independent chunks at once to keep the vector units busy (one chunk alone runs at a quarter speed).
+// on U independent chunks at once to overlap the chains (3x3 windows: 1.4x faster than one at a time).
 // (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
 #if defined(__x86_64__)
 // Outputs [ow0[u], ow0[u] + 16), u < U, of one output row whose input rows are [ih0, ih1) (step dh), all
