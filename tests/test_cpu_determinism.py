@@ -24,17 +24,21 @@ def forward_and_grads(op, inputs):
     return [out.detach(), *grads]
 
 
+def linear(activation):
+    return lambda x, w, b: dlkernels.ops.linear_act(x, w, b, activation, backend="native")
+
+
 CASES = {
     # batch 1 and 3 (skinny kernels), and a GEMM whose last column panel is narrow
-    "linear_m1": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "relu", backend="native"), [(1, 300), (200, 300), (200,)]),
-    "linear_m3": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "gelu", backend="native"), [(3, 70), (37, 70), (37,)]),
-    "linear_m40": (lambda x, w, b: dlkernels.ops.linear_act(x, w, b, "relu", backend="native"), [(40, 129), (196, 129), (196,)]),
+    "linear_m1": (linear("relu"), [(1, 300), (200, 300), (200,)]),
+    "linear_m3": (linear("gelu"), [(3, 70), (37, 70), (37,)]),
+    "linear_m40": (linear("relu"), [(40, 129), (196, 129), (196,)]),
     # batch 1 on a 14x14 image: few tasks (balanced grid), 196 = 6 x 32 + 4 columns (half-width kernel)
     "conv_14x14": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
                    [(1, 32, 14, 14), (48, 32, 3, 3), (48,)]),
     "pool_overlapping": (lambda x: dlkernels.ops.max_pool2d(x, 3, 2, 1, backend="native"), [(2, 24, 15, 17)]),
-    "pool_channels_last": (lambda x: dlkernels.ops.max_pool2d(x.contiguous(memory_format=torch.channels_last), 3, 2,
-                                                              1, backend="native"), [(3, 24, 15, 17)]),
+    "pool_channels_last": (lambda x: dlkernels.ops.max_pool2d(x.contiguous(memory_format=torch.channels_last),
+                                                              3, 2, 1, backend="native"), [(3, 24, 15, 17)]),
 }
 
 

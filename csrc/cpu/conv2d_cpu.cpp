@@ -335,11 +335,11 @@ struct ConvWeightGradGemm {
           all_lo = std::max(all_lo, lo[i]);
           all_hi = std::min(all_hi, hi[i]);
         }
-        const bool block = width == 8 && all_hi - all_lo >= 8;
+        bool block = width == 8 && all_hi - all_lo >= 8;
         if (block) {
           const float* run[8];
           for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
-          cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+          block = cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
         }
         for (int i = 0; i < 8; ++i) {
           float* col = d + jb + i;

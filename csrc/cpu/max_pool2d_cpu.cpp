@@ -171,12 +171,15 @@ DLK_TARGET_AVX512 void pool_chunk_tail_avx512(const float* src, const PoolShape&
       const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16));
       const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
       m = _mm512_mask_mov_ps(m, take, v);
-      if (WithIndices) mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
+      if (WithIndices) {
+        mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
+      }
     }
   }
   _mm512_mask_storeu_ps(out + ow0, out_mask, m);
   if (WithIndices) {
-    _mm512_mask_storeu_epi64(ind + ow0, static_cast<__mmask8>(out_mask), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
+    _mm512_mask_storeu_epi64(ind + ow0, static_cast<__mmask8>(out_mask),
+                             _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
     _mm512_mask_storeu_epi64(ind + ow0 + 8, static_cast<__mmask8>(out_mask >> 8),
                              _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
   }
