@@ -39,6 +39,22 @@ inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
   return start;
 }
 
+// One float output by the scalar rule, for the vector paths' leftovers: the window [ih0, ih1) x [iw0, iw1)
+// (steps dh, dw) of a plane whose element (ih, iw) is at src[(ih * W + iw) * step].
+inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, int64_t ih0, int64_t ih1,
+                           int64_t iw0, int64_t iw1, float* out, int64_t* ind) {
+  float mv = -std::numeric_limits<float>::infinity();
+  int64_t mi = ih0 * p.W + iw0;
+  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
+    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
+      const float v = src[(ih * p.W + iw) * step];
+      if (v > mv || std::isnan(v)) mv = v, mi = ih * p.W + iw;
+    }
+  }
+  *out = mv;
+  if (ind) *ind = mi;
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Forward, NCHW: one task per output row of one plane. For each in-bounds (ih, kw) of the row's windows the
 // inner loop runs over ow, so each output still sees its window positions in row-major order (same ties and
@@ -106,17 +122,28 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
 // (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
 #if defined(__x86_64__)
 // Outputs [ow0[u], ow0[u] + 16), u < U, of one output row whose input rows are [ih0, ih1) (step dh), all
-// window columns inside the row.
-template <int SW, bool WithIndices, int U>
+// window columns inside the row. Short (U = 1): the chunk has only n_last < 16 outputs (short rows, e.g. the
+// 14 outputs of a 28-wide row, and the last outputs of a stride-2 row); its lanes past the window columns of
+// those outputs are masked off (not read) and load as -inf, which never replaces a maximum, and its stores
+// are masked to the n_last outputs. Full chunks load and store without masks (with masks they ran ~15% slower).
+template <int SW, bool WithIndices, int U, bool Short = false>
 DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                          const int64_t* ow0, float* out, int64_t* ind) {
+                                          const int64_t* ow0, int n_last, float* out, int64_t* ind) {
   const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
                                          10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  static_assert(!Short || U == 1, "a short chunk is called alone");
+  // A short chunk's lanes: of its first and second load (a tap reads (n_last - 1) * SW + 1 elements), and of
+  // its stores.
+  const int used = Short ? (n_last - 1) * SW + 1 : 16 * SW;
+  const __mmask16 lo_mask = static_cast<__mmask16>((1u << std::min(used, 16)) - 1);
+  const __mmask16 hi_mask = static_cast<__mmask16>((1u << std::max(used - 16, 0)) - 1);
+  const __mmask16 out_mask = static_cast<__mmask16>((1u << (Short ? n_last : 16)) - 1);
   __m512 m[U];
   __m512i mi[U];
   for (int u = 0; u < U; ++u) {
-    m[u] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    m[u] = neg_inf;
     mi[u] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0[u] * SW - p.pw)), lane);
   }
   for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
@@ -125,8 +152,11 @@ DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, 
       for (int u = 0; u < U; ++u) {
         const int64_t off = tap + ow0[u] * SW;  // lane 0's input element
         const float* q = src + off;
-        const __m512 v = SW == 1 ? _mm512_loadu_ps(q)
-                                 : _mm512_permutex2var_ps(_mm512_loadu_ps(q), even, _mm512_loadu_ps(q + 16));
+        const __m512 a = Short ? _mm512_mask_loadu_ps(neg_inf, lo_mask, q) : _mm512_loadu_ps(q);
+        const __m512 b = SW == 1 ? a
+                         : Short ? _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16)
+                                 : _mm512_loadu_ps(q + 16);
+        const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, b);
         const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         m[u] = _mm512_mask_mov_ps(m[u], take, v);
         if (WithIndices) {
@@ -137,58 +167,25 @@ DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, 
     }
   }
   for (int u = 0; u < U; ++u) {
-    _mm512_storeu_ps(out + ow0[u], m[u]);
+    if (Short) {
+      _mm512_mask_storeu_ps(out + ow0[u], out_mask, m[u]);
+    } else {
+      _mm512_storeu_ps(out + ow0[u], m[u]);
+    }
     if (WithIndices) {
-      _mm512_storeu_si512(ind + ow0[u], _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
-      _mm512_storeu_si512(ind + ow0[u] + 8, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
+      _mm512_mask_storeu_epi64(ind + ow0[u], static_cast<__mmask8>(out_mask),
+                               _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
+      _mm512_mask_storeu_epi64(ind + ow0[u] + 8, static_cast<__mmask8>(out_mask >> 8),
+                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
     }
   }
 }
 
-// Outputs [ow0, ow0 + n), n <= 16, whose windows lie inside the row but whose loads would pass the end of
-// the row (short rows, e.g. the 14 outputs of a 28-wide row, and the last outputs of a stride-2 row):
-// the lanes past the window columns of the n outputs are masked off (not read) and load as -inf, which
-// never replaces a maximum, and the stores are masked to the n outputs.
-template <int SW, bool WithIndices>
-DLK_TARGET_AVX512 void pool_chunk_tail_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                              int64_t ow0, int n, float* out, int64_t* ind) {
-  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
-                                         10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  // Elements a tap reads for the n outputs: (n - 1) * SW + 1, in one or two vectors.
-  const int used = (n - 1) * SW + 1;
-  const __mmask16 lo_mask = static_cast<__mmask16>((1u << std::min(used, 16)) - 1);
-  const __mmask16 hi_mask = static_cast<__mmask16>((1u << std::max(used - 16, 0)) - 1);
-  const __mmask16 out_mask = static_cast<__mmask16>((1u << n) - 1);
-  __m512 m = neg_inf;
-  __m512i mi = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0 * SW - p.pw)), lane);
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t kw = 0; kw < p.kw; ++kw) {
-      const int64_t off = ih * p.W - p.pw + kw * p.dw + ow0 * SW;
-      const float* q = src + off;
-      const __m512 a = _mm512_mask_loadu_ps(neg_inf, lo_mask, q);
-      const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16));
-      const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-      m = _mm512_mask_mov_ps(m, take, v);
-      if (WithIndices) {
-        mi = _mm512_mask_mov_epi32(mi, take, _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane));
-      }
-    }
-  }
-  _mm512_mask_storeu_ps(out + ow0, out_mask, m);
-  if (WithIndices) {
-    _mm512_mask_storeu_epi64(ind + ow0, static_cast<__mmask8>(out_mask),
-                             _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi)));
-    _mm512_mask_storeu_epi64(ind + ow0 + 8, static_cast<__mmask8>(out_mask >> 8),
-                             _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi, 1)));
-  }
-}
-
-// The same with 8 lanes.
+// The same with 8 lanes, full chunks only (n_last is always 8: without masks, the rows' short ends take the
+// scalar rule).
 template <int SW, bool WithIndices, int U>
 DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                      const int64_t* ow0, float* out, int64_t* ind) {
+                                      const int64_t* ow0, int /*n_last*/, float* out, int64_t* ind) {
   const __m256i lane = _mm256_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW);
   __m256 m[U];
   __m256i mi[U];
@@ -231,14 +228,14 @@ DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int6
 #endif
 
 constexpr int kMaxChunks = 4;  // chunks per call (U above)
-using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, float*, int64_t*);
-using PoolTailFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, int, float*, int64_t*);
+using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, int, float*,
+                              int64_t*);
 // The chunk kernels of one ISA, stride and index choice, for U = 1 .. kMaxChunks, their lane count, and
-// the masked kernel for short chunks (AVX-512 only; null otherwise).
+// the short-chunk kernel (AVX-512 only; null otherwise).
 struct PoolChunkKernels {
   PoolChunksFn chunks[kMaxChunks];
   int lanes;
-  PoolTailFn tail;
+  PoolChunksFn short_chunk;
 };
 
 #if defined(__x86_64__)
@@ -248,7 +245,7 @@ PoolChunkKernels pool_chunk_kernels(bool avx512) {
     return {{&pool_chunks_avx512<SW, WithIndices, 1>, &pool_chunks_avx512<SW, WithIndices, 2>,
              &pool_chunks_avx512<SW, WithIndices, 3>, &pool_chunks_avx512<SW, WithIndices, 4>},
             16,
-            &pool_chunk_tail_avx512<SW, WithIndices>};
+            &pool_chunks_avx512<SW, WithIndices, 1, true>};
   }
   return {{&pool_chunks_avx2<SW, WithIndices, 1>, &pool_chunks_avx2<SW, WithIndices, 2>,
            &pool_chunks_avx2<SW, WithIndices, 3>, &pool_chunks_avx2<SW, WithIndices, 4>},
@@ -278,10 +275,10 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
     done_lo = lo;
     done_hi = last + L;
   }
-  // Masked chunks (when the ISA has them) for the outputs after those, up to the last whose window ends
+  // Short chunks (when the ISA has masks) for the outputs after those, up to the last whose window ends
   // inside the row: ow*SW - pw + (kw-1)*dw <= W - 1.
   std::vector<std::pair<int64_t, int>> tails;
-  if (k.tail) {
+  if (k.short_chunk) {
     const int64_t tail_num = p.W - 1 + p.pw - (p.kw - 1) * p.dw;
     const int64_t end = tail_num < 0 ? 0 : std::min(p.OW, tail_num / SW + 1);  // one past the last such output
     int64_t ow0 = starts.empty() ? lo : done_hi;
@@ -300,25 +297,15 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
     int64_t* id = ind ? ind + r * p.OW : nullptr;
     for (int64_t i = 0; i < n_starts; i += kMaxChunks) {
       const int64_t u = std::min<int64_t>(kMaxChunks, n_starts - i);
-      k.chunks[u - 1](src, p, ih0, ih1, starts.data() + i, o, id);
+      k.chunks[u - 1](src, p, ih0, ih1, starts.data() + i, L, o, id);
     }
-    for (const auto& [ow0, n] : tails) k.tail(src, p, ih0, ih1, ow0, n, o, id);
+    for (const auto& [ow0, n] : tails) k.short_chunk(src, p, ih0, ih1, &ow0, n, o, id);
     for (int64_t ow = 0; ow < p.OW; ++ow) {
       if (ow == done_lo && done_hi > done_lo) ow = done_hi;
       if (ow >= p.OW) break;
       const int64_t iw_start = ow * p.sw - p.pw;
       const int64_t iw1 = std::min(iw_start + (p.kw - 1) * p.dw + 1, p.W);
-      const int64_t iw0 = first_in_bounds(iw_start, p.dw);
-      float mv = -std::numeric_limits<float>::infinity();
-      int64_t mi = ih0 * p.W + iw0;
-      for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-        for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-          const float v = src[ih * p.W + iw];
-          if (v > mv || std::isnan(v)) mv = v, mi = ih * p.W + iw;
-        }
-      }
-      o[ow] = mv;
-      if (id) id[ow] = mi;
+      window_max_f32(src, 1, p, ih0, ih1, first_in_bounds(iw_start, p.dw), iw1, o + ow, id ? id + ow : nullptr);
     }
   }
 }
@@ -558,16 +545,7 @@ bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const Pool
         channels[(count + L - 1) / L - 1](src_n, p, ih0, ih1, iw0, iw1, c, count, o, id);
       }
       for (int64_t c = vector_channels; c < C; ++c) {
-        float mv = -std::numeric_limits<float>::infinity();
-        int64_t mx = ih0 * p.W + iw0;
-        for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-          for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-            const float v = src_n[(ih * p.W + iw) * C + c];
-            if (v > mv || std::isnan(v)) mv = v, mx = ih * p.W + iw;
-          }
-        }
-        o[c] = mv;
-        if (WithIndices) id[c] = mx;
+        window_max_f32(src_n + c, C, p, ih0, ih1, iw0, iw1, o + c, WithIndices ? id + c : nullptr);
       }
     }
   });
