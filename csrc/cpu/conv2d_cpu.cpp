@@ -276,77 +276,55 @@ struct ConvWeightGradGemm {
     }
   }
   // dst[k * NR + j] = x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] with k - k0 = (n, oh, ow) and
-  // j0 + j = (c, kh, kw): for each column, row segments of the input, written down the panel.
+  // j0 + j = (c, kh, kw), output-row segment by segment. For float and stride 1, where 8 columns all read
+  // inside the image their input runs are contiguous and go through 8 x 8 register transposes; the rest
+  // (other types and strides, padding borders, the last columns) element by element.
   void pack_b(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    if constexpr (std::is_same_v<acc_t, float>) {
-      if (s.sw == 1 && cpu::cpu_isa() != cpu::Isa::Base) return pack_b_transposed(g, j0, nr, k0, kc, dst, NR);
-    }
+    constexpr int kMaxNR = 64;
+    TORCH_INTERNAL_ASSERT(NR <= kMaxNR);
     const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
+    int64_t col_c[kMaxNR], col_kh[kMaxNR], col_kw[kMaxNR];  // (c, kh, kw) of each column
     for (int j = 0; j < nr; ++j) {
       const int64_t col = j0 + j;
-      const int64_t c = g * s.Cg + col / taps, kh = (col % taps) / s.KW, kw = col % s.KW;
-      acc_t* d = dst + j;
-      int64_t n = k0 / P, p = k0 % P;
-      int64_t oh = p / s.OW, ow = p % s.OW;
-      for (int64_t kk = 0; kk < kc;) {
-        const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
-        const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
-        const int64_t iw0 = ow * s.sw - s.pw + kw * s.dw;
-        // The t in [lo, hi) whose iw = iw0 + t * sw is inside the row (none when ih is outside).
-        int64_t lo = 0, hi = 0;
-        if (ih >= 0 && ih < s.H) {
-          lo = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + s.sw - 1) / s.sw);
-          hi = iw0 > s.W - 1 ? lo : std::clamp<int64_t>((s.W - 1 - iw0) / s.sw + 1, lo, seg);
-        }
-        const acc_t* row = x + ((n * s.C + c) * s.H + ih) * s.W + iw0;
-        for (int64_t t = 0; t < lo; ++t) d[(kk + t) * NR] = acc_t(0);
-        for (int64_t t = lo; t < hi; ++t) d[(kk + t) * NR] = row[t * s.sw];
-        for (int64_t t = hi; t < seg; ++t) d[(kk + t) * NR] = acc_t(0);
-        kk += seg;
-        ow = 0;
-        if (++oh == s.OH) oh = 0, ++n;
-      }
+      col_c[j] = g * s.Cg + col / taps, col_kh[j] = (col % taps) / s.KW, col_kw[j] = col % s.KW;
     }
-    for (int64_t kk = 0; kk < kc; ++kk) std::fill(dst + kk * NR + nr, dst + (kk + 1) * NR, acc_t(0));
-  }
-  // The same for float and stride 1, output-row segment by segment: for 8 columns at a time, the positions
-  // where all 8 read inside the image are 8 contiguous input runs, transposed 8 x 8 in registers into the
-  // panel; the rest (padding borders, the last columns) element by element.
-  void pack_b_transposed(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst, int NR) const {
-    const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
     int64_t n = k0 / P, p = k0 % P;
     int64_t oh = p / s.OW, ow = p % s.OW;
     for (int64_t kk = 0; kk < kc;) {
       const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
-      float* d = dst + kk * NR;
+      acc_t* d = dst + kk * NR;
       for (int jb = 0; jb < NR; jb += 8) {
-        const int width = std::clamp(nr - jb, 0, 8);
-        // Per column: its input run for this segment (the element of t = 0) and the t in [lo, hi) inside.
-        const float* src[8];
+        const int group = std::min(8, NR - jb), width = std::clamp(nr - jb, 0, group);  // columns, real ones
+        // Per column: its input run for this segment (element t at src[t * sw]) and the t in [lo, hi) whose
+        // element is inside the image.
+        const acc_t* src[8];
         int64_t lo[8], hi[8], all_lo = 0, all_hi = seg;
         for (int i = 0; i < width; ++i) {
-          const int64_t col = j0 + jb + i;
-          const int64_t c = g * s.Cg + col / taps, kh = (col % taps) / s.KW, kw = col % s.KW;
-          const int64_t ih = oh * s.sh - s.ph + kh * s.dh, iw0 = ow - s.pw + kw * s.dw;
-          const bool row_in = ih >= 0 && ih < s.H;
-          lo[i] = row_in ? std::clamp<int64_t>(-iw0, 0, seg) : seg;
-          hi[i] = row_in ? std::clamp<int64_t>(s.W - iw0, lo[i], seg) : seg;
-          src[i] = row_in ? x + ((n * s.C + c) * s.H + ih) * s.W + iw0 : nullptr;
+          const int j = jb + i;
+          const int64_t ih = oh * s.sh - s.ph + col_kh[j] * s.dh, iw0 = ow * s.sw - s.pw + col_kw[j] * s.dw;
+          lo[i] = hi[i] = seg;
+          if (ih >= 0 && ih < s.H) {
+            lo[i] = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + s.sw - 1) / s.sw);
+            hi[i] = iw0 > s.W - 1 ? lo[i] : std::clamp<int64_t>((s.W - 1 - iw0) / s.sw + 1, lo[i], seg);
+          }
+          src[i] = x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
           all_lo = std::max(all_lo, lo[i]);
           all_hi = std::min(all_hi, hi[i]);
         }
-        bool block = width == 8 && all_hi - all_lo >= 8;
-        if (block) {
-          const float* run[8];
-          for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
-          block = cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+        bool block = false;
+        if constexpr (std::is_same_v<acc_t, float>) {
+          if (s.sw == 1 && width == 8 && all_hi - all_lo >= 8) {
+            const float* run[8];
+            for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
+            block = cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+          }
         }
-        for (int i = 0; i < 8; ++i) {
-          float* col = d + jb + i;
+        for (int i = 0; i < group; ++i) {
+          acc_t* col = d + jb + i;
           for (int64_t t = 0; t < seg; ++t) {
             if (block && t == all_lo) t = all_hi;
             if (t >= seg) break;
-            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t] : 0.0f;
+            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * s.sw] : acc_t(0);
           }
         }
       }
