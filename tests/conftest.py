@@ -1,4 +1,5 @@
 """Shared test helpers: devices, backends, input makers and the one tolerance table."""
+import contextlib
 import os
 
 import pytest
@@ -78,14 +79,35 @@ def assert_close_to_reference(actual, expected64, dtype, torch_same_dtype=None, 
     assert error <= bound, f"max error {error:.3g} > {bound:.3g} ({LOW_PRECISION_FACTOR}x torch's own error {torch_error:.3g} + 1 ulp)"
 
 
+@contextlib.contextmanager
+def tf32_flags(matmul=None, cudnn=None):
+    """Sets torch's TF32 flags for a block and restores them, by hand: pytest's monkeypatch cannot restore
+    torch.backends.cuda.matmul.allow_tf32 (it lives behind a module __getattr__; pytest 9.2 deletes it)."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        if matmul is not None:
+            torch.backends.cuda.matmul.allow_tf32 = matmul
+        if cudnn is not None:
+            torch.backends.cudnn.allow_tf32 = cudnn
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
     """float32 tests compare against float64: TF32 would make them flaky, so keep it off."""
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    with tf32_flags(matmul=False, cudnn=False):
+        yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _global_flags_unchanged():
+    """No test may leave torch's global flags changed for the tests after it."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
     yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
+    assert after == before, f"torch's global flags (tf32 matmul, tf32 cudnn, threads) changed: {before} -> {after}"
 
 
 @pytest.fixture

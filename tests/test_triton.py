@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import reference
-from conftest import assert_close_to_reference, make_input, require_backend
+from conftest import assert_close_to_reference, make_input, require_backend, tf32_flags
 
 triton_ops = pytest.importorskip("dlkernels.triton_ops")
 # The package's conv2d/linear_act names are its entry points; the modules of the same name hold the kernels.
@@ -284,14 +284,15 @@ def test_unsupported_dtype_is_named():
         dlkernels.ops.linear_act(x, torch.ones(4, 3, device=DEVICE).to(x.dtype), backend="triton")
 
 
-def test_dot_precision_follows_the_torch_flags(monkeypatch):
+def test_dot_precision_follows_the_torch_flags():
     assert _common.dot_precision(torch.float32, True) == "tf32"
     assert _common.dot_precision(torch.float32, False) == "ieee"
     for dtype in (torch.float16, torch.bfloat16, torch.float64):
         assert _common.dot_precision(dtype, True) == "ieee"
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    assert triton_linear._allow_tf32() and not triton_conv2d._allow_tf32()
+    with tf32_flags(matmul=True, cudnn=False):
+        assert triton_linear._allow_tf32() and not triton_conv2d._allow_tf32()
+    with tf32_flags(matmul=False, cudnn=True):
+        assert not triton_linear._allow_tf32() and triton_conv2d._allow_tf32()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -349,13 +350,13 @@ def test_gpu_dtypes_against_reference(dtype):
 
 
 @cuda_only
-def test_gpu_tf32_is_used_when_allowed(monkeypatch):
+def test_gpu_tf32_is_used_when_allowed():
     """With TF32 allowed, fp32 results move by TF32's rounding (1e-3 relative), but stay close."""
     x = make_input(256, 512, device="cuda", seed=1)
     w = make_input(256, 512, device="cuda", seed=2)
     exact = dlkernels.ops.linear_act(x, w, backend="triton")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    tf32 = dlkernels.ops.linear_act(x, w, backend="triton")
+    with tf32_flags(matmul=True):
+        tf32 = dlkernels.ops.linear_act(x, w, backend="triton")
     expected = x.double() @ w.double().t()
     torch.testing.assert_close(exact.double(), expected, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(tf32.double(), expected, rtol=1e-2, atol=1e-1)
