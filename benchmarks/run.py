@@ -3,6 +3,7 @@ the float64 reference, time the correct ones, place them on the roofline; then t
 import argparse
 import datetime
 import itertools
+import logging
 import math
 import os
 import platform
@@ -53,12 +54,17 @@ def parse_args(argv):
     p.add_argument("--shapes", action="append",
                    help="keep cases whose 'group/label' contains one of these comma-separated substrings "
                         "(case-insensitive), e.g. vgg, resnet, tinyvgg, 'M=1 ', NHWC")
-    p.add_argument("--out", help="results folder (default: benchmarks/results/<device-slug>)")
+    p.add_argument("--out", help="results folder (default: benchmark-results/<device-slug>, untracked); the "
+                                 "committed reference results are updated only when asked, with "
+                                 "--out benchmarks/results/<device-slug>")
     p.add_argument("--name", help="file stem of the results (default: roofline, or roofline-quick with --quick)")
     p.add_argument("--budget", type=float, help="seconds of timing per measurement (default 0.15 CPU, 0.1 GPU; "
                                                "halved with --quick)")
     p.add_argument("--max-seconds", type=float, help="start no new case after this many seconds; the rest are "
                                                     "reported as skipped")
+    p.add_argument("--settle", type=float, default=60.0,
+                   help="seconds to wait at most for a busy machine to become idle before timing (default 60; 0: "
+                        "do not wait)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmul/conv on CUDA (off by default)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -126,6 +132,42 @@ def collect_meta(device, args, quick):
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),
     }
+
+
+def busy_cores(seconds=1.0):
+    """How many cores other work keeps busy now, from /proc/stat over `seconds` (None where there is no
+    /proc/stat). Unlike the load average, which decays over minutes, this is idle right after a build ends."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + fields[4]  # total, idle + iowait
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 == total0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / (total1 - total0))
+
+
+def wait_until_idle(max_seconds, threshold=0.5):
+    """Waits up to max_seconds while other work keeps more than `threshold` cores busy, saying so; returns the
+    busy cores measured last (stored with the results)."""
+    busy = busy_cores()
+    if busy is None or busy <= threshold:
+        return busy
+    print(f"the machine is busy: other work keeps {busy:.1f} of {os.cpu_count()} cores busy; waiting up to "
+          f"{max_seconds:g} s for it to settle (--settle)", flush=True)
+    deadline = time.monotonic() + max_seconds
+    while busy > threshold and time.monotonic() < deadline:
+        busy = busy_cores(2.0)
+    if busy > threshold:
+        print(f"warning: the machine is still busy ({busy:.1f} cores): timings will be noisy and slow", flush=True)
+    else:
+        print("the machine is idle now", flush=True)
+    return busy
 
 
 class _Progress:
@@ -351,8 +393,18 @@ def apply_roofline(rows, ceilings):
             row["fraction"] = (row["flops"] / row["median_s"]) / line["bound_flops"]
 
 
+class _NoGpuCudaHomeNotice(logging.Filter):
+    """torch.compile's C++ backend imports torch.utils.cpp_extension, which on a machine with nvcc and no GPU
+    logs "No CUDA runtime is found, using CUDA_HOME=..." (a guess from the nvcc on PATH; plain torch does the
+    same). CPU code never uses that toolkit, so the notice says nothing about this run: drop it."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 def main(argv=None):
     args = parse_args(argv)
+    logging.getLogger("torch.utils.cpp_extension").addFilter(_NoGpuCudaHomeNotice())
     if args.datasheet:
         print(ceilings_mod.datasheet_table())
         return 0
@@ -391,16 +443,14 @@ def main(argv=None):
     budget = args.budget or ((0.1 if device.type == "cuda" else 0.15) / (2 if quick else 1))
 
     meta = collect_meta(device, args, quick)
-    out_dir = args.out or os.path.join(HERE, "results", meta["device_slug"])
+    out_dir = args.out or os.path.join(REPO, "benchmark-results", meta["device_slug"])
     stem = args.name or ("roofline-quick" if quick else "roofline" if args.suite == "default" else args.suite)
     os.makedirs(out_dir, exist_ok=True)
     start = time.perf_counter()
     print(f"dlkernels benchmarks on {meta['device_name']} ({device}, {meta['threads']} threads), torch "
           f"{meta['torch']}, triton {meta['triton']}, commit {meta['git_commit'][:10]}"
           f"{' (dirty)' if meta['git_dirty'] else ''}, tf32 {'on' if meta['tf32'] else 'off'}", flush=True)
-    if meta["load_avg_1m"] and meta["load_avg_1m"] > 0.5 * (os.cpu_count() or 1):
-        print(f"warning: the machine is busy (load average {meta['load_avg_1m']} on {os.cpu_count()} cores): "
-              "timings will be noisy and slow", flush=True)
+    meta["busy_cores_at_start"] = wait_until_idle(args.settle)
     ceiling_dtypes = list(dict.fromkeys(dtypes + [torch.float32]))
     ceilings = ceilings_mod.measure(device, ceiling_dtypes, quick)
     datasheet_name, datasheet = ceilings_mod.datasheet_for(meta["device_name"], device.type, os.cpu_count()) or (None, None)

@@ -27,10 +27,10 @@ def info_lines():
             "extension        dlkernels._C loaded",
             f"  built against  torch {build['torch_version']}",
             f"  CUDA kernels   {'yes, CUDA ' + build['cuda_version'] + ', archs ' + build['cuda_archs'] if build['with_cuda'] else 'no (CPU-only build)'}",
-            f"  OpenMP         {'yes' if build['openmp'] else 'no'}, {_ext._C.num_threads()} threads",
         ]
-        if build["torch_version"] != torch.__version__:
-            lines.append(f"  WARNING        built against torch {build['torch_version']} but running {torch.__version__}: rebuild")
+        if build["with_cuda"]:
+            lines.append(f"  CUDA compiler  {build['nvcc'] or 'unknown'}")
+        lines.append(f"  OpenMP         {'yes' if build['openmp'] else 'no'}, {_ext._C.num_threads()} threads")
     else:
         lines += ["extension        NOT loaded: " + str(_ext.LOAD_ERROR), f"  to fix         {_ext.BUILD_HINT}"]
     if torch.cuda.is_available():

@@ -2,6 +2,7 @@
 gate, and one end-to-end --quick run on the CPU. No timing assertions: benchmarks are not tests."""
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -216,7 +217,7 @@ def test_case_selection():
 def test_quick_run_writes_table_csv_json_png(tmp_path):
     """`python -m benchmarks --quick` restricted by filters to a few small cases (~20 s on 2 cores)."""
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--device", "cpu", "--op", "linear_act,max_pool2d,model",
-           "--shapes", "M=1 ,NHWC,tinyvgg", "--budget", "0.02", "--out", str(tmp_path), "--name", "t"]
+           "--shapes", "M=1 ,NHWC,tinyvgg", "--budget", "0.02", "--out", str(tmp_path), "--name", "t", "--settle", "0"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: some provider was wrong (a finding)
     assert "TFLOP/s" in proc.stdout and "regime" in proc.stdout and "vs eager" in proc.stdout
@@ -248,3 +249,41 @@ def test_quick_run_writes_table_csv_json_png(tmp_path):
     pytest.importorskip("matplotlib")
     with open(tmp_path / "t.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_results_folder_is_untracked():
+    """Without --out a run writes under benchmark-results/ (ignored by git), never over the committed
+    reference results in benchmarks/results/."""
+    ignored = subprocess.run(["git", "check-ignore", "-q", "benchmark-results/cpu-x/roofline.csv"], cwd=REPO)
+    if ignored.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert ignored.returncode == 0, "benchmark-results/ must be ignored by git"
+    args = run.parse_args([])
+    assert args.out is None and args.settle == 60.0
+
+
+def test_busy_machine_waits_then_says_so(monkeypatch, capsys):
+    readings = iter([1.8, 1.7, 0.2])
+    monkeypatch.setattr(run, "busy_cores", lambda seconds=1.0: next(readings))
+    assert run.wait_until_idle(30) == 0.2
+    out = capsys.readouterr().out
+    assert "the machine is busy" in out and "idle now" in out
+    monkeypatch.setattr(run, "busy_cores", lambda seconds=1.0: 1.9)
+    assert run.wait_until_idle(0) == 1.9
+    assert "still busy" in capsys.readouterr().out
+    monkeypatch.setattr(run, "busy_cores", lambda seconds=1.0: 0.1)
+    assert run.wait_until_idle(30) == 0.1 and capsys.readouterr().out == ""
+
+
+def test_busy_cores_reads_this_machine():
+    busy = run.busy_cores(0.2)
+    if busy is None:
+        pytest.skip("no /proc/stat")
+    assert 0.0 <= busy <= (os.cpu_count() or 1) + 1e-6
+
+
+def test_the_no_gpu_cuda_home_notice_is_dropped_and_nothing_else():
+    notice = run._NoGpuCudaHomeNotice()
+    make = lambda msg: logging.LogRecord("torch.utils.cpp_extension", logging.WARNING, "", 0, msg, (), None)  # noqa: E731
+    assert not notice.filter(make("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
+    assert notice.filter(make("Error checking compiler version for c++"))

@@ -75,6 +75,81 @@ def test_import_without_extension_falls_back_with_one_warning():
     assert "fallback ok" in out
 
 
+def test_build_records_the_torch_it_was_built_for():
+    assert _ext.BUILT_FOR == torch.__version__ == _ext.build_info()["torch_version"]
+    if _ext.build_info()["with_cuda"]:
+        assert re.match(r"nvcc \d+\.\d+ \((system|pypi) toolkit, .+\)$", _ext.build_info()["nvcc"])
+
+
+def test_extension_built_for_another_torch_is_not_loaded():
+    """One clear message and the reference fallback, never an undefined-symbol traceback or a crash."""
+    out = run_python("""
+        import sys, types, warnings
+        fake = types.ModuleType("dlkernels._build_info")
+        fake.TORCH_VERSION = "1.0.0+other"
+        sys.modules["dlkernels._build_info"] = fake
+        import torch, dlkernels
+        from dlkernels import _ext
+        from dlkernels.__main__ import info_lines
+        assert not _ext.loaded() and "dlkernels._C" not in sys.modules
+        expected = f"dlkernels._C was built for torch 1.0.0+other but torch {torch.__version__} is running"
+        assert _ext.LOAD_ERROR == expected, _ext.LOAD_ERROR
+        x, w = torch.randn(3, 4), torch.randn(2, 4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = dlkernels.ops.linear_act(x, w, activation="relu")
+        assert len(caught) == 1 and expected in str(caught[0].message), [str(c.message) for c in caught]
+        assert "build it against the torch you run" in str(caught[0].message)
+        torch.testing.assert_close(y, torch.relu(x @ w.t()))
+        assert any(expected in line for line in info_lines())
+        print("guard ok")
+    """)
+    assert "guard ok" in out and "Traceback" not in out
+
+
+def test_cuda_toolkit_search(tmp_path, monkeypatch):
+    """scripts/cuda_toolkit.py: a system toolkit of torch's CUDA major version wins; others are passed over;
+    the PyPI requirements follow torch's CUDA version."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import cuda_toolkit
+    finally:
+        sys.path.pop(0)
+
+    def fake_toolkit(name, release):
+        home = tmp_path / name
+        (home / "bin").mkdir(parents=True)
+        (home / "include").mkdir()
+        (home / "include" / "cuda_runtime.h").write_text("")
+        nvcc = home / "bin" / "nvcc"
+        nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+        nvcc.chmod(0o755)
+        return str(home)
+
+    old, new = fake_toolkit("cuda-12", "12.8"), fake_toolkit("cuda-13", "13.0")
+    monkeypatch.setattr(cuda_toolkit, "_system_candidates", lambda: iter([old, new]))
+    monkeypatch.setattr(cuda_toolkit, "_pypi_candidates", lambda major: iter([]))
+    assert cuda_toolkit.find("13.0") == cuda_toolkit.Toolkit(new, "13.0", "system")
+    assert cuda_toolkit.find("12.8") == cuda_toolkit.Toolkit(old, "12.8", "system")
+    assert cuda_toolkit.find("11.8") is None
+    monkeypatch.setattr(cuda_toolkit, "_system_candidates", lambda: iter([old]))
+    monkeypatch.setattr(cuda_toolkit, "_pypi_candidates", lambda major: iter([new]))
+    assert cuda_toolkit.find("13.0") == cuda_toolkit.Toolkit(new, "13.0", "pypi")
+
+    assert cuda_toolkit.pypi_requirements("13.0") == [
+        "nvidia-cuda-nvcc==13.0.*", "nvidia-cuda-crt==13.0.*", "nvidia-nvvm==13.0.*", "nvidia-cuda-cccl==13.0.*"]
+    with pytest.raises(RuntimeError, match="CUDA 13 and newer"):
+        cuda_toolkit.pypi_requirements("12.8")
+
+    lib = tmp_path / "cuda-13" / "lib"
+    lib.mkdir()
+    assert cuda_toolkit.runtime_library(new) is None
+    (lib / "libcudart.so.13").write_text("")
+    assert cuda_toolkit.runtime_library(new) == ":libcudart.so.13"
+    (lib / "libcudart.so").write_text("")
+    assert cuda_toolkit.runtime_library(new) == "cudart"
+
+
 @pytest.mark.slow
 def test_cmake_library_loads_in_a_fresh_process(tmp_path_factory):
     """CMakeLists.txt builds csrc/ into a library that torch.ops.load_library can load without Python."""
