@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import reference
-from dlkernels.ops import conv_output_size, pool_output_size
+from dlkernels.contract import conv_output_size, pool_output_size
 
 MODES = ("forward", "backward", "fwd+bwd")
 OPS = ("linear_act", "conv2d", "max_pool2d", "model")

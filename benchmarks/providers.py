@@ -82,8 +82,6 @@ def unavailable(provider, case, mode, device):
             _probe_cache[key] = _triton_probe(device)
         if _probe_cache[key]:
             return f"backend='triton' does not run here: {_probe_cache[key]}"
-    if case.op == "model" and not hasattr(dlkernels, "convert"):
-        return "dlkernels.convert does not exist yet (dlkernels.nn is not in this version)"
     return None
 
 

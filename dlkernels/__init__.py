@@ -4,9 +4,10 @@
     y = dlkernels.ops.linear_act(x, weight, bias, activation="relu")
     model = dlkernels.convert(torchvision.models.vgg11())   # swap in the fused layers
 """
-from . import _ext, nn, ops, reference
+from . import _ext, contract, nn, ops, reference
+from .contract import ACTIVATIONS
 from .nn import convert, revert
-from .ops import ACTIVATIONS, BACKENDS, available_backends
+from .ops import BACKENDS, available_backends
 
 __version__ = "0.1.0"
 

@@ -1,20 +1,17 @@
 """Public functional API of dlkernels.
 
 Each function validates its arguments (errors name the argument), picks a backend and calls either the
-registered custom op torch.ops.dlkernels.<op> (C++ / CUDA kernels through the dispatcher) or the plain
-PyTorch reference. This module also registers the fake kernels (shapes for torch.compile) and the autograd
-formulas of the custom ops; the backward formulas call backward ops that are custom ops themselves, so
-torch.compile(fullgraph=True) traces forward and backward without a graph break.
+registered custom op of that backend, torch.ops.dlkernels.<op> (C++ / CUDA kernels through the dispatcher)
+or torch.ops.dlkernels_triton.<op> (Triton kernels), or the plain PyTorch reference. What the custom ops
+compute, their fake kernels and their autograd are the same for every backend: dlkernels.contract.
 """
 import importlib
 import warnings
 
 import torch
 import torch.nn.functional as F
-from torch._prims_common import suggest_memory_format
 
-from . import _ext, reference
-from .reference import ACTIVATIONS
+from . import _ext, contract, reference
 
 try:
     _triton = importlib.import_module("dlkernels.triton_ops")
@@ -26,34 +23,8 @@ except ImportError as error:
     _TRITON_IMPORT_ERROR = error
 
 BACKENDS = ("auto", "native", "triton", "reference")
-# The public ops, and every registered custom op (forward and backward): opcheck runs over CUSTOM_OPS.
-OPS = ("linear_act", "conv2d", "max_pool2d")
-CUSTOM_OPS = (
-    "linear_act",
-    "linear_act_backward",
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_with_indices",
-    "max_pool2d_backward",
-)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Shape formulas (the same as csrc/common/shapes.h)
-
-
-def conv_output_size(size, kernel, stride, padding, dilation):
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
-    # With ceil_mode the last window must start inside the input or the left padding.
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+# The custom-op namespace of each backend that runs through the dispatcher.
+NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,8 +46,9 @@ def _check_like(ref, ref_name, t, name, op):
 
 
 def _check_activation(activation, op):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"dlkernels.{op}: unknown activation {activation!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if activation not in contract.ACTIVATIONS:
+        raise ValueError(
+            f"dlkernels.{op}: unknown activation {activation!r}; expected one of {', '.join(contract.ACTIVATIONS)}")
 
 
 def _is_int(v):
@@ -107,7 +79,9 @@ def _check_spatial_input(x, op):
 _warned_missing_extension = False
 
 
-def _select_backend(op, backend, device):
+def select_backend(op, backend, device):
+    """The backend ("native", "triton" or "reference") that runs `op` on `device` for the `backend` asked for;
+    a clear error when an explicit backend cannot run here (dlkernels.nn.convert checks layers with it)."""
     global _warned_missing_extension
     if backend not in BACKENDS:
         raise ValueError(f"dlkernels.{op}: unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
@@ -155,6 +129,11 @@ def _triton_unavailable(device):
     return _triton.unavailable_reason(device)
 
 
+def _custom_ops(backend):
+    """torch.ops.<namespace> of a backend that runs through the dispatcher ("native" or "triton")."""
+    return getattr(torch.ops, NAMESPACES[backend])
+
+
 def available_backends():
     """What this install can run now: {device: {op: [backend, ...]}} for the CPU and, when a GPU is
     visible, CUDA. "auto" picks the first backend of each list."""
@@ -165,7 +144,7 @@ def available_backends():
             op: (["native"] if _ext.has_kernel(op, device) else [])
             + ([] if _triton_unavailable(torch.device(device)) else ["triton"])
             + ["reference"]
-            for op in OPS
+            for op in contract.OPS
         }
     return result
 
@@ -195,12 +174,10 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto"):
         _check_like(x, "x", bias, "bias", op)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    chosen = _select_backend(op, backend, x.device)
+    chosen = select_backend(op, backend, x.device)
     if chosen == "reference":
         return reference.linear_act(x, weight, bias, activation)
-    if chosen == "triton":
-        return _triton.linear_act(x, weight, bias, activation)
-    return torch.ops.dlkernels.linear_act(x, weight, bias, activation)
+    return _custom_ops(chosen).linear_act(x, weight, bias, activation)
 
 
 def _conv_padding(x, weight, padding, stride, dilation, op):
@@ -254,7 +231,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     x, padding = _conv_padding(x, weight, padding, stride, dilation, op)
     for i, dim in enumerate(("height", "width")):
         size, kernel = x.shape[-2 + i], weight.shape[2 + i]
-        if conv_output_size(size, kernel, stride[i], padding[i], dilation[i]) < 1:
+        if contract.conv_output_size(size, kernel, stride[i], padding[i], dilation[i]) < 1:
             raise ValueError(
                 f"dlkernels.{op}: the input {dim} ({size}, padded by {padding[i]} on each side) is smaller than "
                 f"the dilated kernel ({dilation[i] * (kernel - 1) + 1})"
@@ -262,13 +239,11 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     batched = x.dim() == 4
     if not batched:
         x = x.unsqueeze(0)
-    chosen = _select_backend(op, backend, x.device)
+    chosen = select_backend(op, backend, x.device)
     if chosen == "reference":
         out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
-    elif chosen == "triton":
-        out = _triton.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
     else:
-        out = torch.ops.dlkernels.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+        out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
     return out if batched else out.squeeze(0)
 
 
@@ -288,7 +263,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         raise ValueError(f"dlkernels.{op}: 'padding' ({padding}) must be at most half of 'kernel_size' ({kernel_size})")
     for i, dim in enumerate(("height", "width")):
         size = x.shape[-2 + i]
-        if pool_output_size(size, kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode) < 1:
+        if contract.pool_output_size(size, kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode) < 1:
             raise ValueError(
                 f"dlkernels.{op}: the input {dim} ({size}) is too small for kernel_size={kernel_size}, "
                 f"padding={padding}, dilation={dilation}: the output would be empty"
@@ -297,132 +272,19 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if not batched:
         x = x.unsqueeze(0)
     args = (x, kernel_size, stride, padding, dilation, bool(ceil_mode))
-    chosen = _select_backend(op, backend, x.device)
+    chosen = select_backend(op, backend, x.device)
     if chosen == "reference":
         result = reference.max_pool2d(*args, return_indices=return_indices)
-    elif chosen == "triton":
-        result = _triton.max_pool2d(*args, return_indices=return_indices)
-    elif return_indices or (torch.is_grad_enabled() and x.requires_grad):
-        # The backward needs the indices: compute them in the forward rather than again in the backward.
-        result = torch.ops.dlkernels.max_pool2d_with_indices(*args)
+    elif contract.pool_needs_indices(x, return_indices):
+        result = _custom_ops(chosen).max_pool2d_with_indices(*args)
         if not return_indices:
             result = result[0]
     else:
-        result = torch.ops.dlkernels.max_pool2d(*args)
+        result = _custom_ops(chosen).max_pool2d(*args)
     if batched:
         return result
     return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Fake kernels and autograd of the custom ops (only when the extension, which defines them, loaded)
-
-
-def _empty_like_format(shape, like, dtype=None):
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=suggest_memory_format(like))
-
-
-def _register_custom_ops():
-    lib = "dlkernels::"
-
-    # linear_act ------------------------------------------------------------------------------------------
-    @torch.library.register_fake(lib + "linear_act")
-    def _(x, weight, bias, activation):
-        return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-    @torch.library.register_fake(lib + "linear_act_backward")
-    def _(grad_out, x, weight, bias, out, activation, output_mask):
-        return (
-            x.new_empty(x.shape) if output_mask[0] else None,
-            weight.new_empty(weight.shape) if output_mask[1] else None,
-            weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
-        )
-
-    def linear_setup(ctx, inputs, output):
-        x, weight, bias, activation = inputs
-        ctx.activation = activation
-        ctx.save_for_backward(x, weight, bias, output)
-
-    def linear_backward(ctx, grad_out):
-        x, weight, bias, out = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
-        grad_x, grad_weight, grad_bias = torch.ops.dlkernels.linear_act_backward(
-            grad_out, x, weight, bias, out, ctx.activation, mask
-        )
-        return grad_x, grad_weight, grad_bias, None
-
-    torch.library.register_autograd(lib + "linear_act", linear_backward, setup_context=linear_setup)
-
-    # conv2d ----------------------------------------------------------------------------------------------
-    @torch.library.register_fake(lib + "conv2d")
-    def _(x, weight, bias, stride, padding, dilation, groups, activation):
-        out_h = conv_output_size(x.shape[2], weight.shape[2], stride[0], padding[0], dilation[0])
-        out_w = conv_output_size(x.shape[3], weight.shape[3], stride[1], padding[1], dilation[1])
-        return _empty_like_format((x.shape[0], weight.shape[0], out_h, out_w), x)
-
-    @torch.library.register_fake(lib + "conv2d_backward")
-    def _(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
-        return (
-            _empty_like_format(x.shape, x) if output_mask[0] else None,
-            weight.new_empty(weight.shape) if output_mask[1] else None,
-            weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
-        )
-
-    def conv_setup(ctx, inputs, output):
-        x, weight, bias, stride, padding, dilation, groups, activation = inputs
-        ctx.conv_args = (stride, padding, dilation, groups, activation)
-        ctx.save_for_backward(x, weight, bias, output)
-
-    def conv_backward(ctx, grad_out):
-        x, weight, bias, out = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
-        grad_x, grad_weight, grad_bias = torch.ops.dlkernels.conv2d_backward(
-            grad_out, x, weight, bias, out, *ctx.conv_args, mask
-        )
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None
-
-    torch.library.register_autograd(lib + "conv2d", conv_backward, setup_context=conv_setup)
-
-    # max_pool2d ------------------------------------------------------------------------------------------
-    def pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
-        return (x.shape[0], x.shape[1]) + tuple(
-            pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
-            for i in range(2)
-        )
-
-    @torch.library.register_fake(lib + "max_pool2d")
-    def _(x, kernel_size, stride, padding, dilation, ceil_mode):
-        return _empty_like_format(pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x)
-
-    @torch.library.register_fake(lib + "max_pool2d_with_indices")
-    def _(x, kernel_size, stride, padding, dilation, ceil_mode):
-        shape = pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
-        return _empty_like_format(shape, x), _empty_like_format(shape, x, torch.int64)
-
-    @torch.library.register_fake(lib + "max_pool2d_backward")
-    def _(grad_out, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
-        return _empty_like_format(x.shape, x)
-
-    def pool_setup(ctx, inputs, output):
-        x, *pool_args = inputs
-        ctx.pool_args = pool_args
-        # The indices take no gradient: without this autograd would allocate a zero tensor the size of
-        # the indices for every backward.
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
-
-    def pool_backward(ctx, grad_out, *unused_grad_indices):
-        if grad_out is None:  # not materialised (see pool_setup): no gradient flows back
-            return (None,) * (1 + len(ctx.pool_args))
-        x, indices = ctx.saved_tensors
-        if indices is None:  # the plain op keeps no indices: find them again
-            indices = torch.ops.dlkernels.max_pool2d_with_indices(x, *ctx.pool_args)[1]
-        grad_x = torch.ops.dlkernels.max_pool2d_backward(grad_out, x, indices, *ctx.pool_args)
-        return (grad_x,) + (None,) * len(ctx.pool_args)
-
-    torch.library.register_autograd(lib + "max_pool2d", pool_backward, setup_context=pool_setup)
-    torch.library.register_autograd(lib + "max_pool2d_with_indices", pool_backward, setup_context=pool_setup)
-
-
-if _ext.loaded():
-    _register_custom_ops()
+if _ext.loaded():  # the extension defines the ops; their fake kernels and autograd are the contract's
+    contract.register(NAMESPACES["native"])

@@ -6,7 +6,7 @@ runs them directly.
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
+from .contract import ACTIVATIONS
 
 
 def activation(z, name):

@@ -16,6 +16,10 @@ from dlkernels import _ext  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Backends under test: every one besides the reference itself.
 BACKENDS = ["native", "triton"]
+# The custom-op namespaces under test (one per backend that runs through the dispatcher): the tests of the
+# op contract (opcheck, torch.compile) run over all of them.
+NAMESPACES = list(dlkernels.ops.NAMESPACES.values())
+BACKEND_OF_NAMESPACE = {namespace: backend for backend, namespace in dlkernels.ops.NAMESPACES.items()}
 # Dtypes per device: the CPU kernels do float32, float64 and bfloat16 at least; CUDA adds float16.
 DTYPES = {"cpu": [torch.float32, torch.float64, torch.bfloat16], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
 
@@ -32,6 +36,17 @@ LOW_PRECISION_FACTOR = 2.0
 
 def device_params():
     return [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES]
+
+
+def namespace_params():
+    """NAMESPACES as test parameters; the Triton one is slow under the interpreter."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "dlkernels_triton" else n for n in NAMESPACES]
+
+
+def namespace_device(namespace):
+    """A device the namespace's kernels run on here: Triton runs on the GPU when there is one (CPU tensors go
+    through the interpreter on GPU-less machines only); the native kernels always have the CPU."""
+    return "cuda" if namespace == "dlkernels_triton" and torch.cuda.is_available() else "cpu"
 
 
 def device_dtype_params():
@@ -51,6 +66,10 @@ def require_backend(backend, device):
 
 def require_native(device):
     require_backend("native", device)
+
+
+def require_namespace(namespace, device):
+    require_backend(BACKEND_OF_NAMESPACE[namespace], device)
 
 
 def make_input(*shape, dtype=torch.float32, device="cpu", seed=0, low=0.1):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import _ext
-from dlkernels.ops import CUSTOM_OPS, conv_output_size, pool_output_size
+from dlkernels.contract import CUSTOM_OPS, conv_output_size, pool_output_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

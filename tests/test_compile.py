@@ -1,16 +1,19 @@
-"""torch.compile(fullgraph=True) over a small CNN that uses every op, forward and backward."""
+"""torch.compile(fullgraph=True) over a small CNN that uses every op, forward and backward, for the custom ops
+of every backend's namespace."""
 import pytest
 import torch
 
 import dlkernels
-from conftest import device_params, make_input, require_native
+from conftest import BACKEND_OF_NAMESPACE, NAMESPACES, device_params, make_input, require_namespace
 
 
 class TinyNet(torch.nn.Module):
-    """Conv+ReLU -> MaxPool -> Conv+GELU -> MaxPool (with indices) -> Linear+SiLU -> Linear."""
+    """Conv+ReLU -> MaxPool -> Conv+GELU -> MaxPool (with indices) -> Linear+SiLU -> Linear, every op through
+    the custom ops of one backend."""
 
-    def __init__(self, device, dtype):
+    def __init__(self, device, dtype, backend):
         super().__init__()
+        self.backend = backend
         p = lambda *shape, seed: torch.nn.Parameter(make_input(*shape, dtype=dtype, device=device, seed=seed) * 0.3)
         self.w1, self.b1 = p(8, 3, 3, 3, seed=1), p(8, seed=2)
         self.w2, self.b2 = p(8, 4, 3, 3, seed=3), p(8, seed=4)
@@ -18,12 +21,13 @@ class TinyNet(torch.nn.Module):
         self.w4 = p(5, 16, seed=7)
 
     def forward(self, x):
-        x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu")
-        x = dlkernels.ops.max_pool2d(x, 2)
-        x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding="same", groups=2, activation="gelu")
-        x, _ = dlkernels.ops.max_pool2d(x, 3, 2, 1, return_indices=True)
-        x = dlkernels.ops.linear_act(x.flatten(1), self.w3, self.b3, "silu")
-        return dlkernels.ops.linear_act(x, self.w4, None, "none")
+        b = self.backend
+        x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu", backend=b)
+        x = dlkernels.ops.max_pool2d(x, 2, backend=b)
+        x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding="same", groups=2, activation="gelu", backend=b)
+        x, _ = dlkernels.ops.max_pool2d(x, 3, 2, 1, return_indices=True, backend=b)
+        x = dlkernels.ops.linear_act(x.flatten(1), self.w3, self.b3, "silu", backend=b)
+        return dlkernels.ops.linear_act(x, self.w4, None, "none", backend=b)
 
 
 def run_and_grads(model, x):
@@ -34,10 +38,11 @@ def run_and_grads(model, x):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_forward_backward(device):
-    require_native(device)
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_compile_fullgraph_forward_backward(namespace, device):
+    require_namespace(namespace, device)
     torch._dynamo.reset()
-    model = TinyNet(device, torch.float32)
+    model = TinyNet(device, torch.float32, BACKEND_OF_NAMESPACE[namespace])
     x = make_input(2, 3, 8, 8, device=device, seed=8).requires_grad_()
     expected_out, expected_grads = run_and_grads(model, x)
     compiled = torch.compile(model, fullgraph=True)
@@ -50,11 +55,12 @@ def test_compile_fullgraph_forward_backward(device):
 @pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_compile_reduce_overhead_cuda_graphs():
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_compile_reduce_overhead_cuda_graphs(namespace):
     """CUDA graphs replay on their own stream: a kernel launched on the default stream gives wrong results."""
-    require_native("cuda")
+    require_namespace(namespace, "cuda")
     torch._dynamo.reset()
-    model = TinyNet("cuda", torch.float32)
+    model = TinyNet("cuda", torch.float32, BACKEND_OF_NAMESPACE[namespace])
     compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
     for seed in range(4):  # the first calls record, the later ones replay the graph
         x = make_input(4, 3, 8, 8, device="cuda", seed=seed)

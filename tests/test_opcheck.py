@@ -1,20 +1,24 @@
-"""torch.library.opcheck over every registered custom op (one list drives it, so none is forgotten)."""
+"""torch.library.opcheck over every registered custom op of every backend's namespace (one list drives it,
+so none is forgotten), and the schemas each namespace registered against the contract's."""
 import pytest
 import torch
 
-from dlkernels.ops import CUSTOM_OPS
-from conftest import device_params, make_input, require_native
+from dlkernels.contract import CUSTOM_OPS, SCHEMAS
+from conftest import NAMESPACES, device_params, make_input, namespace_device, namespace_params, require_namespace
 
 
-def samples(device):
+def samples(namespace, device):
     """Sample arguments per custom op; forward ops get inputs that require grad (checks autograd)."""
-    def t(*shape, grad=False, seed=0, dtype=torch.float64):
+    # float64 wherever it runs; the Triton kernels on a GPU take float32 (fp64 tl.dot is checked elsewhere).
+    dtype = torch.float32 if namespace == "dlkernels_triton" and device == "cuda" else torch.float64
+
+    def t(*shape, grad=False, seed=0):
         return make_input(*shape, dtype=dtype, device=device, seed=seed).requires_grad_(grad)
 
     conv = dict(stride=[2, 1], padding=[1, 0], dilation=[1, 2], groups=2)
     pool = ([3, 2], [2, 1], [1, 1], [1, 1], True)
     x_pool = t(2, 3, 7, 6, seed=5)
-    indices = torch.ops.dlkernels.max_pool2d_with_indices(x_pool, *pool)[1]
+    indices = getattr(torch.ops, namespace).max_pool2d_with_indices(x_pool, *pool)[1]
     conv_args = list(conv.values())
     return {
         "linear_act": [(t(2, 3, 5, grad=True), t(4, 5, grad=True, seed=1), t(4, grad=True, seed=2), "gelu"),
@@ -22,13 +26,17 @@ def samples(device):
         "linear_act_backward": [(t(3, 4), t(3, 5, seed=1), t(4, 5, seed=2), t(4, seed=3), t(3, 4, seed=4), "silu",
                                  [True, True, True]),
                                 (t(3, 4), t(3, 5, seed=1), t(4, 5, seed=2), None, t(3, 4, seed=4), "relu",
+                                 [True, False, False]),
+                                (t(3, 4), t(3, 5, seed=1), t(4, 5, seed=2), None, t(3, 4, seed=4), "tanh",
                                  [True, False, False])],
         "conv2d": [(t(2, 4, 7, 6, grad=True), t(6, 2, 3, 2, grad=True, seed=1), t(6, grad=True, seed=2),
                     *conv_args, "tanh"),
                    (t(1, 4, 7, 6, grad=True).to(memory_format=torch.channels_last), t(6, 2, 3, 2, seed=1), None,
                     *conv_args, "none")],
         "conv2d_backward": [(t(2, 6, 4, 4), t(2, 4, 7, 6, seed=1), t(6, 2, 3, 2, seed=2), t(6, seed=3),
-                             t(2, 6, 4, 4, seed=4), *conv_args, "gelu_tanh", [True, True, True])],
+                             t(2, 6, 4, 4, seed=4), *conv_args, "gelu_tanh", [True, True, True]),
+                            (t(2, 6, 4, 4), t(2, 4, 7, 6, seed=1), t(6, 2, 3, 2, seed=2), t(6, seed=3),
+                             t(2, 6, 4, 4, seed=4), *conv_args, "relu", [False, False, True])],
         "max_pool2d": [(t(2, 3, 7, 6, grad=True), *pool),
                        (t(1, 3, 8, 8, grad=True).to(memory_format=torch.channels_last), [2, 2], [2, 2], [0, 0],
                         [1, 1], False)],
@@ -37,14 +45,28 @@ def samples(device):
     }
 
 
-def test_every_custom_op_has_samples():
-    require_native("cpu")
-    assert set(samples("cpu")) == set(CUSTOM_OPS)
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_every_custom_op_has_samples(namespace):
+    device = namespace_device(namespace)
+    require_namespace(namespace, device)
+    assert set(samples(namespace, device)) == set(CUSTOM_OPS)
+    for op in CUSTOM_OPS:
+        assert hasattr(getattr(torch.ops, namespace), op)
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_registered_schemas_are_the_contract(namespace):
+    """Every backend defines each op with the contract's schema (the C++ one in csrc/registration.cpp)."""
+    require_namespace(namespace, namespace_device(namespace))
+    for op in CUSTOM_OPS:
+        registered = getattr(getattr(torch.ops, namespace), op).default._schema
+        assert registered == torch._C.parse_schema(f"{namespace}::{op}{SCHEMAS[op]}"), op
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("op", CUSTOM_OPS)
-def test_opcheck(device, op):
-    require_native(device)
-    for args in samples(device)[op]:
-        torch.library.opcheck(getattr(torch.ops.dlkernels, op).default, args)
+@pytest.mark.parametrize("namespace", namespace_params())
+def test_opcheck(namespace, op, device):
+    require_namespace(namespace, device)
+    for args in samples(namespace, device)[op]:
+        torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, args)

@@ -1,11 +1,11 @@
 """Triton-specific tests: Triton against the native backend on the same inputs, the interpreter's bf16
-upcast, opcheck over every Triton custom op, torch.compile, availability and dtype errors, the split
-grad-weight reduction, and GPU-only checks (fp16/fp64, TF32, CUDA graphs) that skip without a GPU.
+upcast, availability and dtype errors, the split grad-weight reduction, and GPU-only checks (fp16/fp64,
+TF32) that skip without a GPU. opcheck and torch.compile over the Triton custom ops are in the shared
+test_opcheck.py and test_compile.py, parametrised over the namespaces.
 
 Without a GPU the kernels run under the Triton interpreter (conftest sets TRITON_INTERPRET=1): shapes are
 tiny on purpose.
 """
-import importlib
 import os
 import subprocess
 import sys
@@ -19,10 +19,9 @@ from dlkernels import reference
 from conftest import assert_close_to_reference, make_input, require_backend, tf32_flags
 
 triton_ops = pytest.importorskip("dlkernels.triton_ops")
-# The package's conv2d/linear_act names are its entry points; the modules of the same name hold the kernels.
-_common = importlib.import_module("dlkernels.triton_ops._common")
-triton_conv2d = importlib.import_module("dlkernels.triton_ops.conv2d")
-triton_linear = importlib.import_module("dlkernels.triton_ops.linear_act")
+from dlkernels.triton_ops import _common  # noqa: E402
+from dlkernels.triton_ops import conv2d as triton_conv2d  # noqa: E402
+from dlkernels.triton_ops import linear_act as triton_linear  # noqa: E402
 
 CPU_INTERPRETED = _common.INTERPRET
 ON_GPU = torch.cuda.is_available() and not CPU_INTERPRETED
@@ -144,107 +143,6 @@ def test_interpreter_bf16_dot_is_still_broken():
     raw_dot[(1,)](a, b, c)
     if torch.allclose(c, a.float() @ b.float(), rtol=1e-2, atol=1e-2):
         pytest.skip("this Triton's interpreter computes bf16 dots correctly: UPCAST_BF16_DOT could be dropped")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# opcheck over every Triton custom op (one list drives it)
-
-
-def opcheck_samples(device):
-    def t(*shape, grad=False, seed=0, dtype=torch.float64 if device == "cpu" else torch.float32):
-        return make_input(*shape, dtype=dtype, device=device, seed=seed).requires_grad_(grad)
-
-    conv = [[2, 1], [1, 0], [1, 2], 2]
-    pool = ([3, 2], [2, 1], [1, 1], [1, 1], True)
-    x_pool = t(2, 3, 7, 6, seed=5)
-    indices = torch.ops.dlkernels_triton.max_pool2d_with_indices(x_pool, *pool)[1]
-    return {
-        "linear_act": [(t(2, 3, 5, grad=True), t(4, 5, grad=True, seed=1), t(4, grad=True, seed=2), "gelu"),
-                       (t(3, 5, grad=True), t(4, 5, seed=1), None, "relu")],
-        "linear_act_backward": [(t(3, 4), t(3, 5, seed=1), t(4, 5, seed=2), t(4, seed=3), t(3, 4, seed=4), "silu",
-                                 [True, True, True]),
-                                (t(3, 4), t(3, 5, seed=1), t(4, 5, seed=2), None, t(3, 4, seed=4), "tanh",
-                                 [True, False, False])],
-        "conv2d": [(t(2, 4, 7, 6, grad=True), t(6, 2, 3, 2, grad=True, seed=1), t(6, grad=True, seed=2), *conv, "tanh"),
-                   (t(1, 4, 7, 6, grad=True).to(memory_format=torch.channels_last), t(6, 2, 3, 2, seed=1), None,
-                    *conv, "none")],
-        "conv2d_backward": [(t(2, 6, 4, 4), t(2, 4, 7, 6, seed=1), t(6, 2, 3, 2, seed=2), t(6, seed=3),
-                             t(2, 6, 4, 4, seed=4), *conv, "gelu_tanh", [True, True, True]),
-                            (t(2, 6, 4, 4), t(2, 4, 7, 6, seed=1), t(6, 2, 3, 2, seed=2), t(6, seed=3),
-                             t(2, 6, 4, 4, seed=4), *conv, "relu", [False, False, True])],
-        "max_pool2d": [(t(2, 3, 7, 6, grad=True), *pool),
-                       (t(1, 3, 8, 8, grad=True).to(memory_format=torch.channels_last), [2, 2], [2, 2], [0, 0],
-                        [1, 1], False)],
-        "max_pool2d_with_indices": [(t(2, 3, 7, 6, grad=True), *pool)],
-        "max_pool2d_backward": [(t(*indices.shape, seed=6), x_pool, indices, *pool)],
-    }
-
-
-def test_every_triton_custom_op_has_samples():
-    assert set(opcheck_samples("cpu" if CPU_INTERPRETED else DEVICE)) == set(triton_ops.CUSTOM_OPS)
-    for op in triton_ops.CUSTOM_OPS:
-        assert hasattr(torch.ops.dlkernels_triton, op)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("op", triton_ops.CUSTOM_OPS)
-def test_opcheck(op):
-    require_backend("triton", DEVICE)
-    for args in opcheck_samples(DEVICE)[op]:
-        torch.library.opcheck(getattr(torch.ops.dlkernels_triton, op).default, args)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# torch.compile
-
-
-class TinyTritonNet(torch.nn.Module):
-    """Conv+ReLU -> MaxPool -> Conv+GELU (groups) -> MaxPool with indices -> Linear+SiLU, all backend="triton"."""
-
-    def __init__(self, device):
-        super().__init__()
-        p = lambda *shape, seed: torch.nn.Parameter(make_input(*shape, device=device, seed=seed) * 0.3)
-        self.w1, self.b1 = p(4, 3, 3, 3, seed=1), p(4, seed=2)
-        self.w2, self.b2 = p(4, 2, 3, 3, seed=3), p(4, seed=4)
-        self.w3, self.b3 = p(5, 4 * 2 * 2, seed=5), p(5, seed=6)
-
-    def forward(self, x):
-        x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu", backend="triton")
-        x = dlkernels.ops.max_pool2d(x, 2, backend="triton")
-        x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding=1, groups=2, activation="gelu", backend="triton")
-        x, _ = dlkernels.ops.max_pool2d(x, 3, 2, 1, return_indices=True, backend="triton")
-        return dlkernels.ops.linear_act(x.flatten(1), self.w3, self.b3, "silu", backend="triton")
-
-
-@pytest.mark.slow
-def test_compile_fullgraph_forward_backward():
-    require_backend("triton", DEVICE)
-    torch._dynamo.reset()
-    model = TinyTritonNet(DEVICE)
-    x = make_input(2, 3, 8, 8, device=DEVICE, seed=8).requires_grad_()
-
-    def run(m):
-        out = m(x)
-        return out, torch.autograd.grad(out.square().sum(), list(model.parameters()) + [x])
-
-    expected_out, expected_grads = run(model)
-    out, grads = run(torch.compile(model, fullgraph=True))
-    torch.testing.assert_close(out, expected_out)
-    for grad, expected in zip(grads, expected_grads):
-        torch.testing.assert_close(grad, expected)
-
-
-@pytest.mark.slow
-@cuda_only
-def test_compile_reduce_overhead_cuda_graphs():
-    """CUDA graphs replay on their own stream: a kernel launched on another stream gives wrong results."""
-    torch._dynamo.reset()
-    model = TinyTritonNet("cuda")
-    compiled = torch.compile(model, mode="reduce-overhead", fullgraph=True)
-    for seed in range(4):
-        x = make_input(4, 3, 8, 8, device="cuda", seed=seed)
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x).clone(), model(x))
 
 
 # ---------------------------------------------------------------------------------------------------------

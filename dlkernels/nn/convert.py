@@ -144,7 +144,7 @@ def _cannot_run(module, backend, default_device):
     if backend in ("native", "triton"):
         device = weight.device if weight is not None else default_device
         try:
-            ops._select_backend(_OP_OF[type(module)], backend, device)
+            ops.select_backend(_OP_OF[type(module)], backend, device)
         except Exception as error:  # noqa: BLE001 (RuntimeError normally; any failure means it cannot run)
             return f"backend {backend!r} cannot run it: {type(error).__name__}: {error}"
     return None

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
-from ..ops import ACTIVATIONS, BACKENDS
+from ..contract import ACTIVATIONS
+from ..ops import BACKENDS
 
 __all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "activation_name", "activation_module"]
 

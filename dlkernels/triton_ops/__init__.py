@@ -2,8 +2,13 @@
 torch.library custom op under the namespace dlkernels_triton (fake kernel + autograd), so that
 torch.compile(fullgraph=True) traces forward and backward without a graph break.
 
-Entry points used by dlkernels.ops (arguments already validated there, x always 4-D for conv/pool):
-unavailable_reason(device), linear_act, conv2d, max_pool2d.
+Each op module (linear_act, conv2d, max_pool2d) holds its kernels (_<op>_forward_kernel,
+_<op>_grad_input_kernel, _<op>_grad_weight_kernel), their launchers and the host entry points <op>_forward
+and <op>_backward, which are the custom ops dlkernels_triton::<op> and ::<op>_backward themselves
+(max_pool2d adds max_pool2d_with_indices_forward). Their schemas, fake kernels and autograd are those of
+every backend: dlkernels.contract, registered below for this namespace. dlkernels.ops calls the custom ops
+(arguments already validated there, x always 4-D for conv/pool); unavailable_reason(device) says when they
+cannot run.
 
 Precision: inputs float32/float16/bfloat16 (and float64), accumulation in float32 (float64 for float64).
 float32 products use TF32 tensor cores only when PyTorch's flag for the same op allows it:
@@ -19,22 +24,14 @@ enabled (TRITON_INTERPRET=1) before Triton and dlkernels are imported; it is mea
 """
 import torch
 
-from . import conv2d as _conv2d
-from . import linear_act as _linear_act
-from . import max_pool2d as _max_pool2d
-from ._common import INTERPRET, SUPPORTED_DTYPES  # noqa: F401  (re-exported)
+from .. import contract
+from . import conv2d, linear_act, max_pool2d
+from ._common import INTERPRET, NAMESPACE, SUPPORTED_DTYPES  # noqa: F401  (re-exported)
+from .conv2d import conv2d_backward, conv2d_forward  # noqa: F401  (re-exported)
+from .linear_act import linear_act_backward, linear_act_forward  # noqa: F401
+from .max_pool2d import max_pool2d_backward, max_pool2d_forward, max_pool2d_with_indices_forward  # noqa: F401
 
-# Every custom op of this backend, forward and backward (tests/test_triton.py runs opcheck over all of them).
-CUSTOM_OPS = (
-    "linear_act",
-    "linear_act_backward",
-    "conv2d",
-    "conv2d_backward",
-    "max_pool2d",
-    "max_pool2d_with_indices",
-    "max_pool2d_backward",
-)
-NAMESPACE = "dlkernels_triton"
+contract.register(NAMESPACE)
 
 
 def unavailable_reason(device):
@@ -52,19 +49,3 @@ def unavailable_reason(device):
                 "dlkernels is imported")
     return f"the Triton kernels run on CUDA devices (or the CPU under TRITON_INTERPRET=1), not on '{device.type}'"
 
-
-def linear_act(x, weight, bias, activation):
-    return _linear_act.linear_act(x, weight, bias, activation)
-
-
-def conv2d(x, weight, bias, stride, padding, dilation, groups, activation):
-    return _conv2d.conv2d(x, weight, bias, list(stride), list(padding), list(dilation), groups, activation)
-
-
-def max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices=False):
-    args = (x, list(kernel_size), list(stride), list(padding), list(dilation), bool(ceil_mode))
-    if return_indices or (torch.is_grad_enabled() and x.requires_grad):
-        # The backward needs the indices: find them in the forward rather than again in the backward.
-        out, indices = _max_pool2d.max_pool2d_with_indices(*args)
-        return (out, indices) if return_indices else out
-    return _max_pool2d.max_pool2d(*args)

@@ -11,7 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import ACTIVATIONS
+from ..contract import ACTIVATIONS, SCHEMAS
+
+# The torch.library namespace of the Triton custom ops.
+NAMESPACE = "dlkernels_triton"
 
 # The interpreter is chosen when Triton is imported; read the flag once, as Triton does.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -129,6 +132,12 @@ def grad_operand(g_ptrs, s_ptrs, mask, ACT: tl.constexpr, ACC_DTYPE: tl.constexp
 
 # ---------------------------------------------------------------------------------------------------------
 # Host-side helpers
+
+
+def custom_op(name):
+    """Decorator: the function becomes the custom op dlkernels_triton::<name> with the contract's schema (its
+    fake kernel and autograd are registered for the whole namespace by dlkernels.contract.register)."""
+    return torch.library.custom_op(f"{NAMESPACE}::{name}", mutates_args=(), schema=SCHEMAS[name])
 
 
 def check_dtype(t, op):

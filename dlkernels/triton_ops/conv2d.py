@@ -1,4 +1,5 @@
-"""conv2d in Triton as implicit GEMMs: custom ops dlkernels_triton::conv2d and ::conv2d_backward.
+"""conv2d in Triton as implicit GEMMs: custom ops dlkernels_triton::conv2d (conv2d_forward) and
+::conv2d_backward (conv2d_backward); their schemas, fake kernels and autograd are dlkernels.contract's.
 
 No im2col buffer: each kernel computes the input (or output) coordinates of its tile on the fly and loads
 straight from the 4-D tensors through their strides, so NCHW and channels_last inputs take the same code
@@ -16,15 +17,14 @@ the forward kernel with an epilogue that writes dz (nothing saved in the forward
 grad-w kernel from the dz tiles it loads anyway. The grad-w reduction over P is split over SPLIT_P
 programs when its output alone is too small to fill the GPU (float32 partials, summed afterwards).
 """
-from typing import List, Optional, Tuple
-
 import torch
 import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
+from ..contract import conv_output_shape, empty_like_format
 from ._common import (ACT_CODE, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      cdiv, check_dtype, config, device_guard, dot, dot_precision, grad_operand)
+                      cdiv, check_dtype, config, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper: the pixel dimension is long, the channel dimension usually 64-512: 128-pixel tiles with 64 or 128
 # output channels, channel slices of 32/64 (one 3x3 tap of a 64-channel layer per step), 3-4 stages.
@@ -48,7 +48,7 @@ _SHAPE_KEY = ["N", "C", "H", "W", "OC", "OH", "OW", "KH", "KW", "GROUPS"]
 
 @autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["ACT", "EPILOGUE"])
 @triton.jit
-def _conv_fwd_kernel(
+def _conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, g_ptr, out_ptr,
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sxn, sxc, sxh, sxw, swo, swc, swh, sww, son, soc, soh, sow,  # g (EPILOGUE 1) has out's strides
@@ -98,7 +98,7 @@ def _conv_fwd_kernel(
 
 @autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["A_ACT"])
 @triton.jit
-def _conv_grad_x_kernel(
+def _conv2d_grad_input_kernel(
     g_ptr, s_ptr, w_ptr, gx_ptr,
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sgn, sgc, sgh, sgw, swo, swc, swh, sww, sxn, sxc, sxh, sxw,  # s has g's strides; sx* are grad_x's
@@ -147,7 +147,7 @@ def _conv_grad_x_kernel(
 @autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG_GRAD_W,
           key=_SHAPE_KEY + ["A_ACT", "SPLIT_P", "BIAS_GRAD", "DOT"])
 @triton.jit
-def _conv_grad_w_kernel(
+def _conv2d_grad_weight_kernel(
     g_ptr, s_ptr, x_ptr, gw_ptr, gb_ptr,
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,  # s has g's strides
@@ -223,20 +223,13 @@ def _window(stride, padding, dilation):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
 
-def _output_hw(x, weight, stride, padding, dilation):
-    from .. import ops  # late: dlkernels.ops imports this package while it loads
-
-    return tuple(ops.conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i])
-                 for i in range(2))
-
-
 def _launch_forward(x, weight, bias, out, g, stride, padding, dilation, groups, act, epilogue):
     N, OC, OH, OW = out.shape
     if out.numel() == 0:
         return
     grid = lambda meta: (triton.cdiv(N * OH * OW, meta["BLOCK_M"]), triton.cdiv(OC // groups, meta["BLOCK_N"]), groups)
     with device_guard(x):
-        _conv_fwd_kernel[grid](
+        _conv2d_forward_kernel[grid](
             x, weight, x if bias is None else bias, out if g is None else g, out,
             *_shape_args(x, weight, (OH, OW), groups), *x.stride(), *weight.stride(), *out.stride(),
             *_window(stride, padding, dilation),
@@ -244,22 +237,12 @@ def _launch_forward(x, weight, bias, out, g, stride, padding, dilation, groups, 
             PRECISION=dot_precision(x.dtype, _allow_tf32()), ACC_DTYPE=acc_dtype(x.dtype))
 
 
-@torch.library.custom_op("dlkernels_triton::conv2d", mutates_args=())
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
-           padding: List[int], dilation: List[int], groups: int, activation: str) -> torch.Tensor:
+@custom_op("conv2d")
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation):
     check_dtype(x, "conv2d")
-    oh, ow = _output_hw(x, weight, stride, padding, dilation)
-    out = torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device,
-                      memory_format=suggest_memory_format(x))
+    out = empty_like_format(conv_output_shape(x, weight, stride, padding, dilation), x)
     _launch_forward(x, weight, bias, out, None, stride, padding, dilation, groups, ACT_CODE[activation], 0)
     return out
-
-
-@conv2d.register_fake
-def _(x, weight, bias, stride, padding, dilation, groups, activation):
-    oh, ow = _output_hw(x, weight, stride, padding, dilation)
-    return torch.empty((x.shape[0], weight.shape[0], oh, ow), dtype=x.dtype, device=x.device,
-                       memory_format=suggest_memory_format(x))
 
 
 def _split_p(x, P, tiles):
@@ -270,15 +253,12 @@ def _split_p(x, P, tiles):
     return max(1, min(cdiv(528, max(tiles, 1)), P // 2048))
 
 
-@torch.library.custom_op("dlkernels_triton::conv2d_backward", mutates_args=())
-def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    out: torch.Tensor, stride: List[int], padding: List[int], dilation: List[int], groups: int,
-                    activation: str, output_mask: List[bool]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@custom_op("conv2d_backward")
+def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
     """(grad_x, grad_weight, grad_bias) of conv2d; a result not selected by output_mask (or grad_bias without a
-    bias) is an empty placeholder tensor (custom ops cannot return None)."""
+    bias) is None."""
     check_dtype(x, "conv2d_backward")
     need_x, need_w, need_b = output_mask[0], output_mask[1], output_mask[2] and bias is not None
-    placeholder = lambda: x.new_empty((0,))
     N, C, H, W = x.shape
     OC, Cg, KH, KW = weight.shape
     OH, OW = grad_out.shape[2:]
@@ -296,16 +276,15 @@ def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     window = _window(stride, padding, dilation)
     precision, acc = dot_precision(x.dtype, _allow_tf32()), acc_dtype(x.dtype)
 
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x)) \
-        if need_x else placeholder()
+    grad_x = empty_like_format(x.shape, x) if need_x else None
     if need_x and grad_x.numel():
         grid = lambda meta: (triton.cdiv(N * H * W, meta["BLOCK_M"]), triton.cdiv(Cg, meta["BLOCK_N"]), groups)
         with device_guard(x):
-            _conv_grad_x_kernel[grid](
+            _conv2d_grad_input_kernel[grid](
                 dz, s, weight, grad_x, *shape, *dz.stride(), *weight.stride(), *grad_x.stride(), *window,
                 A_ACT=a_act, PRECISION=precision, ACC_DTYPE=acc)
 
-    grad_w, grad_b = placeholder(), placeholder()
+    grad_w, grad_b = None, None
     if need_w or need_b:
         OCg, P = OC // groups, N * OH * OW
         split = _split_p(x, P, cdiv(OCg, 64) * cdiv(Cg, 64) * KH * KW * groups)
@@ -316,7 +295,7 @@ def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
         grid = lambda meta: (triton.cdiv(OCg, meta["BLOCK_M"]),
                              (triton.cdiv(Cg, meta["BLOCK_N"]) * KH * KW) if need_w else 1, groups * split)
         with device_guard(x):
-            _conv_grad_w_kernel[grid](
+            _conv2d_grad_weight_kernel[grid](
                 dz, s, x, w_part, b_part, *shape, *dz.stride(), *x.stride(), *window, split,
                 A_ACT=a_act, BIAS_GRAD=need_b, DOT=need_w, PRECISION=precision, ACC_DTYPE=acc)
         if need_w:
@@ -324,30 +303,3 @@ def conv2d_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
         if need_b:
             grad_b = b_part.sum(0).to(x.dtype)
     return grad_x, grad_w, grad_b
-
-
-@conv2d_backward.register_fake
-def _(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
-    placeholder = lambda: x.new_empty((0,))
-    return (
-        torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=suggest_memory_format(x))
-        if output_mask[0] else placeholder(),
-        weight.new_empty(weight.shape) if output_mask[1] else placeholder(),
-        weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else placeholder(),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups, activation = inputs
-    ctx.conv_args = (stride, padding, dilation, groups, activation)
-    ctx.save_for_backward(x, weight, bias, output)
-
-
-def _backward(ctx, grad_out):
-    x, weight, bias, out = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
-    grads = conv2d_backward(grad_out, x, weight, bias, out, *ctx.conv_args, mask)
-    return tuple(grad if needed else None for grad, needed in zip(grads, mask)) + (None,) * 5
-
-
-conv2d.register_autograd(_backward, setup_context=_setup_context)

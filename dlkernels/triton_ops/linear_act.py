@@ -1,7 +1,9 @@
 """linear_act in Triton: y = act(x @ W^T + b), and its backward, as custom ops dlkernels_triton::linear_act
-and dlkernels_triton::linear_act_backward.
+(linear_act_forward) and dlkernels_triton::linear_act_backward (linear_act_backward); their schemas, fake
+kernels and autograd are dlkernels.contract's.
 
-One tiled GEMM kernel, C = A @ B over (M, N, K) with arbitrary strides, serves the four products:
+One tiled GEMM kernel, _linear_act_gemm_kernel, C = A @ B over (M, N, K) with arbitrary strides, serves the
+four products:
 
   forward        A = x (M, K),        B = W^T (K, N)   epilogue: act(acc + b)        -> y
   recompute      A = x,               B = W^T          epilogue: g * act'(acc + b)   -> dz   (gelu/gelu_tanh/silu)
@@ -16,14 +18,13 @@ forward (saving it would cost an M x N write in every forward, training or not);
 grad-W GEMM from the dz tiles it already loads. No atomics: results are deterministic.
 """
 import math
-from typing import List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._common import (ACT_CODE, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      check_dtype, config, device_guard, dot, dot_precision, grad_operand)
+                      check_dtype, config, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper (H100/H200): 128x128 and 128x256 tiles with K slices of 64 feed wgmma from a 3-4 stage
 # TMA/cp.async pipeline inside the 228 KB of shared memory per SM; 8 warps (two warpgroups) for the
@@ -54,7 +55,7 @@ EPILOGUE_GRAD = 1  # store g * act'(acc + bias): the recomputed pre-activation b
 @autotune(GEMM_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG,
           key=["M", "N", "K", "A_ACT", "EPILOGUE", "ACT", "ROWSUM", "DOT"])
 @triton.jit
-def _gemm_kernel(
+def _linear_act_gemm_kernel(
     a_ptr, s_ptr, b_ptr, c_ptr, bias_ptr, g_ptr, rowsum_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
@@ -65,6 +66,9 @@ def _gemm_kernel(
     PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    """C = A @ B for every product of linear_act (see the module docstring): the forward (EPILOGUE 0: act(acc
+    + bias)), the recomputed dz (EPILOGUE 1), grad_input (A = dz, formed on load when A_ACT) and
+    grad_weight with grad_bias (A = dz^T, ROWSUM; DOT off when only grad_bias is wanted)."""
     # Grouped ordering: GROUP_M row tiles run next to each other over all column tiles, so the B tiles
     # they share are read from L2 rather than from memory.
     pid = tl.program_id(0)
@@ -118,7 +122,7 @@ def _allow_tf32():
 
 
 def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, g=None, rowsum=None, with_dot=True):
-    """Launches _gemm_kernel for C (M, N) = A (M, K) @ B (K, N) (2-D tensors or views with any strides)."""
+    """Launches _linear_act_gemm_kernel for C (M, N) = A (M, K) @ B (K, N) (2-D tensors or views with any strides)."""
     M, K = a.shape
     N = b.shape[1]
     with_dot = with_dot and N > 0
@@ -127,7 +131,7 @@ def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, 
     # Unused pointers get any valid tensor: the constexpr flags compile their accesses away.
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * (triton.cdiv(N, meta["BLOCK_N"]) if with_dot else 1),)
     with device_guard(a):
-        _gemm_kernel[grid](
+        _linear_act_gemm_kernel[grid](
             a, a if s is None else s, b, c, a if bias is None else bias, a if g is None else g,
             a if rowsum is None else rowsum,
             M, N if with_dot else 1, K,
@@ -141,8 +145,8 @@ def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, 
 # Custom ops
 
 
-@torch.library.custom_op("dlkernels_triton::linear_act", mutates_args=())
-def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], activation: str) -> torch.Tensor:
+@custom_op("linear_act")
+def linear_act_forward(x, weight, bias, activation):
     check_dtype(x, "linear_act")
     N, K = weight.shape
     x2 = x.reshape(math.prod(x.shape[:-1]), K)
@@ -151,25 +155,17 @@ def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return out.view(*x.shape[:-1], N)
 
 
-@linear_act.register_fake
-def _(x, weight, bias, activation):
-    return x.new_empty((*x.shape[:-1], weight.shape[0]))
-
-
-@torch.library.custom_op("dlkernels_triton::linear_act_backward", mutates_args=())
-def linear_act_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        out: torch.Tensor, activation: str, output_mask: List[bool]
-                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@custom_op("linear_act_backward")
+def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask):
     """(grad_x, grad_weight, grad_bias) of linear_act; a result not selected by output_mask (or grad_bias
-    without a bias) is an empty placeholder tensor (custom ops cannot return None)."""
+    without a bias) is None."""
     check_dtype(x, "linear_act_backward")
     N, K = weight.shape
     M = math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)
     need_x, need_w, need_b = output_mask[0], output_mask[1], output_mask[2] and bias is not None
-    placeholder = lambda: x.new_empty((0,))
-    grad_x = torch.empty((M, K), dtype=x.dtype, device=x.device) if need_x else placeholder()
-    grad_w = torch.empty((N, K), dtype=x.dtype, device=x.device) if need_w else placeholder()
+    grad_x = torch.empty((M, K), dtype=x.dtype, device=x.device) if need_x else None
+    grad_w = torch.empty((N, K), dtype=x.dtype, device=x.device) if need_w else None
     # grad_bias is summed in the accumulation type and rounded once.
     grad_b = torch.empty(N, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
 
@@ -189,31 +185,4 @@ def linear_act_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.T
     if need_w or need_b:  # dW = dz^T @ x, db = row sums of dz^T
         _gemm(dz.t(), x2, grad_w if need_w else x2, a_act=a_act, s=None if s is None else s.t(),
               rowsum=grad_b if need_b else None, with_dot=need_w)
-    grad_b = grad_b.to(x.dtype) if need_b else placeholder()
-    return grad_x.view(x.shape) if need_x else grad_x, grad_w, grad_b
-
-
-@linear_act_backward.register_fake
-def _(grad_out, x, weight, bias, out, activation, output_mask):
-    placeholder = lambda: x.new_empty((0,))
-    return (
-        x.new_empty(x.shape) if output_mask[0] else placeholder(),
-        weight.new_empty(weight.shape) if output_mask[1] else placeholder(),
-        weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else placeholder(),
-    )
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, activation = inputs
-    ctx.activation = activation
-    ctx.save_for_backward(x, weight, bias, output)
-
-
-def _backward(ctx, grad_out):
-    x, weight, bias, out = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
-    grads = linear_act_backward(grad_out, x, weight, bias, out, ctx.activation, mask)
-    return tuple(grad if needed else None for grad, needed in zip(grads, mask)) + (None,)
-
-
-linear_act.register_autograd(_backward, setup_context=_setup_context)
+    return grad_x.view(x.shape) if need_x else None, grad_w, grad_b.to(x.dtype) if need_b else None

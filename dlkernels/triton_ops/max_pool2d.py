@@ -1,5 +1,6 @@
-"""max_pool2d in Triton, as custom ops dlkernels_triton::max_pool2d, ::max_pool2d_with_indices and
-::max_pool2d_backward, with PyTorch's exact semantics:
+"""max_pool2d in Triton, as custom ops dlkernels_triton::max_pool2d (max_pool2d_forward),
+::max_pool2d_with_indices (max_pool2d_with_indices_forward) and ::max_pool2d_backward (max_pool2d_backward),
+with PyTorch's exact semantics (schemas, fake kernels and autograd are dlkernels.contract's):
 
 - the window start is moved into the input by whole dilation steps (padding is never read), the window end
   clamped to the input;
@@ -15,14 +16,13 @@ it and adds the gradients whose index points at it, in increasing (oh, ow) order
 which PyTorch adds them. No atomics, no zero-fill pass, deterministic, and bit-identical to PyTorch in
 float32/float64 (16-bit types are added in float32 and rounded once).
 """
-from typing import List, Tuple
-
 import torch
 import triton
 import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
-from ._common import autotune, check_dtype, config, device_guard
+from ..contract import empty_like_format, pool_output_shape
+from ._common import autotune, check_dtype, config, custom_op, device_guard
 
 # Memory-bound: large blocks of independent outputs per program, enough warps in flight to cover the
 # latency of HBM3 on Hopper; the autotuner picks per shape and layout.
@@ -59,7 +59,7 @@ def _unflatten(idx, C, H, W, CHANNELS_LAST: tl.constexpr):
 @autotune(POOL_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG,
           key=["total", "C", "KH", "KW", "CHANNELS_LAST", "WITH_INDICES"])
 @triton.jit
-def _max_pool_fwd_kernel(
+def _max_pool2d_forward_kernel(
     x_ptr, out_ptr, idx_ptr,
     total, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw,
@@ -99,7 +99,7 @@ def _max_pool_fwd_kernel(
 
 @autotune(POOL_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=["total", "C", "KH", "KW", "CHANNELS_LAST"])
 @triton.jit
-def _max_pool_bwd_kernel(
+def _max_pool2d_grad_input_kernel(
     grad_ptr, idx_ptr, gx_ptr,
     total, C, H, W, OH, OW,
     sgn, sgc, sgh, sgw,  # strides of grad_out, shared by indices
@@ -136,51 +136,40 @@ def _max_pool_bwd_kernel(
 # Host side
 
 
-def _output_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
-    from .. import ops  # late: dlkernels.ops imports this package while it loads
-
-    return (x.shape[0], x.shape[1]) + tuple(
-        ops.pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
-        for i in range(2))
-
-
 def _window_args(kernel_size, stride, padding, dilation):
     return (*kernel_size, *stride, *padding, *dilation)
 
 
-def _forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices):
+def _launch_forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices):
     check_dtype(x, "max_pool2d")
     fmt = suggest_memory_format(x)
-    shape = _output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    indices = torch.empty(shape, dtype=torch.int64, device=x.device, memory_format=fmt) if with_indices else out
+    shape = pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    out = empty_like_format(shape, x)
+    indices = empty_like_format(shape, x, torch.int64) if with_indices else out
     total = out.numel()
     if total:
         with device_guard(x):
-            _max_pool_fwd_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
+            _max_pool2d_forward_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
                 x, out, indices, total, x.shape[1], x.shape[2], x.shape[3], shape[2], shape[3], *x.stride(),
                 *_window_args(kernel_size, stride, padding, dilation),
                 CHANNELS_LAST=fmt == torch.channels_last, WITH_INDICES=with_indices)
     return out, indices
 
 
-@torch.library.custom_op("dlkernels_triton::max_pool2d", mutates_args=())
-def max_pool2d(x: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
-               ceil_mode: bool) -> torch.Tensor:
-    return _forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices=False)[0]
+@custom_op("max_pool2d")
+def max_pool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return _launch_forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices=False)[0]
 
 
-@torch.library.custom_op("dlkernels_triton::max_pool2d_with_indices", mutates_args=())
-def max_pool2d_with_indices(x: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
-                            dilation: List[int], ceil_mode: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices=True)
+@custom_op("max_pool2d_with_indices")
+def max_pool2d_with_indices_forward(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return _launch_forward(x, kernel_size, stride, padding, dilation, ceil_mode, with_indices=True)
 
 
-@torch.library.custom_op("dlkernels_triton::max_pool2d_backward", mutates_args=())
-def max_pool2d_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, kernel_size: List[int],
-                        stride: List[int], padding: List[int], dilation: List[int], ceil_mode: bool) -> torch.Tensor:
+@custom_op("max_pool2d_backward")
+def max_pool2d_backward(grad_out, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
     fmt = suggest_memory_format(x)
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    grad_x = empty_like_format(x.shape, x)
     # indices and grad_out are read through the same strides.
     if grad_out.stride() != indices.stride():
         grad_out = grad_out.contiguous(memory_format=suggest_memory_format(indices))
@@ -188,45 +177,8 @@ def max_pool2d_backward(grad_out: torch.Tensor, x: torch.Tensor, indices: torch.
     total = grad_x.numel()
     if total:
         with device_guard(x):
-            _max_pool_bwd_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
+            _max_pool2d_grad_input_kernel[lambda meta: (triton.cdiv(total, meta["BLOCK"]),)](
                 grad_out, indices, grad_x, total, x.shape[1], x.shape[2], x.shape[3],
                 grad_out.shape[2], grad_out.shape[3], *grad_out.stride(),
                 *_window_args(kernel_size, stride, padding, dilation), CHANNELS_LAST=fmt == torch.channels_last)
     return grad_x
-
-
-def _fake_empty(shape, like, dtype=None):
-    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=suggest_memory_format(like))
-
-
-@max_pool2d.register_fake
-def _(x, kernel_size, stride, padding, dilation, ceil_mode):
-    return _fake_empty(_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x)
-
-
-@max_pool2d_with_indices.register_fake
-def _(x, kernel_size, stride, padding, dilation, ceil_mode):
-    shape = _output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
-    return _fake_empty(shape, x), _fake_empty(shape, x, torch.int64)
-
-
-@max_pool2d_backward.register_fake
-def _(grad_out, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
-    return _fake_empty(x.shape, x)
-
-
-def _setup_context(ctx, inputs, output):
-    x, *pool_args = inputs
-    ctx.pool_args = pool_args
-    ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
-
-
-def _backward(ctx, grad_out, *unused_grad_indices):
-    x, indices = ctx.saved_tensors
-    if indices is None:  # the plain op kept no indices: find them again
-        indices = max_pool2d_with_indices(x, *ctx.pool_args)[1]
-    return (max_pool2d_backward(grad_out, x, indices, *ctx.pool_args),) + (None,) * len(ctx.pool_args)
-
-
-max_pool2d.register_autograd(_backward, setup_context=_setup_context)
-max_pool2d_with_indices.register_autograd(_backward, setup_context=_setup_context)

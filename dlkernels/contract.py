@@ -1,0 +1,210 @@
+"""The contract of every dlkernels op, the same for every backend that implements it as custom ops.
+
+A backend is a torch.library namespace whose ops have the schemas below: the C++/CUDA kernels (namespace
+"dlkernels", schemas defined in csrc/registration.cpp), the Triton kernels ("dlkernels_triton", defined in
+dlkernels/triton_ops) and any later one. It defines the ops and their implementations; `register(namespace)`
+adds the rest, written once here for all of them:
+
+- the shape formulas (the same as csrc/common/shapes.h) and the output layouts;
+- the fake kernels (shapes for torch.compile);
+- autograd: what the forward saves, which gradients the backward op is asked for, and the backward itself,
+  which calls the namespace's backward ops (custom ops too, so torch.compile(fullgraph=True) traces forward
+  and backward without a graph break).
+
+Rules every backend follows:
+- A backward op returns None (an undefined tensor) for each gradient output_mask does not ask for, and for
+  grad_bias when there is no bias; the fake kernels do the same.
+- max_pool2d computes the indices in the forward whenever the backward will need them (pool_needs_indices),
+  rather than finding them again in the backward; the indices take no gradient.
+
+This module is a leaf: it imports torch and nothing from dlkernels.
+"""
+import torch
+from torch._prims_common import suggest_memory_format
+
+# The activations, in the order of their codes in csrc/common/activation.h and the Triton kernels.
+ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
+
+# The public ops.
+OPS = ("linear_act", "conv2d", "max_pool2d")
+
+# Every custom op of a backend, forward and backward, with its schema (as in csrc/registration.cpp).
+# Backward ops: output_mask selects (grad_x, grad_weight, grad_bias); unselected results are None.
+SCHEMAS = {
+    "linear_act": "(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
+    "linear_act_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, str activation, "
+                           "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+    "conv2d": "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+              "int groups, str activation) -> Tensor",
+    "conv2d_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, int[2] stride, "
+                       "int[2] padding, int[2] dilation, int groups, str activation, bool[3] output_mask) "
+                       "-> (Tensor, Tensor, Tensor)",
+    "max_pool2d": "(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+                  "bool ceil_mode) -> Tensor",
+    "max_pool2d_with_indices": "(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+                               "bool ceil_mode) -> (Tensor, Tensor)",
+    "max_pool2d_backward": "(Tensor grad_out, Tensor x, Tensor indices, int[2] kernel_size, int[2] stride, "
+                           "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor",
+}
+# The one list that opcheck and the build tests run over, so that no op is forgotten.
+CUSTOM_OPS = tuple(SCHEMAS)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shapes and layouts (the same formulas as csrc/common/shapes.h)
+
+
+def conv_output_size(size, kernel, stride, padding, dilation):
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def pool_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    # With ceil_mode the last window must start inside the input or the left padding.
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def conv_output_shape(x, weight, stride, padding, dilation):
+    """(N, OC, OH, OW) of conv2d on a 4-D x."""
+    return (x.shape[0], weight.shape[0]) + tuple(
+        conv_output_size(x.shape[2 + i], weight.shape[2 + i], stride[i], padding[i], dilation[i]) for i in range(2))
+
+
+def pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """(N, C, OH, OW) of max_pool2d on a 4-D x."""
+    return (x.shape[0], x.shape[1]) + tuple(
+        pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
+        for i in range(2))
+
+
+def empty_like_format(shape, like, dtype=None):
+    """An empty tensor of `shape` in the memory format of `like` (NCHW or channels_last): conv2d and
+    max_pool2d results, and the gradients of their inputs, follow the layout of the input."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=suggest_memory_format(like))
+
+
+def pool_needs_indices(x, return_indices):
+    """Whether max_pool2d must compute the indices: asked for, or needed by the backward (then they are
+    computed in the forward rather than found again in the backward)."""
+    return return_indices or (torch.is_grad_enabled() and x.requires_grad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fake kernels
+
+
+def _linear_act_fake(x, weight, bias, activation):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def _linear_act_backward_fake(grad_out, x, weight, bias, out, activation, output_mask):
+    return (
+        x.new_empty(x.shape) if output_mask[0] else None,
+        weight.new_empty(weight.shape) if output_mask[1] else None,
+        weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
+    )
+
+
+def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, activation):
+    return empty_like_format(conv_output_shape(x, weight, stride, padding, dilation), x)
+
+
+def _conv2d_backward_fake(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
+    return (
+        empty_like_format(x.shape, x) if output_mask[0] else None,
+        weight.new_empty(weight.shape) if output_mask[1] else None,
+        weight.new_empty((weight.shape[0],)) if output_mask[2] and bias is not None else None,
+    )
+
+
+def _max_pool2d_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return empty_like_format(pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x)
+
+
+def _max_pool2d_with_indices_fake(x, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return empty_like_format(shape, x), empty_like_format(shape, x, torch.int64)
+
+
+def _max_pool2d_backward_fake(grad_out, x, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    return empty_like_format(x.shape, x)
+
+
+FAKE_KERNELS = {
+    "linear_act": _linear_act_fake,
+    "linear_act_backward": _linear_act_backward_fake,
+    "conv2d": _conv2d_fake,
+    "conv2d_backward": _conv2d_backward_fake,
+    "max_pool2d": _max_pool2d_fake,
+    "max_pool2d_with_indices": _max_pool2d_with_indices_fake,
+    "max_pool2d_backward": _max_pool2d_backward_fake,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd: what each forward saves (one place for all backends) and which gradients are asked for
+
+
+def _linear_act_setup(ctx, inputs, output):
+    x, weight, bias, activation = inputs
+    ctx.activation = activation
+    ctx.save_for_backward(x, weight, bias, output)
+
+
+def _conv2d_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, activation = inputs
+    ctx.conv_args = (stride, padding, dilation, groups, activation)
+    ctx.save_for_backward(x, weight, bias, output)
+
+
+def _max_pool2d_setup(ctx, inputs, output):
+    x, *pool_args = inputs
+    ctx.pool_args = pool_args
+    # The indices take no gradient: without this autograd would allocate a zero tensor the size of the
+    # indices for every backward.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
+
+
+def _output_mask(ctx, bias):
+    """(grad_x, grad_weight, grad_bias) asked for: the backward ops compute only these, None for the rest."""
+    return [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
+
+
+def register(namespace):
+    """Registers the fake kernels and the autograd of every op in CUSTOM_OPS for the custom ops
+    torch.ops.<namespace>.<op>, which the backend has defined (with SCHEMAS) before. Call once per namespace."""
+    ops = getattr(torch.ops, namespace)
+
+    for op in CUSTOM_OPS:
+        torch.library.register_fake(f"{namespace}::{op}", FAKE_KERNELS[op])
+
+    def linear_act_backward(ctx, grad_out):
+        x, weight, bias, out = ctx.saved_tensors
+        grads = ops.linear_act_backward(grad_out, x, weight, bias, out, ctx.activation, _output_mask(ctx, bias))
+        return (*grads, None)
+
+    def conv2d_backward(ctx, grad_out):
+        x, weight, bias, out = ctx.saved_tensors
+        grads = ops.conv2d_backward(grad_out, x, weight, bias, out, *ctx.conv_args, _output_mask(ctx, bias))
+        return (*grads, None, None, None, None, None)
+
+    def max_pool2d_backward(ctx, grad_out, *unused_grad_indices):
+        if grad_out is None:  # not materialised (see _max_pool2d_setup): no gradient flows back
+            return (None,) * (1 + len(ctx.pool_args))
+        x, indices = ctx.saved_tensors
+        if indices is None:  # the plain op keeps no indices: find them again
+            indices = ops.max_pool2d_with_indices(x, *ctx.pool_args)[1]
+        grad_x = ops.max_pool2d_backward(grad_out, x, indices, *ctx.pool_args)
+        return (grad_x,) + (None,) * len(ctx.pool_args)
+
+    for op, backward, setup in (
+        ("linear_act", linear_act_backward, _linear_act_setup),
+        ("conv2d", conv2d_backward, _conv2d_setup),
+        ("max_pool2d", max_pool2d_backward, _max_pool2d_setup),
+        ("max_pool2d_with_indices", max_pool2d_backward, _max_pool2d_setup),
+    ):
+        torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup)
