@@ -10,7 +10,7 @@
 //     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
 //     runs the micro-kernel over every MR x NR tile of its block. The A micro-panel (MR x KC) stays in L1
 //     while the task sweeps the B panels.
-//   - The micro-kernel (gemm.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
+//   - The micro-kernel (gemm.cpp, gemm_x86.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
 //     vector loads of B and MR broadcasts of A, each feeding NR / lanes FMAs. There is one for AVX-512 and
 //     one for AVX2+FMA (intrinsics), each with a half-width twin for a narrow last column panel, and a
 //     portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies relu
@@ -32,7 +32,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cpu/cpu_utils.h"
+#include "cpu/memory.h"
 #include "cpu/simd.h"
 
 namespace dlkernels {
@@ -56,6 +56,24 @@ struct MicroKernel {
 // The micro-kernel for this CPU (float and double), chosen once from cpu_isa().
 template <typename T>
 const MicroKernel<T>& micro_kernel();
+
+// The epilogue of an edge tile (m < MR or n < NR) that a micro-kernel computed into `tile` (row stride NR),
+// in the same order of additions as the full-tile paths of the kernels, so a value does not depend on where
+// its tile lies. Shared by the portable kernel (gemm.cpp) and the x86 ones (gemm_x86.cpp).
+template <typename T>
+DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc, int m, int n, bool load_c,
+                                        const T* bias_m, const T* bias_n, bool relu) {
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      T r = tile[i * NR + j];
+      if (load_c) r += c[i * ldc + j];
+      if (bias_m) r += bias_m[i];
+      if (bias_n) r += bias_n[j];
+      if (relu) r = r < T(0) ? T(0) : r;  // NaN passes, as torch.relu
+      c[i * ldc + j] = r;
+    }
+  }
+}
 
 // Cache blocking (Zen 4: 32 KiB L1d, 1 MiB L2 per core). The A micro-panel (MR x KC, 20 KiB for float) stays
 // in L1 while a task sweeps its KC x NC block of B (up to 640 KiB) from L2. KC = 640 floats keeps a 3x3
@@ -136,14 +154,6 @@ template <typename T>
 void pack_b_strided(const T* B, int64_t sk, int64_t sn, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) {
   pack_panel(B, sn, sk, j0, nr, k0, kc, dst, NR);
 }
-
-// C[M, N] = A[M, K] @ B[K, N] for float, A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn],
-// C row-major with row stride ldc, when one side is skinny (skinny_gemm.cpp):
-//   - M <= 4 and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot products;
-//   - M <= 4 or K <= 4, and B's rows contiguous (b_sn == 1): rows of C as combinations of rows of B.
-// Returns false, with nothing done, for other shapes and layouts and on CPUs without AVX2.
-bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
-                     int64_t b_sk, int64_t b_sn, float* C, int64_t ldc);
 
 // Block sizes (in panels) along M and N, at most max_m and max_n, that minimise the work of the busiest of
 // `threads` threads: at::parallel_for deals the tasks (batch x row blocks x column blocks) out in

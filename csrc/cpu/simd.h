@@ -32,15 +32,19 @@
 // The ISA sets of the wrappers (AMD Zen 4 and Intel since Skylake-SP have all of the first).
 #define DLK_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"), flatten))
 #define DLK_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
+// Functions one translation unit of the library calls in another (the glue of an op calls the ISA kernels
+// of its *_x86.cpp file): hidden, so the call is a direct one, as within one file, not one through the PLT.
+#define DLK_INTERNAL __attribute__((visibility("hidden")))
 
 namespace dlkernels {
 namespace cpu {
 
 enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 
-// The best ISA this CPU supports, detected once. The environment variable DLKERNELS_CPU_ISA (base, avx2,
-// avx512) can lower it, which is how the fallback paths are tested on a machine that has AVX-512.
+// The best ISA this CPU supports, detected once (simd.cpp). The environment variable DLKERNELS_CPU_ISA (base,
+// avx2, avx512) can lower it, which is how the fallback paths are tested on a machine that has AVX-512.
 Isa cpu_isa();
+// "avx512", "avx2" or "base", as DLKERNELS_CPU_ISA spells them (what `python -m dlkernels info` shows).
 const char* isa_name(Isa isa);
 
 // Zeroes `bytes` bytes with plain vector stores. memset / std::fill of a large freshly allocated buffer

@@ -150,7 +150,7 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
 }
 
 // act(x2 @ w^T + bias) into a new contiguous [M, N] tensor; x2 [M, K] and w [N, K] contiguous.
-at::Tensor linear_forward(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
+at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
                           Activation act) {
   at::Tensor out = at::empty({d.M, d.N}, x2.options());
   if (out.numel() == 0) return out;
@@ -162,7 +162,7 @@ at::Tensor linear_forward(const at::Tensor& x2, const at::Tensor& w, const at::T
   return out;
 }
 
-at::Tensor linear_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            c10::string_view activation) {
   constexpr const char* op = "linear_act";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
@@ -172,10 +172,10 @@ at::Tensor linear_act_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return linear_forward(x2, w, b, d, act).view(d.out_shape);
+  return linear_act_forward_2d(x2, w, b, d, act).view(d.out_shape);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
   // gz = grad_out * act'(saved): saved is the output, or the pre-activation recomputed by the forward GEMM.
   at::Tensor gz = g2;
   if (act != Activation::None && d.M * d.N > 0) {
-    const at::Tensor saved = grad_needs_preactivation(act) ? linear_forward(x2, w, b, d, Activation::None)
+    const at::Tensor saved = grad_needs_preactivation(act) ? linear_act_forward_2d(x2, w, b, d, Activation::None)
                                                            : out.reshape({d.M, d.N}).contiguous();
     gz = activation_grad_cuda(g2, saved, act);
   }
@@ -225,6 +225,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
-  m.impl("linear_act", &dlkernels::cuda::linear_act_cuda);
-  m.impl("linear_act_backward", &dlkernels::cuda::linear_act_backward_cuda);
+  m.impl("linear_act", &dlkernels::cuda::linear_act_forward);
+  m.impl("linear_act_backward", &dlkernels::cuda::linear_act_backward);
 }
