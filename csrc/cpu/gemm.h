@@ -98,9 +98,9 @@ struct PackBuffer {
 // ---------------------------------------------------------------------------------------------------------
 // Packing helpers for operands that are plain strided matrices.
 
-// dst[k * P + r] = rows[r][k] for r < nrows, k < kc, through 8 x 8 transposes in AVX registers (about 4x
-// faster than element by element; it is what packing W of a Linear, or the image for a conv's weight
-// gradient, costs). False, and nothing done, without AVX2.
+// dst[k * P + r] = rows[r][k] for r < nrows, k < kc, through 8 x 8 transposes in AVX registers (far faster
+// than element by element, and it is what packing W of a Linear, or the image for a conv's weight gradient,
+// costs). False, and nothing done, without AVX2.
 bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P);
 
 // dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
@@ -248,7 +248,7 @@ void gemm_run(const P& p) {
 
   const double task_flops = 2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) *
                             std::max<int64_t>(K, 1);
-  const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // >= ~40 us each
+  const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // worth a thread each
   at::parallel_for(0, p.batch * blocks_m * blocks_n, task_grain, [&](int64_t t0, int64_t t1) {
     PackBuffer<T> b_packed(1, nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);
     for (int64_t t = t0; t < t1; ++t) {

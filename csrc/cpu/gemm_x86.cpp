@@ -52,8 +52,8 @@ namespace cpu {
     }                                                                                                            \
   }
 
-// AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (12 x 32, 6 x 64 and 8 x 48
-// measured the same on Zen 4; 8 rows divide the usual M and channel counts). AVX2 (16 registers): 6 x 16
+// AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (larger tiles that fit the
+// registers were no faster, and 8 rows divide the usual M and channel counts). AVX2 (16 registers): 6 x 16
 // floats / 6 x 8 doubles = 12 accumulators.
 // The half-width variants (NV = 1) compute the last column panel of a GEMM when it has at most half its
 // columns (e.g. 196 = 6 x 32 + 4 positions of a 14x14 image), with the same additions in the same order.

@@ -19,14 +19,15 @@ namespace {
 // CPUs without AVX2. Stride 2 loads
 // two vectors and keeps their even lanes, so every input element of a row is read once per window row.
 // Each running max is a chain of dependent compare/select steps, one per window position, so a call works
-// on U independent chunks at once to overlap the chains (3x3 windows: 1.4x faster than one at a time).
+// on U independent chunks at once to overlap the chains.
 // (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
 
 // Outputs [ow0[u], ow0[u] + 16), u < U, of one output row whose input rows are [ih0, ih1) (step dh), all
 // window columns inside the row. Short (U = 1): the chunk has only n_last < 16 outputs (short rows, e.g. the
 // 14 outputs of a 28-wide row, and the last outputs of a stride-2 row); its lanes past the window columns of
 // those outputs are masked off (not read) and load as -inf, which never replaces a maximum, and its stores
-// are masked to the n_last outputs. Full chunks load and store without masks (with masks they ran ~15% slower).
+// are masked to the n_last outputs. Full chunks load and store without masks, which are slower even with
+// every lane on.
 template <int SW, bool WithIndices, int U, bool Short = false>
 DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
                                           const int64_t* ow0, int n_last, float* out, int64_t* ind) {

@@ -37,8 +37,7 @@ class Scratch {
 
 // at::empty for a large buffer the kernel is about to write in full: the first write to each page of fresh
 // memory faults, and with 4 KiB pages those faults cost more than the kernel itself for bandwidth-bound
-// ops (max_pool2d 2x2 over 64x64x112x112 on the development VM: about 1.5 us per page, 41 ms per call
-// without the advice, 11-13 ms with it). Advised huge pages take one fault per 2 MiB. Every byte gets
+// ops (max_pool2d, say; README.md has the measurement). Advised huge pages take one fault per 2 MiB. Every byte gets
 // written, so the larger pages waste no memory. DLKERNELS_CPU_HUGE_PAGES=0 turns the advice off.
 at::Tensor empty_output(c10::IntArrayRef sizes, const at::TensorOptions& options);
 
