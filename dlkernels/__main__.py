@@ -1,5 +1,6 @@
 """`python -m dlkernels info`: versions, how the extension was built, and which backend runs each op."""
 import argparse
+import os
 import platform
 import sys
 
@@ -29,6 +30,10 @@ def info_lines():
             f"  CUDA kernels   {'yes, CUDA ' + build['cuda_version'] + ', archs ' + build['cuda_archs'] if build['with_cuda'] else 'no (CPU-only build)'}",
             f"  OpenMP         {'yes' if build['openmp'] else 'no'}, {_ext._C.num_threads()} threads",
         ]
+        if hasattr(_ext._C, "cpu_isa"):
+            forced = os.environ.get("DLKERNELS_CPU_ISA")
+            lines.append(f"  CPU ISA        {_ext._C.cpu_isa()}" + (f" (DLKERNELS_CPU_ISA={forced})" if forced else ""))
+            lines.append(f"  huge pages     {'on' if _ext._C.huge_pages() else 'off'}")
         if build["torch_version"] != torch.__version__:
             lines.append(f"  WARNING        built against torch {build['torch_version']} but running {torch.__version__}: rebuild")
     else:
