@@ -60,8 +60,7 @@ inline Range valid_range(int64_t offset, int64_t stride, int64_t in, int64_t out
 // dst[k * NR + j] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding) with k = (c, kh, kw) and
 // j = (oh, ow). Within one output row and stride 1 the columns are one contiguous input row segment.
 template <typename acc_t>
-void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
-                 int NR) {
+void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
   const int64_t taps = s.KH * s.KW;
   for (int64_t k = k0; k < k0 + kc; ++k) {
     const int64_t c = k / taps, kh = (k % taps) / s.KW, kw = k % s.KW;
@@ -154,10 +153,10 @@ struct Conv2dForwardGemm {
 // each finished tile of `m` output planes starting at plane index (n * K + k) and positions [j0, j0 + n).
 template <typename acc_t, typename Post>
 void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* out, bool relu,
-                       bool has_post, const Post& post) {
+                           bool has_post, const Post& post) {
   const int64_t P = s.OH * s.OW;
-  Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg, P, s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
-                                 relu, has_post, post};
+  Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
+                                   relu,           has_post, post};
   gemm_run<acc_t>(g);
 }
 
@@ -298,8 +297,8 @@ template <typename acc_t, typename Post>
 void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t* x, acc_t* gw, bool has_post,
                                const Post& post) {
   const int64_t cols = s.Cg * s.KH * s.KW;
-  Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols, s.N * s.OH * s.OW, s.groups, s, gz, x, gw, cols, false,
-                                      has_post, post};
+  Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols,  s.N * s.OH * s.OW, s.groups, s, gz, x,
+                                      gw,       cols, false, has_post,          post};
   gemm_run<acc_t>(g);
 }
 
@@ -337,8 +336,8 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
         }
       };
       conv2d_forward_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                               ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
-                               A == Activation::ReLU, !(direct && in_kernel), post);
+                                   ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
+                                   A == Activation::ReLU, !(direct && in_kernel), post);
     });
   });
   return out.contiguous(memory_format);
@@ -408,7 +407,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
         const acc_t* z_p = z.mutable_data_ptr<acc_t>();
         conv2d_forward_kernel<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                 z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
+                                     z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const acc_t* zp = z_p + p * plane;
@@ -460,7 +459,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
       at::Tensor gxa = direct ? grad_x : empty_output(x.sizes(), opts.dtype(acc_type));
       conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
-                               !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+                                   !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
     }
 
     // Step 2a, other strides: the direct scatter.

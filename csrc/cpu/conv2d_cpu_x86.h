@@ -17,10 +17,10 @@ namespace cpu {
 // read, so they may lie outside the image). For few channels the packing costs as much as the GEMM, and
 // the generic loop above spends most of it in fill/copy calls on segments of a few dozen floats.
 DLK_TARGET_AVX512 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx512(const ConvShape& s, const float* xg, int64_t j0,
-                                                                      int nr, int64_t k0, int64_t kc, float* dst,
-                                                                      int NR);
+                                                                     int nr, int64_t k0, int64_t kc, float* dst,
+                                                                     int NR);
 DLK_TARGET_AVX2 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx2(const ConvShape& s, const float* xg, int64_t j0,
-                                                                  int nr, int64_t k0, int64_t kc, float* dst, int NR);
+                                                                 int nr, int64_t k0, int64_t kc, float* dst, int NR);
 #endif
 
 }  // namespace cpu

@@ -10,7 +10,8 @@
 //     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
 //     runs the micro-kernel over every MR x NR tile of its block. The A micro-panel (MR x KC) stays in L1
 //     while the task sweeps the B panels.
-//   - The micro-kernel (gemm.cpp, gemm_x86.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
+//   - The micro-kernel (gemm.cpp, gemm_x86.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR /
+//   lanes
 //     vector loads of B and MR broadcasts of A, each feeding NR / lanes FMAs. There is one for AVX-512 and
 //     one for AVX2+FMA (intrinsics), each with a half-width twin for a narrow last column panel, and a
 //     portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies relu
@@ -246,8 +247,8 @@ void gemm_run(const P& p) {
     });
   }
 
-  const double task_flops = 2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) *
-                            std::max<int64_t>(K, 1);
+  const double task_flops =
+      2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) * std::max<int64_t>(K, 1);
   const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // worth a thread each
   at::parallel_for(0, p.batch * blocks_m * blocks_n, task_grain, [&](int64_t t0, int64_t t1) {
     PackBuffer<T> b_packed(1, nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);

@@ -11,45 +11,45 @@ namespace cpu {
 // The x86 micro-kernels, one macro expanded per ISA and type (intrinsics: see simd.h for why). Per k: NV
 // vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
 // columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
-#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)       \
-  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c, \
-                   const T* bias_m, const T* bias_n, bool relu) {                                                \
-    constexpr int NR = NV * LANES;                                                                               \
-    VEC acc[MR][NV];                                                                                             \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                      \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = SETZERO();                                \
-    }                                                                                                            \
-    /* A(i, k) is a[k * MR + i] (packed) or a[i * lda + k] (in place, rows past m read as row 0) */              \
-    const T* arow[MR];                                                                                           \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda; \
-    const int64_t astep = lda == 0 ? MR : 1;                                                                     \
-    for (int64_t k = 0; k < kc; ++k) {                                                                           \
-      VEC bv[NV];                                                                                                \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                \
-      _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                    \
-        const VEC av = SET1(arow[i][k * astep]);                                                                 \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);            \
-      }                                                                                                          \
-    }                                                                                                            \
-    if (m == MR && n == NR) {                                                                                    \
-      for (int i = 0; i < MR; ++i) {                                                                             \
-        T* row = c + i * ldc;                                                                                    \
-        for (int v = 0; v < NV; ++v) {                                                                           \
-          VEC r = acc[i][v];                                                                                     \
-          if (load_c) r = ADD(r, LOADU(row + v * LANES));                                                        \
-          if (bias_m) r = ADD(r, SET1(bias_m[i]));                                                               \
-          if (bias_n) r = ADD(r, LOADU(bias_n + v * LANES));                                                     \
-          if (relu) r = MAX(SETZERO(), r); /* max(0, x) returns x when x is NaN or -0.0, as x < 0 ? 0 : x */     \
-          STOREU(row + v * LANES, r);                                                                            \
-        }                                                                                                        \
-      }                                                                                                          \
-    } else {                                                                                                     \
-      alignas(64) T tile[MR * NR];                                                                               \
-      for (int i = 0; i < MR; ++i) {                                                                             \
-        for (int v = 0; v < NV; ++v) STOREU(tile + i * NR + v * LANES, acc[i][v]);                              \
-      }                                                                                                          \
-      finish_edge_tile(tile, NR, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                    \
-    }                                                                                                            \
+#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)          \
+  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,      \
+                   const T* bias_m, const T* bias_n, bool relu) {                                                      \
+    constexpr int NR = NV * LANES;                                                                                     \
+    VEC acc[MR][NV];                                                                                                   \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                            \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = SETZERO();                                      \
+    }                                                                                                                  \
+    /* A(i, k) is a[k * MR + i] (packed) or a[i * lda + k] (in place, rows past m read as row 0) */                    \
+    const T* arow[MR];                                                                                                 \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda;      \
+    const int64_t astep = lda == 0 ? MR : 1;                                                                           \
+    for (int64_t k = 0; k < kc; ++k) {                                                                                 \
+      VEC bv[NV];                                                                                                      \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                      \
+      _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                          \
+        const VEC av = SET1(arow[i][k * astep]);                                                                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);                  \
+      }                                                                                                                \
+    }                                                                                                                  \
+    if (m == MR && n == NR) {                                                                                          \
+      for (int i = 0; i < MR; ++i) {                                                                                   \
+        T* row = c + i * ldc;                                                                                          \
+        for (int v = 0; v < NV; ++v) {                                                                                 \
+          VEC r = acc[i][v];                                                                                           \
+          if (load_c) r = ADD(r, LOADU(row + v * LANES));                                                              \
+          if (bias_m) r = ADD(r, SET1(bias_m[i]));                                                                     \
+          if (bias_n) r = ADD(r, LOADU(bias_n + v * LANES));                                                           \
+          if (relu) r = MAX(SETZERO(), r); /* max(0, x) returns x when x is NaN or -0.0, as x < 0 ? 0 : x */           \
+          STOREU(row + v * LANES, r);                                                                                  \
+        }                                                                                                              \
+      }                                                                                                                \
+    } else {                                                                                                           \
+      alignas(64) T tile[MR * NR];                                                                                     \
+      for (int i = 0; i < MR; ++i) {                                                                                   \
+        for (int v = 0; v < NV; ++v) STOREU(tile + i * NR + v * LANES, acc[i][v]);                                     \
+      }                                                                                                                \
+      finish_edge_tile(tile, NR, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                          \
+    }                                                                                                                  \
   }
 
 // AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (larger tiles that fit the
@@ -57,13 +57,11 @@ namespace cpu {
 // floats / 6 x 8 doubles = 12 accumulators.
 // The half-width variants (NV = 1) compute the last column panel of a GEMM when it has at most half its
 // columns (e.g. 196 = 6 x 32 + 4 positions of a 14x14 image), with the same additions in the same order.
-#define DLK_X86_MICRO_WIDTHS(NAME, TARGET, T, VEC, MR, LANES, W, TY)                                         \
-  DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,     \
-                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY,              \
-                _mm##W##_max_##TY)                                                                             \
-  DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY,                   \
-                _mm##W##_loadu_##TY, _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY,            \
-                _mm##W##_add_##TY, _mm##W##_max_##TY)
+#define DLK_X86_MICRO_WIDTHS(NAME, TARGET, T, VEC, MR, LANES, W, TY)                                                   \
+  DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,             \
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)   \
+  DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,      \
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)
 DLK_X86_MICRO_WIDTHS(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 16, 512, ps)
 DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
 DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)

@@ -156,9 +156,11 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
 // bit for bit whatever the number of threads.
 constexpr int64_t kBiasRows = 32;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const at::Tensor& out, c10::string_view activation,
+                                                                   std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
@@ -237,14 +239,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
     auto gemm_to = [&](scalar_t* dst, int64_t rows, int64_t cols, int64_t inner, const acc_t* A, int64_t a_sm,
                        int64_t a_sk, const acc_t* B, int64_t b_sk, int64_t b_sn) {
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr, false,
-                           false, NoPost{});
+        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr,
+                           false, false, NoPost{});
       } else {
         at::Tensor tmp = empty_output({rows, cols}, opts.dtype(acc_type));
         linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, tmp.mutable_data_ptr<acc_t>(), nullptr,
                            false, true, [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
                              for (int i = 0; i < m; ++i) {
-                               for (int j = 0; j < n; ++j) dst[(i0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ldc + j]);
+                               for (int j = 0; j < n; ++j)
+                                 dst[(i0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ldc + j]);
                              }
                            });
       }

@@ -43,8 +43,8 @@ inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
 
 // One float output by the scalar rule, for the vector paths' leftovers: the window [ih0, ih1) x [iw0, iw1)
 // (steps dh, dw) of a plane whose element (ih, iw) is at src[(ih * W + iw) * step].
-inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, int64_t ih0, int64_t ih1,
-                           int64_t iw0, int64_t iw1, float* out, int64_t* ind) {
+inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, int64_t ih0, int64_t ih1, int64_t iw0,
+                           int64_t iw1, float* out, int64_t* ind) {
   float mv = -std::numeric_limits<float>::infinity();
   int64_t mi = ih0 * p.W + iw0;
   for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
@@ -121,8 +121,8 @@ void max_pool2d_forward_kernel_nchw(const scalar_t* in, scalar_t* out, int64_t* 
 // Output rows [r0, r1) (row = plane * OH + oh) of an NCHW float tensor: vector chunks of L outputs where the
 // whole window is inside the row, the scalar rule elsewhere.
 template <int SW>
-void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64_t* ind, const PoolShape& p,
-                   int64_t r0, int64_t r1) {
+void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64_t* ind, const PoolShape& p, int64_t r0,
+                   int64_t r1) {
   const int L = k.lanes;
   // Chunk starts ow0 whose L outputs have every window column in the row, counting the extra element the
   // stride-2 load reads: ow0*SW - pw >= 0 and (ow0 + L - 1)*SW - pw + (kw-1)*dw + (SW-1) <= W - 1.
@@ -300,9 +300,10 @@ bool max_pool2d_forward_kernel_nhwc_f32(const float* in, float* out, int64_t* in
 
 template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
-                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolShape p = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
+                                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                           c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  const PoolShape p =
+      check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
   const auto opts = x.options().memory_format(fmt);
@@ -343,13 +344,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_i
 }
 
 at::Tensor max_pool2d_forward(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                          c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_forward(const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                                               c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                               c10::IntArrayRef dilation, bool ceil_mode) {
+                                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                                   c10::IntArrayRef dilation, bool ceil_mode) {
   return max_pool2d_forward_impl<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
 }
 
@@ -417,8 +419,8 @@ void max_pool2d_grad_input_kernel_nhwc(const scalar_t* gout, const int64_t* ind,
 }
 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
-                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                   c10::IntArrayRef dilation, bool ceil_mode) {
+                               c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
   const PoolShape p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   check_pool_backward_args(x, grad_out_in, indices_in, p, op);
@@ -428,17 +430,16 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& 
   if (grad_in.numel() == 0) return grad_in;
   const at::Tensor grad_out = grad_out_in.contiguous(fmt);
   const at::Tensor indices = indices_in.contiguous(fmt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_backward_cpu",
-                                  [&] {
-                                    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
-                                    const int64_t* id = indices.const_data_ptr<int64_t>();
-                                    scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
-                                    if (fmt == at::MemoryFormat::ChannelsLast) {
-                                      max_pool2d_grad_input_kernel_nhwc<scalar_t>(g, id, gi, p);
-                                    } else {
-                                      max_pool2d_grad_input_kernel_nchw<scalar_t>(g, id, gi, p);
-                                    }
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_backward_cpu", [&] {
+    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+    const int64_t* id = indices.const_data_ptr<int64_t>();
+    scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      max_pool2d_grad_input_kernel_nhwc<scalar_t>(g, id, gi, p);
+    } else {
+      max_pool2d_grad_input_kernel_nchw<scalar_t>(g, id, gi, p);
+    }
+  });
   return grad_in;
 }
 

@@ -31,8 +31,8 @@ namespace {
 template <int SW, bool WithIndices, int U, bool Short = false>
 DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
                                           const int64_t* ow0, int n_last, float* out, int64_t* ind) {
-  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
-                                         10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
+  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW, 10 * SW,
+                                         11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   static_assert(!Short || U == 1, "a short chunk is called alone");
@@ -55,9 +55,7 @@ DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, 
         const int64_t off = tap + ow0[u] * SW;  // lane 0's input element
         const float* q = src + off;
         const __m512 a = Short ? _mm512_mask_loadu_ps(neg_inf, lo_mask, q) : _mm512_loadu_ps(q);
-        const __m512 b = SW == 1 ? a
-                         : Short ? _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16)
-                                 : _mm512_loadu_ps(q + 16);
+        const __m512 b = SW == 1 ? a : Short ? _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16) : _mm512_loadu_ps(q + 16);
         const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, b);
         const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         m[u] = _mm512_mask_mov_ps(m[u], take, v);
@@ -172,9 +170,8 @@ DLK_TARGET_AVX512 void pool_channels_avx512(const float* src_n, const PoolShape&
 
 // The same with 8 lanes and no masks: channels [c0, c0 + 8*U), all of them present.
 template <bool WithIndices, int U>
-DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                        int64_t iw0, int64_t iw1, int64_t c0, int64_t /*count*/, float* out,
-                                        int64_t* ind) {
+DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1, int64_t iw0,
+                                        int64_t iw1, int64_t c0, int64_t /*count*/, float* out, int64_t* ind) {
   __m256 m[U];
   __m256i mi[U];
   for (int u = 0; u < U; ++u) {
@@ -212,14 +209,12 @@ DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, 
 // short runs at once, which the hardware prefetchers follow less well when the input comes from memory.
 template <bool WithIndices>
 DLK_TARGET_AVX512 void max_pool2d_position_taps_avx512(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                                 int64_t iw0, int64_t iw1, float* out, int64_t* ind,
-                                                 int32_t* idx) {
+                                                       int64_t iw0, int64_t iw1, float* out, int64_t* ind,
+                                                       int32_t* idx) {
   const int64_t C = p.C;
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
-  auto lanes = [C](int64_t c) {
-    return C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1);
-  };
+  auto lanes = [C](int64_t c) { return C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1); };
   for (int64_t c = 0; c < C; c += 16) {
     _mm512_mask_storeu_ps(out + c, lanes(c), neg_inf);
     if (WithIndices) _mm512_mask_storeu_epi32(idx + c, lanes(c), first);
@@ -271,8 +266,8 @@ PoolChannelKernels max_pool2d_channel_kernels(bool avx512) {
              &pool_channels_avx512<WithIndices, 3>, &pool_channels_avx512<WithIndices, 4>},
             16};
   }
-  return {{&pool_channels_avx2<WithIndices, 1>, &pool_channels_avx2<WithIndices, 2>, &pool_channels_avx2<WithIndices, 3>,
-           &pool_channels_avx2<WithIndices, 4>},
+  return {{&pool_channels_avx2<WithIndices, 1>, &pool_channels_avx2<WithIndices, 2>,
+           &pool_channels_avx2<WithIndices, 3>, &pool_channels_avx2<WithIndices, 4>},
           8};
 }
 template PoolChannelKernels max_pool2d_channel_kernels<false>(bool);

@@ -18,8 +18,7 @@ constexpr int kPoolMaxChunks = 4;  // independent vectors of outputs (or channel
 // u < U of one output row of the plane `src`, whose input rows are [ih0, ih1) (step dh) and whose window
 // columns all lie inside the row; out and ind point at the output row. short_chunk computes the n_last <
 // lanes outputs from ow0[0] (lanes past them masked off).
-using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, int, float*,
-                              int64_t*);
+using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, int, float*, int64_t*);
 // The chunk kernels of one ISA, stride and index choice, for U = 1 .. kPoolMaxChunks, their lane count, and
 // the short-chunk kernel (AVX-512 only; null otherwise).
 struct PoolChunkKernels {
@@ -50,10 +49,9 @@ DLK_INTERNAL PoolChannelKernels max_pool2d_channel_kernels(bool avx512);
 // window positions outer and channels inner, the running maxima kept in `out` and the running indices in
 // `idx` (int32, C of them, scratch of the caller) until they are widened into `ind`.
 template <bool WithIndices>
-DLK_TARGET_AVX512 DLK_INTERNAL void max_pool2d_position_taps_avx512(const float* src_n, const PoolShape& p,
-                                                                    int64_t ih0, int64_t ih1, int64_t iw0,
-                                                                    int64_t iw1, float* out, int64_t* ind,
-                                                                    int32_t* idx);
+DLK_TARGET_AVX512 DLK_INTERNAL void max_pool2d_position_taps_avx512(const float* src_n, const PoolShape& p, int64_t ih0,
+                                                                    int64_t ih1, int64_t iw0, int64_t iw1, float* out,
+                                                                    int64_t* ind, int32_t* idx);
 #endif
 
 }  // namespace cpu

@@ -55,10 +55,10 @@ void zero_fill(void* p, size_t bytes);
 // GCC vector of `Bytes / sizeof(T)` lanes, for the portable kernels.
 template <typename T, int Bytes>
 struct VecType;
-#define DLK_VEC_TYPE(T, BYTES)                                              \
-  template <>                                                               \
-  struct VecType<T, BYTES> {                                                \
-    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T)))); \
+#define DLK_VEC_TYPE(T, BYTES)                                                                                         \
+  template <>                                                                                                          \
+  struct VecType<T, BYTES> {                                                                                           \
+    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T))));                                            \
   };
 DLK_VEC_TYPE(float, 16)
 DLK_VEC_TYPE(double, 16)
@@ -75,12 +75,16 @@ DLK_ALWAYS_INLINE V vload(const T* p) {
   return v;
 }
 template <typename V, typename T>
-DLK_ALWAYS_INLINE void vstore(T* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+DLK_ALWAYS_INLINE void vstore(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
 
 // s - 0 is exactly s for every s (unlike s + 0, which turns -0.0 into +0.0), so the compiler folds the
 // subtraction and emits one broadcast.
 template <typename V, typename T>
-DLK_ALWAYS_INLINE V vbroadcast(T s) { return s - V{}; }
+DLK_ALWAYS_INLINE V vbroadcast(T s) {
+  return s - V{};
+}
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -13,8 +13,8 @@ namespace {
 // Dot form: C[i, j] = sum_k A[i * a_sm + k] * B[j * b_sn + k] for i < MR, j in [j, j + NJ): MR x NJ dot
 // products side by side, 16 k at a time, the last partial vector masked.
 template <int MR, int NJ>
-DLK_TARGET_AVX512 void dot_tile_avx512(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn,
-                                       float* C, int64_t ldc, int64_t j) {
+DLK_TARGET_AVX512 void dot_tile_avx512(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn, float* C,
+                                       int64_t ldc, int64_t j) {
   __m512 acc[MR][NJ];
   for (int r = 0; r < MR; ++r) {
     for (int c = 0; c < NJ; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -35,8 +35,8 @@ DLK_TARGET_AVX512 void dot_tile_avx512(int64_t K, const float* A, int64_t a_sm, 
 
 // 8 k at a time; the k past the last multiple of 8 are added after the vector sum.
 template <int MR, int NJ>
-DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn,
-                                   float* C, int64_t ldc, int64_t j) {
+DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn, float* C,
+                                   int64_t ldc, int64_t j) {
   __m256 acc[MR][NJ];
   for (int r = 0; r < MR; ++r) {
     for (int c = 0; c < NJ; ++c) acc[r][c] = _mm256_setzero_ps();

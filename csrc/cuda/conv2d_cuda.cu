@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // act(conv(x, w) + bias) into a new NCHW-contiguous tensor; x and w NCHW-contiguous, b contiguous or undefined.
 at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const ConvShape& g,
-                        Activation act) {
+                               Activation act) {
   at::Tensor out = at::empty({g.N, g.K, g.OH, g.OW}, x.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
@@ -156,8 +156,8 @@ at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
 }
 
 at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       c10::string_view activation) {
+                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                          c10::string_view activation) {
   constexpr const char* op = "conv2d";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
@@ -190,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   // gz = grad_out * act'(saved), NCHW-contiguous.
   at::Tensor gz = grad_out;
   if (act != Activation::None && grad_out.numel() > 0) {
-    const at::Tensor saved = grad_needs_preactivation(act) ? conv2d_forward_nchw(x, w, b, g, Activation::None)
-                                                           : out_in.contiguous();
+    const at::Tensor saved =
+        grad_needs_preactivation(act) ? conv2d_forward_nchw(x, w, b, g, Activation::None) : out_in.contiguous();
     gz = activation_grad_cuda(grad_out, saved, act);
   }
 

@@ -143,15 +143,15 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_activation(act, [&](auto tag) {
     constexpr Activation kAct = decltype(tag)::value;
-    gemm_bias_act_kernel<scalar_t, kAct><<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0,
-                                                                      b.stride1, bias, c, M, N, K);
+    gemm_bias_act_kernel<scalar_t, kAct>
+        <<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0, b.stride1, bias, c, M, N, K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 // act(x2 @ w^T + bias) into a new contiguous [M, N] tensor; x2 [M, K] and w [N, K] contiguous.
 at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
-                          Activation act) {
+                                 Activation act) {
   at::Tensor out = at::empty({d.M, d.N}, x2.options());
   if (out.numel() == 0) return out;
   DLK_DISPATCH_FLOAT_TYPES(x2.scalar_type(), "dlkernels_linear_act_cuda", [&] {
@@ -163,7 +163,7 @@ at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, cons
 }
 
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           c10::string_view activation) {
+                              c10::string_view activation) {
   constexpr const char* op = "linear_act";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
@@ -175,9 +175,11 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
   return linear_act_forward_2d(x2, w, b, d, act).view(d.out_shape);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const at::Tensor& out, c10::string_view activation,
+                                                                   std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);

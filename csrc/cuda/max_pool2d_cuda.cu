@@ -26,8 +26,8 @@ namespace {
 
 // Element `i` of an [N, C, Hs, Ws] tensor stored contiguously in NCHW (ChannelsLast = false) or NHWC order.
 template <bool ChannelsLast>
-__device__ __forceinline__ void decode(int64_t i, int64_t C, int64_t Hs, int64_t Ws, int64_t& n, int64_t& c,
-                                       int64_t& h, int64_t& w) {
+__device__ __forceinline__ void decode(int64_t i, int64_t C, int64_t Hs, int64_t Ws, int64_t& n, int64_t& c, int64_t& h,
+                                       int64_t& w) {
   if (ChannelsLast) {
     c = i % C;
     i /= C;
@@ -86,7 +86,7 @@ __global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ in, scala
 // One thread per input element: sums grad_out over the windows that picked it, in output order.
 template <typename scalar_t, bool ChannelsLast>
 __global__ void max_pool2d_grad_input_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ ind,
-                                           scalar_t* __restrict__ grad_in, PoolShape g, int64_t total) {
+                                             scalar_t* __restrict__ grad_in, PoolShape g, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t span_h = (g.kh - 1) * g.dh + 1;
@@ -113,9 +113,10 @@ __global__ void max_pool2d_grad_input_kernel(const scalar_t* __restrict__ grad_o
 
 template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
-                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolShape g = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
+                                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                           c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  const PoolShape g =
+      check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
@@ -143,19 +144,20 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_i
 }
 
 at::Tensor max_pool2d_forward(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                           c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_forward(const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                                c10::IntArrayRef dilation, bool ceil_mode) {
+                                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                                   c10::IntArrayRef dilation, bool ceil_mode) {
   return max_pool2d_forward_impl<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
 }
 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
-                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                    c10::IntArrayRef dilation, bool ceil_mode) {
+                               c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
   const PoolShape g = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
   check_pool_backward_args(x, grad_out_in, indices_in, g, op);
