@@ -2,8 +2,9 @@
 //
 // The package is built for the baseline x86-64 ISA so that one wheel runs everywhere (never -march=native).
 // The hot loops exist as functions carrying __attribute__((target(...))) (AVX-512, AVX2+FMA), written with
-// intrinsics, next to a portable version; which one runs is decided once, at run time, from what the CPU
-// reports (cpu_isa()).
+// intrinsics in the *_x86.cpp files, next to a portable version in the op's own file; which one runs is
+// decided once, at run time, from what the CPU reports (cpu_isa()). The op files keep the tensor glue
+// (checks, allocation, dispatch) and call the x86 kernels through tables or functions their *_x86.h declares.
 //
 // Why intrinsics and not one template over GCC vector extensions compiled per target: GCC 12 lowers the
 // vector-extension compares and selects of such a template to scalar code before it is inlined into the
