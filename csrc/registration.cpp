@@ -40,6 +40,9 @@ TORCH_LIBRARY(dlkernels, m) {
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "cpu/memory.h"
+#include "cpu/simd.h"
+
 #ifndef DLKERNELS_TORCH_VERSION
 #define DLKERNELS_TORCH_VERSION "unknown"
 #endif
@@ -72,5 +75,11 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("num_threads", [] { return at::get_num_threads(); }, "Threads at::parallel_for uses now");
   m.def("parallel_info", [] { return at::get_parallel_info(); }, "ATen's description of its thread pools");
+  m.def(
+      "cpu_isa", [] { return std::string(dlkernels::cpu::isa_name(dlkernels::cpu::cpu_isa())); },
+      "The instruction set the CPU kernels use: avx512, avx2 or base (DLKERNELS_CPU_ISA can lower it)");
+  m.def(
+      "huge_pages", [] { return dlkernels::cpu::huge_pages_enabled(); },
+      "Whether large CPU outputs get the transparent huge page advice (off with DLKERNELS_CPU_HUGE_PAGES=0)");
 }
 #endif

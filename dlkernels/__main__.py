@@ -1,5 +1,6 @@
 """`python -m dlkernels info`: versions, how the extension was built, and which backend runs each op."""
 import argparse
+import os
 import platform
 import sys
 
@@ -31,6 +32,9 @@ def info_lines():
         if build["with_cuda"]:
             lines.append(f"  CUDA compiler  {build['nvcc'] or 'unknown'}")
         lines.append(f"  OpenMP         {'yes' if build['openmp'] else 'no'}, {_ext._C.num_threads()} threads")
+        forced = os.environ.get("DLKERNELS_CPU_ISA")
+        lines.append(f"  CPU ISA        {_ext._C.cpu_isa()}" + (f" (DLKERNELS_CPU_ISA={forced})" if forced else ""))
+        lines.append(f"  huge pages     {'on' if _ext._C.huge_pages() else 'off'}")
     else:
         lines += ["extension        NOT loaded: " + str(_ext.LOAD_ERROR), f"  to fix         {_ext.BUILD_HINT}"]
     if torch.cuda.is_available():

@@ -22,8 +22,8 @@ inline void check_kernel_input(const at::Tensor& t, const char* arg, const char*
   const auto st = t.scalar_type();
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, "dlkernels.", op,
               ": expected '", arg, "' of dtype float32, float64, bfloat16 or float16, got ", st);
-  TORCH_CHECK(t.device().type() == device, "dlkernels.", op, ": the ", c10::DeviceTypeName(device),
-              " kernel got '", arg, "' on ", t.device());
+  TORCH_CHECK(t.device().type() == device, "dlkernels.", op, ": the ", c10::DeviceTypeName(device), " kernel got '",
+              arg, "' on ", t.device());
 }
 
 inline bool has_bias(const std::optional<at::Tensor>& bias) { return bias.has_value() && bias->defined(); }
@@ -32,8 +32,8 @@ inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bia
   if (!has_bias(bias)) return;
   check_same_device_dtype(x, "x", *bias, "bias", op);
   check_dim(*bias, 1, "bias", op);
-  TORCH_CHECK(bias->size(0) == size, "dlkernels.", op, ": expected 'bias' of size ", size,
-              " (weight.size(0)), got ", bias->size(0));
+  TORCH_CHECK(bias->size(0) == size, "dlkernels.", op, ": expected 'bias' of size ", size, " (weight.size(0)), got ",
+              bias->size(0));
 }
 
 // A tensor a backward op receives in the forward output's shape (grad_out, the saved output): that shape,
@@ -59,9 +59,9 @@ inline LinearShape check_linear_args(const at::Tensor& x, const at::Tensor& weig
   TORCH_CHECK(x.dim() >= 1, "dlkernels.", op, ": expected 'x' to have at least 1 dimension, got a 0-d tensor");
   check_same_device_dtype(x, "x", weight, "weight", op);
   check_dim(weight, 2, "weight", op);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "dlkernels.", op, ": expected the last dimension of 'x' (",
-              x.size(-1), ") to equal weight.size(1) (", weight.size(1), "); x has shape ", x.sizes(),
-              ", weight has shape ", weight.sizes());
+  TORCH_CHECK(x.size(-1) == weight.size(1), "dlkernels.", op, ": expected the last dimension of 'x' (", x.size(-1),
+              ") to equal weight.size(1) (", weight.size(1), "); x has shape ", x.sizes(), ", weight has shape ",
+              weight.sizes());
   check_bias(x, bias, weight.size(0), op);
   LinearShape s;
   s.N = weight.size(0);
@@ -77,9 +77,9 @@ inline LinearShape check_linear_args(const at::Tensor& x, const at::Tensor& weig
 // conv2d: x [N, C, H, W], weight [K, C / groups, KH, KW], bias [K].
 
 struct ConvShape {
-  int64_t N, C, H, W;      // input
-  int64_t K, KH, KW;       // output channels, kernel
-  int64_t OH, OW;          // output
+  int64_t N, C, H, W;  // input
+  int64_t K, KH, KW;   // output channels, kernel
+  int64_t OH, OW;      // output
   int64_t sh, sw, ph, pw, dh, dw;
   int64_t groups, Cg, Kg;  // groups; input and output channels per group
 };
@@ -109,8 +109,8 @@ inline ConvShape check_conv_args(const at::Tensor& x, const at::Tensor& weight, 
               ") to be divisible by 'groups' (", groups, ")");
   s.Cg = s.C / groups;
   s.Kg = s.K / groups;
-  TORCH_CHECK(weight.size(1) == s.Cg, "dlkernels.", op, ": expected weight.size(1) to be in_channels / groups = ",
-              s.C, " / ", groups, " = ", s.Cg, ", got ", weight.size(1), " (weight shape ", weight.sizes(), ")");
+  TORCH_CHECK(weight.size(1) == s.Cg, "dlkernels.", op, ": expected weight.size(1) to be in_channels / groups = ", s.C,
+              " / ", groups, " = ", s.Cg, ", got ", weight.size(1), " (weight shape ", weight.sizes(), ")");
   TORCH_CHECK(s.K >= 1, "dlkernels.", op, ": expected at least one output channel (weight.size(0) >= 1), got ",
               "weight shape ", weight.sizes());
   TORCH_CHECK(s.KH >= 1 && s.KW >= 1, "dlkernels.", op, ": expected a kernel of at least 1 x 1, got weight shape ",
@@ -156,8 +156,8 @@ inline PoolShape check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_si
   p.OH = pool_output_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode);
   p.OW = pool_output_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode);
   TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the output would be empty: input ", p.H, "x", p.W,
-              " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding,
-              ", dilation=", dilation, ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
+              " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding, ", dilation=", dilation,
+              ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
   return p;
 }
 

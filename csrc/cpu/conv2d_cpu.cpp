@@ -30,10 +30,14 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
+#include "cpu/memory.h"
+#include "cpu/simd.h"
 
 namespace dlkernels {
+namespace cpu {
 namespace {
 
 constexpr const char* kOp = "conv2d";
@@ -56,8 +60,7 @@ inline Range valid_range(int64_t offset, int64_t stride, int64_t in, int64_t out
 // dst[k * NR + j] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding) with k = (c, kh, kw) and
 // j = (oh, ow). Within one output row and stride 1 the columns are one contiguous input row segment.
 template <typename acc_t>
-void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
-                 int NR) {
+void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
   const int64_t taps = s.KH * s.KW;
   for (int64_t k = k0; k < k0 + kc; ++k) {
     const int64_t c = k / taps, kh = (k % taps) / s.KW, kw = k % s.KW;
@@ -93,110 +96,18 @@ void pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_
   }
 }
 
-// The same for float and stride 1 with AVX-512 or AVX2 masked loads and stores: each output-row segment of
-// a panel row is one or two vectors whose lanes in the padding load as zeros (masked-off lanes are not
-// read, so they may lie outside the image). For few channels the packing costs as much as the GEMM, and
-// the generic loop above spends most of it in fill/copy calls on segments of a few dozen floats.
-#if defined(__x86_64__)
-// Lanes [lo, hi) of a vector as a mask.
-inline uint32_t lane_mask(int64_t lo, int64_t hi) { return hi <= lo ? 0u : ((1u << hi) - 1) & ~((1u << lo) - 1); }
-
-template <bool Avx512>
-inline void pack_im2col_f32_s1(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0, int64_t kc,
-                               float* dst, int NR);
-
-// The panel row is cut once into pieces of at most one vector, each within one output row (or in the zero
-// columns past nr), with its store mask and, per kw, its load mask (the lanes whose column is inside the
-// image); then each piece is copied down the panel, one masked load and store per k row, its source
-// stepped from k to k without divisions.
-struct Im2colPiece {
-  int dst_col;      // first panel column
-  int64_t oh;       // output row (-1: zero columns)
-  int64_t iw_base;  // input column of the first lane, before kw * dw
-  uint32_t store;   // lanes to store
-};
-
-#define DLK_PACK_IM2COL_S1(AVX512, TARGET, LANES, LOAD, STORE)                                                   \
-  template <>                                                                                                    \
-  TARGET void pack_im2col_f32_s1<AVX512>(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0,   \
-                                         int64_t kc, float* dst, int NR) {                                       \
-    constexpr int kMaxPieces = 128;                                                                              \
-    TORCH_INTERNAL_ASSERT(NR <= kMaxPieces / 2);                                                                 \
-    Im2colPiece pieces[kMaxPieces];                                                                              \
-    int count = 0;                                                                                               \
-    for (int64_t jj = 0, oh = j0 / s.OW, ow = j0 % s.OW; jj < nr; ow = 0, ++oh) {                                \
-      const int64_t len = std::min<int64_t>(nr - jj, s.OW - ow);                                                 \
-      for (int64_t t = 0; t < len; t += LANES) {                                                                 \
-        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t - s.pw,                                          \
-                           lane_mask(0, std::min<int64_t>(LANES, len - t))};                                     \
-      }                                                                                                          \
-      jj += len;                                                                                                 \
-    }                                                                                                            \
-    for (int t = nr; t < NR; t += LANES) pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t))}; \
-    std::vector<uint32_t> load(static_cast<size_t>(count) * s.KW);                                               \
-    for (int q = 0; q < count; ++q) {                                                                            \
-      const int64_t n = 32 - __builtin_clz(pieces[q].store);                                                     \
-      for (int64_t kw = 0; kw < s.KW; ++kw) {                                                                    \
-        const int64_t first = pieces[q].iw_base + kw * s.dw;                                                     \
-        load[q * s.KW + kw] = pieces[q].oh < 0 ? 0u                                                              \
-                                               : lane_mask(std::clamp<int64_t>(-first, 0, n),                   \
-                                                           std::clamp<int64_t>(s.W - first, 0, n));              \
-      }                                                                                                          \
-    }                                                                                                            \
-    /* Piece by piece down the panel: k = (c, kh, kw) steps the source by dw, dh * W or H * W. */              \
-    const int64_t c0 = k0 / (s.KH * s.KW), kh0 = (k0 / s.KW) % s.KH, kw0 = k0 % s.KW;                           \
-    for (int q = 0; q < count; ++q) {                                                                            \
-      const Im2colPiece& piece = pieces[q];                                                                      \
-      const uint32_t* load_q = load.data() + q * s.KW;                                                           \
-      const int64_t ih_first = piece.oh * s.sh - s.ph; /* the input row for kh = 0 */                           \
-      float* d = dst + piece.dst_col;                                                                            \
-      int64_t kh = kh0, kw = kw0;                                                                                \
-      int64_t off = c0 * s.H * s.W + (ih_first + kh * s.dh) * s.W + piece.iw_base + kw * s.dw; /* of the source */ \
-      bool row_in = piece.oh >= 0 && ih_first + kh * s.dh >= 0 && ih_first + kh * s.dh < s.H;                    \
-      for (int64_t k = 0; k < kc; ++k) {                                                                         \
-        STORE(d + k * NR, piece.store, LOAD(row_in ? load_q[kw] : 0u, xg + (row_in ? off : 0)));                 \
-        off += s.dw;                                                                                             \
-        if (++kw == s.KW) {                                                                                      \
-          kw = 0;                                                                                                \
-          off += s.dh * s.W - s.KW * s.dw;                                                                       \
-          if (++kh == s.KH) {                                                                                    \
-            kh = 0;                                                                                              \
-            off += s.H * s.W - s.KH * s.dh * s.W;                                                                \
-          }                                                                                                      \
-          const int64_t ih = ih_first + kh * s.dh;                                                               \
-          row_in = piece.oh >= 0 && ih >= 0 && ih < s.H;                                                         \
-        }                                                                                                        \
-      }                                                                                                          \
-    }                                                                                                            \
-  }
-
-__attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  // lane i: bit i of mask
-  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(mask)), bit), bit);
-}
-#define DLK_LOAD512(MASK, P) _mm512_maskz_loadu_ps(static_cast<__mmask16>(MASK), P)
-#define DLK_STORE512(P, MASK, V) _mm512_mask_storeu_ps(P, static_cast<__mmask16>(MASK), V)
-#define DLK_LOAD256(MASK, P) _mm256_maskload_ps(P, avx2_lanes(MASK))
-#define DLK_STORE256(P, MASK, V) _mm256_maskstore_ps(P, avx2_lanes(MASK), V)
-DLK_PACK_IM2COL_S1(true, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
-DLK_PACK_IM2COL_S1(false, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
-#undef DLK_LOAD512
-#undef DLK_STORE512
-#undef DLK_LOAD256
-#undef DLK_STORE256
-#undef DLK_PACK_IM2COL_S1
-#endif
-
-// pack_im2col, vectorised where the CPU and the shape allow.
+// pack_im2col, vectorised where the CPU and the shape allow (conv2d_cpu_x86.cpp: for few channels the
+// packing costs as much as the GEMM, and the loop above spends most of it in fill/copy calls on segments of
+// a few dozen floats).
 template <typename acc_t>
 void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
                       int NR) {
 #if defined(__x86_64__)
   if constexpr (std::is_same_v<acc_t, float>) {
     if (s.sw == 1) {
-      switch (cpu::cpu_isa()) {
-        case cpu::Isa::Avx512: return pack_im2col_f32_s1<true>(s, xg, j0, nr, k0, kc, dst, NR);
-        case cpu::Isa::Avx2: return pack_im2col_f32_s1<false>(s, xg, j0, nr, k0, kc, dst, NR);
+      switch (cpu_isa()) {
+        case Isa::Avx512: return conv2d_pack_im2col_f32_s1_avx512(s, xg, j0, nr, k0, kc, dst, NR);
+        case Isa::Avx2: return conv2d_pack_im2col_f32_s1_avx2(s, xg, j0, nr, k0, kc, dst, NR);
         default: break;
       }
     }
@@ -206,7 +117,7 @@ void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, i
 }
 
 template <typename acc_t, typename Post>
-struct ConvForwardGemm {
+struct Conv2dForwardGemm {
   int64_t batch, M, N, K, num_a;
   const ConvShape& s;
   const acc_t* x;     // [N, C, H, W]
@@ -219,7 +130,7 @@ struct ConvForwardGemm {
 
   int64_t a_of(int64_t b) const { return b % s.groups; }
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
-    cpu::pack_a_strided(w + g * s.Kg * K, K, 1, i0, mr, K, dst, MR);
+    pack_a_strided(w + g * s.Kg * K, K, 1, i0, mr, K, dst, MR);
   }
   const acc_t* a_rows(int64_t* lda) const {
     *lda = K;
@@ -241,12 +152,12 @@ struct ConvForwardGemm {
 // out[n, k] = bias[k] + conv(x, w) in acc_t (relu applied if asked), then post(plane, j0, m, n, tile, ld) on
 // each finished tile of `m` output planes starting at plane index (n * K + k) and positions [j0, j0 + n).
 template <typename acc_t, typename Post>
-void conv_forward_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* out, bool relu,
-                       bool has_post, const Post& post) {
+void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* out, bool relu,
+                           bool has_post, const Post& post) {
   const int64_t P = s.OH * s.OW;
-  ConvForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg, P, s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
-                                 relu, has_post, post};
-  cpu::gemm_run<acc_t>(g);
+  Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
+                                   relu,           has_post, post};
+  gemm_run<acc_t>(g);
 }
 
 struct NoPost {
@@ -257,7 +168,7 @@ struct NoPost {
 // grad_w[g] [Kg, Cg*KH*KW] = sum over n of gz[n, g] [Kg, P] @ col(x[n, g])^T [P, Cg*KH*KW]: one GEMM per
 // group whose K runs over (n, position), so the batch sum is accumulated in registers in a fixed order.
 template <typename acc_t, typename Post>
-struct ConvWeightGradGemm {
+struct Conv2dGradWeightGemm {
   int64_t batch, M, N, K, num_a;
   const ConvShape& s;
   const acc_t* gz;  // [N, K, OH, OW]
@@ -272,7 +183,7 @@ struct ConvWeightGradGemm {
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
     const int64_t P = s.OH * s.OW;
     for (int64_t n = 0; n < s.N; ++n) {
-      cpu::pack_panel(gz + (n * s.K + g * s.Kg) * P, P, 1, i0, mr, 0, P, dst + n * P * MR, MR);
+      pack_panel(gz + (n * s.K + g * s.Kg) * P, P, 1, i0, mr, 0, P, dst + n * P * MR, MR);
     }
   }
   // dst[k * NR + j] = x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] with k - k0 = (n, oh, ow) and
@@ -316,7 +227,7 @@ struct ConvWeightGradGemm {
           if (s.sw == 1 && width == 8 && all_hi - all_lo >= 8) {
             const float* run[8];
             for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
-            block = cpu::pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+            block = pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
           }
         }
         for (int i = 0; i < group; ++i) {
@@ -341,9 +252,59 @@ struct ConvWeightGradGemm {
   }
 };
 
-at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                      c10::string_view activation) {
+// grad_x for strides other than 1: grad_x[n, c] = sum over the group's output channels k and taps of
+// w[k, c, tap] * gz[n, k] scattered back through the tap's shift. One thread owns each (n, c) plane.
+template <typename scalar_t, typename acc_t>
+void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* w, scalar_t* gx) {
+  const int64_t plane = s.OH * s.OW;
+  const int64_t taps = s.KH * s.KW;
+  at::parallel_for(0, s.N * s.C, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<acc_t> acc(s.H * s.W);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = p / s.C, c = p % s.C;
+      const int64_t g = c / s.Cg, cl = c % s.Cg;
+      std::fill(acc.begin(), acc.end(), acc_t(0));
+      for (int64_t k = g * s.Kg; k < (g + 1) * s.Kg; ++k) {
+        const acc_t* gzk = gz + (n * s.K + k) * plane;
+        const acc_t* wk = w + (k * s.Cg + cl) * taps;
+        for (int64_t i = 0; i < s.KH; ++i) {
+          const Range rh = valid_range(i * s.dh - s.ph, s.sh, s.H, s.OH);
+          for (int64_t j = 0; j < s.KW; ++j) {
+            const int64_t off_w = j * s.dw - s.pw;
+            const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
+            const acc_t wv = wk[i * s.KW + j];
+            for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+              acc_t* ar = acc.data() + (oh * s.sh + i * s.dh - s.ph) * s.W;  // the input row it came from
+              const acc_t* gr = gzk + oh * s.OW;
+              if (s.sw == 1) {
+                for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow + off_w] += wv * gr[ow];
+              } else {
+                for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow * s.sw + off_w] += wv * gr[ow];
+              }
+            }
+          }
+        }
+      }
+      scalar_t* dst = gx + p * s.H * s.W;
+      for (int64_t i = 0; i < s.H * s.W; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
+    }
+  });
+}
+
+// grad_w through the weight-gradient GEMM above (K = batch x positions), into gw [K, Cg, KH, KW] in acc_t, then
+// post(row, j0, m, n, tile, ld) on each finished tile when has_post.
+template <typename acc_t, typename Post>
+void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t* x, acc_t* gw, bool has_post,
+                               const Post& post) {
+  const int64_t cols = s.Cg * s.KH * s.KW;
+  Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols,  s.N * s.OH * s.OW, s.groups, s, gz, x,
+                                      gw,       cols, false, has_post,          post};
+  gemm_run<acc_t>(g);
+}
+
+at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
+                          c10::string_view activation) {
   const Activation act = parse_activation(activation);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   const auto memory_format = x.suggest_memory_format();
@@ -374,9 +335,9 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
           }
         }
       };
-      conv_forward_gemm<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                               ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
-                               A == Activation::ReLU, !(direct && in_kernel), post);
+      conv2d_forward_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
+                                   ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
+                                   A == Activation::ReLU, !(direct && in_kernel), post);
     });
   });
   return out.contiguous(memory_format);
@@ -385,7 +346,7 @@ at::Tensor conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
 // ---------------------------------------------------------------------------------------------------------
 // Backward.
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
     c10::string_view activation, std::array<bool, 3> output_mask) {
@@ -414,7 +375,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
     const at::Tensor go = grad_out.contiguous();
     const scalar_t* go_p = go.const_data_ptr<scalar_t>();
     const int64_t plane = s.OH * s.OW;
-    const int64_t taps = s.KH * s.KW;
 
     // Step 1: gz = grad_out * act'(saved) in acc_t, one (n, k) plane per work item, with the plane's sum
     // for grad_bias taken in the same pass.
@@ -446,8 +406,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
         const acc_t* z_p = z.mutable_data_ptr<acc_t>();
-        conv_forward_gemm<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                 z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
+        conv2d_forward_kernel<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
+                                     z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const acc_t* zp = z_p + p * plane;
@@ -498,55 +458,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
       // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
       const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
       at::Tensor gxa = direct ? grad_x : empty_output(x.sizes(), opts.dtype(acc_type));
-      conv_forward_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
-                               !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+      conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
+                                   !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
     }
 
-    // Step 2a, other strides: grad_x[n, c] = sum over the group's output channels k and taps of
-    // w[k, c, tap] * gz[n, k] scattered back through the tap's shift. One thread owns each (n, c) plane.
+    // Step 2a, other strides: the direct scatter.
     if (need_x && grad_x.numel() > 0 && !x_by_gemm) {
-      scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-      at::parallel_for(0, s.N * s.C, 1, [&](int64_t p0, int64_t p1) {
-        std::vector<acc_t> acc(s.H * s.W);
-        for (int64_t p = p0; p < p1; ++p) {
-          const int64_t n = p / s.C, c = p % s.C;
-          const int64_t g = c / s.Cg, cl = c % s.Cg;
-          std::fill(acc.begin(), acc.end(), acc_t(0));
-          for (int64_t k = g * s.Kg; k < (g + 1) * s.Kg; ++k) {
-            const acc_t* gzk = gz_p + (n * s.K + k) * plane;
-            const acc_t* wk = w_p + (k * s.Cg + cl) * taps;
-            for (int64_t i = 0; i < s.KH; ++i) {
-              const Range rh = valid_range(i * s.dh - s.ph, s.sh, s.H, s.OH);
-              for (int64_t j = 0; j < s.KW; ++j) {
-                const int64_t off_w = j * s.dw - s.pw;
-                const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
-                const acc_t wv = wk[i * s.KW + j];
-                for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-                  acc_t* ar = acc.data() + (oh * s.sh + i * s.dh - s.ph) * s.W;  // the input row it came from
-                  const acc_t* gr = gzk + oh * s.OW;
-                  if (s.sw == 1) {
-                    for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow + off_w] += wv * gr[ow];
-                  } else {
-                    for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow * s.sw + off_w] += wv * gr[ow];
-                  }
-                }
-              }
-            }
-          }
-          scalar_t* dst = gx + p * s.H * s.W;
-          for (int64_t i = 0; i < s.H * s.W; ++i) dst[i] = static_cast<scalar_t>(acc[i]);
-        }
-      });
+      conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
     }
 
     // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
     if (need_w && grad_w.numel() > 0) {
       const int64_t cols = s.Cg * s.KH * s.KW;
       at::Tensor gwa = direct ? grad_w : empty_output(weight.sizes(), opts.dtype(acc_type));
-      const auto post = rounder(grad_w.mutable_data_ptr<scalar_t>(), cols);
-      ConvWeightGradGemm<acc_t, decltype(post)> g{s.groups, s.Kg, cols, s.N * plane, s.groups, s, gz_p, x_p,
-                                                  gwa.mutable_data_ptr<acc_t>(), cols, false, !direct, post};
-      cpu::gemm_run<acc_t>(g);
+      conv2d_grad_weight_kernel<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>(), !direct,
+                                       rounder(grad_w.mutable_data_ptr<scalar_t>(), cols));
     }
   });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());
@@ -554,9 +480,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cpu(
 }
 
 }  // namespace
+}  // namespace cpu
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
-  m.impl("conv2d", &dlkernels::conv2d_cpu);
-  m.impl("conv2d_backward", &dlkernels::conv2d_backward_cpu);
+  m.impl("conv2d", &dlkernels::cpu::conv2d_forward);
+  m.impl("conv2d_backward", &dlkernels::cpu::conv2d_backward);
 }

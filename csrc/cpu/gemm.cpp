@@ -1,121 +1,13 @@
-// ISA detection and the GEMM micro-kernels (see gemm.h for the blocking around them).
+// The GEMM's portable micro-kernel and the run-time choice of micro-kernel (see gemm.h for the blocking
+// around them; the x86 kernels are in gemm_x86.cpp).
 #include "cpu/gemm.h"
 
-#include <cstdlib>
-#include <cstring>
-#include <string>
-
-#include <c10/util/Exception.h>
+#include "cpu/gemm_x86.h"
 
 namespace dlkernels {
 namespace cpu {
 
 namespace {
-
-Isa detect_isa() {
-  Isa best = Isa::Base;
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  // libgcc also checks that the OS saves the ymm/zmm registers (XGETBV) before reporting these.
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::Avx2;
-  if (best == Isa::Avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-      __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")) {
-    best = Isa::Avx512;
-  }
-#endif
-  if (const char* env = std::getenv("DLKERNELS_CPU_ISA")) {
-    const std::string want(env);
-    Isa cap = best;
-    if (want == "base") cap = Isa::Base;
-    else if (want == "avx2") cap = Isa::Avx2;
-    else if (want == "avx512") cap = Isa::Avx512;
-    else TORCH_WARN("dlkernels: ignoring DLKERNELS_CPU_ISA=", want, " (expected base, avx2 or avx512)");
-    best = static_cast<int>(cap) < static_cast<int>(best) ? cap : best;  // can only lower it
-  }
-  return best;
-}
-
-// Applies the epilogue of an edge tile (m < MR or n < NR) computed into `tile` (row stride NR), in the same
-// order of additions as the full-tile paths below, so a value does not depend on where its tile lies.
-template <typename T>
-DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc, int m, int n, bool load_c,
-                                        const T* bias_m, const T* bias_n, bool relu) {
-  for (int i = 0; i < m; ++i) {
-    for (int j = 0; j < n; ++j) {
-      T r = tile[i * NR + j];
-      if (load_c) r += c[i * ldc + j];
-      if (bias_m) r += bias_m[i];
-      if (bias_n) r += bias_n[j];
-      if (relu) r = r < T(0) ? T(0) : r;  // NaN passes, as torch.relu
-      c[i * ldc + j] = r;
-    }
-  }
-}
-
-// The x86 micro-kernels, one macro expanded per ISA and type (intrinsics: see simd.h for why). Per k: NV
-// vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
-// columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
-#if defined(__x86_64__)
-#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)       \
-  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c, \
-                   const T* bias_m, const T* bias_n, bool relu) {                                                \
-    constexpr int NR = NV * LANES;                                                                               \
-    VEC acc[MR][NV];                                                                                             \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                      \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = SETZERO();                                \
-    }                                                                                                            \
-    /* A(i, k) is a[k * MR + i] (packed) or a[i * lda + k] (in place, rows past m read as row 0) */              \
-    const T* arow[MR];                                                                                           \
-    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda; \
-    const int64_t astep = lda == 0 ? MR : 1;                                                                     \
-    for (int64_t k = 0; k < kc; ++k) {                                                                           \
-      VEC bv[NV];                                                                                                \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                \
-      _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                    \
-        const VEC av = SET1(arow[i][k * astep]);                                                                 \
-        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);            \
-      }                                                                                                          \
-    }                                                                                                            \
-    if (m == MR && n == NR) {                                                                                    \
-      for (int i = 0; i < MR; ++i) {                                                                             \
-        T* row = c + i * ldc;                                                                                    \
-        for (int v = 0; v < NV; ++v) {                                                                           \
-          VEC r = acc[i][v];                                                                                     \
-          if (load_c) r = ADD(r, LOADU(row + v * LANES));                                                        \
-          if (bias_m) r = ADD(r, SET1(bias_m[i]));                                                               \
-          if (bias_n) r = ADD(r, LOADU(bias_n + v * LANES));                                                     \
-          if (relu) r = MAX(SETZERO(), r); /* max(0, x) returns x when x is NaN or -0.0, as x < 0 ? 0 : x */     \
-          STOREU(row + v * LANES, r);                                                                            \
-        }                                                                                                        \
-      }                                                                                                          \
-    } else {                                                                                                     \
-      alignas(64) T tile[MR * NR];                                                                               \
-      for (int i = 0; i < MR; ++i) {                                                                             \
-        for (int v = 0; v < NV; ++v) STOREU(tile + i * NR + v * LANES, acc[i][v]);                              \
-      }                                                                                                          \
-      finish_edge_tile(tile, NR, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                    \
-    }                                                                                                            \
-  }
-
-// AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (12 x 32, 6 x 64 and 8 x 48
-// measured the same on Zen 4; 8 rows divide the usual M and channel counts). AVX2 (16 registers): 6 x 16
-// floats / 6 x 8 doubles = 12 accumulators.
-// The half-width variants (NV = 1) compute the last column panel of a GEMM when it has at most half its
-// columns (e.g. 196 = 6 x 32 + 4 positions of a 14x14 image), with the same additions in the same order.
-#define DLK_X86_MICRO_WIDTHS(NAME, TARGET, T, VEC, MR, LANES, W, TY)                                         \
-  DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,     \
-                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY,              \
-                _mm##W##_max_##TY)                                                                             \
-  DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY,                   \
-                _mm##W##_loadu_##TY, _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY,            \
-                _mm##W##_add_##TY, _mm##W##_max_##TY)
-DLK_X86_MICRO_WIDTHS(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 16, 512, ps)
-DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
-DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)
-DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256, pd)
-#undef DLK_X86_MICRO_WIDTHS
-#undef DLK_X86_MICRO
-#endif
 
 // The portable micro-kernel (any CPU; SSE2 on x86-64): GCC vector extensions, 4 rows x 2 vectors of 16 bytes.
 template <typename T>
@@ -159,58 +51,7 @@ MicroKernel<T> select_micro_kernel() {
   return {4, f32 ? 8 : 4, &micro_base<T>, &micro_base<T>};
 }
 
-#if defined(__x86_64__)
-DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst, int P) {
-  int r = 0;
-  for (; r + 8 <= rows; r += 8) {
-    int64_t k = 0;
-    for (; k + 8 <= kc; k += 8) {
-      __m256 v[8];
-      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(S[r + i] + k);
-      // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves: v[i] becomes column i.
-      __m256 t[8], u[8];
-      for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-      }
-      for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
-        u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
-        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
-        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
-        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
-      }
-      for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(dst + (k + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-        _mm256_storeu_ps(dst + (k + 4 + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
-      }
-    }
-    for (; k < kc; ++k) {
-      for (int i = 0; i < 8; ++i) dst[k * P + r + i] = S[r + i][k];
-    }
-  }
-  for (; r < rows; ++r) {
-    for (int64_t k = 0; k < kc; ++k) dst[k * P + r] = S[r][k];
-  }
-}
-#endif
-
-#if defined(__x86_64__)
-DLK_TARGET_AVX2 void zero_fill_avx2(char* p, size_t bytes) {
-  const __m256i z = _mm256_setzero_si256();
-  size_t i = 0;
-  for (; i + 32 <= bytes; i += 32) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + i), z);
-  for (; i < bytes; ++i) p[i] = 0;
-}
-#endif
-
 }  // namespace
-
-void zero_fill(void* p, size_t bytes) {
-#if defined(__x86_64__)
-  if (cpu_isa() != Isa::Base) return zero_fill_avx2(static_cast<char*>(p), bytes);
-#endif
-  std::memset(p, 0, bytes);
-}
 
 bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P) {
 #if defined(__x86_64__)
@@ -220,19 +61,6 @@ bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* 
 #else
   return false;
 #endif
-}
-
-Isa cpu_isa() {
-  static const Isa isa = detect_isa();
-  return isa;
-}
-
-const char* isa_name(Isa isa) {
-  switch (isa) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    default: return "base";
-  }
 }
 
 template <typename T>

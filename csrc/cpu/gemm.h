@@ -10,7 +10,8 @@
 //     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
 //     runs the micro-kernel over every MR x NR tile of its block. The A micro-panel (MR x KC) stays in L1
 //     while the task sweeps the B panels.
-//   - The micro-kernel (gemm.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR / lanes
+//   - The micro-kernel (gemm.cpp, gemm_x86.cpp) keeps its MR x NR tile of C in vector registers and does, per k, NR /
+//   lanes
 //     vector loads of B and MR broadcasts of A, each feeding NR / lanes FMAs. There is one for AVX-512 and
 //     one for AVX2+FMA (intrinsics), each with a half-width twin for a narrow last column panel, and a
 //     portable one, chosen at run time (simd.h). On the last K slice it adds the bias and applies relu
@@ -32,7 +33,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "cpu/cpu_utils.h"
+#include "cpu/memory.h"
 #include "cpu/simd.h"
 
 namespace dlkernels {
@@ -57,6 +58,24 @@ struct MicroKernel {
 template <typename T>
 const MicroKernel<T>& micro_kernel();
 
+// The epilogue of an edge tile (m < MR or n < NR) that a micro-kernel computed into `tile` (row stride NR),
+// in the same order of additions as the full-tile paths of the kernels, so a value does not depend on where
+// its tile lies. Shared by the portable kernel (gemm.cpp) and the x86 ones (gemm_x86.cpp).
+template <typename T>
+DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc, int m, int n, bool load_c,
+                                        const T* bias_m, const T* bias_n, bool relu) {
+  for (int i = 0; i < m; ++i) {
+    for (int j = 0; j < n; ++j) {
+      T r = tile[i * NR + j];
+      if (load_c) r += c[i * ldc + j];
+      if (bias_m) r += bias_m[i];
+      if (bias_n) r += bias_n[j];
+      if (relu) r = r < T(0) ? T(0) : r;  // NaN passes, as torch.relu
+      c[i * ldc + j] = r;
+    }
+  }
+}
+
 // Cache blocking (Zen 4: 32 KiB L1d, 1 MiB L2 per core). The A micro-panel (MR x KC, 20 KiB for float) stays
 // in L1 while a task sweeps its KC x NC block of B (up to 640 KiB) from L2. KC = 640 floats keeps a 3x3
 // conv over 64 channels (K = 576) in one slice (no reload of C); MC is large so that B, the operand
@@ -80,9 +99,9 @@ struct PackBuffer {
 // ---------------------------------------------------------------------------------------------------------
 // Packing helpers for operands that are plain strided matrices.
 
-// dst[k * P + r] = rows[r][k] for r < nrows, k < kc, through 8 x 8 transposes in AVX registers (about 4x
-// faster than element by element; it is what packing W of a Linear, or the image for a conv's weight
-// gradient, costs). False, and nothing done, without AVX2.
+// dst[k * P + r] = rows[r][k] for r < nrows, k < kc, through 8 x 8 transposes in AVX registers (far faster
+// than element by element, and it is what packing W of a Linear, or the image for a conv's weight gradient,
+// costs). False, and nothing done, without AVX2.
 bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P);
 
 // dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
@@ -136,14 +155,6 @@ template <typename T>
 void pack_b_strided(const T* B, int64_t sk, int64_t sn, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) {
   pack_panel(B, sn, sk, j0, nr, k0, kc, dst, NR);
 }
-
-// C[M, N] = A[M, K] @ B[K, N] for float, A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn],
-// C row-major with row stride ldc, when one side is skinny (skinny_gemm.cpp):
-//   - M <= 4 and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot products;
-//   - M <= 4 or K <= 4, and B's rows contiguous (b_sn == 1): rows of C as combinations of rows of B.
-// Returns false, with nothing done, for other shapes and layouts and on CPUs without AVX2.
-bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
-                     int64_t b_sk, int64_t b_sn, float* C, int64_t ldc);
 
 // Block sizes (in panels) along M and N, at most max_m and max_n, that minimise the work of the busiest of
 // `threads` threads: at::parallel_for deals the tasks (batch x row blocks x column blocks) out in
@@ -236,9 +247,9 @@ void gemm_run(const P& p) {
     });
   }
 
-  const double task_flops = 2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) *
-                            std::max<int64_t>(K, 1);
-  const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // >= ~40 us each
+  const double task_flops =
+      2.0 * std::min<int64_t>(M, mc_panels * MR) * std::min<int64_t>(N, nc_panels * NR) * std::max<int64_t>(K, 1);
+  const int64_t task_grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / task_flops));  // worth a thread each
   at::parallel_for(0, p.batch * blocks_m * blocks_n, task_grain, [&](int64_t t0, int64_t t1) {
     PackBuffer<T> b_packed(1, nc_panels * std::min<int64_t>(KC, std::max<int64_t>(K, 1)) * NR);
     for (int64_t t = t0; t < t1; ++t) {

@@ -25,8 +25,11 @@
 #include "common/op_args.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
+#include "cpu/memory.h"
+#include "cpu/skinny_gemm.h"
 
 namespace dlkernels {
+namespace cpu {
 namespace {
 
 constexpr const char* kOp = "linear_act";
@@ -53,7 +56,7 @@ struct LinearGemm {
 
   int64_t a_of(int64_t) const { return 0; }
   void pack_a(int64_t, int64_t i0, int mr, acc_t* dst, int MR) const {
-    cpu::pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR);
+    pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR);
   }
   const acc_t* a_rows(int64_t* lda) const {
     if (a_sk != 1 || a_sm <= 0) return nullptr;
@@ -61,7 +64,7 @@ struct LinearGemm {
     return A;
   }
   void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    cpu::pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
+    pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
   }
   acc_t* c(int64_t) const { return C; }
   const acc_t* bias_m(int64_t) const { return nullptr; }
@@ -79,7 +82,7 @@ template <typename acc_t, typename Post>
 void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, int64_t a_sk, const acc_t* B,
                  int64_t b_sk, int64_t b_sn, acc_t* C, const acc_t* bias, bool relu, bool has_post, Post post) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (cpu::skinny_gemm_f32(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, N)) {
+    if (skinny_gemm_f32(M, N, K, A, a_sm, a_sk, B, b_sk, b_sn, C, N)) {
       if (bias || relu) {
         for (int64_t i = 0; i < M; ++i) {
           acc_t* row = C + i * N;
@@ -94,7 +97,7 @@ void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, 
     }
   }
   LinearGemm<acc_t, Post> g{1, M, N, K, 1, A, a_sm, a_sk, B, b_sk, b_sn, C, N, bias, relu, has_post, post};
-  cpu::gemm_run<acc_t>(g);
+  gemm_run<acc_t>(g);
 }
 
 struct NoPost {
@@ -105,8 +108,8 @@ struct NoPost {
 // ---------------------------------------------------------------------------------------------------------
 // Forward.
 
-at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          c10::string_view activation) {
+at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              c10::string_view activation) {
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOp, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
@@ -153,9 +156,11 @@ at::Tensor linear_act_cpu(const at::Tensor& x, const at::Tensor& weight, const s
 // bit for bit whatever the number of threads.
 constexpr int64_t kBiasRows = 32;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const at::Tensor& out, c10::string_view activation,
+                                                                   std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
@@ -234,14 +239,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
     auto gemm_to = [&](scalar_t* dst, int64_t rows, int64_t cols, int64_t inner, const acc_t* A, int64_t a_sm,
                        int64_t a_sk, const acc_t* B, int64_t b_sk, int64_t b_sn) {
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr, false,
-                           false, NoPost{});
+        linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, reinterpret_cast<acc_t*>(dst), nullptr,
+                           false, false, NoPost{});
       } else {
         at::Tensor tmp = empty_output({rows, cols}, opts.dtype(acc_type));
         linear_gemm<acc_t>(rows, cols, inner, A, a_sm, a_sk, B, b_sk, b_sn, tmp.mutable_data_ptr<acc_t>(), nullptr,
                            false, true, [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
                              for (int i = 0; i < m; ++i) {
-                               for (int j = 0; j < n; ++j) dst[(i0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ldc + j]);
+                               for (int j = 0; j < n; ++j)
+                                 dst[(i0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ldc + j]);
                              }
                            });
       }
@@ -259,9 +265,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cpu(
 }
 
 }  // namespace
+}  // namespace cpu
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
-  m.impl("linear_act", &dlkernels::linear_act_cpu);
-  m.impl("linear_act_backward", &dlkernels::linear_act_backward_cpu);
+  m.impl("linear_act", &dlkernels::cpu::linear_act_forward);
+  m.impl("linear_act_backward", &dlkernels::cpu::linear_act_backward);
 }

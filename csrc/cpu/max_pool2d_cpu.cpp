@@ -27,10 +27,12 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/cpu_utils.h"
+#include "cpu/max_pool2d_cpu_x86.h"
+#include "cpu/memory.h"
 #include "cpu/simd.h"
 
-
 namespace dlkernels {
+namespace cpu {
 namespace {
 
 // The first in-bounds position of a window starting at `start` (may be negative), stepping by `dilation`.
@@ -41,8 +43,8 @@ inline int64_t first_in_bounds(int64_t start, int64_t dilation) {
 
 // One float output by the scalar rule, for the vector paths' leftovers: the window [ih0, ih1) x [iw0, iw1)
 // (steps dh, dw) of a plane whose element (ih, iw) is at src[(ih * W + iw) * step].
-inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, int64_t ih0, int64_t ih1,
-                           int64_t iw0, int64_t iw1, float* out, int64_t* ind) {
+inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, int64_t ih0, int64_t ih1, int64_t iw0,
+                           int64_t iw1, float* out, int64_t* ind) {
   float mv = -std::numeric_limits<float>::infinity();
   int64_t mi = ih0 * p.W + iw0;
   for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
@@ -62,7 +64,7 @@ inline void window_max_f32(const float* src, int64_t step, const PoolShape& p, i
 // index_t is the type of the running index row: int32 when the plane fits (same lane width as the float max
 // row, which lets the compiler vectorise the select), int64 otherwise.
 template <typename scalar_t, bool WithIndices, typename index_t>
-void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
+void max_pool2d_forward_kernel_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = p.N * p.C * p.OH;
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
@@ -112,153 +114,15 @@ void pool_forward_nchw(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
   });
 }
 
-// The vectorised forward for float NCHW, stride 1 or 2 along W: the same per-output rule, L outputs at a
-// time (one per lane). Window positions are visited in the same row-major order as above and the select is
-// (v > max) | isnan(v), so values, ties and NaNs come out exactly as in the scalar loops, which still do
-// the outputs whose window leaves the row (padding), other strides, and CPUs without AVX2. Stride 2 loads
-// two vectors and keeps their even lanes, so every input element of a row is read once per window row.
-// Each running max is a chain of dependent compare/select steps, one per window position, so a call works
-// on U independent chunks at once to overlap the chains (3x3 windows: 1.4x faster than one at a time).
-// (Written with intrinsics: GCC 12 scalarises vector-extension compares and selects here.)
-#if defined(__x86_64__)
-// Outputs [ow0[u], ow0[u] + 16), u < U, of one output row whose input rows are [ih0, ih1) (step dh), all
-// window columns inside the row. Short (U = 1): the chunk has only n_last < 16 outputs (short rows, e.g. the
-// 14 outputs of a 28-wide row, and the last outputs of a stride-2 row); its lanes past the window columns of
-// those outputs are masked off (not read) and load as -inf, which never replaces a maximum, and its stores
-// are masked to the n_last outputs. Full chunks load and store without masks (with masks they ran ~15% slower).
-template <int SW, bool WithIndices, int U, bool Short = false>
-DLK_TARGET_AVX512 void pool_chunks_avx512(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                          const int64_t* ow0, int n_last, float* out, int64_t* ind) {
-  const __m512i lane = _mm512_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW, 8 * SW, 9 * SW,
-                                         10 * SW, 11 * SW, 12 * SW, 13 * SW, 14 * SW, 15 * SW);
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  static_assert(!Short || U == 1, "a short chunk is called alone");
-  // A short chunk's lanes: of its first and second load (a tap reads (n_last - 1) * SW + 1 elements), and of
-  // its stores.
-  const int used = Short ? (n_last - 1) * SW + 1 : 16 * SW;
-  const __mmask16 lo_mask = static_cast<__mmask16>((1u << std::min(used, 16)) - 1);
-  const __mmask16 hi_mask = static_cast<__mmask16>((1u << std::max(used - 16, 0)) - 1);
-  const __mmask16 out_mask = static_cast<__mmask16>((1u << (Short ? n_last : 16)) - 1);
-  __m512 m[U];
-  __m512i mi[U];
-  for (int u = 0; u < U; ++u) {
-    m[u] = neg_inf;
-    mi[u] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0[u] * SW - p.pw)), lane);
-  }
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t kw = 0; kw < p.kw; ++kw) {
-      const int64_t tap = ih * p.W - p.pw + kw * p.dw;
-      for (int u = 0; u < U; ++u) {
-        const int64_t off = tap + ow0[u] * SW;  // lane 0's input element
-        const float* q = src + off;
-        const __m512 a = Short ? _mm512_mask_loadu_ps(neg_inf, lo_mask, q) : _mm512_loadu_ps(q);
-        const __m512 b = SW == 1 ? a
-                         : Short ? _mm512_mask_loadu_ps(neg_inf, hi_mask, q + 16)
-                                 : _mm512_loadu_ps(q + 16);
-        const __m512 v = SW == 1 ? a : _mm512_permutex2var_ps(a, even, b);
-        const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        m[u] = _mm512_mask_mov_ps(m[u], take, v);
-        if (WithIndices) {
-          const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(off)), lane);
-          mi[u] = _mm512_mask_mov_epi32(mi[u], take, idx);
-        }
-      }
-    }
-  }
-  for (int u = 0; u < U; ++u) {
-    if (Short) {
-      _mm512_mask_storeu_ps(out + ow0[u], out_mask, m[u]);
-    } else {
-      _mm512_storeu_ps(out + ow0[u], m[u]);
-    }
-    if (WithIndices) {
-      _mm512_mask_storeu_epi64(ind + ow0[u], static_cast<__mmask8>(out_mask),
-                               _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
-      _mm512_mask_storeu_epi64(ind + ow0[u] + 8, static_cast<__mmask8>(out_mask >> 8),
-                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
-    }
-  }
-}
-
-// The same with 8 lanes, full chunks only (n_last is always 8: without masks, the rows' short ends take the
-// scalar rule).
-template <int SW, bool WithIndices, int U>
-DLK_TARGET_AVX2 void pool_chunks_avx2(const float* src, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                      const int64_t* ow0, int /*n_last*/, float* out, int64_t* ind) {
-  const __m256i lane = _mm256_setr_epi32(0, SW, 2 * SW, 3 * SW, 4 * SW, 5 * SW, 6 * SW, 7 * SW);
-  __m256 m[U];
-  __m256i mi[U];
-  for (int u = 0; u < U; ++u) {
-    m[u] = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    mi[u] = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + ow0[u] * SW - p.pw)), lane);
-  }
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t kw = 0; kw < p.kw; ++kw) {
-      const int64_t tap = ih * p.W - p.pw + kw * p.dw;
-      for (int u = 0; u < U; ++u) {
-        const int64_t off = tap + ow0[u] * SW;
-        const float* q = src + off;
-        __m256 v;
-        if (SW == 1) {
-          v = _mm256_loadu_ps(q);
-        } else {  // even lanes of (a, b): [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit pairs in order
-          const __m256 ab = _mm256_shuffle_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(q + 8), 0x88);
-          v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ab), 0xD8));
-        }
-        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m[u], _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        m[u] = _mm256_blendv_ps(m[u], v, take);
-        if (WithIndices) {
-          const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(off)), lane);
-          mi[u] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi[u]), _mm256_castsi256_ps(idx), take));
-        }
-      }
-    }
-  }
-  for (int u = 0; u < U; ++u) {
-    _mm256_storeu_ps(out + ow0[u], m[u]);
-    if (WithIndices) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0[u]),
-                          _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi[u])));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + ow0[u] + 4),
-                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi[u], 1)));
-    }
-  }
-}
-#endif
-
-constexpr int kMaxChunks = 4;  // chunks per call (U above)
-using PoolChunksFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, const int64_t*, int, float*,
-                              int64_t*);
-// The chunk kernels of one ISA, stride and index choice, for U = 1 .. kMaxChunks, their lane count, and
-// the short-chunk kernel (AVX-512 only; null otherwise).
-struct PoolChunkKernels {
-  PoolChunksFn chunks[kMaxChunks];
-  int lanes;
-  PoolChunksFn short_chunk;
-};
-
-#if defined(__x86_64__)
-template <int SW, bool WithIndices>
-PoolChunkKernels pool_chunk_kernels(bool avx512) {
-  if (avx512) {
-    return {{&pool_chunks_avx512<SW, WithIndices, 1>, &pool_chunks_avx512<SW, WithIndices, 2>,
-             &pool_chunks_avx512<SW, WithIndices, 3>, &pool_chunks_avx512<SW, WithIndices, 4>},
-            16,
-            &pool_chunks_avx512<SW, WithIndices, 1, true>};
-  }
-  return {{&pool_chunks_avx2<SW, WithIndices, 1>, &pool_chunks_avx2<SW, WithIndices, 2>,
-           &pool_chunks_avx2<SW, WithIndices, 3>, &pool_chunks_avx2<SW, WithIndices, 4>},
-          8,
-          nullptr};
-}
-#endif
+// The vectorised forward for float NCHW, stride 1 or 2 along W: chunks of L outputs (one per lane) by the
+// kernels of max_pool2d_cpu_x86.cpp, bit for bit the rule above; the scalar rule still does the outputs
+// whose window leaves the row (padding), other strides, and CPUs without AVX2.
 
 // Output rows [r0, r1) (row = plane * OH + oh) of an NCHW float tensor: vector chunks of L outputs where the
 // whole window is inside the row, the scalar rule elsewhere.
 template <int SW>
-void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64_t* ind, const PoolShape& p,
-                   int64_t r0, int64_t r1) {
+void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64_t* ind, const PoolShape& p, int64_t r0,
+                   int64_t r1) {
   const int L = k.lanes;
   // Chunk starts ow0 whose L outputs have every window column in the row, counting the extra element the
   // stride-2 load reads: ow0*SW - pw >= 0 and (ow0 + L - 1)*SW - pw + (kw-1)*dw + (SW-1) <= W - 1.
@@ -295,8 +159,8 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
     const int64_t ih0 = first_in_bounds(ih_start, p.dh);
     float* o = out + r * p.OW;
     int64_t* id = ind ? ind + r * p.OW : nullptr;
-    for (int64_t i = 0; i < n_starts; i += kMaxChunks) {
-      const int64_t u = std::min<int64_t>(kMaxChunks, n_starts - i);
+    for (int64_t i = 0; i < n_starts; i += kPoolMaxChunks) {
+      const int64_t u = std::min<int64_t>(kPoolMaxChunks, n_starts - i);
       k.chunks[u - 1](src, p, ih0, ih1, starts.data() + i, L, o, id);
     }
     for (const auto& [ow0, n] : tails) k.short_chunk(src, p, ih0, ih1, &ow0, n, o, id);
@@ -313,13 +177,13 @@ void pool_rows_f32(const PoolChunkKernels& k, const float* in, float* out, int64
 // Float NCHW, stride 1 or 2 along W, int32-sized planes: the vector path when the CPU has AVX2 at least.
 // Returns false (nothing done) otherwise.
 template <bool WithIndices>
-bool pool_forward_nchw_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
+bool max_pool2d_forward_kernel_nchw_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
 #if defined(__x86_64__)
-  const cpu::Isa isa = cpu::cpu_isa();
-  if (isa == cpu::Isa::Base || (p.sw != 1 && p.sw != 2)) return false;
-  const bool avx512 = isa == cpu::Isa::Avx512;
+  const Isa isa = cpu_isa();
+  if (isa == Isa::Base || (p.sw != 1 && p.sw != 2)) return false;
+  const bool avx512 = isa == Isa::Avx512;
   const PoolChunkKernels kernels =
-      p.sw == 1 ? pool_chunk_kernels<1, WithIndices>(avx512) : pool_chunk_kernels<2, WithIndices>(avx512);
+      p.sw == 1 ? max_pool2d_chunk_kernels<1, WithIndices>(avx512) : max_pool2d_chunk_kernels<2, WithIndices>(avx512);
   const int64_t grain = std::max<int64_t>(1, 4096 / p.OW);  // whole rows, a few thousand outputs per grain
   at::parallel_for(0, p.N * p.C * p.OH, grain, [&](int64_t r0, int64_t r1) {
     if (p.sw == 1) {
@@ -337,7 +201,7 @@ bool pool_forward_nchw_f32(const float* in, float* out, int64_t* ind, const Pool
 // Forward, channels_last: one task per output position (n, oh, ow); the inner loops run contiguously over C
 // with a per-channel max (and index) row.
 template <typename scalar_t, bool WithIndices, typename index_t>
-void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
+void max_pool2d_forward_kernel_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t positions = p.N * p.OH * p.OW;
   const int64_t C = p.C;
@@ -382,145 +246,24 @@ void pool_forward_nhwc(const scalar_t* in, scalar_t* out, int64_t* ind, const Po
   });
 }
 
-// The vectorised forward for float channels_last: the same per-channel rule, L channels at a time, window
-// positions in the same row-major order, so values, ties and NaNs match the loop above exactly. The window
-// of an output position is clipped to the input ([ih0, ih1) x [iw0, iw1), steps dh and dw) by the caller.
-// As for NCHW, one call keeps U vectors of channels (U*L channels) in flight.
-#if defined(__x86_64__)
-// Channels [c0, c0 + 16*U), of which only the first `count` exist (the rest are masked off).
-template <bool WithIndices, int U>
-DLK_TARGET_AVX512 void pool_channels_avx512(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                            int64_t iw0, int64_t iw1, int64_t c0, int64_t count, float* out,
-                                            int64_t* ind) {
-  __mmask16 lanes[U];
-  __m512 m[U];
-  __m512i mi[U];
-  for (int u = 0; u < U; ++u) {
-    const int64_t n = std::min<int64_t>(16, count - 16 * u);
-    lanes[u] = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-    m[u] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    mi[u] = _mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
-  }
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-      const float* q = src_n + (ih * p.W + iw) * p.C + c0;
-      const __m512i idx = _mm512_set1_epi32(static_cast<int32_t>(ih * p.W + iw));
-      for (int u = 0; u < U; ++u) {
-        const __m512 v = _mm512_maskz_loadu_ps(lanes[u], q + 16 * u);
-        const __mmask16 take = _mm512_cmp_ps_mask(v, m[u], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        m[u] = _mm512_mask_mov_ps(m[u], take, v);
-        if (WithIndices) mi[u] = _mm512_mask_mov_epi32(mi[u], take, idx);
-      }
-    }
-  }
-  for (int u = 0; u < U; ++u) {
-    const int64_t c = c0 + 16 * u;
-    _mm512_mask_storeu_ps(out + c, lanes[u], m[u]);
-    if (WithIndices) {
-      _mm512_mask_storeu_epi64(ind + c, __mmask8(lanes[u]), _mm512_cvtepi32_epi64(_mm512_castsi512_si256(mi[u])));
-      _mm512_mask_storeu_epi64(ind + c + 8, __mmask8(lanes[u] >> 8),
-                               _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(mi[u], 1)));
-    }
-  }
-}
-
-// Many channels (more than the registers hold): window positions outer, channels inner, the running
-// maxima kept in `out` and the running indices in `idx` (int32, C of them) in L1. Each tap's channels are
-// then read as one sequential run, where interleaving the taps in register-sized groups reads several
-// short runs at once, which the hardware prefetchers follow less well when the input comes from memory.
-template <bool WithIndices>
-DLK_TARGET_AVX512 void pool_position_taps_avx512(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                                 int64_t iw0, int64_t iw1, float* out, int64_t* ind,
-                                                 int32_t* idx) {
-  const int64_t C = p.C;
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
-  auto lanes = [C](int64_t c) {
-    return C - c >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (C - c)) - 1);
-  };
-  for (int64_t c = 0; c < C; c += 16) {
-    _mm512_mask_storeu_ps(out + c, lanes(c), neg_inf);
-    if (WithIndices) _mm512_mask_storeu_epi32(idx + c, lanes(c), first);
-  }
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-      const float* q = src_n + (ih * p.W + iw) * C;
-      const __m512i tap = _mm512_set1_epi32(static_cast<int32_t>(ih * p.W + iw));
-      for (int64_t c = 0; c < C; c += 16) {
-        const __mmask16 l = lanes(c);
-        const __m512 v = _mm512_maskz_loadu_ps(l, q + c);
-        const __m512 m = _mm512_maskz_loadu_ps(l, out + c);
-        const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        _mm512_mask_storeu_ps(out + c, take & l, v);
-        if (WithIndices) _mm512_mask_storeu_epi32(idx + c, take & l, tap);
-      }
-    }
-  }
-  if (WithIndices) {
-    for (int64_t c = 0; c < C; c += 8) {
-      const __mmask8 l = C - c >= 8 ? __mmask8(0xFF) : __mmask8((1u << (C - c)) - 1);
-      _mm512_mask_storeu_epi64(ind + c, l, _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(l, idx + c)));
-    }
-  }
-}
-
-// The same with 8 lanes and no masks: channels [c0, c0 + 8*U), all of them present.
-template <bool WithIndices, int U>
-DLK_TARGET_AVX2 void pool_channels_avx2(const float* src_n, const PoolShape& p, int64_t ih0, int64_t ih1,
-                                        int64_t iw0, int64_t iw1, int64_t c0, int64_t /*count*/, float* out,
-                                        int64_t* ind) {
-  __m256 m[U];
-  __m256i mi[U];
-  for (int u = 0; u < U; ++u) {
-    m[u] = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-    mi[u] = _mm256_set1_epi32(static_cast<int32_t>(ih0 * p.W + iw0));
-  }
-  for (int64_t ih = ih0; ih < ih1; ih += p.dh) {
-    for (int64_t iw = iw0; iw < iw1; iw += p.dw) {
-      const float* q = src_n + (ih * p.W + iw) * p.C + c0;
-      const __m256 idx = _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(ih * p.W + iw)));
-      for (int u = 0; u < U; ++u) {
-        const __m256 v = _mm256_loadu_ps(q + 8 * u);
-        const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, m[u], _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-        m[u] = _mm256_blendv_ps(m[u], v, take);
-        if (WithIndices) mi[u] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(mi[u]), idx, take));
-      }
-    }
-  }
-  for (int u = 0; u < U; ++u) {
-    const int64_t c = c0 + 8 * u;
-    _mm256_storeu_ps(out + c, m[u]);
-    if (WithIndices) {
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + c), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mi[u])));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ind + c + 4),
-                          _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mi[u], 1)));
-    }
-  }
-}
-#endif
-
-using PoolChannelsFn = void (*)(const float*, const PoolShape&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                float*, int64_t*);
-
+// The vectorised forward for float channels_last: L channels at a time by the kernels of
+// max_pool2d_cpu_x86.cpp, bit for bit the rule above. The window of an output position is clipped to the
+// input ([ih0, ih1) x [iw0, iw1), steps dh and dw) here.
 // Float channels_last with int32-sized planes, on a CPU with AVX2 at least; returns false (nothing done)
-// otherwise. One task per output position, as above; the channels go in groups of up to kMaxChunks vectors,
+// otherwise. One task per output position, as above; the channels go in groups of up to kPoolMaxChunks vectors,
 // and with AVX2 the channels past the last multiple of 8 take the scalar rule.
 template <bool WithIndices>
-bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
+bool max_pool2d_forward_kernel_nhwc_f32(const float* in, float* out, int64_t* ind, const PoolShape& p) {
 #if defined(__x86_64__)
-  const cpu::Isa isa = cpu::cpu_isa();
-  if (isa == cpu::Isa::Base) return false;
-  const bool avx512 = isa == cpu::Isa::Avx512;
-  const PoolChannelsFn channels[kMaxChunks] = {
-      avx512 ? &pool_channels_avx512<WithIndices, 1> : &pool_channels_avx2<WithIndices, 1>,
-      avx512 ? &pool_channels_avx512<WithIndices, 2> : &pool_channels_avx2<WithIndices, 2>,
-      avx512 ? &pool_channels_avx512<WithIndices, 3> : &pool_channels_avx2<WithIndices, 3>,
-      avx512 ? &pool_channels_avx512<WithIndices, 4> : &pool_channels_avx2<WithIndices, 4>};
-  const int64_t L = avx512 ? 16 : 8;
+  const Isa isa = cpu_isa();
+  if (isa == Isa::Base) return false;
+  const bool avx512 = isa == Isa::Avx512;
+  const PoolChannelKernels kernels = max_pool2d_channel_kernels<WithIndices>(avx512);
+  const int64_t L = kernels.lanes;
   const int64_t C = p.C;
   const int64_t vector_channels = avx512 ? C : C / L * L;  // AVX-512 masks the last partial vector
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
-  const bool taps_outer = avx512 && C > kMaxChunks * L;  // more channels than the registers hold
+  const bool taps_outer = avx512 && C > kPoolMaxChunks * L;  // more channels than the registers hold
   at::parallel_for(0, p.N * p.OH * p.OW, grain, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> idx_buf(taps_outer && WithIndices ? C : 0);
     for (int64_t pos = begin; pos < end; ++pos) {
@@ -537,12 +280,12 @@ bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const Pool
       float* o = out + pos * C;
       int64_t* id = WithIndices ? ind + pos * C : nullptr;
       if (taps_outer) {
-        pool_position_taps_avx512<WithIndices>(src_n, p, ih0, ih1, iw0, iw1, o, id, idx_buf.data());
+        max_pool2d_position_taps_avx512<WithIndices>(src_n, p, ih0, ih1, iw0, iw1, o, id, idx_buf.data());
         continue;
       }
-      for (int64_t c = 0; c < vector_channels; c += kMaxChunks * L) {
-        const int64_t count = std::min(kMaxChunks * L, vector_channels - c);
-        channels[(count + L - 1) / L - 1](src_n, p, ih0, ih1, iw0, iw1, c, count, o, id);
+      for (int64_t c = 0; c < vector_channels; c += kPoolMaxChunks * L) {
+        const int64_t count = std::min(kPoolMaxChunks * L, vector_channels - c);
+        kernels.channels[(count + L - 1) / L - 1](src_n, p, ih0, ih1, iw0, iw1, c, count, o, id);
       }
       for (int64_t c = vector_channels; c < C; ++c) {
         window_max_f32(src_n + c, C, p, ih0, ih1, iw0, iw1, o + c, WithIndices ? id + c : nullptr);
@@ -556,10 +299,11 @@ bool pool_forward_nhwc_f32(const float* in, float* out, int64_t* ind, const Pool
 }
 
 template <bool WithIndices>
-std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
-                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolShape p = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
+                                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                           c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  const PoolShape p =
+      check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
   const auto opts = x.options().memory_format(fmt);
@@ -579,15 +323,15 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
       using index_t = decltype(index_tag);
       const bool channels_last = fmt == at::MemoryFormat::ChannelsLast;
       if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<index_t, int32_t>) {
-        if (channels_last ? pool_forward_nhwc_f32<WithIndices>(src, dst, idx, p)
-                          : pool_forward_nchw_f32<WithIndices>(src, dst, idx, p)) {
+        if (channels_last ? max_pool2d_forward_kernel_nhwc_f32<WithIndices>(src, dst, idx, p)
+                          : max_pool2d_forward_kernel_nchw_f32<WithIndices>(src, dst, idx, p)) {
           return;
         }
       }
       if (channels_last) {
-        pool_forward_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+        max_pool2d_forward_kernel_nhwc<scalar_t, WithIndices, index_t>(src, dst, idx, p);
       } else {
-        pool_forward_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
+        max_pool2d_forward_kernel_nchw<scalar_t, WithIndices, index_t>(src, dst, idx, p);
       }
     };
     if (!WithIndices || small) {
@@ -599,15 +343,16 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
   return {out, ind};
 }
 
-at::Tensor max_pool2d_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                          c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(pool_forward<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
+at::Tensor max_pool2d_forward(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                                               c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                               c10::IntArrayRef dilation, bool ceil_mode) {
-  return pool_forward<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_forward(const at::Tensor& x, c10::IntArrayRef kernel_size,
+                                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                                   c10::IntArrayRef dilation, bool ceil_mode) {
+  return max_pool2d_forward_impl<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -616,7 +361,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cpu(const at::Tensor&
 
 // NCHW: one task per (n, c) plane; gradients add up in output order, in acc_t.
 template <typename scalar_t>
-void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
+void max_pool2d_grad_input_kernel_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t planes = p.N * p.C;
@@ -626,7 +371,7 @@ void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
     std::vector<acc_t> buf(kDirect ? 0 : in_plane);
     for (int64_t plane = begin; plane < end; ++plane) {
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + plane * in_plane) : buf.data();
-      cpu::zero_fill(acc, in_plane * sizeof(acc_t));  // not std::fill: see zero_fill
+      zero_fill(acc, in_plane * sizeof(acc_t));  // not std::fill: see zero_fill
       const scalar_t* g = gout + plane * out_plane;
       const int64_t* id = ind + plane * out_plane;
       for (int64_t o = 0; o < out_plane; ++o) {
@@ -643,7 +388,7 @@ void pool_backward_nchw(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
 
 // channels_last: one task per sample n, which owns all its channels.
 template <typename scalar_t>
-void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
+void max_pool2d_grad_input_kernel_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin, const PoolShape& p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr bool kDirect = std::is_same_v<acc_t, scalar_t>;
   const int64_t C = p.C;
@@ -654,7 +399,7 @@ void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
     std::vector<acc_t> buf(kDirect ? 0 : in_sample);
     for (int64_t n = begin; n < end; ++n) {
       acc_t* acc = kDirect ? reinterpret_cast<acc_t*>(gin + n * in_sample) : buf.data();
-      cpu::zero_fill(acc, in_sample * sizeof(acc_t));
+      zero_fill(acc, in_sample * sizeof(acc_t));
       const scalar_t* g_n = gout + n * out_positions * C;
       const int64_t* id_n = ind + n * out_positions * C;
       for (int64_t o = 0; o < out_positions; ++o) {
@@ -673,9 +418,9 @@ void pool_backward_nhwc(const scalar_t* gout, const int64_t* ind, scalar_t* gin,
   });
 }
 
-at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
-                                   c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                   c10::IntArrayRef dilation, bool ceil_mode) {
+at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
+                               c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
   const PoolShape p = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CPU);
   check_pool_backward_args(x, grad_out_in, indices_in, p, op);
@@ -685,25 +430,25 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_out_in, const at::Tens
   if (grad_in.numel() == 0) return grad_in;
   const at::Tensor grad_out = grad_out_in.contiguous(fmt);
   const at::Tensor indices = indices_in.contiguous(fmt);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_backward_cpu",
-                                  [&] {
-                                    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
-                                    const int64_t* id = indices.const_data_ptr<int64_t>();
-                                    scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
-                                    if (fmt == at::MemoryFormat::ChannelsLast) {
-                                      pool_backward_nhwc<scalar_t>(g, id, gi, p);
-                                    } else {
-                                      pool_backward_nchw<scalar_t>(g, id, gi, p);
-                                    }
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_max_pool2d_backward_cpu", [&] {
+    const scalar_t* g = grad_out.const_data_ptr<scalar_t>();
+    const int64_t* id = indices.const_data_ptr<int64_t>();
+    scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      max_pool2d_grad_input_kernel_nhwc<scalar_t>(g, id, gi, p);
+    } else {
+      max_pool2d_grad_input_kernel_nchw<scalar_t>(g, id, gi, p);
+    }
+  });
   return grad_in;
 }
 
 }  // namespace
+}  // namespace cpu
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CPU, m) {
-  m.impl("max_pool2d", &dlkernels::max_pool2d_cpu);
-  m.impl("max_pool2d_with_indices", &dlkernels::max_pool2d_with_indices_cpu);
-  m.impl("max_pool2d_backward", &dlkernels::max_pool2d_backward_cpu);
+  m.impl("max_pool2d", &dlkernels::cpu::max_pool2d_forward);
+  m.impl("max_pool2d_with_indices", &dlkernels::cpu::max_pool2d_with_indices_forward);
+  m.impl("max_pool2d_backward", &dlkernels::cpu::max_pool2d_backward);
 }

@@ -1,5 +1,5 @@
-// Memory for the CPU kernels: outputs on huge pages and per-thread scratch (see cpu_utils.h).
-#include "cpu/cpu_utils.h"
+// Memory for the CPU kernels: outputs on huge pages and per-thread scratch (see memory.h).
+#include "cpu/memory.h"
 
 #include <cstdint>
 #include <cstdlib>
@@ -23,12 +23,21 @@ constexpr uintptr_t kHugePage = uintptr_t(2) << 20;
 constexpr size_t kAdviseMinBytes = size_t(8) << 20;
 }  // namespace
 
-void advise_huge_pages(void* data, size_t bytes) {
+bool huge_pages_enabled() {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool enabled = [] {
     const char* env = std::getenv("DLKERNELS_CPU_HUGE_PAGES");
     return env == nullptr || std::string(env) != "0";
   }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool enabled = huge_pages_enabled();
   if (!enabled || bytes < kAdviseMinBytes) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);

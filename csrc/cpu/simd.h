@@ -2,8 +2,9 @@
 //
 // The package is built for the baseline x86-64 ISA so that one wheel runs everywhere (never -march=native).
 // The hot loops exist as functions carrying __attribute__((target(...))) (AVX-512, AVX2+FMA), written with
-// intrinsics, next to a portable version; which one runs is decided once, at run time, from what the CPU
-// reports (cpu_isa()).
+// intrinsics in the *_x86.cpp files, next to a portable version in the op's own file; which one runs is
+// decided once, at run time, from what the CPU reports (cpu_isa()). The op files keep the tensor glue
+// (checks, allocation, dispatch) and call the x86 kernels through tables or functions their *_x86.h declares.
 //
 // Why intrinsics and not one template over GCC vector extensions compiled per target: GCC 12 lowers the
 // vector-extension compares and selects of such a template to scalar code before it is inlined into the
@@ -32,15 +33,19 @@
 // The ISA sets of the wrappers (AMD Zen 4 and Intel since Skylake-SP have all of the first).
 #define DLK_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"), flatten))
 #define DLK_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
+// Functions one translation unit of the library calls in another (the glue of an op calls the ISA kernels
+// of its *_x86.cpp file): hidden, so the call is a direct one, as within one file, not one through the PLT.
+#define DLK_INTERNAL __attribute__((visibility("hidden")))
 
 namespace dlkernels {
 namespace cpu {
 
 enum class Isa { Base = 0, Avx2 = 1, Avx512 = 2 };
 
-// The best ISA this CPU supports, detected once. The environment variable DLKERNELS_CPU_ISA (base, avx2,
-// avx512) can lower it, which is how the fallback paths are tested on a machine that has AVX-512.
+// The best ISA this CPU supports, detected once (simd.cpp). The environment variable DLKERNELS_CPU_ISA (base,
+// avx2, avx512) can lower it, which is how the fallback paths are tested on a machine that has AVX-512.
 Isa cpu_isa();
+// "avx512", "avx2" or "base", as DLKERNELS_CPU_ISA spells them (what `python -m dlkernels info` shows).
 const char* isa_name(Isa isa);
 
 // Zeroes `bytes` bytes with plain vector stores. memset / std::fill of a large freshly allocated buffer
@@ -51,10 +56,10 @@ void zero_fill(void* p, size_t bytes);
 // GCC vector of `Bytes / sizeof(T)` lanes, for the portable kernels.
 template <typename T, int Bytes>
 struct VecType;
-#define DLK_VEC_TYPE(T, BYTES)                                              \
-  template <>                                                               \
-  struct VecType<T, BYTES> {                                                \
-    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T)))); \
+#define DLK_VEC_TYPE(T, BYTES)                                                                                         \
+  template <>                                                                                                          \
+  struct VecType<T, BYTES> {                                                                                           \
+    typedef T type __attribute__((vector_size(BYTES), aligned(sizeof(T))));                                            \
   };
 DLK_VEC_TYPE(float, 16)
 DLK_VEC_TYPE(double, 16)
@@ -71,12 +76,16 @@ DLK_ALWAYS_INLINE V vload(const T* p) {
   return v;
 }
 template <typename V, typename T>
-DLK_ALWAYS_INLINE void vstore(T* p, const V& v) { __builtin_memcpy(p, &v, sizeof(V)); }
+DLK_ALWAYS_INLINE void vstore(T* p, const V& v) {
+  __builtin_memcpy(p, &v, sizeof(V));
+}
 
 // s - 0 is exactly s for every s (unlike s + 0, which turns -0.0 into +0.0), so the compiler folds the
 // subtraction and emits one broadcast.
 template <typename V, typename T>
-DLK_ALWAYS_INLINE V vbroadcast(T s) { return s - V{}; }
+DLK_ALWAYS_INLINE V vbroadcast(T s) {
+  return s - V{};
+}
 
 }  // namespace cpu
 }  // namespace dlkernels

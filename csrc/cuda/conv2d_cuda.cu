@@ -132,8 +132,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // act(conv(x, w) + bias) into a new NCHW-contiguous tensor; x and w NCHW-contiguous, b contiguous or undefined.
-at::Tensor conv_forward(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const ConvShape& g,
-                        Activation act) {
+at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const ConvShape& g,
+                               Activation act) {
   at::Tensor out = at::empty({g.N, g.K, g.OH, g.OW}, x.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
@@ -155,9 +155,9 @@ at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   return fmt == at::MemoryFormat::ChannelsLast ? t.contiguous(fmt) : t;
 }
 
-at::Tensor conv2d_cuda(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                       c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                       c10::string_view activation) {
+at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                          c10::string_view activation) {
   constexpr const char* op = "conv2d";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
@@ -166,10 +166,10 @@ at::Tensor conv2d_cuda(const at::Tensor& x_in, const at::Tensor& weight, const s
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return in_format(conv_forward(x, w, b, g, act), fmt);
+  return in_format(conv2d_forward_nchw(x, w, b, g, act), fmt);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& out_in, c10::IntArrayRef stride, c10::IntArrayRef padding,
     c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, std::array<bool, 3> output_mask) {
@@ -190,8 +190,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
   // gz = grad_out * act'(saved), NCHW-contiguous.
   at::Tensor gz = grad_out;
   if (act != Activation::None && grad_out.numel() > 0) {
-    const at::Tensor saved = grad_needs_preactivation(act) ? conv_forward(x, w, b, g, Activation::None)
-                                                           : out_in.contiguous();
+    const at::Tensor saved =
+        grad_needs_preactivation(act) ? conv2d_forward_nchw(x, w, b, g, Activation::None) : out_in.contiguous();
     gz = activation_grad_cuda(grad_out, saved, act);
   }
 
@@ -227,6 +227,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_cuda(
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
-  m.impl("conv2d", &dlkernels::cuda::conv2d_cuda);
-  m.impl("conv2d_backward", &dlkernels::cuda::conv2d_backward_cuda);
+  m.impl("conv2d", &dlkernels::cuda::conv2d_forward);
+  m.impl("conv2d_backward", &dlkernels::cuda::conv2d_backward);
 }

@@ -40,7 +40,7 @@ inline unsigned int grid_size_blocks(int64_t n) {
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // The dtypes of every CUDA kernel: float32, float64, bfloat16, float16.
-#define DLK_DISPATCH_FLOAT_TYPES(TYPE, NAME, ...) \
+#define DLK_DISPATCH_FLOAT_TYPES(TYPE, NAME, ...)                                                                      \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, TYPE, NAME, __VA_ARGS__)
 
 // Sum over a block of kThreads threads, in a fixed order (deterministic). `smem` holds kThreads values.

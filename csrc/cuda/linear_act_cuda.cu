@@ -143,15 +143,15 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_activation(act, [&](auto tag) {
     constexpr Activation kAct = decltype(tag)::value;
-    gemm_bias_act_kernel<scalar_t, kAct><<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0,
-                                                                      b.stride1, bias, c, M, N, K);
+    gemm_bias_act_kernel<scalar_t, kAct>
+        <<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0, b.stride1, bias, c, M, N, K);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
 
 // act(x2 @ w^T + bias) into a new contiguous [M, N] tensor; x2 [M, K] and w [N, K] contiguous.
-at::Tensor linear_forward(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
-                          Activation act) {
+at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
+                                 Activation act) {
   at::Tensor out = at::empty({d.M, d.N}, x2.options());
   if (out.numel() == 0) return out;
   DLK_DISPATCH_FLOAT_TYPES(x2.scalar_type(), "dlkernels_linear_act_cuda", [&] {
@@ -162,8 +162,8 @@ at::Tensor linear_forward(const at::Tensor& x2, const at::Tensor& w, const at::T
   return out;
 }
 
-at::Tensor linear_act_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                           c10::string_view activation) {
+at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              c10::string_view activation) {
   constexpr const char* op = "linear_act";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
@@ -172,12 +172,14 @@ at::Tensor linear_act_cuda(const at::Tensor& x, const at::Tensor& weight, const 
   const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return linear_forward(x2, w, b, d, act).view(d.out_shape);
+  return linear_act_forward_2d(x2, w, b, d, act).view(d.out_shape);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const at::Tensor& out, c10::string_view activation,
+                                                                   std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
@@ -194,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
   // gz = grad_out * act'(saved): saved is the output, or the pre-activation recomputed by the forward GEMM.
   at::Tensor gz = g2;
   if (act != Activation::None && d.M * d.N > 0) {
-    const at::Tensor saved = grad_needs_preactivation(act) ? linear_forward(x2, w, b, d, Activation::None)
+    const at::Tensor saved = grad_needs_preactivation(act) ? linear_act_forward_2d(x2, w, b, d, Activation::None)
                                                            : out.reshape({d.M, d.N}).contiguous();
     gz = activation_grad_cuda(g2, saved, act);
   }
@@ -225,6 +227,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward_cuda(
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
-  m.impl("linear_act", &dlkernels::cuda::linear_act_cuda);
-  m.impl("linear_act_backward", &dlkernels::cuda::linear_act_backward_cuda);
+  m.impl("linear_act", &dlkernels::cuda::linear_act_forward);
+  m.impl("linear_act_backward", &dlkernels::cuda::linear_act_backward);
 }

@@ -26,8 +26,8 @@ namespace {
 
 // Element `i` of an [N, C, Hs, Ws] tensor stored contiguously in NCHW (ChannelsLast = false) or NHWC order.
 template <bool ChannelsLast>
-__device__ __forceinline__ void decode(int64_t i, int64_t C, int64_t Hs, int64_t Ws, int64_t& n, int64_t& c,
-                                       int64_t& h, int64_t& w) {
+__device__ __forceinline__ void decode(int64_t i, int64_t C, int64_t Hs, int64_t Ws, int64_t& n, int64_t& c, int64_t& h,
+                                       int64_t& w) {
   if (ChannelsLast) {
     c = i % C;
     i /= C;
@@ -85,8 +85,8 @@ __global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ in, scala
 
 // One thread per input element: sums grad_out over the windows that picked it, in output order.
 template <typename scalar_t, bool ChannelsLast>
-__global__ void max_pool2d_backward_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ ind,
-                                           scalar_t* __restrict__ grad_in, PoolShape g, int64_t total) {
+__global__ void max_pool2d_grad_input_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ ind,
+                                             scalar_t* __restrict__ grad_in, PoolShape g, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t span_h = (g.kh - 1) * g.dh + 1;
@@ -112,10 +112,11 @@ __global__ void max_pool2d_backward_kernel(const scalar_t* __restrict__ grad_out
 }
 
 template <bool WithIndices>
-std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
-                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolShape g = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
+std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
+                                                           c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                           c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
+  const PoolShape g =
+      check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
@@ -142,20 +143,21 @@ std::tuple<at::Tensor, at::Tensor> pool_forward(const at::Tensor& x_in, c10::Int
   return {out, ind};
 }
 
-at::Tensor max_pool2d_cuda(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
-                           c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
-  return std::get<0>(pool_forward<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
+at::Tensor max_pool2d_forward(const at::Tensor& x, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                              c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(
+      max_pool2d_forward_impl<false>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d"));
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_cuda(const at::Tensor& x, c10::IntArrayRef kernel_size,
-                                                                c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                                                c10::IntArrayRef dilation, bool ceil_mode) {
-  return pool_forward<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
+std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_forward(const at::Tensor& x, c10::IntArrayRef kernel_size,
+                                                                   c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                                                   c10::IntArrayRef dilation, bool ceil_mode) {
+  return max_pool2d_forward_impl<true>(x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d_with_indices");
 }
 
-at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
-                                    c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                                    c10::IntArrayRef dilation, bool ceil_mode) {
+at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& x, const at::Tensor& indices_in,
+                               c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
   const PoolShape g = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
   check_pool_backward_args(x, grad_out_in, indices_in, g, op);
@@ -173,9 +175,9 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_out_in, const at::Ten
     const int64_t* id = indices.const_data_ptr<int64_t>();
     scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::ChannelsLast) {
-      max_pool2d_backward_kernel<scalar_t, true><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
+      max_pool2d_grad_input_kernel<scalar_t, true><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
     } else {
-      max_pool2d_backward_kernel<scalar_t, false><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
+      max_pool2d_grad_input_kernel<scalar_t, false><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -187,7 +189,7 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_out_in, const at::Ten
 }  // namespace dlkernels
 
 TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
-  m.impl("max_pool2d", &dlkernels::cuda::max_pool2d_cuda);
-  m.impl("max_pool2d_with_indices", &dlkernels::cuda::max_pool2d_with_indices_cuda);
-  m.impl("max_pool2d_backward", &dlkernels::cuda::max_pool2d_backward_cuda);
+  m.impl("max_pool2d", &dlkernels::cuda::max_pool2d_forward);
+  m.impl("max_pool2d_with_indices", &dlkernels::cuda::max_pool2d_with_indices_forward);
+  m.impl("max_pool2d_backward", &dlkernels::cuda::max_pool2d_backward);
 }

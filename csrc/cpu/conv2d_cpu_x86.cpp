@@ -1,0 +1,104 @@
+// The x86 im2col packers of the conv2d forward GEMM (AVX-512 and AVX2 masked loads and stores); conv2d_cpu.cpp
+// calls them for float and stride 1 on CPUs that have them.
+#include "cpu/conv2d_cpu_x86.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include <c10/util/Exception.h>
+
+#if defined(__x86_64__)
+namespace dlkernels {
+namespace cpu {
+namespace {
+
+// Lanes [lo, hi) of a vector as a mask.
+inline uint32_t lane_mask(int64_t lo, int64_t hi) { return hi <= lo ? 0u : ((1u << hi) - 1) & ~((1u << lo) - 1); }
+
+// The panel row is cut once into pieces of at most one vector, each within one output row (or in the zero
+// columns past nr), with its store mask and, per kw, its load mask (the lanes whose column is inside the
+// image); then each piece is copied down the panel, one masked load and store per k row, its source
+// stepped from k to k without divisions.
+struct Im2colPiece {
+  int dst_col;      // first panel column
+  int64_t oh;       // output row (-1: zero columns)
+  int64_t iw_base;  // input column of the first lane, before kw * dw
+  uint32_t store;   // lanes to store
+};
+
+__attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  // lane i: bit i of mask
+  const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(mask)), bit), bit);
+}
+
+}  // namespace
+
+#define DLK_PACK_IM2COL_S1(NAME, TARGET, LANES, LOAD, STORE)                                                           \
+  TARGET void NAME(const ConvShape& s, const float* xg, int64_t j0, int nr, int64_t k0, int64_t kc, float* dst,        \
+                   int NR) {                                                                                           \
+    constexpr int kMaxPieces = 128;                                                                                    \
+    TORCH_INTERNAL_ASSERT(NR <= kMaxPieces / 2);                                                                       \
+    Im2colPiece pieces[kMaxPieces];                                                                                    \
+    int count = 0;                                                                                                     \
+    for (int64_t jj = 0, oh = j0 / s.OW, ow = j0 % s.OW; jj < nr; ow = 0, ++oh) {                                      \
+      const int64_t len = std::min<int64_t>(nr - jj, s.OW - ow);                                                       \
+      for (int64_t t = 0; t < len; t += LANES) {                                                                       \
+        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t - s.pw,                                                \
+                           lane_mask(0, std::min<int64_t>(LANES, len - t))};                                           \
+      }                                                                                                                \
+      jj += len;                                                                                                       \
+    }                                                                                                                  \
+    for (int t = nr; t < NR; t += LANES) pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t))}; \
+    std::vector<uint32_t> load(static_cast<size_t>(count) * s.KW);                                                     \
+    for (int q = 0; q < count; ++q) {                                                                                  \
+      const int64_t n = 32 - __builtin_clz(pieces[q].store);                                                           \
+      for (int64_t kw = 0; kw < s.KW; ++kw) {                                                                          \
+        const int64_t first = pieces[q].iw_base + kw * s.dw;                                                           \
+        load[q * s.KW + kw] =                                                                                          \
+            pieces[q].oh < 0 ? 0u                                                                                      \
+                             : lane_mask(std::clamp<int64_t>(-first, 0, n), std::clamp<int64_t>(s.W - first, 0, n));   \
+      }                                                                                                                \
+    }                                                                                                                  \
+    /* Piece by piece down the panel: k = (c, kh, kw) steps the source by dw, dh * W or H * W. */                      \
+    const int64_t c0 = k0 / (s.KH * s.KW), kh0 = (k0 / s.KW) % s.KH, kw0 = k0 % s.KW;                                  \
+    for (int q = 0; q < count; ++q) {                                                                                  \
+      const Im2colPiece& piece = pieces[q];                                                                            \
+      const uint32_t* load_q = load.data() + q * s.KW;                                                                 \
+      const int64_t ih_first = piece.oh * s.sh - s.ph; /* the input row for kh = 0 */                                  \
+      float* d = dst + piece.dst_col;                                                                                  \
+      int64_t kh = kh0, kw = kw0;                                                                                      \
+      int64_t off = c0 * s.H * s.W + (ih_first + kh * s.dh) * s.W + piece.iw_base + kw * s.dw; /* of the source */     \
+      bool row_in = piece.oh >= 0 && ih_first + kh * s.dh >= 0 && ih_first + kh * s.dh < s.H;                          \
+      for (int64_t k = 0; k < kc; ++k) {                                                                               \
+        STORE(d + k * NR, piece.store, LOAD(row_in ? load_q[kw] : 0u, xg + (row_in ? off : 0)));                       \
+        off += s.dw;                                                                                                   \
+        if (++kw == s.KW) {                                                                                            \
+          kw = 0;                                                                                                      \
+          off += s.dh * s.W - s.KW * s.dw;                                                                             \
+          if (++kh == s.KH) {                                                                                          \
+            kh = 0;                                                                                                    \
+            off += s.H * s.W - s.KH * s.dh * s.W;                                                                      \
+          }                                                                                                            \
+          const int64_t ih = ih_first + kh * s.dh;                                                                     \
+          row_in = piece.oh >= 0 && ih >= 0 && ih < s.H;                                                               \
+        }                                                                                                              \
+      }                                                                                                                \
+    }                                                                                                                  \
+  }
+
+#define DLK_LOAD512(MASK, P) _mm512_maskz_loadu_ps(static_cast<__mmask16>(MASK), P)
+#define DLK_STORE512(P, MASK, V) _mm512_mask_storeu_ps(P, static_cast<__mmask16>(MASK), V)
+#define DLK_LOAD256(MASK, P) _mm256_maskload_ps(P, avx2_lanes(MASK))
+#define DLK_STORE256(P, MASK, V) _mm256_maskstore_ps(P, avx2_lanes(MASK), V)
+DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx512, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
+DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx2, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
+#undef DLK_LOAD512
+#undef DLK_STORE512
+#undef DLK_LOAD256
+#undef DLK_STORE256
+#undef DLK_PACK_IM2COL_S1
+
+}  // namespace cpu
+}  // namespace dlkernels
+#endif  // defined(__x86_64__)

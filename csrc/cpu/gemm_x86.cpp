@@ -1,0 +1,107 @@
+// The x86 GEMM kernels (AVX-512 and AVX2+FMA intrinsics): the register-blocked micro-kernels and the 8 x 8
+// transposing packer. gemm.cpp chooses among them at run time; see gemm.h for the blocking around them.
+#include "cpu/gemm_x86.h"
+
+#include "cpu/gemm.h"
+
+#if defined(__x86_64__)
+namespace dlkernels {
+namespace cpu {
+
+// The x86 micro-kernels, one macro expanded per ISA and type (intrinsics: see simd.h for why). Per k: NV
+// vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
+// columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
+#define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)          \
+  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,      \
+                   const T* bias_m, const T* bias_n, bool relu) {                                                      \
+    constexpr int NR = NV * LANES;                                                                                     \
+    VEC acc[MR][NV];                                                                                                   \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                            \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = SETZERO();                                      \
+    }                                                                                                                  \
+    /* A(i, k) is a[k * MR + i] (packed) or a[i * lda + k] (in place, rows past m read as row 0) */                    \
+    const T* arow[MR];                                                                                                 \
+    _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) arow[i] = lda == 0 ? a + i : a + (i < m ? i : 0) * lda;      \
+    const int64_t astep = lda == 0 ? MR : 1;                                                                           \
+    for (int64_t k = 0; k < kc; ++k) {                                                                                 \
+      VEC bv[NV];                                                                                                      \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                      \
+      _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                          \
+        const VEC av = SET1(arow[i][k * astep]);                                                                       \
+        _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);                  \
+      }                                                                                                                \
+    }                                                                                                                  \
+    if (m == MR && n == NR) {                                                                                          \
+      for (int i = 0; i < MR; ++i) {                                                                                   \
+        T* row = c + i * ldc;                                                                                          \
+        for (int v = 0; v < NV; ++v) {                                                                                 \
+          VEC r = acc[i][v];                                                                                           \
+          if (load_c) r = ADD(r, LOADU(row + v * LANES));                                                              \
+          if (bias_m) r = ADD(r, SET1(bias_m[i]));                                                                     \
+          if (bias_n) r = ADD(r, LOADU(bias_n + v * LANES));                                                           \
+          if (relu) r = MAX(SETZERO(), r); /* max(0, x) returns x when x is NaN or -0.0, as x < 0 ? 0 : x */           \
+          STOREU(row + v * LANES, r);                                                                                  \
+        }                                                                                                              \
+      }                                                                                                                \
+    } else {                                                                                                           \
+      alignas(64) T tile[MR * NR];                                                                                     \
+      for (int i = 0; i < MR; ++i) {                                                                                   \
+        for (int v = 0; v < NV; ++v) STOREU(tile + i * NR + v * LANES, acc[i][v]);                                     \
+      }                                                                                                                \
+      finish_edge_tile(tile, NR, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                          \
+    }                                                                                                                  \
+  }
+
+// AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (larger tiles that fit the
+// registers were no faster, and 8 rows divide the usual M and channel counts). AVX2 (16 registers): 6 x 16
+// floats / 6 x 8 doubles = 12 accumulators.
+// The half-width variants (NV = 1) compute the last column panel of a GEMM when it has at most half its
+// columns (e.g. 196 = 6 x 32 + 4 positions of a 14x14 image), with the same additions in the same order.
+#define DLK_X86_MICRO_WIDTHS(NAME, TARGET, T, VEC, MR, LANES, W, TY)                                                   \
+  DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,             \
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)   \
+  DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,      \
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)
+DLK_X86_MICRO_WIDTHS(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 16, 512, ps)
+DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
+DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)
+DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256, pd)
+#undef DLK_X86_MICRO_WIDTHS
+#undef DLK_X86_MICRO
+
+DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst, int P) {
+  int r = 0;
+  for (; r + 8 <= rows; r += 8) {
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(S[r + i] + k);
+      // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves: v[i] becomes column i.
+      __m256 t[8], u[8];
+      for (int i = 0; i < 4; ++i) {
+        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+      }
+      for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+        u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+      }
+      for (int i = 0; i < 4; ++i) {
+        _mm256_storeu_ps(dst + (k + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+        _mm256_storeu_ps(dst + (k + 4 + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+      }
+    }
+    for (; k < kc; ++k) {
+      for (int i = 0; i < 8; ++i) dst[k * P + r + i] = S[r + i][k];
+    }
+  }
+  for (; r < rows; ++r) {
+    for (int64_t k = 0; k < kc; ++k) dst[k * P + r] = S[r][k];
+  }
+}
+
+}  // namespace cpu
+}  // namespace dlkernels
+#endif  // defined(__x86_64__)

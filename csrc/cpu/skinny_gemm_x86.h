@@ -1,0 +1,34 @@
+// The x86 kernels of the skinny float GEMMs (skinny_gemm_x86.cpp, AVX-512 and AVX2+FMA intrinsics), in one
+// table per ISA; the driver in skinny_gemm.cpp splits C into tasks and calls them.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+
+constexpr int kMaxSkinny = 4;  // rows of C, or inner dimension, that count as skinny
+
+#if defined(__x86_64__)
+// Dot form (dot4: 4 columns of C at a time, dot1: one): C[i, j] = sum_k A[i * a_sm + k] * B[j * b_sn + k] for
+// the MR rows and the columns from j, called as dot(K, A, a_sm, B, b_sn, C, ldc, j).
+// Axpy form: C[i, j] = sum_k A[i * a_sm + k * a_sk] * B[k * b_sk + j] for the MR rows and a strip of `strip`
+// columns from j (those from n on left alone), called as axpy(K, A, a_sm, a_sk, B, b_sk, C, ldc, j, n).
+// The kernels of one ISA, by MR - 1 (and NJ 4 or 1 for the dot form).
+struct SkinnyKernels {
+  using Dot = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
+  using Axpy = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
+                        int64_t);
+  Dot dot4[kMaxSkinny], dot1[kMaxSkinny];
+  Axpy axpy[kMaxSkinny];
+  int64_t strip;  // columns per axpy strip
+};
+
+// The kernels for this CPU; null on CPUs without AVX2.
+DLK_INTERNAL const SkinnyKernels* skinny_kernels();
+#endif
+
+}  // namespace cpu
+}  // namespace dlkernels

@@ -1,0 +1,96 @@
+"""The documented CPU switches: DLKERNELS_CPU_ISA=avx512|avx2|base forces the instruction set the kernels use
+(and `python -m dlkernels info` shows the one in use), and DLKERNELS_CPU_HUGE_PAGES=0 turns the huge-page
+advice off. Each runs in a fresh process (both are read once per process) that must pass the op tests.
+
+The op runs select the cases that reach every vector path, forward and backward of every op: float32 and
+float64 (bfloat16 runs the float32 GEMM kernels, and pools with the scalar loops), activations none and relu
+(the others run the same GEMM kernels and differ only in the portable epilogue), every shape, layout and
+stride. The whole op suite at one level takes about 65 s on 2 cores; this selection about a third of it."""
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import DTYPES
+
+from dlkernels import _ext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LEVELS = ["base", "avx2", "avx512"]  # lowest first
+OP_TESTS = ["tests/test_linear_act.py", "tests/test_conv2d.py", "tests/test_max_pool2d.py",
+            "tests/test_cpu_determinism.py"]
+# dtype2 is bfloat16 (conftest.DTYPES["cpu"]); "gelu" and "tanh" also deselect gelu_tanh.
+SELECTION = "not triton and not dtype2 and not (tanh or sigmoid or gelu or silu)"
+
+pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="dlkernels._C is not built")
+
+
+def _env(**switches):
+    """This process's environment without the switches under test, plus `switches`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DLKERNELS_CPU_ISA", "DLKERNELS_CPU_HUGE_PAGES")}
+    env.update(switches)
+    return env
+
+
+def _run(args, env, timeout=900):
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    seconds = time.perf_counter() - start
+    print(f"{' '.join(args[:3])} ({', '.join(f'{k}={v}' for k, v in env.items() if k.startswith('DLKERNELS_CPU'))}):"
+          f" {seconds:.1f} s")
+    return result, seconds
+
+
+def _info(**switches):
+    result, _ = _run(["-m", "dlkernels", "info"], _env(**switches))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _op_tests_pass(**switches):
+    assert DTYPES["cpu"][2] == torch.bfloat16, "SELECTION names bfloat16 by its parameter id, dtype2"
+    result, _ = _run(["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", SELECTION, *OP_TESTS],
+                     _env(**switches))
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def best_isa():
+    """The level this CPU supports, as the extension detects it with no DLKERNELS_CPU_ISA set."""
+    match = re.search(r"CPU ISA\s+(\w+)", _info())
+    assert match, "`python -m dlkernels info` must show the CPU ISA"
+    assert match.group(1) in LEVELS, match.group(1)
+    return match.group(1)
+
+
+def test_info_shows_the_defaults(best_isa):
+    out = _info()
+    assert "DLKERNELS_CPU_ISA=" not in out
+    if sys.platform.startswith("linux"):
+        assert re.search(r"huge pages\s+on\b", out), out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+def test_forced_isa_is_used_and_ops_pass(level, best_isa):
+    if LEVELS.index(level) > LEVELS.index(best_isa):
+        pytest.skip(f"this CPU supports {best_isa} at most, not {level}")
+    out = _info(DLKERNELS_CPU_ISA=level)
+    assert re.search(rf"CPU ISA\s+{level} \(DLKERNELS_CPU_ISA={level}\)", out), out
+    _op_tests_pass(DLKERNELS_CPU_ISA=level)
+
+
+def test_unknown_isa_is_ignored(best_isa):
+    out = _info(DLKERNELS_CPU_ISA="sse9")
+    assert re.search(rf"CPU ISA\s+{best_isa} \(DLKERNELS_CPU_ISA=sse9\)", out), out
+
+
+@pytest.mark.slow
+def test_huge_pages_off_and_ops_pass():
+    out = _info(DLKERNELS_CPU_HUGE_PAGES="0")
+    assert re.search(r"huge pages\s+off\b", out), out
+    _op_tests_pass(DLKERNELS_CPU_HUGE_PAGES="0")
