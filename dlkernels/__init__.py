@@ -5,10 +5,10 @@
     model = dlkernels.convert(torchvision.models.vgg11())   # swap in the fused layers
 """
 from . import _ext, nn, ops, reference
-from .nn import convert, revert
+from .nn import convert, fold_batchnorm, revert
 from .ops import ACTIVATIONS, BACKENDS, available_backends
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "reference", "convert", "revert", "available_backends", "ACTIVATIONS", "BACKENDS",
+__all__ = ["ops", "nn", "reference", "convert", "revert", "fold_batchnorm", "available_backends", "ACTIVATIONS", "BACKENDS",
            "__version__"]
