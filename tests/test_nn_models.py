@@ -2,7 +2,7 @@
 the original.
 
 Each model is built with ``weights=None`` and 10 classes (scripts/model_coverage.py's ``build``, the one place
-that knows each constructor's arguments) and run on a 2x3x64x64 input (224x224 where a model needs it):
+that knows each constructor's arguments) and run on a 2x3x64x64 input (224x224 for maxvit_t, 299x299 for inception_v3):
 
 - forward in eval mode, float32, against the original with the same weights; and the same for
   ``convert(model.eval(), fold_batchnorm=True)``;
