@@ -6,10 +6,10 @@
 """
 from . import _ext, contract, nn, ops, reference
 from .contract import ACTIVATIONS
-from .nn import convert, revert
+from .nn import convert, fold_batchnorm, revert
 from .ops import BACKENDS, available_backends
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "nn", "reference", "convert", "revert", "available_backends", "ACTIVATIONS", "BACKENDS",
+__all__ = ["ops", "nn", "reference", "convert", "revert", "fold_batchnorm", "available_backends", "ACTIVATIONS", "BACKENDS",
            "__version__"]

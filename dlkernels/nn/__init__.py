@@ -5,22 +5,27 @@
     model, report = dlkernels.nn.convert(torch_model, return_report=True) # swap + fuse, on a copy
     print(report)
     torch_model_again = dlkernels.nn.revert(model)
+    inference = dlkernels.nn.fold_batchnorm(torch_model.eval())        # BatchNorm folded into conv / linear
 
 See layers.py for the layers and convert.py for convert()/revert() and the report they give.
 """
-from .convert import ConversionReport, Converted, Fused, Left, convert, revert
-from .layers import Conv2d, FusedActivation, Linear, MaxPool2d, activation_module, activation_name
+from .convert import ConversionReport, Converted, Folded, Fused, Left, convert, fold_batchnorm, revert
+from .layers import (Conv2d, FoldedBatchNorm, FusedActivation, Linear, MaxPool2d, activation_module,
+                     activation_name)
 
 __all__ = [
     "Linear",
     "Conv2d",
     "MaxPool2d",
     "FusedActivation",
+    "FoldedBatchNorm",
     "convert",
     "revert",
+    "fold_batchnorm",
     "ConversionReport",
     "Converted",
     "Fused",
+    "Folded",
     "Left",
     "activation_name",
     "activation_module",

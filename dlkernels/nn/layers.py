@@ -20,7 +20,8 @@ from .. import ops
 from ..contract import ACTIVATIONS
 from ..ops import BACKENDS
 
-__all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "activation_name", "activation_module"]
+__all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "FoldedBatchNorm", "activation_name",
+           "activation_module"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -95,7 +96,9 @@ class _DlkLayer:
     """Mixin with what the three layers share: the torch base class, from_torch/to_torch and the repr."""
 
     _torch_class = None  # the torch.nn class this layer replaces
-    _own_attributes = ("activation", "backend", "_fused_by_convert")
+    # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
+    # torch.fx graph when it fused it into this layer; revert() puts it back.
+    _own_attributes = ("activation", "backend", "_fused_by_convert", "_fused_call")
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto"):
@@ -129,6 +132,7 @@ class _DlkLayer:
         self.activation = _check_activation(activation)
         self.backend = _check_backend(backend)
         self._fused_by_convert = False
+        self._fused_call = None
 
     def extra_repr(self):
         options = f"backend={self.backend!r}"
@@ -188,7 +192,7 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
     It has no ``activation`` (max pooling commutes with the monotonic activations anyway)."""
 
     _torch_class = nn.MaxPool2d
-    _own_attributes = ("backend", "_fused_by_convert")
+    _own_attributes = ("backend", "_fused_by_convert", "_fused_call")
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
                  *, backend="auto"):
@@ -206,6 +210,7 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
             raise TypeError("dlkernels.nn.MaxPool2d has no activation")
         self.backend = _check_backend(backend)
         self._fused_by_convert = False
+        self._fused_call = None
 
     def activation_module(self):
         return None
@@ -222,6 +227,29 @@ class FusedActivation(nn.Module):
     model's ``state_dict`` keys do not change. ``original`` is the activation module it stands for (kept
     outside the module tree); ``into`` names the layer that computes it. ``dlkernels.revert`` puts
     ``original`` back."""
+
+    def __init__(self, original, into):
+        super().__init__()
+        object.__setattr__(self, "original", original)  # not a submodule: it must not show in modules()
+        self.into = into
+
+    def forward(self, input):
+        return input
+
+    def extra_repr(self):
+        return f"{self.original!r}, into={self.into!r}"
+
+
+class FoldedBatchNorm(nn.Module):
+    """What ``dlkernels.fold_batchnorm`` (or ``convert(..., fold_batchnorm=True)``) leaves where an inference-mode
+    BatchNorm was folded into the Conv2d / Linear before it (its scale and shift now live in that layer's weight
+    and bias).
+
+    It returns its input unchanged and holds no parameters or buffers, so module names stay as they were (the
+    BatchNorm's own state_dict entries are gone: they are in the layer now). ``original`` is the BatchNorm it
+    stands for (kept outside the module tree, for inspection); ``into`` names the layer that computes it.
+    ``dlkernels.revert`` keeps this placeholder: the folded layer followed by it computes what layer + BatchNorm
+    computed in eval mode."""
 
     def __init__(self, original, into):
         super().__init__()
