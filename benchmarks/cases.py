@@ -352,7 +352,9 @@ class PoolCase(OpCase):
         fmt = torch.channels_last if p["channels_last"] else torch.contiguous_format
         oh, ow = pool_out_hw(p["h"], p["w"], p["kernel"], p["stride"], p["padding"])
         return {
-            "x": nonzero_rand((p["n"], p["c"], p["h"], p["w"]), g, device, dtype, memory_format=fmt).requires_grad_(requires_grad),
+            "x": nonzero_rand((p["n"], p["c"], p["h"], p["w"]), g, device, dtype, memory_format=fmt).requires_grad_(
+                requires_grad
+            ),
             "grad_out": nonzero_rand((p["n"], p["c"], oh, ow), g, device, dtype, memory_format=fmt),
         }
 
@@ -508,8 +510,14 @@ def linear_cases(gpu, quick):
 
 def conv_cases(gpu, quick):
     b = 32  # the seed's batch size
-    tiny = [ConvCase("tinyvgg28", b, 1, 28, 10), ConvCase("tinyvgg28", b, 10, 28, 10), ConvCase("tinyvgg28", b, 10, 14, 10),
-            ConvCase("tinyvgg64", b, 3, 64, 10), ConvCase("tinyvgg64", b, 10, 64, 10), ConvCase("tinyvgg64", b, 10, 32, 10)]
+    tiny = [
+        ConvCase("tinyvgg28", b, 1, 28, 10),
+        ConvCase("tinyvgg28", b, 10, 28, 10),
+        ConvCase("tinyvgg28", b, 10, 14, 10),
+        ConvCase("tinyvgg64", b, 3, 64, 10),
+        ConvCase("tinyvgg64", b, 10, 64, 10),
+        ConvCase("tinyvgg64", b, 10, 32, 10),
+    ]
     if quick:
         tiny = [tiny[1], tiny[3]]
     elif not gpu:
@@ -519,9 +527,17 @@ def conv_cases(gpu, quick):
         vgg = [ConvCase("vgg", n, 64, 224, 64), ConvCase("vgg", n, 512, 14, 512)] if quick else \
             [ConvCase("vgg", n, 3, 224, 64), ConvCase("vgg", n, 64, 224, 64), ConvCase("vgg", n, 128, 112, 128),
              ConvCase("vgg", n, 256, 56, 256), ConvCase("vgg", n, 512, 28, 512), ConvCase("vgg", n, 512, 14, 512)]
-        resnet = [ConvCase("resnet", n, 64, 56, 64)] if quick else \
-            [ConvCase("resnet", n, 64, 56, 64), ConvCase("resnet", n, 128, 56, 128, stride=2),
-             ConvCase("resnet", n, 128, 28, 128), ConvCase("resnet", n, 256, 14, 256), ConvCase("resnet", n, 512, 7, 512)]
+        resnet = (
+            [ConvCase("resnet", n, 64, 56, 64)]
+            if quick
+            else [
+                ConvCase("resnet", n, 64, 56, 64),
+                ConvCase("resnet", n, 128, 56, 128, stride=2),
+                ConvCase("resnet", n, 128, 28, 128),
+                ConvCase("resnet", n, 256, 14, 256),
+                ConvCase("resnet", n, 512, 7, 512),
+            ]
+        )
     else:
         # CPU: batch 1, and VGG's early layers at a quarter of their 224x224 resolution.
         vgg = [] if quick else [ConvCase("vgg", 1, 64, 56, 64), ConvCase("vgg", 1, 512, 14, 512)]
@@ -556,7 +572,9 @@ def model_cases(gpu, quick):
 def cpu_goal_cases():
     """The shapes of the CPU performance goals (float32, all threads): linear+relu at three sizes, a
     ResNet-style 3x3 conv + bias + relu, and max pooling on a large input in both layouts."""
-    linear = [LinearCase("goals", m, k, n, "relu") for m, k, n in ((32, 4096, 4096), (512, 1024, 1024), (4096, 4096, 4096))]
+    linear = [
+        LinearCase("goals", m, k, n, "relu") for m, k, n in ((32, 4096, 4096), (512, 1024, 1024), (4096, 4096, 4096))
+    ]
     conv = [ConvCase("goals", 32, 64, 56, 64)]
     pool = [PoolCase("goals", 64, 64, 112, k, 2, 0, channels_last=cl) for k in (2, 3) for cl in (False, True)]
     return linear + conv + pool

@@ -1,5 +1,4 @@
 """The models of the model-level cases: the seed's TinyVGG and torchvision's vgg11 (random weights)."""
-import torch
 from torch import nn
 
 

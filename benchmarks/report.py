@@ -107,13 +107,21 @@ def table(rows, out=sys.stdout):
         if k > 1 and key[:2] != previous[:2]:
             lines.append("")
         previous = key
-        lines.append("  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+        lines.append(
+            "  ".join(
+                cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     print("\n".join(lines), file=out)
     problems = [r for r in shown if r["status"] in ("wrong", "error")]
     for r in problems:
-        print(f"  {r['status'].upper()}: {r['provider']} on {r['op']} {r['case']} {r['mode']} {r['dtype']}: {r['reason']}", file=out)
+        print(
+            f"  {r['status'].upper()}: {r['provider']} on {r['op']} {r['case']} {r['mode']} {r['dtype']}: "
+            f"{r['reason']}",
+            file=out,
+        )
     skipped = {}
     for r in rows:
         if r["status"] == "skipped":
@@ -125,9 +133,12 @@ def table(rows, out=sys.stdout):
 
 
 def ceilings_text(ceilings, datasheet_name, datasheet):
-    lines = [f"measured ceilings: copy bandwidth {fmt_rate(ceilings['memory_bandwidth'], 'B/s')} "
-             f"({ceilings['copy_bytes'] >> 20} MiB copy), one trivial op {fmt_time(ceilings['overhead_s'])}, "
-             f"matmul n={ceilings['matmul_n']}: " + ", ".join(f"{k} {fmt_rate(v, 'FLOP/s')}" for k, v in ceilings["flops"].items())]
+    lines = [
+        f"measured ceilings: copy bandwidth {fmt_rate(ceilings['memory_bandwidth'], 'B/s')} "
+        f"({ceilings['copy_bytes'] >> 20} MiB copy), one trivial op {fmt_time(ceilings['overhead_s'])}, "
+        f"matmul n={ceilings['matmul_n']}: "
+        + ", ".join(f"{k} {fmt_rate(v, 'FLOP/s')}" for k, v in ceilings["flops"].items())
+    ]
     if datasheet:
         lines.append(f"datasheet ({datasheet_name}): bandwidth {fmt_rate(datasheet['memory_bandwidth'], 'B/s')}, "
                      + ", ".join(f"{k} {fmt_rate(v, 'FLOP/s')}" for k, v in datasheet["flops"].items()))

@@ -338,10 +338,8 @@ def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=N
                     continue
                 if provider == providers_mod.BASELINE:
                     baseline["n_ops"] = count_ops(case.bind(impl, mode, sets[0]))
-                calls = [case.bind(impl, mode, s) for s in sets]
-                cycle = itertools.cycle(calls)
-                t = timing.measure(lambda: next(cycle)(), device, budget)
-                del calls, cycle
+                # The call cycle lives only inside measure(): the bound inputs are freed when it returns.
+                t = timing.measure(_round_robin([case.bind(impl, mode, s) for s in sets]), device, budget)
             except Exception as error:  # noqa: BLE001 (reported in the row, the run goes on)
                 row.update(status="error", reason=providers_mod._first_line(error))
                 if device.type == "cuda":
@@ -393,6 +391,12 @@ def apply_roofline(rows, ceilings):
             row["fraction"] = (row["flops"] / row["median_s"]) / line["bound_flops"]
 
 
+def _round_robin(calls):
+    """One call per invocation, cycling through `calls` (inputs rotated so they do not sit in cache)."""
+    cycle = itertools.cycle(calls)
+    return lambda: next(cycle)()
+
+
 class _NoGpuCudaHomeNotice(logging.Filter):
     """torch.compile's C++ backend imports torch.utils.cpp_extension, which on a machine with nvcc and no GPU
     logs "No CUDA runtime is found, using CUDA_HOME=..." (a guess from the nvcc on PATH; plain torch does the
@@ -421,16 +425,18 @@ def main(argv=None):
     try:
         dtypes = [DTYPES[d.lower()] for d in split(args.dtype) or default_dtypes]
     except KeyError as error:
-        raise SystemExit(f"unknown dtype {error.args[0]!r}; expected one of {', '.join(DTYPES)}")
+        raise SystemExit(f"unknown dtype {error.args[0]!r}; expected one of {', '.join(DTYPES)}") from None
     modes = split(args.mode) or list(cases_mod.MODES)
     try:
         providers = providers_mod.resolve(split(args.provider) or providers_mod.PROVIDERS)
     except ValueError as error:
-        raise SystemExit(str(error))
+        raise SystemExit(str(error)) from None
     left_out = default_left_out(device, quick, explicit=bool(args.provider))
     if providers_mod.BASELINE not in providers:
         providers.insert(0, providers_mod.BASELINE)
-    selected = select_cases(cases_mod.build_cases(device.type, quick, args.suite), split(args.op), modes, split(args.shapes))
+    selected = select_cases(
+        cases_mod.build_cases(device.type, quick, args.suite), split(args.op), modes, split(args.shapes)
+    )
     if args.list:
         for case in selected:
             print(f"{case.op:11s} {case.name:45s} modes: {', '.join(m for m in case.modes if m in modes)}")
@@ -453,7 +459,10 @@ def main(argv=None):
     meta["busy_cores_at_start"] = wait_until_idle(args.settle)
     ceiling_dtypes = list(dict.fromkeys(dtypes + [torch.float32]))
     ceilings = ceilings_mod.measure(device, ceiling_dtypes, quick)
-    datasheet_name, datasheet = ceilings_mod.datasheet_for(meta["device_name"], device.type, os.cpu_count()) or (None, None)
+    datasheet_name, datasheet = ceilings_mod.datasheet_for(meta["device_name"], device.type, os.cpu_count()) or (
+        None,
+        None,
+    )
     print(report.ceilings_text(ceilings, datasheet_name, datasheet), flush=True)
 
     csv_path = os.path.join(out_dir, stem + ".csv")
@@ -490,8 +499,16 @@ def main(argv=None):
     report.table(rows)
     print()
     print(report.ceilings_text(ceilings, datasheet_name, datasheet))
-    print(f"wrote {csv_path}, {json_path}" + (f", {drawn}" if drawn else
-          " (no plot: " + ("--no-plot" if args.no_plot else "matplotlib is not installed, pip install '.[bench]'") + ")"))
+    print(
+        f"wrote {csv_path}, {json_path}"
+        + (
+            f", {drawn}"
+            if drawn
+            else " (no plot: "
+            + ("--no-plot" if args.no_plot else "matplotlib is not installed, pip install '.[bench]'")
+            + ")"
+        )
+    )
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "wrong", "error", "skipped")}
     print(f"{len(rows)} rows: " + ", ".join(f"{v} {k}" for k, v in counts.items()) +
           f" in {time.perf_counter() - start:.0f} s")

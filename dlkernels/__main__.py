@@ -24,10 +24,13 @@ def info_lines():
         lines.append("triton           not installed")
     if _ext.loaded():
         build = _ext.build_info()
+        cuda = "no (CPU-only build)"
+        if build["with_cuda"]:
+            cuda = f"yes, CUDA {build['cuda_version']}, archs {build['cuda_archs']}"
         lines += [
             "extension        dlkernels._C loaded",
             f"  built against  torch {build['torch_version']}",
-            f"  CUDA kernels   {'yes, CUDA ' + build['cuda_version'] + ', archs ' + build['cuda_archs'] if build['with_cuda'] else 'no (CPU-only build)'}",
+            f"  CUDA kernels   {cuda}",
         ]
         if build["with_cuda"]:
             lines.append(f"  CUDA compiler  {build['nvcc'] or 'unknown'}")

@@ -18,5 +18,8 @@ def report_agreement(results, tolerance):
     print_side_by_side(results)
     difference = accuracy_difference(results)
     agree = difference <= tolerance
-    print(f"test accuracies {'agree' if agree else 'DISAGREE'} (difference {difference:.2f} points, tolerance {tolerance})")
+    print(
+        f"test accuracies {'agree' if agree else 'DISAGREE'} "
+        f"(difference {difference:.2f} points, tolerance {tolerance})"
+    )
     return agree

@@ -59,7 +59,9 @@ def require_backend(backend, device):
     if backend == "triton" and device == "cpu" and torch.cuda.is_available():
         pytest.skip("Triton runs on the GPU here; CPU tensors go through the Triton interpreter on GPU-less machines")
     if backend == "native" and not _ext.has_kernel("linear_act", device):
-        pytest.fail(f"the native backend has no {device} kernels: the extension did not build or load ({_ext.LOAD_ERROR})")
+        pytest.fail(
+            f"the native backend has no {device} kernels: the extension did not build or load ({_ext.LOAD_ERROR})"
+        )
     if backend not in dlkernels.available_backends()[device]["linear_act"]:
         pytest.fail(f"backend {backend!r} cannot run on {device}")
 
@@ -91,11 +93,17 @@ def assert_close_to_reference(actual, expected64, dtype, torch_same_dtype=None, 
         torch.testing.assert_close(actual64, expected64, **TOLERANCE[(dtype, kind)])
         return
     assert torch_same_dtype is not None, "low-precision checks need torch's own result in that dtype"
-    torch_error = (torch_same_dtype.detach().to("cpu", torch.float64) - expected64).abs().max().item() if expected64.numel() else 0.0
+    torch_error = (
+        (torch_same_dtype.detach().to("cpu", torch.float64) - expected64).abs().max().item()
+        if expected64.numel()
+        else 0.0
+    )
     ulp = torch.finfo(dtype).eps * max(1.0, expected64.abs().max().item() if expected64.numel() else 1.0)
     error = (actual64 - expected64).abs().max().item() if expected64.numel() else 0.0
     bound = LOW_PRECISION_FACTOR * torch_error + ulp
-    assert error <= bound, f"max error {error:.3g} > {bound:.3g} ({LOW_PRECISION_FACTOR}x torch's own error {torch_error:.3g} + 1 ulp)"
+    assert error <= bound, (
+        f"max error {error:.3g} > {bound:.3g} ({LOW_PRECISION_FACTOR}x torch's own error {torch_error:.3g} + 1 ulp)"
+    )
 
 
 @contextlib.contextmanager

@@ -94,7 +94,9 @@ def test_case_objects_use_the_formulas():
     assert lin.flops("forward") == cases.linear_flops(16, 32, 8, True, "relu")
     assert lin.bytes("fwd+bwd", 2) == cases.linear_bytes(16, 32, 8, 2, True, "relu", "fwd+bwd")
     conv = cases.ConvCase("resnet", 2, 8, 14, 16, stride=2)
-    assert conv.flops("backward") == cases.conv2d_flops(2, 8, 14, 14, 16, 3, 3, 2, 1, activation="relu", mode="backward")
+    assert conv.flops("backward") == cases.conv2d_flops(
+        2, 8, 14, 14, 16, 3, 3, 2, 1, activation="relu", mode="backward"
+    )
     pool = cases.PoolCase("vgg", 2, 4, 8, channels_last=True)
     x = pool.make_inputs("cpu", torch.float32)["x"]
     assert x.is_contiguous(memory_format=torch.channels_last) and (x != 0).all()

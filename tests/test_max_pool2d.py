@@ -5,7 +5,14 @@ import torch
 import torch.nn.functional as F
 
 import dlkernels
-from conftest import BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend
+from conftest import (
+    BACKENDS,
+    assert_close_to_reference,
+    device_dtype_params,
+    device_params,
+    make_input,
+    require_backend,
+)
 
 CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
     ((2, 3, 8, 8), 2, None, 0, 1, False),
@@ -36,7 +43,9 @@ def check_pool(case, dtype, device, backend, channels_last=False, values=None):
     assert torch.equal(indices, torch_indices)
     plain = dlkernels.ops.max_pool2d(x, *args, backend=backend)
     torch.testing.assert_close(plain, torch_out, rtol=0, atol=0, equal_nan=True)
-    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(
+        memory_format=torch.channels_last
+    )
     return x
 
 

@@ -62,8 +62,10 @@ def assert_within_torch_error(ours, torch32, truth64, scale, name):
     error = torch.sub(ours.detach(), truth).abs_().max().item()
     torch_error = torch.sub(torch32.detach(), truth).abs_().max().item()
     bound = TORCH_ERROR_FACTOR * torch_error + DEEP_FLOOR * scale
-    assert error <= bound, (f"{name}: max error {error:.3g} against float64 > {bound:.3g} "
-                            f"({TORCH_ERROR_FACTOR}x torch's float32 error {torch_error:.3g} + {DEEP_FLOOR} x {scale:.3g})")
+    assert error <= bound, (
+        f"{name}: max error {error:.3g} against float64 > {bound:.3g} "
+        f"({TORCH_ERROR_FACTOR}x torch's float32 error {torch_error:.3g} + {DEEP_FLOOR} x {scale:.3g})"
+    )
 
 
 def torch_reference(layer, activation):
@@ -298,7 +300,14 @@ def test_convert_torchvision_model_matches_torch(name):
     assert len(report.converted) == n_converted and len(report.fused) == n_fused and not report.left, str(report)
     assert model is not original and not any(isinstance(m, dnn.Linear) for m in original.modules())
     assert list(model.state_dict()) == list(original.state_dict())  # checkpoints load both ways
-    assert sum(isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d)) and not isinstance(m, (dnn.Linear, dnn.Conv2d, dnn.MaxPool2d)) for m in model.modules()) == 0
+    assert (
+        sum(
+            isinstance(m, (nn.Linear, nn.Conv2d, nn.MaxPool2d))
+            and not isinstance(m, (dnn.Linear, dnn.Conv2d, dnn.MaxPool2d))
+            for m in model.modules()
+        )
+        == 0
+    )
 
     # eval: forward
     original.eval(), model.eval()
@@ -423,9 +432,16 @@ def test_fx_fusion_on_a_non_sequential_model():
     torch.manual_seed(0)
     original = FxNet()
     model, report = dnn.convert(original, return_report=True)
-    assert sorted((f.into, f.name, f.activation) for f in report.fused) == [("conv", "act_conv", "silu"), ("fc1", "gelu", "gelu")]
+    assert sorted((f.into, f.name, f.activation) for f in report.fused) == [
+        ("conv", "act_conv", "silu"),
+        ("fc1", "gelu", "gelu"),
+    ]
     assert len(report.converted) == 7 and not report.notes
-    assert isinstance(model.act_conv, dnn.FusedActivation) and type(model.shared) is nn.ReLU and type(model.tanh) is nn.Tanh
+    assert (
+        isinstance(model.act_conv, dnn.FusedActivation)
+        and type(model.shared) is nn.ReLU
+        and type(model.tanh) is nn.Tanh
+    )
     assert list(model.state_dict()) == list(original.state_dict())
     x = make_input(2, 3, 8, 8, seed=8)
     out_t, grads_t = _train_step_grads(original, x, seed=0)

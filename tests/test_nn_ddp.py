@@ -71,4 +71,6 @@ def test_ddp_gloo_two_processes_matches_single_process(tmp_path):
         for key in expected:
             # float32: the allreduce sums the two half-batch gradients in another order than one full-batch
             # backward, so the parameters differ by rounding (~1e-7 relative) after a few steps.
-            torch.testing.assert_close(state[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"rank {rank}, {key}: {m}")
+            torch.testing.assert_close(
+                state[key], expected[key], rtol=1e-5, atol=1e-6, msg=lambda m: f"rank {rank}, {key}: {m}"
+            )

@@ -3,7 +3,6 @@ import importlib.util
 import struct
 from pathlib import Path
 
-import pytest
 import torch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -101,9 +101,18 @@ def _step(model, x):
 
 
 def _params():
-    return [pytest.param(layer, activation, op, id=f"{layer}-{activation}-{op}",
-                         marks=[pytest.mark.xfail(strict=True, reason=ISSUE_18)] if fails_today(layer, activation, op) else [])
-            for layer in LAYERS for activation in ACTIVATIONS for op in INPLACE_OPS]
+    return [
+        pytest.param(
+            layer,
+            activation,
+            op,
+            id=f"{layer}-{activation}-{op}",
+            marks=[pytest.mark.xfail(strict=True, reason=ISSUE_18)] if fails_today(layer, activation, op) else [],
+        )
+        for layer in LAYERS
+        for activation in ACTIVATIONS
+        for op in INPLACE_OPS
+    ]
 
 
 @pytest.mark.parametrize("layer, activation, op", _params())

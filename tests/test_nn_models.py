@@ -15,7 +15,6 @@ By default a representative fast subset runs (``DEFAULT_MODELS``); ``DLKERNELS_A
 
     DLKERNELS_ALL_MODELS=1 python -m pytest -q tests/test_nn_models.py
 """
-import copy
 import importlib.util
 import io
 import os
@@ -25,7 +24,6 @@ import pytest
 import torch
 from torch import nn
 
-import dlkernels
 import dlkernels.nn as dnn
 from conftest import make_input
 

@@ -18,8 +18,12 @@ def tracked(pattern):
 @pytest.mark.slow
 def test_sdist_is_complete(tmp_path):
     pytest.importorskip("build", reason="pip install '.[test]' brings the 'build' package")
-    result = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), ROOT],
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), ROOT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (sdist,) = glob.glob(str(tmp_path / "dlkernels-*.tar.gz"))
     with tarfile.open(sdist) as tar:

@@ -32,7 +32,12 @@ _OURS = (Linear, Conv2d, MaxPool2d)
 _OP_OF = {nn.Linear: "linear_act", nn.Conv2d: "conv2d", nn.MaxPool2d: "max_pool2d"}
 _PLACEHOLDERS = (FusedActivation, FoldedBatchNorm)
 # The BatchNorm that folds into each layer type (exact classes).
-_BATCHNORM_AFTER = {nn.Conv2d: nn.BatchNorm2d, Conv2d: nn.BatchNorm2d, nn.Linear: nn.BatchNorm1d, Linear: nn.BatchNorm1d}
+_BATCHNORM_AFTER = {
+    nn.Conv2d: nn.BatchNorm2d,
+    Conv2d: nn.BatchNorm2d,
+    nn.Linear: nn.BatchNorm1d,
+    Linear: nn.BatchNorm1d,
+}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -58,11 +63,20 @@ _ACTIVATION_CALLS = [
     (("silu",), (), lambda n: "silu"),
     (("gelu",), (), lambda n: {"none": "gelu", "tanh": "gelu_tanh"}.get(_argument(n, 1, "approximate", "none"))),
     (("relu6",), (), lambda n: "relu6"),
-    (("hardtanh", "hardtanh_"), (),
-     lambda n: "relu6" if (_argument(n, 1, "min_val", -1.0), _argument(n, 2, "max_val", 1.0)) == (0.0, 6.0) else None),
+    (
+        ("hardtanh", "hardtanh_"),
+        (),
+        lambda n: (
+            "relu6" if (_argument(n, 1, "min_val", -1.0), _argument(n, 2, "max_val", 1.0)) == (0.0, 6.0) else None
+        ),
+    ),
     (("hardswish",), (), lambda n: "hardswish"),
     (("hardsigmoid",), (), lambda n: "hardsigmoid"),
-    (("leaky_relu", "leaky_relu_"), (), lambda n: "leaky_relu" if _argument(n, 1, "negative_slope", 0.01) == 0.01 else None),
+    (
+        ("leaky_relu", "leaky_relu_"),
+        (),
+        lambda n: "leaky_relu" if _argument(n, 1, "negative_slope", 0.01) == 0.01 else None,
+    ),
     (("elu", "elu_"), (), lambda n: "elu" if _argument(n, 1, "alpha", 1.0) == 1.0 else None),
     (("mish",), (), lambda n: "mish"),
 ]
@@ -110,7 +124,9 @@ def _describe_call(node):
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     module = getattr(node.target, "__module__", None) or "torch"
-    module = {"torch.nn.functional": "F", "torch._C._nn": "F", "torch._C._VariableFunctions": "torch"}.get(module, module)
+    module = {"torch.nn.functional": "F", "torch._C._nn": "F", "torch._C._VariableFunctions": "torch"}.get(
+        module, module
+    )
     return f"{module}.{getattr(node.target, '__name__', node.target)}"
 
 

@@ -25,7 +25,7 @@ enabled (TRITON_INTERPRET=1) before Triton and dlkernels are imported; it is mea
 import torch
 
 from .. import contract
-from . import conv2d, linear_act, max_pool2d
+from . import conv2d, linear_act, max_pool2d  # noqa: F401  (importing them defines the custom ops)
 from ._common import INTERPRET, NAMESPACE, SUPPORTED_DTYPES  # noqa: F401  (re-exported)
 from .conv2d import conv2d_backward, conv2d_forward  # noqa: F401  (re-exported)
 from .linear_act import linear_act_backward, linear_act_forward  # noqa: F401
