@@ -10,8 +10,11 @@ TORCH_LIBRARY(dlkernels, m) {
   m.def("linear_act(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor");
   // Gradients of linear_act from its output (the pre-activation is recomputed where the activation needs
   // it). output_mask selects (grad_x, grad_weight, grad_bias); unselected results are undefined (None).
+  // `out` is needed only by the activations whose derivative is read from it (grad_needs_output); x is read
+  // only for grad_weight or a recomputation, weight only for grad_x or a recomputation, bias only for a
+  // recomputation (autograd passes one-element expanded stand-ins for the others).
   m.def(
-      "linear_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, str activation, "
+      "linear_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, str activation, "
       "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
   // NCHW convolution with symmetric padding; asymmetric "same" padding is applied by the Python wrapper.
@@ -19,7 +22,7 @@ TORCH_LIBRARY(dlkernels, m) {
       "conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
       "int groups, str activation) -> Tensor");
   m.def(
-      "conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, int[2] stride, "
+      "conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, int[2] stride, "
       "int[2] padding, int[2] dilation, int groups, str activation, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
 

@@ -25,18 +25,38 @@ from torch._prims_common import suggest_memory_format
 # The activations, in the order of their codes in csrc/common/activation.h and the Triton kernels.
 ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
 
+# Where each activation's backward takes its derivative from (the same rule as grad_needs_output and
+# grad_needs_preactivation in csrc/common/activation.h; the Triton kernels read these):
+# - the forward output, for the activations whose derivative the output determines;
+# - the pre-activation x @ W^T + b, recomputed by the backward, for those it does not (nothing is saved in
+#   the forward for them);
+# - nothing, for "none".
+GRAD_FROM_OUTPUT = ("relu", "sigmoid", "tanh")
+GRAD_FROM_PREACTIVATION = ("gelu", "gelu_tanh", "silu")
+
+
+def grad_needs_output(activation):
+    """Whether the backward reads the forward output (the backward ops' `out`, None otherwise)."""
+    return activation in GRAD_FROM_OUTPUT
+
+
+def grad_needs_preactivation(activation):
+    """Whether the backward recomputes the pre-activation (and so reads x, weight and bias)."""
+    return activation in GRAD_FROM_PREACTIVATION
+
 # The public ops.
 OPS = ("linear_act", "conv2d", "max_pool2d")
 
 # Every custom op of a backend, forward and backward, with its schema (as in csrc/registration.cpp).
-# Backward ops: output_mask selects (grad_x, grad_weight, grad_bias); unselected results are None.
+# Backward ops: output_mask selects (grad_x, grad_weight, grad_bias); unselected results are None. `out` is the
+# forward output, given only when the activation's derivative is read from it (grad_needs_output).
 SCHEMAS = {
     "linear_act": "(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
-    "linear_act_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, str activation, "
+    "linear_act_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, str activation, "
                            "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
     "conv2d": "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
               "int groups, str activation) -> Tensor",
-    "conv2d_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor out, int[2] stride, "
+    "conv2d_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, int[2] stride, "
                        "int[2] padding, int[2] dilation, int groups, str activation, bool[3] output_mask) "
                        "-> (Tensor, Tensor, Tensor)",
     "max_pool2d": "(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
@@ -148,16 +168,50 @@ FAKE_KERNELS = {
 # Autograd: what each forward saves (one place for all backends) and which gradients are asked for
 
 
+def _save_inputs(ctx, x, weight, bias, output, activation):
+    """Saves exactly what the backward reads, so that an in-place op on anything else (the output above all:
+    `x += y`, nn.Hardswish(inplace=True) after the layer) does not break training:
+    - the output only for the activations whose derivative is taken from it (grad_needs_output);
+    - x when grad_weight is asked for or the pre-activation is recomputed;
+    - weight when grad_x is asked for or the pre-activation is recomputed;
+    - bias only when the pre-activation is recomputed.
+    For an input not saved only its metadata is kept: the backward ops check shapes (and grad_x takes x's
+    shape), so they get a one-element stand-in expanded to that shape (_stand_in), whose values they never
+    read."""
+    recompute = grad_needs_preactivation(activation)
+    needed = (ctx.needs_input_grad[1] or recompute, ctx.needs_input_grad[0] or recompute, recompute)
+    inputs = (x, weight, bias)
+    ctx.input_meta = tuple(None if t is None or need else (tuple(t.shape), t.dtype, t.device)
+                           for t, need in zip(inputs, needed))
+    out = output if grad_needs_output(activation) else None
+    ctx.save_for_backward(*(t if need else None for t, need in zip(inputs, needed)), out)
+
+
+def _stand_in(shape, dtype, device):
+    """A tensor of this shape, dtype and device that holds one element (expanded): for an input the backward
+    op checks but does not read."""
+    return torch.empty((1,) * len(shape), dtype=dtype, device=device).expand(shape)
+
+
+def _saved_inputs(ctx):
+    """(x, weight, bias, out) for the backward op: the saved tensors, stand-ins for the inputs not saved."""
+    *inputs, out = ctx.saved_tensors
+    inputs = [t if meta is None else _stand_in(*meta) for t, meta in zip(inputs, ctx.input_meta)]
+    return (*inputs, out)
+
+
 def _linear_act_setup(ctx, inputs, output):
     x, weight, bias, activation = inputs
     ctx.activation = activation
-    ctx.save_for_backward(x, weight, bias, output)
+    _save_inputs(ctx, x, weight, bias, output, activation)
 
 
 def _conv2d_setup(ctx, inputs, output):
     x, weight, bias, stride, padding, dilation, groups, activation = inputs
     ctx.conv_args = (stride, padding, dilation, groups, activation)
-    ctx.save_for_backward(x, weight, bias, output)
+    # grad_x follows x's layout; a stand-in for x (x not saved) has none, so the backward restores it.
+    ctx.x_format = suggest_memory_format(x)
+    _save_inputs(ctx, x, weight, bias, output, activation)
 
 
 def _max_pool2d_setup(ctx, inputs, output):
@@ -183,14 +237,17 @@ def register(namespace):
         torch.library.register_fake(f"{namespace}::{op}", FAKE_KERNELS[op])
 
     def linear_act_backward(ctx, grad_out):
-        x, weight, bias, out = ctx.saved_tensors
+        x, weight, bias, out = _saved_inputs(ctx)
         grads = ops.linear_act_backward(grad_out, x, weight, bias, out, ctx.activation, _output_mask(ctx, bias))
         return (*grads, None)
 
     def conv2d_backward(ctx, grad_out):
-        x, weight, bias, out = ctx.saved_tensors
-        grads = ops.conv2d_backward(grad_out, x, weight, bias, out, *ctx.conv_args, _output_mask(ctx, bias))
-        return (*grads, None, None, None, None, None)
+        x, weight, bias, out = _saved_inputs(ctx)
+        grad_x, grad_w, grad_b = ops.conv2d_backward(grad_out, x, weight, bias, out, *ctx.conv_args,
+                                                     _output_mask(ctx, bias))
+        if grad_x is not None:
+            grad_x = grad_x.contiguous(memory_format=ctx.x_format)  # no copy when it already is
+        return (grad_x, grad_w, grad_b, None, None, None, None, None)
 
     def max_pool2d_backward(ctx, grad_out, *unused_grad_indices):
         if grad_out is None:  # not materialised (see _max_pool2d_setup): no gradient flows back

@@ -39,7 +39,12 @@ inline Activation parse_activation(c10::string_view name) {
               "'; expected one of none, relu, sigmoid, tanh, gelu, gelu_tanh, silu");
 }
 
-// True when the backward pass needs the pre-activation rather than the output.
+// Where the backward takes the derivative from (the same table as contract.GRAD_FROM_OUTPUT and
+// contract.GRAD_FROM_PREACTIVATION on the Python side): the forward output (the backward ops' `out`, which
+// autograd saves only for these), the pre-activation recomputed from x, weight and bias, or neither ("none").
+inline bool grad_needs_output(Activation act) {
+  return act == Activation::ReLU || act == Activation::Sigmoid || act == Activation::Tanh;
+}
 inline bool grad_needs_preactivation(Activation act) {
   return act == Activation::GELU || act == Activation::GELUTanh || act == Activation::SiLU;
 }

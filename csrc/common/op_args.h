@@ -5,11 +5,13 @@
 
 #include <array>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 #include "common/checks.h"
 #include "common/shapes.h"
@@ -43,6 +45,16 @@ inline void check_output_like(const at::Tensor& x, const at::Tensor& t, const ch
   check_same_device_dtype(x, "x", t, arg, op);
   TORCH_CHECK(t.sizes() == out_shape, "dlkernels.", op, ": expected '", arg, "' of shape ", out_shape,
               " (the forward output's), got ", t.sizes());
+}
+
+// The saved output a backward op receives: required (and then checked like grad_out) when the activation's
+// derivative is read from it, ignored otherwise (it may be None then).
+inline void check_saved_output(const at::Tensor& x, const std::optional<at::Tensor>& out, bool needed,
+                               c10::string_view activation, c10::IntArrayRef out_shape, const char* op) {
+  if (!needed) return;
+  TORCH_CHECK(out.has_value() && out->defined(), "dlkernels.", op, ": activation '", std::string(activation),
+              "' takes its derivative from the forward output: 'out' must be given, got None");
+  check_output_like(x, *out, "out", out_shape, op);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -348,13 +348,13 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const at::Tensor& out, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-    c10::string_view activation, std::array<bool, 3> output_mask) {
+    const std::optional<at::Tensor>& out, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    int64_t groups, c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOpBwd, c10::DeviceType::CPU);
   const std::array<int64_t, 4> y_shape = {s.N, s.K, s.OH, s.OW};
   check_output_like(x, grad_out, "grad_out", y_shape, kOpBwd);
-  check_output_like(x, out, "out", y_shape, kOpBwd);
+  check_saved_output(x, out, grad_needs_output(act), activation, y_shape, kOpBwd);
 
   const bool need_x = output_mask[0];
   const bool need_w = output_mask[1];
@@ -368,10 +368,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor xa = as_acc(x, acc_type);
-    const at::Tensor wa = as_acc(weight, acc_type);
-    const acc_t* x_p = xa.const_data_ptr<acc_t>();
-    const acc_t* w_p = wa.const_data_ptr<acc_t>();
+    // x and weight are read only where needed: autograd passes expanded stand-ins for the others.
+    const bool recompute = grad_needs_preactivation(act);
+    const at::Tensor xa = need_w || recompute ? as_acc(x, acc_type) : at::Tensor();
+    const at::Tensor wa = need_x || recompute ? as_acc(weight, acc_type) : at::Tensor();
+    const acc_t* x_p = xa.defined() ? xa.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* w_p = wa.defined() ? wa.const_data_ptr<acc_t>() : nullptr;
     const at::Tensor go = grad_out.contiguous();
     const scalar_t* go_p = go.const_data_ptr<scalar_t>();
     const int64_t plane = s.OH * s.OW;
@@ -401,7 +403,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         for (; i < plane; ++i) sum += gzp[i];
         plane_sums[p] = sum;
       };
-      if (grad_needs_preactivation(act)) {
+      if (recompute) {
         // Recompute the pre-activation with the forward GEMM; it stays in acc_t (never rounded).
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
@@ -414,8 +416,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
             grad_plane(p, [zp](int64_t i) { return zp[i]; });
           }
         });
+      } else if (!grad_needs_output(act)) {  // none: the derivative is 1 and reads nothing
+        at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
+          for (int64_t p = p0; p < p1; ++p) grad_plane(p, [](int64_t) { return acc_t(0); });
+        });
       } else {
-        const at::Tensor saved = out.contiguous();
+        const at::Tensor saved = out->contiguous();
         const scalar_t* s_p = saved.const_data_ptr<scalar_t>();
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {

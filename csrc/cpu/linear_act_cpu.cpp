@@ -156,16 +156,14 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
 // bit for bit whatever the number of threads.
 constexpr int64_t kBiasRows = 32;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                   const at::Tensor& weight,
-                                                                   const std::optional<at::Tensor>& bias,
-                                                                   const at::Tensor& out, c10::string_view activation,
-                                                                   std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& out, c10::string_view activation, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
   const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
   check_output_like(x, grad_out, "grad_out", shape.out_shape, kOpBwd);
-  check_output_like(x, out, "out", shape.out_shape, kOpBwd);
+  check_saved_output(x, out, grad_needs_output(act), activation, shape.out_shape, kOpBwd);
 
   const bool need_x = output_mask[0];
   const bool need_w = output_mask[1];
@@ -179,8 +177,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_linear_act_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor xa = as_acc(x, acc_type).reshape({M, K});
-    const at::Tensor wa = as_acc(weight, acc_type);
+    // x and weight are read only where needed: autograd passes expanded stand-ins for the others.
+    const bool recompute = grad_needs_preactivation(act);
+    const at::Tensor xa = need_w || recompute ? as_acc(x, acc_type).reshape({M, K}) : at::Tensor();
+    const at::Tensor wa = need_x || recompute ? as_acc(weight, acc_type) : at::Tensor();
     const at::Tensor go = grad_out.contiguous();
     const scalar_t* go_p = go.const_data_ptr<scalar_t>();
 
@@ -207,7 +207,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
           }
         });
       };
-      if (grad_needs_preactivation(act)) {
+      if (recompute) {
         at::Tensor z = empty_output({M, N}, opts.dtype(acc_type));
         acc_t* z_p = z.mutable_data_ptr<acc_t>();
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
@@ -215,10 +215,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
         linear_gemm<acc_t>(M, N, K, xa.const_data_ptr<acc_t>(), K, 1, wa.const_data_ptr<acc_t>(), 1, K, z_p, b, false,
                            false, NoPost{});
         pass([z_p](int64_t i) { return z_p[i]; });
-      } else {
-        const at::Tensor saved = out.contiguous();
+      } else if (grad_needs_output(act)) {
+        const at::Tensor saved = out->contiguous();
         const scalar_t* s_p = saved.const_data_ptr<scalar_t>();
         pass([s_p](int64_t i) { return static_cast<acc_t>(s_p[i]); });
+      } else {  // none: the derivative is 1 and reads nothing
+        pass([](int64_t) { return acc_t(0); });
       }
     });
 

@@ -171,35 +171,37 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, cons
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const at::Tensor& out_in, c10::IntArrayRef stride, c10::IntArrayRef padding,
-    c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, std::array<bool, 3> output_mask) {
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& out_in, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation,
+    std::array<bool, 3> output_mask) {
   constexpr const char* op = "conv2d_backward";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
   const std::array<int64_t, 4> out_shape{g.N, g.K, g.OH, g.OW};
   check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
-  check_output_like(x_in, out_in, "out", out_shape, op);
+  check_saved_output(x_in, out_in, grad_needs_output(act), activation, out_shape, op);
   const bool with_bias = has_bias(bias);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
-  const at::Tensor x = x_in.contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = with_bias ? bias->contiguous() : at::Tensor();
+  // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
+  const bool recompute = grad_needs_preactivation(act);
+  const at::Tensor x = output_mask[1] || recompute ? x_in.contiguous() : at::Tensor();
+  const at::Tensor w = output_mask[0] || recompute ? weight.contiguous() : at::Tensor();
+  const at::Tensor b = with_bias && recompute ? bias->contiguous() : at::Tensor();
   const at::Tensor grad_out = grad_out_in.contiguous();
 
   // gz = grad_out * act'(saved), NCHW-contiguous.
   at::Tensor gz = grad_out;
   if (act != Activation::None && grad_out.numel() > 0) {
-    const at::Tensor saved =
-        grad_needs_preactivation(act) ? conv2d_forward_nchw(x, w, b, g, Activation::None) : out_in.contiguous();
+    const at::Tensor saved = recompute ? conv2d_forward_nchw(x, w, b, g, Activation::None) : out_in->contiguous();
     gz = activation_grad_cuda(grad_out, saved, act);
   }
 
   const auto stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor grad_x, grad_w, grad_b;
-  DLK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "dlkernels_conv2d_backward_cuda", [&] {
+  DLK_DISPATCH_FLOAT_TYPES(x_in.scalar_type(), "dlkernels_conv2d_backward_cuda", [&] {
     if (output_mask[0]) {
-      grad_x = at::empty({g.N, g.C, g.H, g.W}, x.options());
+      grad_x = at::empty({g.N, g.C, g.H, g.W}, x_in.options().memory_format(at::MemoryFormat::Contiguous));
       const int64_t total = grad_x.numel();
       if (total > 0) {
         conv2d_grad_input_kernel<scalar_t><<<grid_size(total), kThreads, 0, stream>>>(

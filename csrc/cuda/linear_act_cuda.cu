@@ -149,10 +149,11 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
   });
 }
 
-// act(x2 @ w^T + bias) into a new contiguous [M, N] tensor; x2 [M, K] and w [N, K] contiguous.
+// act(x2 @ w^T + bias) into a new contiguous tensor of `shape` (M x N elements); x2 [M, K] and w [N, K]
+// contiguous.
 at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
-                                 Activation act) {
-  at::Tensor out = at::empty({d.M, d.N}, x2.options());
+                                 Activation act, c10::IntArrayRef shape) {
+  at::Tensor out = at::empty(shape, x2.options());
   if (out.numel() == 0) return out;
   DLK_DISPATCH_FLOAT_TYPES(x2.scalar_type(), "dlkernels_linear_act_cuda", [&] {
     launch_gemm<scalar_t>({x2.const_data_ptr<scalar_t>(), d.K, 1}, {w.const_data_ptr<scalar_t>(), 1, d.K},
@@ -172,32 +173,33 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
   const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return linear_act_forward_2d(x2, w, b, d, act).view(d.out_shape);
+  // Allocated in its final shape: a custom op must not return a view (the caller may modify it in place).
+  return linear_act_forward_2d(x2, w, b, d, act, d.out_shape);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                   const at::Tensor& weight,
-                                                                   const std::optional<at::Tensor>& bias,
-                                                                   const at::Tensor& out, c10::string_view activation,
-                                                                   std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& out, c10::string_view activation, std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
   check_output_like(x, grad_out, "grad_out", d.out_shape, op);
-  check_output_like(x, out, "out", d.out_shape, op);
+  check_saved_output(x, out, grad_needs_output(act), activation, d.out_shape, op);
   const bool with_bias = has_bias(bias);
   const c10::cuda::CUDAGuard guard(x.device());
 
-  const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
-  const at::Tensor w = weight.contiguous();
-  const at::Tensor b = with_bias ? bias->contiguous() : at::Tensor();
+  // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
+  const bool recompute = grad_needs_preactivation(act);
+  const at::Tensor x2 = output_mask[1] || recompute ? x.reshape({d.M, d.K}).contiguous() : at::Tensor();
+  const at::Tensor w = output_mask[0] || recompute ? weight.contiguous() : at::Tensor();
+  const at::Tensor b = with_bias && recompute ? bias->contiguous() : at::Tensor();
   const at::Tensor g2 = grad_out.reshape({d.M, d.N}).contiguous();
 
   // gz = grad_out * act'(saved): saved is the output, or the pre-activation recomputed by the forward GEMM.
   at::Tensor gz = g2;
   if (act != Activation::None && d.M * d.N > 0) {
-    const at::Tensor saved = grad_needs_preactivation(act) ? linear_act_forward_2d(x2, w, b, d, Activation::None)
-                                                           : out.reshape({d.M, d.N}).contiguous();
+    const at::Tensor saved = recompute ? linear_act_forward_2d(x2, w, b, d, Activation::None, {d.M, d.N})
+                                       : out->reshape({d.M, d.N}).contiguous();
     gz = activation_grad_cuda(g2, saved, act);
   }
 

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..contract import ACTIVATIONS, SCHEMAS
+from ..contract import ACTIVATIONS, GRAD_FROM_OUTPUT, GRAD_FROM_PREACTIVATION, SCHEMAS
 
 # The torch.library namespace of the Triton custom ops.
 NAMESPACE = "dlkernels_triton"
@@ -40,9 +40,10 @@ UPCAST_BF16_DOT = tl.constexpr(INTERPRET)
 
 # Activation codes, in the order of the public API (and of csrc/common/activation.h).
 ACT_CODE = {name: i for i, name in enumerate(ACTIVATIONS)}
-# gelu, gelu_tanh, silu: the derivative needs the pre-activation (not invertible from the output), which
-# the backward recomputes (see linear_act.py); the others take it from the saved output.
-NEEDS_PREACTIVATION = ("gelu", "gelu_tanh", "silu")
+# The contract's table: the derivative needs the pre-activation (not invertible from the output), which the
+# backward recomputes (see linear_act.py), or is taken from the saved output (`out`, None otherwise).
+NEEDS_PREACTIVATION = GRAD_FROM_PREACTIVATION
+NEEDS_OUTPUT = GRAD_FROM_OUTPUT
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -144,6 +145,13 @@ def check_dtype(t, op):
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"dlkernels.{op}: the Triton backend supports float32, float16, bfloat16 and float64, got {t.dtype}")
+
+
+def check_saved_output(out, activation, op):
+    """The backward ops' `out` may be None except for the activations whose derivative is read from it."""
+    if out is None and activation in NEEDS_OUTPUT:
+        raise ValueError(f"dlkernels.{op}: activation {activation!r} takes its derivative from the forward output: "
+                         f"'out' must be given, got None")
 
 
 def acc_dtype(dtype):

@@ -23,8 +23,8 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ..contract import conv_output_shape, empty_like_format
-from ._common import (ACT_CODE, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      cdiv, check_dtype, config, custom_op, device_guard, dot, dot_precision, grad_operand)
+from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
+                      cdiv, check_dtype, check_saved_output, config, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper: the pixel dimension is long, the channel dimension usually 64-512: 128-pixel tiles with 64 or 128
 # output channels, channel slices of 32/64 (one 3x3 tap of a 64-channel layer per step), 3-4 stages.
@@ -258,11 +258,12 @@ def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, g
     """(grad_x, grad_weight, grad_bias) of conv2d; a result not selected by output_mask (or grad_bias without a
     bias) is None."""
     check_dtype(x, "conv2d_backward")
+    check_saved_output(out, activation, "conv2d_backward")
     need_x, need_w, need_b = output_mask[0], output_mask[1], output_mask[2] and bias is not None
     N, C, H, W = x.shape
     OC, Cg, KH, KW = weight.shape
     OH, OW = grad_out.shape[2:]
-    fmt = suggest_memory_format(out)
+    fmt = suggest_memory_format(out if out is not None else grad_out)
     g = grad_out.contiguous(memory_format=fmt)  # g and the saved output are read through the same strides
     act = ACT_CODE[activation]
     if activation in NEEDS_PREACTIVATION:
@@ -270,8 +271,10 @@ def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, g
         if need_x or need_w or need_b:
             _launch_forward(x, weight, bias, dz, g, stride, padding, dilation, groups, act, 1)
         a_act, s = 0, dz
-    else:
+    elif activation in NEEDS_OUTPUT:
         dz, a_act, s = g, act, out.contiguous(memory_format=fmt)
+    else:  # "none": dz = g
+        dz, a_act, s = g, 0, g
     shape = _shape_args(x, weight, (OH, OW), groups)
     window = _window(stride, padding, dilation)
     precision, acc = dot_precision(x.dtype, _allow_tf32()), acc_dtype(x.dtype)

@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACT_CODE, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      check_dtype, config, custom_op, device_guard, dot, dot_precision, grad_operand)
+from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
+                      check_dtype, check_saved_output, config, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper (H100/H200): 128x128 and 128x256 tiles with K slices of 64 feed wgmma from a 3-4 stage
 # TMA/cp.async pipeline inside the 228 KB of shared memory per SM; 8 warps (two warpgroups) for the
@@ -150,9 +150,10 @@ def linear_act_forward(x, weight, bias, activation):
     check_dtype(x, "linear_act")
     N, K = weight.shape
     x2 = x.reshape(math.prod(x.shape[:-1]), K)
-    out = torch.empty((x2.shape[0], N), dtype=x.dtype, device=x.device)
-    _gemm(x2, weight.t(), out, bias=bias, act=ACT_CODE[activation])
-    return out.view(*x.shape[:-1], N)
+    # Allocated in its final shape: a custom op must not return a view (the caller may modify it in place).
+    out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
+    _gemm(x2, weight.t(), out.view(x2.shape[0], N), bias=bias, act=ACT_CODE[activation])
+    return out
 
 
 @custom_op("linear_act_backward")
@@ -160,6 +161,7 @@ def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask)
     """(grad_x, grad_weight, grad_bias) of linear_act; a result not selected by output_mask (or grad_bias
     without a bias) is None."""
     check_dtype(x, "linear_act_backward")
+    check_saved_output(out, activation, "linear_act_backward")
     N, K = weight.shape
     M = math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)
@@ -176,9 +178,11 @@ def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask)
         if need_x or need_w or need_b:
             _gemm(x2, weight.t(), dz, bias=bias, act=ACT_CODE[activation], epilogue=EPILOGUE_GRAD, g=g)
         a_act, s = 0, None
-    else:
+    elif activation in NEEDS_OUTPUT:
         # dz = g * act'(y) is formed on load inside the two GEMMs below.
         dz, a_act, s = g, ACT_CODE[activation], out.reshape(M, N).contiguous()
+    else:  # "none": dz = g
+        dz, a_act, s = g, 0, None
 
     if need_x:  # dx = dz @ W
         _gemm(dz, weight, grad_x, a_act=a_act, s=s)
