@@ -154,7 +154,9 @@ def test_only_activations_the_op_table_has_fuse(monkeypatch):
     rows = {name for functions, _, _ in convert_module._ACTIVATION_CALLS for name in functions}
     assert {"relu", "sigmoid", "tanh", "silu", "gelu", "relu6", "hardtanh", "hardswish", "hardsigmoid",
             "leaky_relu", "elu", "mish"} <= rows
-    monkeypatch.setattr(convert_module.contract, "ACTIVATIONS", tuple(a for a in dlkernels.ACTIVATIONS if a != "sigmoid"))
+    monkeypatch.setattr(
+        convert_module.contract, "ACTIVATIONS", tuple(a for a in dlkernels.ACTIVATIONS if a != "sigmoid")
+    )
     _, report = dnn.convert(Net(lambda y: y.sigmoid(), "conv"), return_report=True)
     assert not report.fused
     _, report = dnn.convert(Net(lambda y: y.tanh(), "conv"), return_report=True)

@@ -6,10 +6,9 @@ followed by each in-place op real models use; the torch model and the converted 
 backward in float64. If torch raises a RuntimeError (its activation saved the output the op overwrites), ours
 must raise too; if torch succeeds, ours must succeed with the same loss and gradients.
 
-Issue 18: today the ops save their output for backward whatever the activation, so an in-place op after a layer
-whose torch twin saves only its input (no activation, gelu, silu) makes our backward fail where torch's works.
-Those combinations are marked xfail(strict=True) by ``fails_today`` below: delete its body's rule when the op
-contract saves the output only for the activations that need it (relu, sigmoid, tanh).
+This holds because each op saves only what its backward reads (dlkernels/contract.py): the output only for the
+activations whose derivative is taken from it, as torch's own activations do. When the ops saved the output
+for every activation, all 42 combinations of (linear, conv2d) x (none, gelu, silu) x these ops failed.
 """
 import pytest
 import torch
@@ -23,8 +22,6 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:dlkernels. the compiled extension did not load:RuntimeWarning"),
 ]
-
-ISSUE_18 = "issue 18: the op saves its output for every activation"
 
 LAYERS = ["linear", "conv2d"]
 ACTIVATIONS = ["none", "relu", "sigmoid", "gelu", "silu"]
@@ -65,14 +62,6 @@ INPLACE_OPS = {
 }
 
 
-def fails_today(layer, activation, op):
-    """The combinations issue 18 breaks: torch's layer (and activation) keep no output for backward, ours does,
-    and the op overwrites it. Found by running every combination without marks: all 42 of (linear, conv2d) x
-    (none, gelu, silu) x the 7 ops fail; with relu and sigmoid, torch's own activation saves its output too,
-    and both models raise."""
-    return activation in ("none", "gelu", "silu")
-
-
 class Net(nn.Module):
     """layer -> activation module (fused by convert) -> in-place op -> a loss."""
 
@@ -102,13 +91,7 @@ def _step(model, x):
 
 def _params():
     return [
-        pytest.param(
-            layer,
-            activation,
-            op,
-            id=f"{layer}-{activation}-{op}",
-            marks=[pytest.mark.xfail(strict=True, reason=ISSUE_18)] if fails_today(layer, activation, op) else [],
-        )
+        pytest.param(layer, activation, op, id=f"{layer}-{activation}-{op}")
         for layer in LAYERS
         for activation in ACTIVATIONS
         for op in INPLACE_OPS
@@ -139,12 +122,6 @@ def test_inplace_op_after_converted_layer_trains_like_torch(layer, activation, o
         torch.testing.assert_close(grads[key], grads_t[key], **tol, msg=lambda m: f"grad of {key}: {m}")
 
 
-def _mobilenet_v3_small_fails_today():
-    """Its classifier's Linear -> Hardswish(inplace=True): the combination linear-none-Hardswish above."""
-    return fails_today("linear", "none", "Hardswish")
-
-
-@pytest.mark.xfail(_mobilenet_v3_small_fails_today(), strict=True, reason=ISSUE_18)
 def test_mobilenet_v3_small_converted_training_step():
     """Its classifier is Linear -> Hardswish(inplace=True) -> Dropout(inplace=True) -> Linear."""
     torch.manual_seed(0)

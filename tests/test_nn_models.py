@@ -59,10 +59,6 @@ TOO_LARGE = {name: "over 150M parameters: minutes and many GB in float64 on a 2-
 FAST = set(DEFAULT_MODELS) | {"squeezenet1_1", "mnasnet0_5", "mnasnet0_75", "mobilenet_v3_large", "swin_t",
                               "shufflenet_v2_x1_0", "regnet_x_400mf", "regnet_x_800mf", "regnet_y_800mf"}
 
-# The float64 training step fails today for these: an in-place op right after a converted layer whose output the
-# op saved (see tests/test_nn_inplace.py). Un-mark them with the in-place ones.
-ISSUE_18 = "issue 18: the op saves its output for every activation"
-ISSUE_18_MODELS = {"mobilenet_v3_small", "mobilenet_v3_large"}
 
 
 def selected_models(environ=os.environ):
@@ -70,7 +66,7 @@ def selected_models(environ=os.environ):
     return list(ALL_MODELS) if environ.get(ENV) == "1" else list(DEFAULT_MODELS)
 
 
-def _params(xfail_issue_18=False):
+def _params():
     params = []
     for name in selected_models():
         marks = []
@@ -78,8 +74,6 @@ def _params(xfail_issue_18=False):
             marks.append(pytest.mark.skip(reason=TOO_LARGE[name]))
         elif name not in FAST:
             marks.append(pytest.mark.slow)
-        if xfail_issue_18 and name in ISSUE_18_MODELS:
-            marks.append(pytest.mark.xfail(strict=True, reason=ISSUE_18))
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 
@@ -87,7 +81,7 @@ def _params(xfail_issue_18=False):
 def test_the_environment_variable_selects_every_model():
     assert selected_models({}) == DEFAULT_MODELS and set(DEFAULT_MODELS) <= set(ALL_MODELS)
     assert selected_models({ENV: "1"}) == ALL_MODELS and len(ALL_MODELS) >= 80
-    assert set(TOO_LARGE) | FAST <= set(ALL_MODELS) and ISSUE_18_MODELS <= set(ALL_MODELS)
+    assert set(TOO_LARGE) | FAST <= set(ALL_MODELS)
 
 
 def assert_close_deep(actual, expected, name, rtol=1e-3):
@@ -145,7 +139,7 @@ def test_converted_model_forward_revert_and_state_dict(name):
         torch.testing.assert_close(again(x), model(x), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", _params(xfail_issue_18=True))
+@pytest.mark.parametrize("name", _params())
 def test_converted_model_float64_backward(name):
     original, x = _build(name)
     theirs = original.double().train()
