@@ -220,13 +220,10 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
                               self.return_indices, self.backend)
 
 
-class FusedActivation(nn.Module):
-    """What ``dlkernels.convert`` leaves where an activation module was fused into the layer before it.
-
-    It returns its input unchanged (the layer already applied the activation) and holds no parameters, so the
-    model's ``state_dict`` keys do not change. ``original`` is the activation module it stands for (kept
-    outside the module tree); ``into`` names the layer that computes it. ``dlkernels.revert`` puts
-    ``original`` back."""
+class _Placeholder(nn.Module):
+    """A parameter-free module that returns its input: it keeps the place (and so the module names) of a
+    module whose work another layer now does. ``original`` is that module (kept outside the module tree);
+    ``into`` names the layer that does its work."""
 
     def __init__(self, original, into):
         super().__init__()
@@ -240,7 +237,16 @@ class FusedActivation(nn.Module):
         return f"{self.original!r}, into={self.into!r}"
 
 
-class FoldedBatchNorm(nn.Module):
+class FusedActivation(_Placeholder):
+    """What ``dlkernels.convert`` leaves where an activation module was fused into the layer before it.
+
+    It returns its input unchanged (the layer already applied the activation) and holds no parameters, so the
+    model's ``state_dict`` keys do not change. ``original`` is the activation module it stands for (kept
+    outside the module tree); ``into`` names the layer that computes it. ``dlkernels.revert`` puts
+    ``original`` back."""
+
+
+class FoldedBatchNorm(_Placeholder):
     """What ``dlkernels.fold_batchnorm`` (or ``convert(..., fold_batchnorm=True)``) leaves where an inference-mode
     BatchNorm was folded into the Conv2d / Linear before it (its scale and shift now live in that layer's weight
     and bias).
@@ -250,14 +256,3 @@ class FoldedBatchNorm(nn.Module):
     stands for (kept outside the module tree, for inspection); ``into`` names the layer that computes it.
     ``dlkernels.revert`` keeps this placeholder: the folded layer followed by it computes what layer + BatchNorm
     computed in eval mode."""
-
-    def __init__(self, original, into):
-        super().__init__()
-        object.__setattr__(self, "original", original)  # not a submodule: it must not show in modules()
-        self.into = into
-
-    def forward(self, input):
-        return input
-
-    def extra_repr(self):
-        return f"{self.original!r}, into={self.into!r}"
