@@ -7,7 +7,9 @@
 
 TORCH_LIBRARY(dlkernels, m) {
   // y = act(x @ weight^T + bias) over any leading dims of x.
-  m.def("linear_act(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor");
+  // alpha, beta: the activation's parameters (leaky_relu: negative_slope; hardtanh: min_val, max_val; elu:
+  // alpha; relu6: 0, 6), ignored by the activations without any.
+  m.def("linear_act(Tensor x, Tensor weight, Tensor? bias, str activation, float alpha, float beta) -> Tensor");
   // Gradients of linear_act from its output (the pre-activation is recomputed where the activation needs
   // it). output_mask selects (grad_x, grad_weight, grad_bias); unselected results are undefined (None).
   // `out` is needed only by the activations whose derivative is read from it (grad_needs_output); x is read
@@ -15,15 +17,15 @@ TORCH_LIBRARY(dlkernels, m) {
   // recomputation (autograd passes one-element expanded stand-ins for the others).
   m.def(
       "linear_act_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, str activation, "
-      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+      "float alpha, float beta, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
   // NCHW convolution with symmetric padding; asymmetric "same" padding is applied by the Python wrapper.
   m.def(
       "conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
-      "int groups, str activation) -> Tensor");
+      "int groups, str activation, float alpha, float beta) -> Tensor");
   m.def(
       "conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, int[2] stride, "
-      "int[2] padding, int[2] dilation, int groups, str activation, bool[3] output_mask) "
+      "int[2] padding, int[2] dilation, int groups, str activation, float alpha, float beta, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
 
   // Max pooling. The plain form writes no indices; indices are flat offsets into each (H, W) input plane,

@@ -23,7 +23,16 @@ import torch
 from torch._prims_common import suggest_memory_format
 
 # The activations, in the order of their codes in csrc/common/activation.h and the Triton kernels.
-ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
+ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "relu6", "hardtanh", "hardswish",
+               "hardsigmoid", "leaky_relu", "elu", "mish")
+
+# The activations that take parameters: torch's argument names and defaults (F.hardtanh, F.leaky_relu, F.elu),
+# in the order they become the ops' (alpha, beta) arguments (activation_args). relu6 is hardtanh(0, 6).
+ACTIVATION_PARAMS = {
+    "hardtanh": {"min_val": -1.0, "max_val": 1.0},
+    "leaky_relu": {"negative_slope": 0.01},
+    "elu": {"alpha": 1.0},
+}
 
 # Where each activation's backward takes its derivative from (the same rule as grad_needs_output and
 # grad_needs_preactivation in csrc/common/activation.h; the Triton kernels read these):
@@ -31,8 +40,52 @@ ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
 # - the pre-activation x @ W^T + b, recomputed by the backward, for those it does not (nothing is saved in
 #   the forward for them);
 # - nothing, for "none".
-GRAD_FROM_OUTPUT = ("relu", "sigmoid", "tanh")
-GRAD_FROM_PREACTIVATION = ("gelu", "gelu_tanh", "silu")
+# leaky_relu and elu take it from the output because their parameter must be >= 0 (activation_args): with a
+# negative slope (alpha) the output no longer tells the sign of the pre-activation.
+GRAD_FROM_OUTPUT = ("relu", "sigmoid", "tanh", "relu6", "hardtanh", "hardsigmoid", "leaky_relu", "elu")
+GRAD_FROM_PREACTIVATION = ("gelu", "gelu_tanh", "silu", "hardswish", "mish")
+
+
+def activation_args(activation, activation_params=None, op="linear_act"):
+    """The (alpha, beta) the custom ops take for `activation` with the public API's `activation_params` (a dict
+    with torch's argument names, missing ones at torch's defaults): leaky_relu (negative_slope, 0), hardtanh
+    (min_val, max_val), elu (alpha, 0), relu6 (0, 6), (0, 0) for the others. ValueError naming
+    'activation_params' for unknown keys, parameters of an activation that takes none, and values the kernels
+    do not support (a negative negative_slope or alpha, min_val > max_val)."""
+    defaults = ACTIVATION_PARAMS.get(activation, {})
+    given = {} if activation_params is None else activation_params
+    if not isinstance(given, dict):
+        raise TypeError(f"dlkernels.{op}: expected 'activation_params' to be a dict or None, got "
+                        f"{type(given).__name__}")
+    if given and not defaults:
+        raise ValueError(f"dlkernels.{op}: activation {activation!r} takes no parameters, got "
+                         f"activation_params={given!r}")
+    unknown = sorted(set(given) - set(defaults), key=str)
+    if unknown:
+        raise ValueError(f"dlkernels.{op}: unknown key(s) {', '.join(map(repr, unknown))} in 'activation_params' "
+                         f"for activation {activation!r}; expected {', '.join(map(repr, defaults))}")
+    values = []
+    for key, default in defaults.items():
+        value = given.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"dlkernels.{op}: expected activation_params[{key!r}] to be a number, got {value!r}")
+        values.append(float(value))
+    if activation in ("leaky_relu", "elu") and values[0] < 0:
+        name = next(iter(defaults))
+        raise ValueError(f"dlkernels.{op}: activation_params[{name!r}] must be >= 0 for {activation!r} (the "
+                         f"backward takes the derivative from the output), got {values[0]}")
+    if activation == "hardtanh" and values[0] > values[1]:
+        raise ValueError(f"dlkernels.{op}: activation_params: 'min_val' ({values[0]}) must not be greater than "
+                         f"'max_val' ({values[1]})")
+    if activation == "relu6":
+        return 0.0, 6.0
+    alpha, beta = values + [0.0] * (2 - len(values))
+    return alpha, beta
+
+
+def activation_params_of(activation, alpha, beta):
+    """The inverse of activation_args: torch's keyword arguments for the activation (the reference's)."""
+    return dict(zip(ACTIVATION_PARAMS.get(activation, {}), (alpha, beta)))
 
 
 def grad_needs_output(activation):
@@ -50,14 +103,16 @@ OPS = ("linear_act", "conv2d", "max_pool2d")
 # Every custom op of a backend, forward and backward, with its schema (as in csrc/registration.cpp).
 # Backward ops: output_mask selects (grad_x, grad_weight, grad_bias); unselected results are None. `out` is the
 # forward output, given only when the activation's derivative is read from it (grad_needs_output).
+# alpha, beta: the activation's parameters (activation_args), ignored by the activations without any.
 SCHEMAS = {
-    "linear_act": "(Tensor x, Tensor weight, Tensor? bias, str activation) -> Tensor",
+    "linear_act": "(Tensor x, Tensor weight, Tensor? bias, str activation, float alpha, float beta) -> Tensor",
     "linear_act_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, str activation, "
-                           "bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
+                           "float alpha, float beta, bool[3] output_mask) -> (Tensor, Tensor, Tensor)",
     "conv2d": "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
-              "int groups, str activation) -> Tensor",
+              "int groups, str activation, float alpha, float beta) -> Tensor",
     "conv2d_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, int[2] stride, "
-                       "int[2] padding, int[2] dilation, int groups, str activation, bool[3] output_mask) "
+                       "int[2] padding, int[2] dilation, int groups, str activation, float alpha, float beta, "
+                       "bool[3] output_mask) "
                        "-> (Tensor, Tensor, Tensor)",
     "max_pool2d": "(Tensor x, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
                   "bool ceil_mode) -> Tensor",
@@ -116,11 +171,11 @@ def pool_needs_indices(x, return_indices):
 # Fake kernels
 
 
-def _linear_act_fake(x, weight, bias, activation):
+def _linear_act_fake(x, weight, bias, activation, alpha, beta):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def _linear_act_backward_fake(grad_out, x, weight, bias, out, activation, output_mask):
+def _linear_act_backward_fake(grad_out, x, weight, bias, out, activation, alpha, beta, output_mask):
     return (
         x.new_empty(x.shape) if output_mask[0] else None,
         weight.new_empty(weight.shape) if output_mask[1] else None,
@@ -128,11 +183,12 @@ def _linear_act_backward_fake(grad_out, x, weight, bias, out, activation, output
     )
 
 
-def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, activation):
+def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta):
     return empty_like_format(conv_output_shape(x, weight, stride, padding, dilation), x)
 
 
-def _conv2d_backward_fake(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
+def _conv2d_backward_fake(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, alpha, beta,
+                          output_mask):
     return (
         empty_like_format(x.shape, x) if output_mask[0] else None,
         weight.new_empty(weight.shape) if output_mask[1] else None,
@@ -201,14 +257,14 @@ def _saved_inputs(ctx):
 
 
 def _linear_act_setup(ctx, inputs, output):
-    x, weight, bias, activation = inputs
-    ctx.activation = activation
+    x, weight, bias, activation, alpha, beta = inputs
+    ctx.act_args = (activation, alpha, beta)
     _save_inputs(ctx, x, weight, bias, output, activation)
 
 
 def _conv2d_setup(ctx, inputs, output):
-    x, weight, bias, stride, padding, dilation, groups, activation = inputs
-    ctx.conv_args = (stride, padding, dilation, groups, activation)
+    x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta = inputs
+    ctx.conv_args = (stride, padding, dilation, groups, activation, alpha, beta)
     # grad_x follows x's layout; a stand-in for x (x not saved) has none, so the backward restores it.
     ctx.x_format = suggest_memory_format(x)
     _save_inputs(ctx, x, weight, bias, output, activation)
@@ -238,8 +294,8 @@ def register(namespace):
 
     def linear_act_backward(ctx, grad_out):
         x, weight, bias, out = _saved_inputs(ctx)
-        grads = ops.linear_act_backward(grad_out, x, weight, bias, out, ctx.activation, _output_mask(ctx, bias))
-        return (*grads, None)
+        grads = ops.linear_act_backward(grad_out, x, weight, bias, out, *ctx.act_args, _output_mask(ctx, bias))
+        return (*grads, None, None, None)
 
     def conv2d_backward(ctx, grad_out):
         x, weight, bias, out = _saved_inputs(ctx)
@@ -247,7 +303,7 @@ def register(namespace):
                                                      _output_mask(ctx, bias))
         if grad_x is not None:
             grad_x = grad_x.contiguous(memory_format=ctx.x_format)  # no copy when it already is
-        return (grad_x, grad_w, grad_b, None, None, None, None, None)
+        return (grad_x, grad_w, grad_b) + (None,) * 7
 
     def max_pool2d_backward(ctx, grad_out, *unused_grad_indices):
         if grad_out is None:  # not materialised (see _max_pool2d_setup): no gradient flows back

@@ -153,13 +153,20 @@ def available_backends():
 # Public API
 
 
-def linear_act(x, weight, bias=None, activation="none", backend="auto"):
-    """y = activation(x @ weight.T + bias) over any leading dimensions of x, in one fused kernel."""
+def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activation_params=None):
+    """y = activation(x @ weight.T + bias) over any leading dimensions of x, in one fused kernel.
+
+    activation: one of dlkernels.ACTIVATIONS ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu",
+    "relu6", "hardtanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "mish"), torch's definitions.
+    activation_params: torch's keyword arguments of the activation, for hardtanh ({"min_val": -1.0,
+    "max_val": 1.0}), leaky_relu ({"negative_slope": 0.01}) and elu ({"alpha": 1.0}); missing ones take
+    torch's defaults (negative_slope and alpha must be >= 0)."""
     op = "linear_act"
     _check_tensor(x, "x", op)
     _check_tensor(weight, "weight", op)
     _check_like(x, "x", weight, "weight", op)
     _check_activation(activation, op)
+    alpha, beta = contract.activation_args(activation, activation_params, op)
     if weight.dim() != 2:
         raise ValueError(f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if x.dim() < 1:
@@ -176,8 +183,8 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto"):
             raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     chosen = select_backend(op, backend, x.device)
     if chosen == "reference":
-        return reference.linear_act(x, weight, bias, activation)
-    return _custom_ops(chosen).linear_act(x, weight, bias, activation)
+        return reference.linear_act(x, weight, bias, activation, contract.activation_params_of(activation, alpha, beta))
+    return _custom_ops(chosen).linear_act(x, weight, bias, activation, alpha, beta)
 
 
 def _conv_padding(x, weight, padding, stride, dilation, op):
@@ -199,13 +206,16 @@ def _conv_padding(x, weight, padding, stride, dilation, op):
     return x, left
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", backend="auto"):
-    """activation(conv2d(x, weight) + bias) with torch.nn.functional.conv2d's arguments, in one fused kernel."""
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="none", backend="auto", *,
+           activation_params=None):
+    """activation(conv2d(x, weight) + bias) with torch.nn.functional.conv2d's arguments, in one fused kernel.
+    activation and activation_params as for linear_act."""
     op = "conv2d"
     _check_tensor(x, "x", op)
     _check_tensor(weight, "weight", op)
     _check_like(x, "x", weight, "weight", op)
     _check_activation(activation, op)
+    alpha, beta = contract.activation_args(activation, activation_params, op)
     _check_spatial_input(x, op)
     if weight.dim() != 4:
         raise ValueError(f"dlkernels.{op}: expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), got shape {tuple(weight.shape)}")
@@ -241,9 +251,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         x = x.unsqueeze(0)
     chosen = select_backend(op, backend, x.device)
     if chosen == "reference":
-        out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+        out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
+                               contract.activation_params_of(activation, alpha, beta))
     else:
-        out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation)
+        out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
     return out if batched else out.squeeze(0)
 
 

@@ -6,33 +6,44 @@ runs them directly.
 import torch
 import torch.nn.functional as F
 
-from .contract import ACTIVATIONS
+from .contract import ACTIVATION_PARAMS, ACTIVATIONS
 
 
-def activation(z, name):
-    if name == "none":
-        return z
-    if name == "relu":
-        return torch.relu(z)
-    if name == "sigmoid":
-        return torch.sigmoid(z)
-    if name == "tanh":
-        return torch.tanh(z)
-    if name == "gelu":
-        return F.gelu(z)
-    if name == "gelu_tanh":
-        return F.gelu(z, approximate="tanh")
-    if name == "silu":
-        return F.silu(z)
-    raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+def activation(z, name, params=None):
+    """torch's function for the activation `name`, with `params` (torch's keyword arguments, e.g.
+    {"negative_slope": 0.2}; missing ones at torch's defaults)."""
+    params = params or {}
+    functions = {
+        "none": lambda z: z,
+        "relu": torch.relu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "gelu": F.gelu,
+        "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
+        "silu": F.silu,
+        "relu6": F.relu6,
+        "hardtanh": lambda z: F.hardtanh(z, **params),
+        "hardswish": F.hardswish,
+        "hardsigmoid": F.hardsigmoid,
+        "leaky_relu": lambda z: F.leaky_relu(z, **params),
+        "elu": lambda z: F.elu(z, **params),
+        "mish": F.mish,
+    }
+    if name not in functions:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    if params and name not in ACTIVATION_PARAMS:
+        raise ValueError(f"activation {name!r} takes no parameters, got {params!r}")
+    return functions[name](z)
 
 
-def linear_act(x, weight, bias=None, activation_name="none"):
-    return activation(F.linear(x, weight, bias), activation_name)
+def linear_act(x, weight, bias=None, activation_name="none", activation_params=None):
+    return activation(F.linear(x, weight, bias), activation_name, activation_params)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation_name="none"):
-    return activation(F.conv2d(x, weight, bias, stride, padding, dilation, groups), activation_name)
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation_name="none",
+           activation_params=None):
+    return activation(F.conv2d(x, weight, bias, stride, padding, dilation, groups), activation_name,
+                      activation_params)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):

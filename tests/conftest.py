@@ -20,6 +20,17 @@ BACKENDS = ["native", "triton"]
 # op contract (opcheck, torch.compile) run over all of them.
 NAMESPACES = list(dlkernels.ops.NAMESPACES.values())
 BACKEND_OF_NAMESPACE = {namespace: backend for backend, namespace in dlkernels.ops.NAMESPACES.items()}
+# The first activations, which the full test matrices run over; the later ones (relu6 ... mish) run over a
+# shape or two with NEW_ACTIVATION_CASES, each at torch's default parameters and the parametrised ones at
+# other values too (activation_params as dlkernels.ops takes them).
+BASE_ACTIVATIONS = ("none", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu")
+NEW_ACTIVATIONS = tuple(a for a in dlkernels.ACTIVATIONS if a not in BASE_ACTIVATIONS)
+NEW_ACTIVATION_CASES = [pytest.param(a, None, id=a) for a in NEW_ACTIVATIONS] + [
+    pytest.param("leaky_relu", {"negative_slope": 0.2}, id="leaky_relu-0.2"),
+    pytest.param("leaky_relu", {"negative_slope": 0.0}, id="leaky_relu-0"),
+    pytest.param("hardtanh", {"min_val": -0.5, "max_val": 2.0}, id="hardtanh-(-0.5,2)"),
+    pytest.param("elu", {"alpha": 0.7}, id="elu-0.7"),
+]
 # Dtypes per device: the CPU kernels do float32, float64 and bfloat16 at least; CUDA adds float16.
 DTYPES = {"cpu": [torch.float32, torch.float64, torch.bfloat16], "cuda": [torch.float32, torch.float16, torch.bfloat16]}
 

@@ -165,7 +165,7 @@ def test_cmake_library_loads_in_a_fresh_process(tmp_path_factory):
         import torch
         torch.ops.load_library({library!r})
         x, w, b = torch.randn(3, 4), torch.randn(2, 4), torch.randn(2)
-        y = torch.ops.dlkernels.linear_act(x, w, b, "relu")
+        y = torch.ops.dlkernels.linear_act(x, w, b, "relu", 0.0, 0.0)
         torch.testing.assert_close(y, torch.relu(torch.nn.functional.linear(x, w, b)))
         print("cmake library ok")
     """)

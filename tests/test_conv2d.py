@@ -5,8 +5,8 @@ import torch
 
 import dlkernels
 from dlkernels import reference
-from conftest import (BACKENDS, assert_close_to_reference, device_dtype_params, device_params, make_input,
-                      require_backend)
+from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
+                      device_dtype_params, device_params, make_input, require_backend)
 
 CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
@@ -25,7 +25,7 @@ def as64(t):
     return None if t is None else t.detach().to("cpu", torch.float64)
 
 
-def run_case(case, dtype, device, activation, backend, channels_last=False, requires_grad=False):
+def run_case(case, dtype, device, activation, backend, channels_last=False, requires_grad=False, params=None):
     (n, c, h, w), (k, kh, kw), stride, padding, dilation, groups = case
     x = make_input(n, c, h, w, dtype=dtype, device=device, seed=1)
     if channels_last:
@@ -34,8 +34,8 @@ def run_case(case, dtype, device, activation, backend, channels_last=False, requ
     bias = make_input(k, dtype=dtype, device=device, seed=3)
     for t in (x, weight, bias):
         t.requires_grad_(requires_grad)
-    args = (stride, padding, dilation, groups, activation)
-    out = dlkernels.ops.conv2d(x, weight, bias, *args, backend=backend)
+    args = (stride, padding, dilation, groups, activation, params)
+    out = dlkernels.ops.conv2d(x, weight, bias, *args[:-1], backend=backend, activation_params=params)
     return (x, weight, bias), out, args
 
 
@@ -77,7 +77,7 @@ def test_noncontiguous_unbatched_and_no_bias(backend, device):
     x = make_input(3, 12, 9, device=device)[:, ::2, :]  # 3-D and strided
     weight = make_input(4, 3, 3, 3, device=device, seed=1)
     out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="silu", backend=backend)
-    expected = reference.conv2d(as64(x).unsqueeze(0), as64(weight), None, 1, 1, 1, 1, "silu").squeeze(0)
+    expected = reference.conv2d(as64(x).unsqueeze(0), as64(weight), None, 1, 1, 1, 1, "silu", None).squeeze(0)
     assert_close_to_reference(out, expected, torch.float32)
 
 
@@ -95,8 +95,25 @@ def test_empty_batch(backend, device):
     assert torch.equal(bias.grad, torch.zeros_like(bias))
 
 
+@pytest.mark.parametrize("device,dtype", [(d, t) for d, t in device_dtype_params() if t != torch.bfloat16])
+@pytest.mark.parametrize("activation,params", NEW_ACTIVATION_CASES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_activations(backend, device, dtype, activation, params):
+    """Forward and gradients of the later activations on one case (fp32/fp64: see test_linear_act's
+    test_gradients_new_activations for bf16)."""
+    require_backend(backend, device)
+    leaves, out, args = run_case(CASES[1], dtype, device, activation, backend, requires_grad=True, params=params)
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    out64 = reference.conv2d(*leaves64, *args)
+    assert_close_to_reference(out, out64, dtype)
+    grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=4)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    for grad, grad64 in zip(grads, torch.autograd.grad(out64, leaves64, as64(grad_out))):
+        assert_close_to_reference(grad, grad64, dtype)
+
+
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5], CASES[8]])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,16 +130,17 @@ def test_gradients(backend, device, dtype, activation, case, channels_last):
     assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_gradcheck_float64(backend, activation):
+@pytest.mark.parametrize("backend,activation,params",
+                         [(b, a, None) for b in BACKENDS for a in BASE_ACTIVATIONS]
+                         + [("native", *case.values) for case in NEW_ACTIVATION_CASES])
+def test_gradcheck_float64(backend, activation, params):
     require_backend(backend, "cpu")
     x = make_input(2, 4, 5, 6, dtype=torch.float64).requires_grad_()
     weight = make_input(4, 2, 3, 2, dtype=torch.float64, seed=1).requires_grad_()
     bias = make_input(4, dtype=torch.float64, seed=2).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda *a: dlkernels.ops.conv2d(*a, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
-                                        activation=activation, backend=backend),
+                                        activation=activation, backend=backend, activation_params=params),
         # Under the Triton interpreter each of the ~600 perturbed forwards costs ~0.1 s: fast mode checks
         # random projections of the Jacobian instead (test_gradients compares every gradient in full).
         (x, weight, bias), fast_mode=backend == "triton")

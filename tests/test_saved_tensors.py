@@ -83,14 +83,15 @@ def test_backward_op_needs_out_only_where_read(backend):
     ops = getattr(torch.ops, dlkernels.ops.NAMESPACES[backend])
     x, w, g = make_input(3, 5), make_input(4, 5, seed=1), make_input(3, 4, seed=2)
     mask = [True, True, False]
-    gx, gw, _ = ops.linear_act_backward(g, x, w, None, None, "none", mask)
+    gx, gw, _ = ops.linear_act_backward(g, x, w, None, None, "none", 0.0, 0.0, mask)
     torch.testing.assert_close(gx, g @ w)
     torch.testing.assert_close(gw, g.t() @ x)
-    gx, _, _ = ops.linear_act_backward(g, x, w, None, None, "silu", mask)
+    gx, _, _ = ops.linear_act_backward(g, x, w, None, None, "silu", 0.0, 0.0, mask)
     z = (x @ w.t()).requires_grad_()
     torch.testing.assert_close(gx, torch.autograd.grad(F.silu(z), z, g)[0] @ w)
     with pytest.raises((RuntimeError, ValueError), match="'out' must be given"):
-        ops.linear_act_backward(g, x, w, None, None, "relu", mask)
+        ops.linear_act_backward(g, x, w, None, None, "relu", 0.0, 0.0, mask)
     x4, w4 = make_input(1, 2, 5, 5), make_input(3, 2, 3, 3, seed=1)
     with pytest.raises((RuntimeError, ValueError), match="'out' must be given"):
-        ops.conv2d_backward(make_input(1, 3, 3, 3), x4, w4, None, None, [1, 1], [0, 0], [1, 1], 1, "tanh", mask)
+        ops.conv2d_backward(make_input(1, 3, 3, 3), x4, w4, None, None, [1, 1], [0, 0], [1, 1], 1, "tanh", 0.0, 0.0,
+                            mask)

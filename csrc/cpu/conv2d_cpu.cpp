@@ -304,8 +304,10 @@ void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t*
 
 at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
-                          c10::string_view activation) {
+                          c10::string_view activation, double alpha, double beta) {
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, kOp);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   const auto memory_format = x.suggest_memory_format();
   at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -331,7 +333,7 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
           scalar_t* o = y + (p0 + i) * plane + j0;
           for (int j = 0; j < n; ++j) {
             const acc_t z = c[i * ld + j];
-            o[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z));
+            o[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z, params));
           }
         }
       };
@@ -349,8 +351,10 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& out, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, c10::string_view activation, std::array<bool, 3> output_mask) {
+    int64_t groups, c10::string_view activation, double alpha, double beta, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, kOpBwd);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOpBwd, c10::DeviceType::CPU);
   const std::array<int64_t, 4> y_shape = {s.N, s.K, s.OH, s.OW};
   check_output_like(x, grad_out, "grad_out", y_shape, kOpBwd);
@@ -390,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         // running sum may not be reordered, so it would run one add at a time).
         acc_t* gzp = gz_p + p * plane;
         const scalar_t* gop = go_p + p * plane;
-        for (int64_t i = 0; i < plane; ++i) gzp[i] = grad_times<A>(static_cast<acc_t>(gop[i]), saved(i));
+        for (int64_t i = 0; i < plane; ++i) gzp[i] = grad_times<A>(static_cast<acc_t>(gop[i]), saved(i), params);
         if (!need_b) return;
         constexpr int V = 16;
         acc_t lanes[V] = {};

@@ -16,11 +16,11 @@ inline at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc_type) { return 
 // loaded unconditionally: GCC then vectorises it, where the product with a 0/1 factor stays a branch per
 // element (mispredicted half the time on random signs).
 template <Activation A, typename T>
-inline T grad_times(T grad_out, T saved) {
+inline T grad_times(T grad_out, T saved, const ActivationParams& p) {
   if constexpr (A == Activation::ReLU) {
     return saved <= T(0) ? T(0) : grad_out;
   } else {
-    return grad_out * ActivationFn<A>::grad(saved);
+    return grad_out * ActivationFn<A>::grad(saved, p);
   }
 }
 

@@ -88,7 +88,7 @@ void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, 
           acc_t* row = C + i * N;
           for (int64_t j = 0; j < N; ++j) {
             const acc_t z = bias ? row[j] + bias[j] : row[j];
-            row[j] = relu ? ActivationFn<Activation::ReLU>::forward(z) : z;
+            row[j] = relu ? ActivationFn<Activation::ReLU>::forward(z, ActivationParams{}) : z;
           }
         }
       }
@@ -109,8 +109,10 @@ struct NoPost {
 // Forward.
 
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              c10::string_view activation) {
+                              c10::string_view activation, double alpha, double beta) {
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, kOp);
   const LinearShape shape = check_linear_args(x, weight, bias, kOp, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
   at::Tensor out = empty_output(shape.out_shape, x.options().memory_format(at::MemoryFormat::Contiguous));
@@ -137,7 +139,7 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
           scalar_t* row = y + (i0 + i) * N + j0;
           for (int j = 0; j < n; ++j) {
             const acc_t z = c[i * ldc + j];
-            row[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z));
+            row[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z, params));
           }
         }
       };
@@ -156,10 +158,15 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
 // bit for bit whatever the number of threads.
 constexpr int64_t kBiasRows = 32;
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const std::optional<at::Tensor>& out,
+                                                                   c10::string_view activation, double alpha,
+                                                                   double beta, std::array<bool, 3> output_mask) {
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, kOpBwd);
   const LinearShape shape = check_linear_args(x, weight, bias, kOpBwd, c10::DeviceType::CPU);
   const int64_t M = shape.M, N = shape.N, K = shape.K;
   check_output_like(x, grad_out, "grad_out", shape.out_shape, kOpBwd);
@@ -199,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
             acc_t* part = need_b ? bias_parts.data() + c * N : nullptr;
             for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
               for (int64_t n = 0; n < N; ++n) {
-                const acc_t g = grad_times<A>(static_cast<acc_t>(go_p[m * N + n]), saved(m * N + n));
+                const acc_t g = grad_times<A>(static_cast<acc_t>(go_p[m * N + n]), saved(m * N + n), params);
                 gz_p[m * N + n] = g;
                 if (part) part[n] += g;
               }

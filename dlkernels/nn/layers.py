@@ -4,8 +4,10 @@ Each layer is a subclass of the torch.nn layer it replaces: same constructor arg
 ``activation=`` and ``backend=``), same parameters, same ``state_dict`` keys, so a checkpoint saved from the
 torch layer loads into ours and back. ``activation`` is fused into the layer's kernel (``"none"``, ``"relu"``,
 ``"sigmoid"``, ``"tanh"``, ``"gelu"`` (erf form, ``nn.GELU()``), ``"gelu_tanh"`` (``nn.GELU("tanh")``),
-``"silu"``); ``backend`` is passed to every call of ``dlkernels.ops`` (``"auto"``, ``"native"``, ``"triton"``,
-``"reference"``).
+``"silu"``, ``"relu6"``, ``"hardtanh"``, ``"hardswish"``, ``"hardsigmoid"``, ``"leaky_relu"``, ``"elu"``,
+``"mish"``), with ``activation_params=`` for the ones that take parameters (torch's names:
+``{"negative_slope": 0.2}``, ``{"min_val": -2.0, "max_val": 2.0}``, ``{"alpha": 1.0}``); ``backend`` is
+passed to every call of ``dlkernels.ops`` (``"auto"``, ``"native"``, ``"triton"``, ``"reference"``).
 
     layer = dlkernels.nn.Conv2d(3, 16, 3, padding=1, activation="relu")
     fast = dlkernels.nn.Linear.from_torch(torch_linear, activation="gelu")   # shares torch_linear's parameters
@@ -17,15 +19,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import ops
+from .. import contract
 from ..contract import ACTIVATIONS
 from ..ops import BACKENDS
 
 __all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "FoldedBatchNorm", "activation_name",
-           "activation_module"]
+           "activation_params", "activation_module"]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Activations: the torch.nn modules that can be fused, and back
+
+
+# The torch.nn modules of each activation, and their parameters as torch names them (the keys of
+# dlkernels.contract.ACTIVATION_PARAMS, which are also the modules' attribute names).
+_MODULES = {
+    nn.ReLU: "relu",
+    nn.Sigmoid: "sigmoid",
+    nn.Tanh: "tanh",
+    nn.SiLU: "silu",
+    nn.ReLU6: "relu6",
+    nn.Hardtanh: "hardtanh",
+    nn.Hardswish: "hardswish",
+    nn.Hardsigmoid: "hardsigmoid",
+    nn.LeakyReLU: "leaky_relu",
+    nn.ELU: "elu",
+    nn.Mish: "mish",
+}
 
 
 def activation_name(module):
@@ -33,24 +53,36 @@ def activation_name(module):
 
     Only the exact classes count (a subclass may change the function): nn.ReLU -> "relu", nn.Sigmoid ->
     "sigmoid", nn.Tanh -> "tanh", nn.GELU() -> "gelu", nn.GELU(approximate="tanh") -> "gelu_tanh",
-    nn.SiLU -> "silu"."""
+    nn.SiLU -> "silu", nn.ReLU6 -> "relu6", nn.Hardtanh -> "hardtanh", nn.Hardswish -> "hardswish",
+    nn.Hardsigmoid -> "hardsigmoid", nn.LeakyReLU -> "leaky_relu", nn.ELU -> "elu", nn.Mish -> "mish".
+    Their parameters: activation_params(module). A module whose parameters the kernels do not support (a
+    negative slope or alpha, min_val > max_val) gives None."""
     kind = type(module)
-    if kind is nn.ReLU:
-        return "relu"
-    if kind is nn.Sigmoid:
-        return "sigmoid"
-    if kind is nn.Tanh:
-        return "tanh"
     if kind is nn.GELU:
         return {"none": "gelu", "tanh": "gelu_tanh"}.get(module.approximate)
-    if kind is nn.SiLU:
-        return "silu"
-    return None
+    name = _MODULES.get(kind)
+    if name is None:
+        return None
+    try:
+        contract.activation_args(name, activation_params(module))
+    except ValueError:
+        return None
+    return name
 
 
-def activation_module(name):
-    """A new torch.nn module computing the dlkernels activation ``name`` (None for "none")."""
+def activation_params(module):
+    """torch's parameters of a fusable activation module as the ``activation_params`` dict of dlkernels.ops
+    and the layers (e.g. {"negative_slope": 0.2} for nn.LeakyReLU(0.2)); None when it has none."""
+    name = _MODULES.get(type(module))
+    keys = contract.ACTIVATION_PARAMS.get(name)
+    return {key: float(getattr(module, key)) for key in keys} if keys else None
+
+
+def activation_module(name, activation_params=None):
+    """A new torch.nn module computing the dlkernels activation ``name`` with ``activation_params`` (torch's
+    keyword arguments; None for "none")."""
     _check_activation(name)
+    params = _check_activation_params(name, activation_params) or {}
     return {
         "none": lambda: None,
         "relu": nn.ReLU,
@@ -59,7 +91,21 @@ def activation_module(name):
         "gelu": nn.GELU,
         "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
         "silu": nn.SiLU,
+        "relu6": nn.ReLU6,
+        "hardtanh": lambda: nn.Hardtanh(**params),
+        "hardswish": nn.Hardswish,
+        "hardsigmoid": nn.Hardsigmoid,
+        "leaky_relu": lambda: nn.LeakyReLU(**params),
+        "elu": lambda: nn.ELU(**params),
+        "mish": nn.Mish,
     }[name]()
+
+
+def _check_activation_params(activation, activation_params):
+    """activation_params checked against the activation (ValueError naming 'activation_params'), as a new dict
+    (None when empty)."""
+    contract.activation_args(activation, activation_params, "nn")
+    return dict(activation_params) if activation_params else None
 
 
 def _check_activation(activation):
@@ -98,15 +144,16 @@ class _DlkLayer:
     _torch_class = None  # the torch.nn class this layer replaces
     # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
     # torch.fx graph when it fused it into this layer; revert() puts it back.
-    _own_attributes = ("activation", "backend", "_fused_by_convert", "_fused_call")
+    _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call")
 
     @classmethod
-    def from_torch(cls, layer, activation="none", backend="auto"):
+    def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
         """A dlkernels layer that shares ``layer``'s parameters and buffers (no copy: training one trains the
         other), with its hooks, training flag and other attributes.
 
         ``layer`` must be an instance of the torch.nn class this layer replaces (or of a subclass: then its
-        own forward is not used, ours is). ``activation`` is applied after the layer, fused into its kernel.
+        own forward is not used, ours is). ``activation`` (with ``activation_params``) is applied after the
+        layer, fused into its kernel.
         """
         if not isinstance(layer, cls._torch_class):
             raise TypeError(
@@ -114,7 +161,7 @@ class _DlkLayer:
                 f"got {type(layer).__name__}"
             )
         new = _rebuild(layer, cls, drop=cls._own_attributes)
-        new._set_options(activation, backend)
+        new._set_options(activation, backend, activation_params)
         return new
 
     def to_torch(self):
@@ -126,16 +173,19 @@ class _DlkLayer:
 
     def activation_module(self):
         """A new torch.nn module computing this layer's fused activation, or None when there is none."""
-        return activation_module(self.activation)
+        return activation_module(self.activation, self.activation_params)
 
-    def _set_options(self, activation, backend):
+    def _set_options(self, activation, backend, activation_params=None):
         self.activation = _check_activation(activation)
+        self.activation_params = _check_activation_params(activation, activation_params)
         self.backend = _check_backend(backend)
         self._fused_by_convert = False
         self._fused_call = None
 
     def extra_repr(self):
         options = f"backend={self.backend!r}"
+        if getattr(self, "activation_params", None):
+            options = f"activation_params={self.activation_params!r}, " + options
         if getattr(self, "activation", None) is not None:
             options = f"activation={self.activation!r}, " + options
         base = super().extra_repr()
@@ -145,34 +195,36 @@ class _DlkLayer:
 class Linear(_DlkLayer, nn.Linear):
     """torch.nn.Linear computing ``activation(x @ weight.T + bias)`` with ``dlkernels.ops.linear_act``.
 
-    Same arguments as torch.nn.Linear plus ``activation`` (fused after the bias) and ``backend``."""
+    Same arguments as torch.nn.Linear plus ``activation`` (fused after the bias), ``activation_params`` and ``backend``."""
 
     _torch_class = nn.Linear
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *, activation="none",
-                 backend="auto"):
+                 backend="auto", activation_params=None):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._set_options(activation, backend)
+        self._set_options(activation, backend, activation_params)
 
     def forward(self, input):
-        return ops.linear_act(input, self.weight, self.bias, self.activation, self.backend)
+        return ops.linear_act(input, self.weight, self.bias, self.activation, self.backend,
+                              activation_params=getattr(self, "activation_params", None))
 
 
 class Conv2d(_DlkLayer, nn.Conv2d):
     """torch.nn.Conv2d computing ``activation(conv2d(x) + bias)`` with ``dlkernels.ops.conv2d``.
 
-    Same arguments as torch.nn.Conv2d plus ``activation`` and ``backend``. ``padding_mode`` other than
+    Same arguments as torch.nn.Conv2d plus ``activation``, ``activation_params`` and ``backend``. ``padding_mode`` other than
     "zeros" ("reflect", "replicate", "circular") works the way torch does it: the input is padded with
     F.pad first, then convolved without padding."""
 
     _torch_class = nn.Conv2d
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation="none", backend="auto"):
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation="none", backend="auto",
+                 activation_params=None):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, bias=bias, padding_mode=padding_mode, device=device,
                          dtype=dtype)
-        self._set_options(activation, backend)
+        self._set_options(activation, backend, activation_params)
 
     def _conv_forward(self, input, weight, bias):
         padding = self.padding
@@ -180,7 +232,7 @@ class Conv2d(_DlkLayer, nn.Conv2d):
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
         return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                          self.activation, self.backend)
+                          self.activation, self.backend, activation_params=getattr(self, "activation_params", None))
 
     def forward(self, input):
         return self._conv_forward(input, self.weight, self.bias)
@@ -205,8 +257,8 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
         """A dlkernels MaxPool2d with ``layer``'s settings, hooks and attributes."""
         return super().from_torch(layer, activation=None, backend=backend)
 
-    def _set_options(self, activation, backend):
-        if activation is not None:
+    def _set_options(self, activation, backend, activation_params=None):
+        if activation is not None or activation_params is not None:
             raise TypeError("dlkernels.nn.MaxPool2d has no activation")
         self.backend = _check_backend(backend)
         self._fused_by_convert = False

@@ -5,7 +5,9 @@ turns runtime choices (activation, dtype, TF32 flag) into the constexpr argument
 """
 import contextlib
 import inspect
+import math
 import os
+import struct
 
 import torch
 import triton
@@ -60,12 +62,31 @@ def _sigmoid(z):
 
 
 @triton.jit
-def apply_activation(z, ACT: tl.constexpr):
-    """act(z) for the activation code ACT; z is float32 (or float64), never a 16-bit type.
+def act_param(hi, lo, ACC_DTYPE: tl.constexpr):
+    """An activation parameter in the accumulation type from the two float32 halves the kernels receive
+    (param_args): Triton passes Python floats as float32, which is not enough for float64 kernels (0.01 would
+    be off by 2e-8 relative); hi + lo carries 48 bits."""
+    return tl.cast(hi, ACC_DTYPE) + tl.cast(lo, ACC_DTYPE)
+
+
+@triton.jit
+def _mish_tanh_softplus(z):
+    # tanh(softplus(z)) = n (n + 2) / (n (n + 2) + 2) with n = e^z, exact to rounding for z <= 20 and equal to
+    # 1 (to float64 precision) above, where n is capped so that n^2 stays finite.
+    n = tl.exp(tl.minimum(z, 20.0))
+    m = n * (n + 2.0)
+    return m / (m + 2.0)
+
+
+@triton.jit
+def apply_activation(z, ACT: tl.constexpr, alpha, beta):
+    """act(z) for the activation code ACT; z is float32 (or float64), never a 16-bit type. alpha and beta are
+    the activation's parameters (contract.activation_args), runtime values in z's type.
 
     tanh is written with sigmoid (tanh(z) = 2 sigmoid(2z) - 1, and 1 + tanh(u) = 2 sigmoid(2u) in gelu_tanh)
     because tl has exp and erf but no portable tanh (libdevice's does not run under the interpreter).
-    Float literals take z's type (float64 stays exact).
+    Float literals take z's type (float64 stays exact). Clamps are comparisons and selects, not
+    tl.minimum/maximum, so that NaN propagates as in torch.
     """
     if ACT == 1:  # relu; NaN passes (the comparison is false for NaN), as torch.relu
         z = tl.where(z < 0.0, 0.0, z)
@@ -79,17 +100,36 @@ def apply_activation(z, ACT: tl.constexpr):
         z = z * _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z))
     elif ACT == 6:  # silu
         z = z * _sigmoid(z)
+    elif ACT == 7:  # relu6 = hardtanh(0, 6)
+        z = tl.where(z < 0.0, 0.0, tl.where(z > 6.0, 6.0, z))
+    elif ACT == 8:  # hardtanh(alpha = min_val, beta = max_val)
+        z = tl.where(z < alpha, alpha, tl.where(z > beta, beta, z))
+    elif ACT == 9:  # hardswish: z min(max(z + 3, 0), 6) / 6
+        r = z + 3.0
+        r = tl.where(r < 0.0, 0.0, tl.where(r > 6.0, 6.0, r))
+        z = z * r / 6.0
+    elif ACT == 10:  # hardsigmoid: min(max(z + 3, 0), 6) / 6
+        r = z + 3.0
+        z = tl.where(r < 0.0, 0.0, tl.where(r > 6.0, 6.0, r)) / 6.0
+    elif ACT == 11:  # leaky_relu(alpha = negative_slope)
+        z = tl.where(z > 0.0, z, z * alpha)
+    elif ACT == 12:  # elu(alpha): (e^z - 1) alpha for z <= 0
+        z = tl.where(z <= 0.0, (tl.exp(tl.minimum(z, 0.0)) - 1.0) * alpha, z)
+    elif ACT == 13:  # mish: z tanh(softplus(z))
+        z = z * _mish_tanh_softplus(z)
     return z
 
 
 @triton.jit
-def activation_grad(saved, ACT: tl.constexpr):
-    """d act / dz, from the saved output y (relu, sigmoid, tanh) or the pre-activation z (gelu, gelu_tanh,
-    silu), the same rule as csrc/common/activation.h."""
+def activation_grad(saved, ACT: tl.constexpr, alpha, beta):
+    """d act / dz, from the saved output y (contract.GRAD_FROM_OUTPUT) or the pre-activation z
+    (GRAD_FROM_PREACTIVATION), the same rule as csrc/common/activation.h, with torch's values at the kinks."""
+    one = tl.full(saved.shape, 1.0, saved.dtype)
+    zero = tl.zeros(saved.shape, saved.dtype)
     if ACT == 0:
-        d = tl.full(saved.shape, 1.0, saved.dtype)
+        d = one
     elif ACT == 1:  # from y: blocked where y <= 0, passes elsewhere (NaN included), as threshold_backward
-        d = tl.where(saved <= 0.0, 0.0, 1.0).to(saved.dtype)
+        d = tl.where(saved <= 0.0, zero, one)
     elif ACT == 2:  # y (1 - y)
         d = saved * (1.0 - saved)
     elif ACT == 3:  # 1 - y^2
@@ -103,9 +143,24 @@ def activation_grad(saved, ACT: tl.constexpr):
         t = 2.0 * _sigmoid(1.5957691216057308 * (z + 0.044715 * z * z * z)) - 1.0
         du = 0.7978845608028654 * (1.0 + 0.134145 * z * z)
         d = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * du
-    else:  # silu: s (1 + z (1 - s))
+    elif ACT == 6:  # silu: s (1 + z (1 - s))
         s = _sigmoid(saved)
         d = s * (1.0 + saved * (1.0 - s))
+    elif ACT == 7:  # relu6 from y: passes where 0 < y < 6 (and NaN), as hardtanh_backward
+        d = tl.where((saved <= 0.0) | (saved >= 6.0), zero, one)
+    elif ACT == 8:  # hardtanh from y: passes where min_val < y < max_val (and NaN)
+        d = tl.where((saved <= alpha) | (saved >= beta), zero, one)
+    elif ACT == 9:  # hardswish from z: 0 up to -3, z / 3 + 1/2 on (-3, 3), 1 from 3 (and NaN)
+        d = tl.where(saved <= -3.0, zero, tl.where(saved < 3.0, saved / 3.0 + 0.5, one))
+    elif ACT == 10:  # hardsigmoid from y: 1/6 where 0 < y < 1 (-3 < z < 3), else 0 (NaN included); torch's 1/6
+        d = tl.where((saved > 0.0) & (saved < 1.0), one * 0.1666666716337204, zero)  # is float32's, as here
+    elif ACT == 11:  # leaky_relu from y (negative_slope >= 0): 1 where y > 0, else negative_slope
+        d = tl.where(saved > 0.0, one, zero + alpha)
+    elif ACT == 12:  # elu from y (alpha >= 0): y + alpha where y <= 0, else 1
+        d = tl.where(saved <= 0.0, saved + alpha, one)
+    else:  # mish from z: t + z sigmoid(z) (1 - t^2), t = tanh(softplus(z))
+        t = _mish_tanh_softplus(saved)
+        d = t + saved * _sigmoid(saved) * (1.0 - t * t)
     return d
 
 
@@ -120,14 +175,14 @@ def dot(a, b, acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def grad_operand(g_ptrs, s_ptrs, mask, ACT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+def grad_operand(g_ptrs, s_ptrs, mask, ACT: tl.constexpr, alpha, beta, ACC_DTYPE: tl.constexpr):
     """A tile of dz = grad_out * act'(saved), loaded straight from grad_out and the saved output, in the
     input dtype (ready for tl.dot). With ACT == 0 it is just the grad_out tile (the caller passes an
     already computed dz there too): the saved tensor is not read."""
     g = tl.load(g_ptrs, mask=mask, other=0.0)
     if ACT != 0:
         s = tl.load(s_ptrs, mask=mask, other=0.0).to(ACC_DTYPE)
-        g = (g.to(ACC_DTYPE) * activation_grad(s, ACT)).to(g.dtype)
+        g = (g.to(ACC_DTYPE) * activation_grad(s, ACT, alpha, beta)).to(g.dtype)
     return g
 
 
@@ -145,6 +200,29 @@ def check_dtype(t, op):
     if t.dtype not in SUPPORTED_DTYPES:
         raise TypeError(
             f"dlkernels.{op}: the Triton backend supports float32, float16, bfloat16 and float64, got {t.dtype}")
+
+
+def param_args(alpha, beta):
+    """The kernels' ALPHA, ALPHA_LO, BETA, BETA_LO: each parameter as a float32 and the float32 rounding of
+    what that leaves (see act_param)."""
+    args = []
+    for value in (alpha, beta):
+        try:
+            hi = struct.unpack("f", struct.pack("f", value))[0]
+        except OverflowError:  # beyond float32: the parameter is an infinite bound
+            hi = math.copysign(math.inf, value)
+        args += [hi, value - hi if math.isfinite(hi) else 0.0]
+    return args
+
+
+def check_activation_args(activation, alpha, beta, op):
+    """What the C++ kernels check too (activation.h, check_activation_params): leaky_relu's and elu's parameter
+    >= 0 (their derivative is taken from the output), hardtanh's min_val <= max_val."""
+    if activation in ("leaky_relu", "elu") and not alpha >= 0:
+        raise ValueError(f"dlkernels.{op}: activation {activation!r} needs alpha >= 0, got {alpha}")
+    if activation == "hardtanh" and not alpha <= beta:
+        raise ValueError(f"dlkernels.{op}: activation 'hardtanh' needs alpha (min_val) <= beta (max_val), "
+                         f"got {alpha} and {beta}")
 
 
 def check_saved_output(out, activation, op):

@@ -23,8 +23,9 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ..contract import conv_output_shape, empty_like_format
-from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      cdiv, check_dtype, check_saved_output, config, custom_op, device_guard, dot, dot_precision, grad_operand)
+from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, act_param, activation_grad,
+                      apply_activation, autotune, cdiv, check_activation_args, check_dtype, check_saved_output, config,
+                      param_args, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper: the pixel dimension is long, the channel dimension usually 64-512: 128-pixel tiles with 64 or 128
 # output channels, channel slices of 32/64 (one 3x3 tap of a 64-channel layer per step), 3-4 stages.
@@ -53,6 +54,7 @@ def _conv2d_forward_kernel(
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sxn, sxc, sxh, sxw, swo, swc, swh, sww, son, soc, soh, sow,  # g (EPILOGUE 1) has out's strides
     SH, SW, PH, PW, DH, DW,
+    ALPHA, ALPHA_LO, BETA, BETA_LO,  # the activation's parameters (param_args), runtime values
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EPILOGUE: tl.constexpr,  # 0: act(z); 1: g * act'(z)
     PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -89,10 +91,13 @@ def _conv2d_forward_kernel(
         acc += tl.load(bias_ptr + oc_g, mask=mask_oc, other=0.0).to(ACC_DTYPE)[None, :]
     out_offs = (n * son + oh * soh + ow * sow)[:, None] + oc_g[None, :] * soc
     out_mask = mask_p[:, None] & mask_oc[None, :]
+    alpha = act_param(ALPHA, ALPHA_LO, ACC_DTYPE)
+    beta = act_param(BETA, BETA_LO, ACC_DTYPE)
     if EPILOGUE == 0:
-        acc = apply_activation(acc, ACT)
+        acc = apply_activation(acc, ACT, alpha, beta)
     else:
-        acc = tl.load(g_ptr + out_offs, mask=out_mask, other=0.0).to(ACC_DTYPE) * activation_grad(acc, ACT)
+        acc = tl.load(g_ptr + out_offs, mask=out_mask, other=0.0).to(ACC_DTYPE) * activation_grad(acc, ACT, alpha,
+                                                                                                  beta)
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -103,6 +108,7 @@ def _conv2d_grad_input_kernel(
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sgn, sgc, sgh, sgw, swo, swc, swh, sww, sxn, sxc, sxh, sxw,  # s has g's strides; sx* are grad_x's
     SH, SW, PH, PW, DH, DW,
+    ALPHA, ALPHA_LO, BETA, BETA_LO,
     A_ACT: tl.constexpr, PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -118,6 +124,8 @@ def _conv2d_grad_input_kernel(
     ih = (q // W) % H
     n = (q // (H * W)).to(tl.int64)
     c_g = group * Cg + c
+    alpha = act_param(ALPHA, ALPHA_LO, ACC_DTYPE)
+    beta = act_param(BETA, BETA_LO, ACC_DTYPE)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for kh in range(KH):
@@ -135,7 +143,8 @@ def _conv2d_grad_input_kernel(
                 o = o0 + rk
                 mask_o = o < OCg
                 g_offs = g_pix[:, None] + o[None, :] * sgc
-                a = grad_operand(g_ptr + g_offs, s_ptr + g_offs, ok[:, None] & mask_o[None, :], A_ACT, ACC_DTYPE)
+                a = grad_operand(g_ptr + g_offs, s_ptr + g_offs, ok[:, None] & mask_o[None, :], A_ACT, alpha, beta,
+                                 ACC_DTYPE)
                 b = tl.load(w_tap[None, :] + (group * OCg + o)[:, None].to(tl.int64) * swo,
                             mask=mask_o[:, None] & mask_c[None, :], other=0.0)
                 acc = dot(a, b, acc, PRECISION)
@@ -152,6 +161,7 @@ def _conv2d_grad_weight_kernel(
     N, C, H, W, OC, OH, OW, KH, KW, GROUPS,
     sgn, sgc, sgh, sgw, sxn, sxc, sxh, sxw,  # s has g's strides
     SH, SW, PH, PW, DH, DW,
+    ALPHA, ALPHA_LO, BETA, BETA_LO,
     SPLIT_P,  # the pixel reduction is cut in SPLIT_P chunks; partial results go to gw[split], gb[split]
     A_ACT: tl.constexpr, BIAS_GRAD: tl.constexpr, DOT: tl.constexpr,
     PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
@@ -175,6 +185,8 @@ def _conv2d_grad_weight_kernel(
     chunk = tl.cdiv(tl.cdiv(P, SPLIT_P), BLOCK_K) * BLOCK_K
     p_begin = split * chunk
     p_end = tl.minimum(p_begin + chunk, P)
+    alpha = act_param(ALPHA, ALPHA_LO, ACC_DTYPE)
+    beta = act_param(BETA, BETA_LO, ACC_DTYPE)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
@@ -185,7 +197,8 @@ def _conv2d_grad_weight_kernel(
         oh = (p // OW) % OH
         n = (p // (OH * OW)).to(tl.int64)
         g_offs = (n * sgn + oh * sgh + ow * sgw)[None, :] + oc_g[:, None].to(tl.int64) * sgc  # dz^T tile
-        a = grad_operand(g_ptr + g_offs, s_ptr + g_offs, mask_oc[:, None] & mask_p[None, :], A_ACT, ACC_DTYPE)
+        a = grad_operand(g_ptr + g_offs, s_ptr + g_offs, mask_oc[:, None] & mask_p[None, :], A_ACT, alpha, beta,
+                         ACC_DTYPE)
         if BIAS_GRAD:
             bias_acc += tl.sum(a.to(ACC_DTYPE), axis=1)
         if DOT:
@@ -223,7 +236,7 @@ def _window(stride, padding, dilation):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
 
-def _launch_forward(x, weight, bias, out, g, stride, padding, dilation, groups, act, epilogue):
+def _launch_forward(x, weight, bias, out, g, stride, padding, dilation, groups, act, params, epilogue):
     N, OC, OH, OW = out.shape
     if out.numel() == 0:
         return
@@ -232,16 +245,18 @@ def _launch_forward(x, weight, bias, out, g, stride, padding, dilation, groups, 
         _conv2d_forward_kernel[grid](
             x, weight, x if bias is None else bias, out if g is None else g, out,
             *_shape_args(x, weight, (OH, OW), groups), *x.stride(), *weight.stride(), *out.stride(),
-            *_window(stride, padding, dilation),
+            *_window(stride, padding, dilation), *param_args(*params),
             HAS_BIAS=bias is not None, ACT=act, EPILOGUE=epilogue,
             PRECISION=dot_precision(x.dtype, _allow_tf32()), ACC_DTYPE=acc_dtype(x.dtype))
 
 
 @custom_op("conv2d")
-def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation):
+def conv2d_forward(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta):
     check_dtype(x, "conv2d")
+    check_activation_args(activation, alpha, beta, "conv2d")
     out = empty_like_format(conv_output_shape(x, weight, stride, padding, dilation), x)
-    _launch_forward(x, weight, bias, out, None, stride, padding, dilation, groups, ACT_CODE[activation], 0)
+    _launch_forward(x, weight, bias, out, None, stride, padding, dilation, groups, ACT_CODE[activation],
+                    (alpha, beta), 0)
     return out
 
 
@@ -254,11 +269,13 @@ def _split_p(x, P, tiles):
 
 
 @custom_op("conv2d_backward")
-def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, output_mask):
+def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, alpha, beta,
+                    output_mask):
     """(grad_x, grad_weight, grad_bias) of conv2d; a result not selected by output_mask (or grad_bias without a
     bias) is None."""
     check_dtype(x, "conv2d_backward")
     check_saved_output(out, activation, "conv2d_backward")
+    check_activation_args(activation, alpha, beta, "conv2d_backward")
     need_x, need_w, need_b = output_mask[0], output_mask[1], output_mask[2] and bias is not None
     N, C, H, W = x.shape
     OC, Cg, KH, KW = weight.shape
@@ -269,14 +286,14 @@ def conv2d_backward(grad_out, x, weight, bias, out, stride, padding, dilation, g
     if activation in NEEDS_PREACTIVATION:
         dz = torch.empty_like(g)
         if need_x or need_w or need_b:
-            _launch_forward(x, weight, bias, dz, g, stride, padding, dilation, groups, act, 1)
+            _launch_forward(x, weight, bias, dz, g, stride, padding, dilation, groups, act, (alpha, beta), 1)
         a_act, s = 0, dz
     elif activation in NEEDS_OUTPUT:
         dz, a_act, s = g, act, out.contiguous(memory_format=fmt)
     else:  # "none": dz = g
         dz, a_act, s = g, 0, g
     shape = _shape_args(x, weight, (OH, OW), groups)
-    window = _window(stride, padding, dilation)
+    window = (*_window(stride, padding, dilation), *param_args(alpha, beta))
     precision, acc = dot_precision(x.dtype, _allow_tf32()), acc_dtype(x.dtype)
 
     grad_x = empty_like_format(x.shape, x) if need_x else None

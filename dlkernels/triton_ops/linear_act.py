@@ -23,8 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, activation_grad, apply_activation, autotune,
-                      check_dtype, check_saved_output, config, custom_op, device_guard, dot, dot_precision, grad_operand)
+from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, act_param, activation_grad,
+                      apply_activation, autotune, check_activation_args, check_dtype, check_saved_output, config,
+                      param_args, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper (H100/H200): 128x128 and 128x256 tiles with K slices of 64 feed wgmma from a 3-4 stage
 # TMA/cp.async pipeline inside the 228 KB of shared memory per SM; 8 warps (two warpgroups) for the
@@ -59,6 +60,7 @@ def _linear_act_gemm_kernel(
     a_ptr, s_ptr, b_ptr, c_ptr, bias_ptr, g_ptr, rowsum_ptr,
     M, N, K,
     stride_am, stride_ak, stride_bk, stride_bn, stride_cm, stride_cn,
+    ALPHA, ALPHA_LO, BETA, BETA_LO,  # the activation's parameters (param_args), runtime values
     A_ACT: tl.constexpr,  # A = a * act'(s) with this activation (s has a's strides); 0: A = a
     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, EPILOGUE: tl.constexpr,
     ROWSUM: tl.constexpr,  # also write rowsum[m] = sum_k A[m, k] (float32/64), from the programs of column 0
@@ -88,12 +90,14 @@ def _linear_act_gemm_kernel(
     a_offs = rm[:, None].to(tl.int64) * stride_am + rk[None, :] * stride_ak
     b_offs = rk[:, None] * stride_bk + rn[None, :].to(tl.int64) * stride_bn
 
+    alpha = act_param(ALPHA, ALPHA_LO, ACC_DTYPE)
+    beta = act_param(BETA, BETA_LO, ACC_DTYPE)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     rowsum = tl.zeros((BLOCK_M,), dtype=ACC_DTYPE)
     for k0 in range(0, K, BLOCK_K):
         mask_k = (k0 + rk) < K
         a_mask = mask_m[:, None] & mask_k[None, :]
-        a = grad_operand(a_ptr + a_offs, s_ptr + a_offs, a_mask, A_ACT, ACC_DTYPE)
+        a = grad_operand(a_ptr + a_offs, s_ptr + a_offs, a_mask, A_ACT, alpha, beta, ACC_DTYPE)
         if ROWSUM:
             rowsum += tl.sum(a.to(ACC_DTYPE), axis=1)
         if DOT:
@@ -111,9 +115,10 @@ def _linear_act_gemm_kernel(
         c_offs = rm[:, None].to(tl.int64) * stride_cm + rn[None, :] * stride_cn
         c_mask = mask_m[:, None] & mask_n[None, :]
         if EPILOGUE == 0:
-            acc = apply_activation(acc, ACT)
+            acc = apply_activation(acc, ACT, alpha, beta)
         else:
-            acc = tl.load(g_ptr + c_offs, mask=c_mask, other=0.0).to(ACC_DTYPE) * activation_grad(acc, ACT)
+            acc = tl.load(g_ptr + c_offs, mask=c_mask, other=0.0).to(ACC_DTYPE) * activation_grad(acc, ACT, alpha,
+                                                                                                  beta)
         tl.store(c_ptr + c_offs, acc.to(c_ptr.dtype.element_ty), mask=c_mask)
 
 
@@ -121,7 +126,8 @@ def _allow_tf32():
     return torch.backends.cuda.matmul.allow_tf32
 
 
-def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, g=None, rowsum=None, with_dot=True):
+def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, params=(0.0, 0.0), epilogue=EPILOGUE_ACT, g=None,
+          rowsum=None, with_dot=True):
     """Launches _linear_act_gemm_kernel for C (M, N) = A (M, K) @ B (K, N) (2-D tensors or views with any strides)."""
     M, K = a.shape
     N = b.shape[1]
@@ -135,7 +141,7 @@ def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, 
             a, a if s is None else s, b, c, a if bias is None else bias, a if g is None else g,
             a if rowsum is None else rowsum,
             M, N if with_dot else 1, K,
-            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1),
+            a.stride(0), a.stride(1), b.stride(0), b.stride(1), c.stride(0), c.stride(1), *param_args(*params),
             A_ACT=a_act, HAS_BIAS=bias is not None, ACT=act, EPILOGUE=epilogue, ROWSUM=rowsum is not None,
             DOT=with_dot, PRECISION=dot_precision(a.dtype, _allow_tf32()), ACC_DTYPE=acc_dtype(a.dtype),
         )
@@ -146,22 +152,24 @@ def _gemm(a, b, c, *, a_act=0, s=None, bias=None, act=0, epilogue=EPILOGUE_ACT, 
 
 
 @custom_op("linear_act")
-def linear_act_forward(x, weight, bias, activation):
+def linear_act_forward(x, weight, bias, activation, alpha, beta):
     check_dtype(x, "linear_act")
+    check_activation_args(activation, alpha, beta, "linear_act")
     N, K = weight.shape
     x2 = x.reshape(math.prod(x.shape[:-1]), K)
     # Allocated in its final shape: a custom op must not return a view (the caller may modify it in place).
     out = torch.empty((*x.shape[:-1], N), dtype=x.dtype, device=x.device)
-    _gemm(x2, weight.t(), out.view(x2.shape[0], N), bias=bias, act=ACT_CODE[activation])
+    _gemm(x2, weight.t(), out.view(x2.shape[0], N), bias=bias, act=ACT_CODE[activation], params=(alpha, beta))
     return out
 
 
 @custom_op("linear_act_backward")
-def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask):
+def linear_act_backward(grad_out, x, weight, bias, out, activation, alpha, beta, output_mask):
     """(grad_x, grad_weight, grad_bias) of linear_act; a result not selected by output_mask (or grad_bias
     without a bias) is None."""
     check_dtype(x, "linear_act_backward")
     check_saved_output(out, activation, "linear_act_backward")
+    check_activation_args(activation, alpha, beta, "linear_act_backward")
     N, K = weight.shape
     M = math.prod(x.shape[:-1])
     x2 = x.reshape(M, K)
@@ -176,7 +184,8 @@ def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask)
         # Recompute z = x W^T + b and turn it into dz = g * act'(z) in the same epilogue.
         dz = torch.empty((M, N), dtype=x.dtype, device=x.device)
         if need_x or need_w or need_b:
-            _gemm(x2, weight.t(), dz, bias=bias, act=ACT_CODE[activation], epilogue=EPILOGUE_GRAD, g=g)
+            _gemm(x2, weight.t(), dz, bias=bias, act=ACT_CODE[activation], params=(alpha, beta),
+                  epilogue=EPILOGUE_GRAD, g=g)
         a_act, s = 0, None
     elif activation in NEEDS_OUTPUT:
         # dz = g * act'(y) is formed on load inside the two GEMMs below.
@@ -185,8 +194,8 @@ def linear_act_backward(grad_out, x, weight, bias, out, activation, output_mask)
         dz, a_act, s = g, 0, None
 
     if need_x:  # dx = dz @ W
-        _gemm(dz, weight, grad_x, a_act=a_act, s=s)
+        _gemm(dz, weight, grad_x, a_act=a_act, s=s, params=(alpha, beta))
     if need_w or need_b:  # dW = dz^T @ x, db = row sums of dz^T
         _gemm(dz.t(), x2, grad_w if need_w else x2, a_act=a_act, s=None if s is None else s.t(),
-              rowsum=grad_b if need_b else None, with_dot=need_w)
+              params=(alpha, beta), rowsum=grad_b if need_b else None, with_dot=need_w)
     return grad_x.view(x.shape) if need_x else None, grad_w, grad_b.to(x.dtype) if need_b else None
