@@ -371,6 +371,44 @@ def test_convert_inplace_shares_parameters_and_revert_restores_activations():
     assert model[1].approximate == "tanh" and [p for p in model.parameters()] == weights
 
 
+@pytest.mark.parametrize("act, name, params", [
+    (nn.ReLU6(), "relu6", None),
+    (nn.Hardtanh(-2.0, 0.5), "hardtanh", {"min_val": -2.0, "max_val": 0.5}),
+    (nn.Hardswish(), "hardswish", None),
+    (nn.Hardsigmoid(), "hardsigmoid", None),
+    (nn.LeakyReLU(0.1), "leaky_relu", {"negative_slope": 0.1}),
+    (nn.ELU(0.5), "elu", {"alpha": 0.5}),
+    (nn.Mish(), "mish", None),
+])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_convert_fuses_the_activations_real_models_use(act, name, params, kind):
+    """MobileNet (ReLU6, Hardswish, Hardsigmoid), YOLO-style (LeakyReLU), ELU and Mish blocks fuse, with their
+    parameters; training gives torch's gradients and revert gives the module back."""
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 6) if kind == "linear" else nn.Conv2d(3, 6, 3, padding=1)
+    model = nn.Sequential(layer, act, nn.Flatten(), nn.LazyLinear(2) if kind == "conv" else nn.Linear(6, 2))
+    x = make_input(2, 3, 4, 4, seed=3) if kind == "conv" else make_input(3, 5, seed=3)
+    model(x)  # materialise the lazy layer
+    fast, report = dnn.convert(model, return_report=True)
+    assert [(f.name, f.into, f.activation) for f in report.fused] == [("1", "0", name)]
+    assert fast[0].activation == name and fast[0].activation_params == params
+    out, gx, grads = forward_backward(fast, x)
+    out_t, gx_t, grads_t = forward_backward(model, x)
+    torch.testing.assert_close(out, out_t, **LAYER_TOL)
+    torch.testing.assert_close(gx, gx_t, **LAYER_TOL)
+    assert grads.keys() == grads_t.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], grads_t[n], **LAYER_TOL, msg=lambda m: f"grad of {n}: {m}")
+    plain = dnn.revert(fast)
+    assert type(plain[1]) is type(act) and repr(plain[1]) == repr(act)
+
+
+def test_convert_leaves_activation_parameters_the_kernels_do_not_support():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU(-0.1))
+    fast, report = dnn.convert(model, return_report=True)
+    assert not report.fused and fast[0].activation == "none" and type(fast[1]) is nn.LeakyReLU
+
+
 def test_convert_leaves_what_it_cannot_run_and_reports_it():
     class MyLinear(nn.Linear):  # a subclass may have its own forward: left alone
         def forward(self, x):

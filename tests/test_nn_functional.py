@@ -37,6 +37,14 @@ CALLS = {
     "F.gelu": (lambda y: F.gelu(y), "gelu"),
     "F.gelu_none": (lambda y: F.gelu(y, approximate="none"), "gelu"),
     "F.gelu_tanh": (lambda y: F.gelu(y, approximate="tanh"), "gelu_tanh"),
+    "F.relu6": (lambda y: F.relu6(y), "relu6"),
+    "F.hardtanh": (lambda y: F.hardtanh(y, -0.5, 0.25), "hardtanh"),
+    "F.hardswish": (lambda y: F.hardswish(y), "hardswish"),
+    "F.hardsigmoid": (lambda y: F.hardsigmoid(y), "hardsigmoid"),
+    "F.leaky_relu": (lambda y: F.leaky_relu(y, 0.2), "leaky_relu"),
+    "F.leaky_relu_default": (lambda y: F.leaky_relu(y), "leaky_relu"),
+    "F.elu": (lambda y: F.elu(y, alpha=0.5), "elu"),
+    "F.mish": (lambda y: F.mish(y), "mish"),
 }
 
 
@@ -117,7 +125,8 @@ class TwoUses(nn.Module):
     def forward(self, x):
         y = self.fc(x)
         z = self.fc2(x)
-        return F.relu(y) + y + F.leaky_relu(z, 0.2)  # fc's output used twice; leaky_relu(0.2) has no fused form
+        # fc's output is used twice; the kernels support no negative slope (their backward reads the output)
+        return F.relu(y) + y + F.leaky_relu(z, -0.2)
 
 
 def test_functional_activation_not_fused_when_the_output_has_other_uses():

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import contract, ops
 from ..ops import BACKENDS
-from .layers import Conv2d, FoldedBatchNorm, FusedActivation, Linear, MaxPool2d, activation_name
+from .layers import Conv2d, FoldedBatchNorm, FusedActivation, Linear, MaxPool2d, activation_name, activation_params
 
 __all__ = ["convert", "revert", "fold_batchnorm", "ConversionReport", "Converted", "Fused", "Folded", "Left"]
 
@@ -53,9 +53,8 @@ def _argument(node, index, name, default):
 
 # Rows: (functions, method names, rule). rule(node) gives the dlkernels activation name these call arguments
 # compute, or None when they have no fused form. A row fuses only while its name is in dlkernels.ACTIVATIONS
-# (looked up at conversion time), so rows for activations the kernels do not have yet are harmless; the day
-# "relu6" joins the op table, F.relu6 fuses. An activation with a parameter (leaky_relu's slope, elu's alpha)
-# fuses here with its default value only; when the layers take activation parameters, its rule returns them.
+# (looked up at conversion time), so rows for activations the kernels do not have yet are harmless. A rule of
+# an activation with parameters returns (name, activation_params) with torch's names for them.
 _ACTIVATION_CALLS = [
     (("relu", "relu_"), ("relu", "relu_"), lambda n: "relu"),
     (("sigmoid", "sigmoid_"), ("sigmoid", "sigmoid_"), lambda n: "sigmoid"),
@@ -66,18 +65,17 @@ _ACTIVATION_CALLS = [
     (
         ("hardtanh", "hardtanh_"),
         (),
-        lambda n: (
-            "relu6" if (_argument(n, 1, "min_val", -1.0), _argument(n, 2, "max_val", 1.0)) == (0.0, 6.0) else None
-        ),
+        lambda n: ("hardtanh", {"min_val": _argument(n, 1, "min_val", -1.0),
+                                "max_val": _argument(n, 2, "max_val", 1.0)}),
     ),
     (("hardswish",), (), lambda n: "hardswish"),
     (("hardsigmoid",), (), lambda n: "hardsigmoid"),
     (
         ("leaky_relu", "leaky_relu_"),
         (),
-        lambda n: "leaky_relu" if _argument(n, 1, "negative_slope", 0.01) == 0.01 else None,
+        lambda n: ("leaky_relu", {"negative_slope": _argument(n, 1, "negative_slope", 0.01)}),
     ),
-    (("elu", "elu_"), (), lambda n: "elu" if _argument(n, 1, "alpha", 1.0) == 1.0 else None),
+    (("elu", "elu_"), (), lambda n: ("elu", {"alpha": _argument(n, 1, "alpha", 1.0)})),
     (("mish",), (), lambda n: "mish"),
 ]
 
@@ -101,17 +99,28 @@ _CALLS = _call_table()
 
 
 def _call_activation(node, source):
-    """The dlkernels activation an fx node computes on ``source`` (its only tensor argument), or None."""
+    """The dlkernels activation an fx node computes on ``source`` (its only tensor argument) as (name,
+    activation_params or None), or None when it computes none the kernels have (with these parameters)."""
     rule = _CALLS.get((node.op, node.target))
     if rule is None or not node.args or node.args[0] is not source:
         return None
     if _has_node((node.args[1:], node.kwargs)):  # a tensor-valued parameter: not an activation we know
         return None
     try:
-        name = rule(node)
+        name, params = _with_params(rule(node))
+        if name not in contract.ACTIVATIONS:
+            return None
+        contract.activation_args(name, params)  # parameters the kernels do not support raise
     except Exception:  # noqa: BLE001 (unusual arguments: just not fused)
         return None
-    return name if name in contract.ACTIVATIONS else None
+    return name, params
+
+
+def _with_params(activation):
+    """(name, activation_params or None) from a rule's or a module's activation: a name or such a pair."""
+    if activation is None or isinstance(activation, str):
+        return activation, None
+    return activation
 
 
 def _has_node(values):
@@ -368,7 +377,7 @@ class _CallFusion(NamedTuple):
     module ``region``."""
     region: str
     layer: str
-    activation: str
+    activation: tuple  # (name, activation_params or None)
     call: str
     node: str
 
@@ -406,7 +415,7 @@ def _plan_fusions(model, convertible, report):
         if why:
             report.left.append(Left(act_name, type(act).__name__, f"not fused into {layer_name}: {why}"))
             return False
-        pairs.append((layer_name, act_name, activation))
+        pairs.append((layer_name, act_name, (activation, activation_params(act))))
         return True
 
     def on_sequential(items):
@@ -555,7 +564,7 @@ def _fuse_calls(model, calls, report):
         gm = _graph_module(module, graph)
         made.add(id(gm))
         model = _set_slot(model, region, gm)
-        report.fused.extend(Fused(f"{where}:{name}", call.layer, call.activation) for call, name in done)
+        report.fused.extend(Fused(f"{where}:{name}", call.layer, call.activation[0]) for call, name in done)
     return model, fused
 
 
@@ -820,7 +829,7 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
     # 2. Which activations fold into them.
     fusions, calls = _plan_fusions(model, convertible, report) if fuse else ([], [])
     fused_activation = {layer: activation for layer, _, activation in fusions}
-    placeholders = {act: (layer, activation) for layer, act, activation in fusions}
+    placeholders = {act: (layer, activation[0]) for layer, act, activation in fusions}
     # ... and functional activations, removed from the graphs of the modules that call them.
     fused_calls = {}
     if calls:
@@ -840,10 +849,12 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
                 if cls is MaxPool2d:
                     new = cls.from_torch(module, backend=backend)
                 else:
-                    new = cls.from_torch(module, activation=fused_activation.get(name, "none"), backend=backend)
+                    activation, params = fused_activation.get(name, ("none", None))
+                    new = cls.from_torch(module, activation=activation, activation_params=params, backend=backend)
                     new._fused_by_convert = name in fused_activation
                     new._fused_call = fused_calls[name][1] if name in fused_calls else None
-                report.converted.append(Converted(name, type(module).__name__, fused_activation.get(name, "none")))
+                activation = fused_activation.get(name, ("none",))[0]
+                report.converted.append(Converted(name, type(module).__name__, activation))
                 return new
             if name in placeholders:
                 layer, activation = placeholders[name]
