@@ -65,7 +65,9 @@ def test_channels_last_in_channels_last_out(backend, device):
     require_backend(backend, device)
     (x, weight, bias), out, args = run_case(CASES[1], torch.float32, device, "relu", backend, channels_last=True)
     torch_out = reference.conv2d(x, weight, bias, *args)
-    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(memory_format=torch.channels_last)
+    assert out.is_contiguous(memory_format=torch.channels_last) == torch_out.is_contiguous(
+        memory_format=torch.channels_last
+    )
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert_close_to_reference(out, reference.conv2d(as64(x), as64(weight), as64(bias), *args), torch.float32)
 
@@ -119,7 +121,9 @@ def test_new_activations(backend, device, dtype, activation, params):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients(backend, device, dtype, activation, case, channels_last):
     require_backend(backend, device)
-    leaves, out, args = run_case(case, dtype, device, activation, backend, channels_last=channels_last, requires_grad=True)
+    leaves, out, args = run_case(
+        case, dtype, device, activation, backend, channels_last=channels_last, requires_grad=True
+    )
     grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=4)
     grads = torch.autograd.grad(out, leaves, grad_out)
     torch_grads = torch.autograd.grad(reference.conv2d(*leaves, *args), leaves, grad_out)

@@ -4,7 +4,7 @@ import torch
 
 import dlkernels
 from dlkernels import reference
-from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, NEW_ACTIVATIONS, assert_close_to_reference,
+from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
                       device_dtype_params, device_params, make_input, require_backend)
 
 SHAPES = [  # (leading dims of x, K, N)

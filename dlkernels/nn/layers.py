@@ -195,7 +195,8 @@ class _DlkLayer:
 class Linear(_DlkLayer, nn.Linear):
     """torch.nn.Linear computing ``activation(x @ weight.T + bias)`` with ``dlkernels.ops.linear_act``.
 
-    Same arguments as torch.nn.Linear plus ``activation`` (fused after the bias), ``activation_params`` and ``backend``."""
+    Same arguments as torch.nn.Linear plus ``activation`` (fused after the bias), ``activation_params`` and
+    ``backend``."""
 
     _torch_class = nn.Linear
 
@@ -212,8 +213,8 @@ class Linear(_DlkLayer, nn.Linear):
 class Conv2d(_DlkLayer, nn.Conv2d):
     """torch.nn.Conv2d computing ``activation(conv2d(x) + bias)`` with ``dlkernels.ops.conv2d``.
 
-    Same arguments as torch.nn.Conv2d plus ``activation``, ``activation_params`` and ``backend``. ``padding_mode`` other than
-    "zeros" ("reflect", "replicate", "circular") works the way torch does it: the input is padded with
+    Same arguments as torch.nn.Conv2d plus ``activation``, ``activation_params`` and ``backend``. ``padding_mode``
+    other than "zeros" ("reflect", "replicate", "circular") works the way torch does it: the input is padded with
     F.pad first, then convolved without padding."""
 
     _torch_class = nn.Conv2d
