@@ -33,7 +33,7 @@ namespace {
 template <typename scalar_t, Activation A>
 __global__ void conv2d_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
                                       const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, ConvShape g,
-                                      int64_t total) {
+                                      int64_t total, ActivationParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
@@ -59,7 +59,7 @@ __global__ void conv2d_forward_kernel(const scalar_t* __restrict__ x, const scal
       }
     }
     if (bias != nullptr) acc += static_cast<acc_t>(bias[k]);
-    out[i] = static_cast<scalar_t>(ActivationFn<A>::forward(acc));
+    out[i] = static_cast<scalar_t>(ActivationFn<A>::forward(acc, p));
   }
 }
 
@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // act(conv(x, w) + bias) into a new NCHW-contiguous tensor; x and w NCHW-contiguous, b contiguous or undefined.
 at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const ConvShape& g,
-                               Activation act) {
+                               Activation act, const ActivationParams& params) {
   at::Tensor out = at::empty({g.N, g.K, g.OH, g.OW}, x.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
@@ -143,7 +143,7 @@ at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const a
       constexpr Activation kAct = decltype(tag)::value;
       conv2d_forward_kernel<scalar_t, kAct><<<grid_size(total), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
-          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), g, total);
+          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), g, total, params);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -157,26 +157,30 @@ at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
 
 at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                          c10::string_view activation) {
+                          c10::string_view activation, double alpha, double beta) {
   constexpr const char* op = "conv2d";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return in_format(conv2d_forward_nchw(x, w, b, g, act), fmt);
+  return in_format(conv2d_forward_nchw(x, w, b, g, act, params), fmt);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& out_in, c10::IntArrayRef stride,
-    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation,
-    std::array<bool, 3> output_mask) {
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
+    double beta, std::array<bool, 3> output_mask) {
   constexpr const char* op = "conv2d_backward";
   const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
   const std::array<int64_t, 4> out_shape{g.N, g.K, g.OH, g.OW};
   check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
   check_saved_output(x_in, out_in, grad_needs_output(act), activation, out_shape, op);
@@ -193,8 +197,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   // gz = grad_out * act'(saved), NCHW-contiguous.
   at::Tensor gz = grad_out;
   if (act != Activation::None && grad_out.numel() > 0) {
-    const at::Tensor saved = recompute ? conv2d_forward_nchw(x, w, b, g, Activation::None) : out_in->contiguous();
-    gz = activation_grad_cuda(grad_out, saved, act);
+    const at::Tensor saved =
+        recompute ? conv2d_forward_nchw(x, w, b, g, Activation::None, params) : out_in->contiguous();
+    gz = activation_grad_cuda(grad_out, saved, act, params);
   }
 
   const auto stream = c10::cuda::getCurrentCUDAStream();

@@ -62,20 +62,21 @@ __device__ __forceinline__ acc_t block_reduce_sum(acc_t v, acc_t* smem) {
 // gz = grad_out * act'(saved), computed in opmath (float for half types).
 template <typename scalar_t, Activation A>
 __global__ void activation_grad_kernel(const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ saved,
-                                       scalar_t* __restrict__ gz, int64_t n) {
+                                       scalar_t* __restrict__ gz, int64_t n, ActivationParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += step) {
     const acc_t g = static_cast<acc_t>(grad_out[i]);
     const acc_t s = static_cast<acc_t>(saved[i]);
-    gz[i] = static_cast<scalar_t>(g * ActivationFn<A>::grad(s));
+    gz[i] = static_cast<scalar_t>(g * ActivationFn<A>::grad(s, p));
   }
 }
 
 // The gradient before the activation, for contiguous grad_out and saved of the same shape and dtype.
-// `saved` is the output for none/relu/sigmoid/tanh and the pre-activation for gelu/gelu_tanh/silu (see
-// grad_needs_preactivation). Returns a contiguous tensor (grad_out itself for "none").
-inline at::Tensor activation_grad_cuda(const at::Tensor& grad_out, const at::Tensor& saved, Activation act) {
+// `saved` is the output or the pre-activation (see grad_needs_output / grad_needs_preactivation). Returns a
+// contiguous tensor (grad_out itself for "none").
+inline at::Tensor activation_grad_cuda(const at::Tensor& grad_out, const at::Tensor& saved, Activation act,
+                                       const ActivationParams& params) {
   if (act == Activation::None) return grad_out;
   at::Tensor gz = at::empty(grad_out.sizes(), grad_out.options());
   const int64_t n = gz.numel();
@@ -84,8 +85,9 @@ inline at::Tensor activation_grad_cuda(const at::Tensor& grad_out, const at::Ten
   DLK_DISPATCH_FLOAT_TYPES(grad_out.scalar_type(), "dlkernels_activation_grad_cuda", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation kAct = decltype(tag)::value;
-      activation_grad_kernel<scalar_t, kAct><<<grid_size(n), kThreads, 0, stream>>>(
-          grad_out.const_data_ptr<scalar_t>(), saved.const_data_ptr<scalar_t>(), gz.mutable_data_ptr<scalar_t>(), n);
+      activation_grad_kernel<scalar_t, kAct>
+          <<<grid_size(n), kThreads, 0, stream>>>(grad_out.const_data_ptr<scalar_t>(), saved.const_data_ptr<scalar_t>(),
+                                                  gz.mutable_data_ptr<scalar_t>(), n, params);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -45,7 +45,7 @@ template <typename scalar_t, Activation A>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_bias_act_kernel(const scalar_t* __restrict__ a, int64_t a_sm, int64_t a_sk, const scalar_t* __restrict__ b,
                          int64_t b_sk, int64_t b_sn, const scalar_t* __restrict__ bias, scalar_t* __restrict__ c,
-                         int64_t M, int64_t N, int64_t K) {
+                         int64_t M, int64_t N, int64_t K, ActivationParams p) {
   using acc_t = at::opmath_type<scalar_t>;
   // As is stored k-major ([k][m]) so the inner product reads a row of it; +1 column avoids bank conflicts
   // when the tile is written.
@@ -115,7 +115,7 @@ __global__ void __launch_bounds__(kGemmThreads)
       if (n >= N) continue;
       acc_t v = acc[i][j];
       if (bias != nullptr) v += static_cast<acc_t>(bias[n]);
-      c[m * N + n] = static_cast<scalar_t>(ActivationFn<A>::forward(v));
+      c[m * N + n] = static_cast<scalar_t>(ActivationFn<A>::forward(v, p));
     }
   }
 }
@@ -132,7 +132,7 @@ struct Operand {
 // empty inner dimension (K == 0) gives act(bias).
 template <typename scalar_t>
 void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias, scalar_t* c, int64_t M, int64_t N,
-                 int64_t K, Activation act) {
+                 int64_t K, Activation act, const ActivationParams& params = {}) {
   if (M == 0 || N == 0) return;
   const int64_t tiles_m = (M + kTileM - 1) / kTileM;
   const int64_t tiles_n = (N + kTileN - 1) / kTileN;
@@ -143,8 +143,8 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
   const auto stream = c10::cuda::getCurrentCUDAStream();
   dispatch_activation(act, [&](auto tag) {
     constexpr Activation kAct = decltype(tag)::value;
-    gemm_bias_act_kernel<scalar_t, kAct>
-        <<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0, b.stride1, bias, c, M, N, K);
+    gemm_bias_act_kernel<scalar_t, kAct><<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0,
+                                                                     b.stride1, bias, c, M, N, K, params);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
@@ -152,37 +152,44 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
 // act(x2 @ w^T + bias) into a new contiguous tensor of `shape` (M x N elements); x2 [M, K] and w [N, K]
 // contiguous.
 at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
-                                 Activation act, c10::IntArrayRef shape) {
+                                 Activation act, const ActivationParams& params, c10::IntArrayRef shape) {
   at::Tensor out = at::empty(shape, x2.options());
   if (out.numel() == 0) return out;
   DLK_DISPATCH_FLOAT_TYPES(x2.scalar_type(), "dlkernels_linear_act_cuda", [&] {
     launch_gemm<scalar_t>({x2.const_data_ptr<scalar_t>(), d.K, 1}, {w.const_data_ptr<scalar_t>(), 1, d.K},
                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), d.M,
-                          d.N, d.K, act);
+                          d.N, d.K, act, params);
   });
   return out;
 }
 
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              c10::string_view activation) {
+                              c10::string_view activation, double alpha, double beta) {
   constexpr const char* op = "linear_act";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
   const c10::cuda::CUDAGuard guard(x.device());
   if (d.M * d.N == 0) return at::empty(d.out_shape, x.options());
   const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
   const at::Tensor w = weight.contiguous();
   const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
   // Allocated in its final shape: a custom op must not return a view (the caller may modify it in place).
-  return linear_act_forward_2d(x2, w, b, d, act, d.out_shape);
+  return linear_act_forward_2d(x2, w, b, d, act, params, d.out_shape);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& out, c10::string_view activation, std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                   const at::Tensor& weight,
+                                                                   const std::optional<at::Tensor>& bias,
+                                                                   const std::optional<at::Tensor>& out,
+                                                                   c10::string_view activation, double alpha,
+                                                                   double beta, std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
   const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
   const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
   check_output_like(x, grad_out, "grad_out", d.out_shape, op);
   check_saved_output(x, out, grad_needs_output(act), activation, d.out_shape, op);
   const bool with_bias = has_bias(bias);
@@ -198,9 +205,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(
   // gz = grad_out * act'(saved): saved is the output, or the pre-activation recomputed by the forward GEMM.
   at::Tensor gz = g2;
   if (act != Activation::None && d.M * d.N > 0) {
-    const at::Tensor saved = recompute ? linear_act_forward_2d(x2, w, b, d, Activation::None, {d.M, d.N})
+    const at::Tensor saved = recompute ? linear_act_forward_2d(x2, w, b, d, Activation::None, params, {d.M, d.N})
                                        : out->reshape({d.M, d.N}).contiguous();
-    gz = activation_grad_cuda(g2, saved, act);
+    gz = activation_grad_cuda(g2, saved, act, params);
   }
 
   at::Tensor grad_x, grad_w, grad_b;
