@@ -70,7 +70,8 @@ def _pair(value, name, op, minimum):
 
 def _check_spatial_input(x, op):
     if x.dim() not in (3, 4):
-        raise ValueError(f"dlkernels.{op}: expected 'x' to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"dlkernels.{op}: expected 'x' to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(x.shape)}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -168,7 +169,8 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
     _check_activation(activation, op)
     alpha, beta = contract.activation_args(activation, activation_params, op)
     if weight.dim() != 2:
-        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+        raise ValueError(
+            f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
     if x.dim() < 1:
         raise ValueError(f"dlkernels.{op}: expected 'x' to have at least 1 dimension, got a 0-D tensor")
     if x.shape[-1] != weight.shape[1]:
@@ -218,13 +220,15 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     alpha, beta = contract.activation_args(activation, activation_params, op)
     _check_spatial_input(x, op)
     if weight.dim() != 4:
-        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), got shape {tuple(weight.shape)}")
+        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), "
+                         f"got shape {tuple(weight.shape)}")
     if not _is_int(groups) or groups < 1:
         raise ValueError(f"dlkernels.{op}: expected 'groups' to be a positive int, got {groups!r}")
     in_channels, out_channels = x.shape[-3], weight.shape[0]
     if in_channels % groups or out_channels % groups:
         raise ValueError(
-            f"dlkernels.{op}: 'groups' ({groups}) must divide the input channels ({in_channels}) and the output channels ({out_channels})"
+            f"dlkernels.{op}: 'groups' ({groups}) must divide the input channels ({in_channels}) and the output "
+            f"channels ({out_channels})"
         )
     if weight.shape[1] * groups != in_channels:
         raise ValueError(
@@ -265,7 +269,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     _check_tensor(x, "x", op)
     _check_spatial_input(x, op)
     if any(s == 0 for s in x.shape[-3:]):
-        raise ValueError(f"dlkernels.{op}: expected non-zero channel, height and width sizes, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"dlkernels.{op}: expected non-zero channel, height and width sizes, got shape {tuple(x.shape)}")
     kernel_size = _pair(kernel_size, "kernel_size", op, 1)
     stride = kernel_size if stride is None or stride == [] or stride == () else _pair(stride, "stride", op, 1)
     padding = _pair(padding, "padding", op, 0)

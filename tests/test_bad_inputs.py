@@ -91,21 +91,33 @@ RAW_BAD_CALLS = {
     "linear shape": (lambda: raw().linear_act(x2, w2.t(), None, "none", 0.0, 0.0), "x"),
     "linear bias": (lambda: raw().linear_act(x2, w2, b2[:2], "none", 0.0, 0.0), "bias"),
     "linear activation": (lambda: raw().linear_act(x2, w2, None, "swish", 0.0, 0.0), "unknown activation 'swish'"),
-    "linear backward shape": (lambda: raw().linear_act_backward(x2, x2, w2, None, x2, "relu", 0.0, 0.0,
-                                                                          [True] * 3), "grad_out"),
+    "linear backward shape": (
+        lambda: raw().linear_act_backward(x2, x2, w2, None, x2, "relu", 0.0, 0.0, [True] * 3),
+        "grad_out",
+    ),
     "conv rank": (lambda: raw().conv2d(x4[0], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "x"),
     "conv groups": (lambda: raw().conv2d(x4, w4, None, [1, 1], [0, 0], [1, 1], 3, "none", 0.0, 0.0), "groups"),
     "conv stride": (lambda: raw().conv2d(x4, w4, None, [0, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "stride"),
-    "conv too small": (lambda: raw().conv2d(x4[..., :2, :2], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "kernel"),
+    "conv too small": (
+        lambda: raw().conv2d(x4[..., :2, :2], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0),
+        "kernel",
+    ),
     "linear negative slope": (lambda: raw().linear_act(x2, w2, None, "leaky_relu", -0.1, 0.0), "negative_slope"),
-    "conv hardtanh order": (lambda: raw().conv2d(x4, w4, None, [1, 1], [0, 0], [1, 1], 1, "hardtanh", 1.0, -1.0),
-                            "min_val"),
-    "linear backward no out": (lambda: raw().linear_act_backward(x2.new_ones(4, 5), x2, w2, None, None, "elu", 1.0,
-                                                                 0.0, [True] * 3), "'out' must be given"),
+    "conv hardtanh order": (
+        lambda: raw().conv2d(x4, w4, None, [1, 1], [0, 0], [1, 1], 1, "hardtanh", 1.0, -1.0),
+        "min_val",
+    ),
+    "linear backward no out": (
+        lambda: raw().linear_act_backward(x2.new_ones(4, 5), x2, w2, None, None, "elu", 1.0, 0.0, [True] * 3),
+        "'out' must be given",
+    ),
     "pool kernel": (lambda: raw().max_pool2d(x4, [0, 2], [1, 1], [0, 0], [1, 1], False), "kernel_size"),
     "pool padding": (lambda: raw().max_pool2d(x4, [3, 3], [1, 1], [2, 2], [1, 1], False), "pad"),
     "pool rank": (lambda: raw().max_pool2d(x4[0], [2, 2], [2, 2], [0, 0], [1, 1], False), "x"),
-    "pool backward indices": (lambda: raw().max_pool2d_backward(x4, x4, x4, [1, 1], [1, 1], [0, 0], [1, 1], False), "indices"),
+    "pool backward indices": (
+        lambda: raw().max_pool2d_backward(x4, x4, x4, [1, 1], [1, 1], [0, 0], [1, 1], False),
+        "indices",
+    ),
 }
 
 
