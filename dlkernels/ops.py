@@ -30,7 +30,14 @@ except ImportError as error:
 BACKENDS = ("auto", "native", "triton", "reference")
 # The custom-op namespace of each backend that runs through the dispatcher.
 NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton"}
-_native = torch.ops.dlkernels  # the ops resolve on first use
+
+
+class _NativeOps:
+    """torch.ops.dlkernels.<op>.default of every custom op (an OpOverload: one Python frame less per call than
+    the packet), filled in when the extension loads (end of this module)."""
+
+
+_native = _NativeOps()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -344,12 +351,14 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         _check_pool_args(*args)
     if chosen == "reference":
         result = reference.max_pool2d(*args, return_indices=return_indices)
-    elif contract.pool_needs_indices(x, return_indices):
-        result = _custom_ops(chosen).max_pool2d_with_indices(*args)
-        if not return_indices:
-            result = result[0]
     else:
-        result = _custom_ops(chosen).max_pool2d(*args)
+        custom_ops = _native if chosen == "native" else _custom_ops(chosen)
+        if contract.pool_needs_indices(x, return_indices):
+            result = custom_ops.max_pool2d_with_indices(*args)
+            if not return_indices:
+                result = result[0]
+        else:
+            result = custom_ops.max_pool2d(*args)
     if not unbatched:
         return result
     return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
@@ -379,4 +388,6 @@ def _check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode):
 
 
 if _ext.loaded():  # the extension defines the ops and their autograd (C++); the fake kernels are the contract's
+    for _op in contract.CUSTOM_OPS:
+        setattr(_native, _op, getattr(torch.ops.dlkernels, _op).default)
     contract.register(NAMESPACES["native"], autograd=not contract.has_autograd_kernel("dlkernels", "linear_act"))

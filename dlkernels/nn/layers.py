@@ -144,7 +144,8 @@ class _DlkLayer:
     _torch_class = None  # the torch.nn class this layer replaces
     # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
     # torch.fx graph when it fused it into this layer; revert() puts it back.
-    _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call")
+    _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call",
+                       "_act_args")
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
@@ -186,10 +187,10 @@ class _DlkLayer:
         """(activation, alpha, beta) for the op: activation_params normalised once, again only when the
         activation or its parameters are replaced."""
         activation, params = self.activation, getattr(self, "activation_params", None)
-        cached = self.__dict__.get("_act_args")
+        cached = getattr(self, "_act_args", None)
         if cached is None or cached[0] is not activation or cached[1] is not params:
             cached = (activation, params, *ops._activation_args(activation, params, "nn"))
-            self.__dict__["_act_args"] = cached
+            self._act_args = cached
         return activation, cached[2], cached[3]
 
     def extra_repr(self):
