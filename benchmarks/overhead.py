@@ -10,6 +10,10 @@ each without autograd (nothing requires grad: torch.no_grad() for the layers) an
 (x requires grad; the forward only, which is where the recording costs). And TinyVGG at batch 1, converted vs
 torch: inference, and a training step (forward, cross-entropy, backward, SGD step).
 
+One intra-op thread (torch.set_num_threads(1), recorded in the results): at these sizes nothing is worth
+splitting, and on a shared 2-core machine torch's OpenMP threads wait on a busy core for milliseconds
+(F.conv2d on a 1x3x8x8 input took 15 ms per call with 2 threads while another job ran).
+
 Timing: mean time per call over a loop of calls (time.perf_counter), ours and torch's alternated in rounds
 so that both see the same load; each round gives a ratio, and the table shows the median and the range (min
 to max) over the rounds. This shared machine moves 10-30% between runs: read ratios, not absolute times.
@@ -134,7 +138,7 @@ def _model_calls(quick):
 
 def run(quick=False, rounds=None, budget=None, log=print):
     """Rows: one per case, with the per-call times (median over rounds) and the ratio's median and range."""
-    rounds = rounds or (5 if quick else 15)
+    rounds = rounds or (5 if quick else 10)
     budget = budget or (0.02 if quick else 0.1)  # seconds per measurement
     cases = build_cases() + _model_calls(quick)
     rows = []
@@ -143,7 +147,7 @@ def run(quick=False, rounds=None, budget=None, log=print):
         for fn in (ours, theirs):
             _per_call(fn, x, 20, grad)
         per = max(_per_call(ours, x, 50, grad), _per_call(theirs, x, 50, grad))
-        calls = max(20, int(budget / per))
+        calls = max(5, int(budget / per))
         ours_t, theirs_t, ratios = [], [], []
         for r in range(rounds):
             pair = [(ours, ours_t), (theirs, theirs_t)]

@@ -412,6 +412,7 @@ def run_overhead(args, device):
 
     if device.type != "cpu":
         raise SystemExit("--suite overhead runs on the CPU (--device cpu)")
+    torch.set_num_threads(1)  # see benchmarks/overhead.py
     meta = collect_meta(device, args, args.quick)
     out_dir = args.out or os.path.join(REPO, "benchmark-results", meta["device_slug"])
     stem = args.name or ("overhead-quick" if args.quick else "overhead")
