@@ -98,7 +98,8 @@ RAW_BAD_CALLS = {
     "conv rank": (lambda: raw().conv2d(x4[0], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "x"),
     "conv groups": (lambda: raw().conv2d(x4, w4, None, [1, 1], [0, 0], [1, 1], 3, "none", 0.0, 0.0), "groups"),
     "conv stride": (lambda: raw().conv2d(x4, w4, None, [0, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "stride"),
-    "conv too small": (lambda: raw().conv2d(x4[..., :2, :2], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0), "kernel"),
+    "conv too small": (lambda: raw().conv2d(x4[..., :2, :2], w4, None, [1, 1], [0, 0], [1, 1], 1, "none", 0.0, 0.0),
+                       "kernel"),
     "linear negative slope": (lambda: raw().linear_act(x2, w2, None, "leaky_relu", -0.1, 0.0), "negative_slope"),
     "conv hardtanh order": (lambda: raw().conv2d(x4, w4, None, [1, 1], [0, 0], [1, 1], 1, "hardtanh", 1.0, -1.0),
                             "min_val"),
@@ -107,7 +108,8 @@ RAW_BAD_CALLS = {
     "pool kernel": (lambda: raw().max_pool2d(x4, [0, 2], [1, 1], [0, 0], [1, 1], False), "kernel_size"),
     "pool padding": (lambda: raw().max_pool2d(x4, [3, 3], [1, 1], [2, 2], [1, 1], False), "pad"),
     "pool rank": (lambda: raw().max_pool2d(x4[0], [2, 2], [2, 2], [0, 0], [1, 1], False), "x"),
-    "pool backward indices": (lambda: raw().max_pool2d_backward(x4, x4, x4, [1, 1], [1, 1], [0, 0], [1, 1], False), "indices"),
+    "pool backward indices": (lambda: raw().max_pool2d_backward(x4, x4, x4, [1, 1], [1, 1], [0, 0], [1, 1], False),
+                              "indices"),
 }
 
 
