@@ -109,7 +109,8 @@ class BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
 
 
 def extension():
-    sources = [os.path.join("csrc", "registration.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # csrc/*.cpp: the schemas (registration.cpp) and the device-independent kernels (autograd.cpp).
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     with_cuda = want_cuda()
     define_macros = [
         ("DLKERNELS_PYTHON_MODULE", None),

@@ -580,7 +580,7 @@ def cpu_goal_cases():
     return linear + conv + pool
 
 
-SUITES = ("default", "cpu-goals")
+SUITES = ("default", "cpu-goals", "overhead")  # overhead: benchmarks/overhead.py
 
 
 def build_cases(device_type, quick=False, suite="default"):

@@ -406,6 +406,26 @@ class _NoGpuCudaHomeNotice(logging.Filter):
         return not record.getMessage().startswith("No CUDA runtime is found")
 
 
+def run_overhead(args, device):
+    """--suite overhead: per-call time of tiny calls against torch (benchmarks/overhead.py), on the CPU."""
+    from . import overhead
+
+    if device.type != "cpu":
+        raise SystemExit("--suite overhead runs on the CPU (--device cpu)")
+    torch.set_num_threads(1)  # see benchmarks/overhead.py
+    meta = collect_meta(device, args, args.quick)
+    out_dir = args.out or os.path.join(REPO, "benchmark-results", meta["device_slug"])
+    stem = args.name or ("overhead-quick" if args.quick else "overhead")
+    print(f"dlkernels per-call overhead on {meta['device_name']} ({meta['threads']} threads), torch "
+          f"{meta['torch']}, commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}", flush=True)
+    rows = overhead.run(quick=args.quick, budget=args.budget)
+    csv_path, json_path = overhead.write(out_dir, stem, rows, meta)
+    print()
+    print(overhead.table(rows))
+    print(f"wrote {csv_path}, {json_path}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NoGpuCudaHomeNotice())
@@ -413,6 +433,8 @@ def main(argv=None):
         print(ceilings_mod.datasheet_table())
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.suite == "overhead":
+        return run_overhead(args, device)
     if device.type == "cuda" and not args.list:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda, but no CUDA device is visible")

@@ -1,5 +1,6 @@
 // The only TORCH_LIBRARY(dlkernels, m): every schema of the package lives here. Kernels register per device
-// in csrc/cpu/*.cpp and csrc/cuda/*.cu; autograd and fake kernels are registered from dlkernels/ops.py.
+// in csrc/cpu/*.cpp and csrc/cuda/*.cu, autograd for every device in csrc/autograd.cpp; the fake kernels are
+// registered from dlkernels/contract.py.
 //
 // Built by setup.py as the Python module dlkernels._C (DLKERNELS_PYTHON_MODULE defined), and by
 // CMakeLists.txt as a plain shared library for torch.ops.load_library (no Python involved).

@@ -9,7 +9,8 @@ adds the rest, written once here for all of them:
 - the fake kernels (shapes for torch.compile);
 - autograd: what the forward saves, which gradients the backward op is asked for, and the backward itself,
   which calls the namespace's backward ops (custom ops too, so torch.compile(fullgraph=True) traces forward
-  and backward without a graph break).
+  and backward without a graph break). A namespace that registers its own Autograd kernels (the native one:
+  csrc/autograd.cpp, the same rules in C++, no Python on the call path) gets only the fake kernels.
 
 Rules every backend follows:
 - A backward op returns None (an undefined tensor) for each gradient output_mask does not ask for, and for
@@ -171,7 +172,16 @@ def pool_needs_indices(x, return_indices):
 # Fake kernels
 
 
+def _check_devices(op, x, weight, bias):
+    """The device check of the C++ ops, in the fake kernels: a tensor on the meta device among real ones sends
+    the call to the fake kernel, which must reject it as the real kernel would."""
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"dlkernels.{op}: expected '{name}' on {x.device} like 'x', got {t.device}")
+
+
 def _linear_act_fake(x, weight, bias, activation, alpha, beta):
+    _check_devices("linear_act", x, weight, bias)
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
@@ -184,6 +194,7 @@ def _linear_act_backward_fake(grad_out, x, weight, bias, out, activation, alpha,
 
 
 def _conv2d_fake(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta):
+    _check_devices("conv2d", x, weight, bias)
     return empty_like_format(conv_output_shape(x, weight, stride, padding, dilation), x)
 
 
@@ -284,9 +295,16 @@ def _output_mask(ctx, bias):
     return [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]]
 
 
-def register(namespace):
-    """Registers the fake kernels and the autograd of every op in CUSTOM_OPS for the custom ops
-    torch.ops.<namespace>.<op>, which the backend has defined (with SCHEMAS) before. Call once per namespace."""
+def has_autograd_kernel(namespace, op):
+    """Whether an Autograd kernel is registered for <namespace>::<op>: the native ops' own (csrc/autograd.cpp).
+    (torch.library.custom_op ops, the Triton ones, always have one: it runs what register_autograd adds.)"""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{namespace}::{op}", "Autograd")
+
+
+def register(namespace, autograd=True):
+    """Registers the fake kernels and, with `autograd`, the autograd of every op in CUSTOM_OPS for the custom
+    ops torch.ops.<namespace>.<op>, which the backend has defined (with SCHEMAS) before. Call once per
+    namespace. autograd=False for a backend that registers its own Autograd kernels (the native one)."""
     ops = getattr(torch.ops, namespace)
 
     for op in CUSTOM_OPS:
@@ -320,4 +338,5 @@ def register(namespace):
         ("max_pool2d", max_pool2d_backward, _max_pool2d_setup),
         ("max_pool2d_with_indices", max_pool2d_backward, _max_pool2d_setup),
     ):
-        torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup)
+        if autograd:
+            torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup)

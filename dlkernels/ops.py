@@ -1,9 +1,14 @@
 """Public functional API of dlkernels.
 
-Each function validates its arguments (errors name the argument), picks a backend and calls either the
-registered custom op of that backend, torch.ops.dlkernels.<op> (C++ / CUDA kernels through the dispatcher)
-or torch.ops.dlkernels_triton.<op> (Triton kernels), or the plain PyTorch reference. What the custom ops
-compute, their fake kernels and their autograd are the same for every backend: dlkernels.contract.
+Each function normalises its arguments (ints to pairs, padding="same", a 3-D unbatched input, activation_params
+to the ops' (alpha, beta)), picks a backend (once per call signature: op, backend, device, dtype) and calls
+either the registered custom op of that backend, torch.ops.dlkernels.<op> (C++ / CUDA kernels through the
+dispatcher) or torch.ops.dlkernels_triton.<op> (Triton kernels), or the plain PyTorch reference. What the
+custom ops compute, their fake kernels and their autograd are the same for every backend: dlkernels.contract.
+
+The native path checks nothing in Python: the C++ ops check every argument (csrc/common/op_args.h, errors
+naming the argument, TypeError / ValueError as here) and record autograd in C++ (csrc/autograd.cpp). The
+Triton and reference paths are checked here first, with the same rules.
 """
 import importlib
 import warnings
@@ -25,6 +30,14 @@ except ImportError as error:
 BACKENDS = ("auto", "native", "triton", "reference")
 # The custom-op namespace of each backend that runs through the dispatcher.
 NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton"}
+
+
+class _NativeOps:
+    """torch.ops.dlkernels.<op>.default of every custom op (an OpOverload: one Python frame less per call than
+    the packet), filled in when the extension loads (end of this module)."""
+
+
+_native = _NativeOps()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -55,23 +68,42 @@ def _is_int(v):
     return isinstance(v, (int, torch.SymInt)) and not isinstance(v, bool)
 
 
-def _pair(value, name, op, minimum):
-    """An int or a sequence of one or two ints, as torch.nn.functional accepts, as a list of two ints."""
-    if _is_int(value):
+def _pair(value, name, op, minimum=None):
+    """An int or a sequence of one or two ints, as torch.nn.functional accepts, as a list of two ints; checked
+    against `minimum` unless it is None (the native ops check it themselves)."""
+    if type(value) is int:  # the common case first
+        pair = [value, value]
+    elif type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        pair = list(value)
+    elif _is_int(value):
         pair = [value, value]
     elif isinstance(value, (tuple, list)) and len(value) in (1, 2) and all(_is_int(v) for v in value):
         pair = [value[0], value[0]] if len(value) == 1 else list(value)
     else:
         raise TypeError(f"dlkernels.{op}: expected '{name}' to be an int or a pair of ints, got {value!r}")
-    if pair[0] < minimum or pair[1] < minimum:
+    if minimum is not None and (pair[0] < minimum or pair[1] < minimum):
         raise ValueError(f"dlkernels.{op}: expected '{name}' to be >= {minimum}, got {value!r}")
     return pair
 
 
 def _check_spatial_input(x, op):
     if x.dim() not in (3, 4):
-        raise ValueError(
-            f"dlkernels.{op}: expected 'x' to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+        raise ValueError(f"dlkernels.{op}: expected 'x' to be 3-D (C, H, W) or 4-D (N, C, H, W), got shape "
+                         f"{tuple(x.shape)}")
+
+
+# (alpha, beta) of each activation with its default parameters: what most calls ask for, in one lookup.
+_DEFAULT_ACTIVATION_ARGS = {name: contract.activation_args(name) for name in contract.ACTIVATIONS}
+
+
+def _activation_args(activation, activation_params, op):
+    """The ops' (alpha, beta) for the activation; ValueError for an unknown activation or bad parameters."""
+    if activation_params is None:
+        args = _DEFAULT_ACTIVATION_ARGS.get(activation) if isinstance(activation, str) else None
+        if args is not None:
+            return args
+    _check_activation(activation, op)
+    return contract.activation_args(activation, activation_params, op)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,6 +155,26 @@ def select_backend(op, backend, device):
     return "reference"
 
 
+# The backend each call signature (op, backend asked for, device, dtype) resolved to: select_backend runs once
+# per signature, not per call. (What it reads does not change while the process runs.)
+_BACKEND_CACHE = {}
+
+
+def _backend_for(op, backend, x):
+    """select_backend for x's device, cached per (op, backend, device, dtype); a TypeError when x is no
+    tensor."""
+    try:
+        key = (op, backend, x.device, x.dtype)
+    except AttributeError:
+        _check_tensor(x, "x", op)
+        raise
+    chosen = _BACKEND_CACHE.get(key)
+    if chosen is None:
+        chosen = select_backend(op, backend, x.device)
+        _BACKEND_CACHE[key] = chosen
+    return chosen
+
+
 def _triton_unavailable(device):
     """None when the Triton kernels can run on the device, else the reason they cannot."""
     if _triton is None:
@@ -162,15 +214,25 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
     activation_params: torch's keyword arguments of the activation, for hardtanh ({"min_val": -1.0,
     "max_val": 1.0}), leaky_relu ({"negative_slope": 0.01}) and elu ({"alpha": 1.0}); missing ones take
     torch's defaults (negative_slope and alpha must be >= 0)."""
+    alpha, beta = _activation_args(activation, activation_params, "linear_act")
+    chosen = _backend_for("linear_act", backend, x)
+    if chosen == "native":  # the C++ op checks its arguments
+        return _native.linear_act(x, weight, bias, activation, alpha, beta)
+    _check_linear_args(x, weight, bias)
+    if chosen == "reference":
+        return reference.linear_act(x, weight, bias, activation, contract.activation_params_of(activation, alpha, beta))
+    return _custom_ops(chosen).linear_act(x, weight, bias, activation, alpha, beta)
+
+
+def _check_linear_args(x, weight, bias):
+    """The checks of the C++ op (csrc/common/op_args.h), for the backends that do not have them."""
     op = "linear_act"
     _check_tensor(x, "x", op)
     _check_tensor(weight, "weight", op)
     _check_like(x, "x", weight, "weight", op)
-    _check_activation(activation, op)
-    alpha, beta = contract.activation_args(activation, activation_params, op)
     if weight.dim() != 2:
-        raise ValueError(
-            f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+        raise ValueError(f"dlkernels.{op}: expected 'weight' to be 2-D (out_features, in_features), got shape "
+                         f"{tuple(weight.shape)}")
     if x.dim() < 1:
         raise ValueError(f"dlkernels.{op}: expected 'x' to have at least 1 dimension, got a 0-D tensor")
     if x.shape[-1] != weight.shape[1]:
@@ -183,17 +245,13 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
         _check_like(x, "x", bias, "bias", op)
         if tuple(bias.shape) != (weight.shape[0],):
             raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    chosen = select_backend(op, backend, x.device)
-    if chosen == "reference":
-        return reference.linear_act(x, weight, bias, activation, contract.activation_params_of(activation, alpha, beta))
-    return _custom_ops(chosen).linear_act(x, weight, bias, activation, alpha, beta)
 
 
 def _conv_padding(x, weight, padding, stride, dilation, op):
     """Resolves padding (int, pair, "same", "valid") to a symmetric pair, padding x on the right/bottom first
     where "same" needs one more element there (as PyTorch does). Returns (x, padding)."""
     if not isinstance(padding, str):
-        return x, _pair(padding, "padding", op, 0)
+        return x, _pair(padding, "padding", op)
     if padding == "valid":
         return x, [0, 0]
     if padding != "same":
@@ -213,11 +271,35 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     """activation(conv2d(x, weight) + bias) with torch.nn.functional.conv2d's arguments, in one fused kernel.
     activation and activation_params as for linear_act."""
     op = "conv2d"
+    alpha, beta = _activation_args(activation, activation_params, op)
+    chosen = _backend_for(op, backend, x)
+    stride = _pair(stride, "stride", op)
+    dilation = _pair(dilation, "dilation", op)
+    if isinstance(padding, str) and padding == "same" and isinstance(weight, torch.Tensor) and weight.dim() != 4:
+        _check_conv_args(x, weight, bias, groups, stride, [0, 0], dilation)  # "same" reads the kernel size
+    x, padding = _conv_padding(x, weight, padding, stride, dilation, op)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    if chosen == "native":  # the C++ op checks its arguments
+        out = _native.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
+    else:
+        _check_conv_args(x, weight, bias, groups, stride, padding, dilation)
+        if chosen == "reference":
+            out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
+                                   contract.activation_params_of(activation, alpha, beta))
+        else:
+            out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha,
+                                             beta)
+    return out.squeeze(0) if unbatched else out
+
+
+def _check_conv_args(x, weight, bias, groups, stride, padding, dilation):
+    """The checks of the C++ op (csrc/common/op_args.h), for the backends that do not have them."""
+    op = "conv2d"
     _check_tensor(x, "x", op)
     _check_tensor(weight, "weight", op)
     _check_like(x, "x", weight, "weight", op)
-    _check_activation(activation, op)
-    alpha, beta = contract.activation_args(activation, activation_params, op)
     _check_spatial_input(x, op)
     if weight.dim() != 4:
         raise ValueError(f"dlkernels.{op}: expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), "
@@ -240,9 +322,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         _check_like(x, "x", bias, "bias", op)
         if tuple(bias.shape) != (out_channels,):
             raise ValueError(f"dlkernels.{op}: expected 'bias' of shape ({out_channels},), got {tuple(bias.shape)}")
-    stride = _pair(stride, "stride", op, 1)
-    dilation = _pair(dilation, "dilation", op, 1)
-    x, padding = _conv_padding(x, weight, padding, stride, dilation, op)
+    for name, pair, minimum in (("stride", stride, 1), ("padding", padding, 0), ("dilation", dilation, 1)):
+        if pair[0] < minimum or pair[1] < minimum:
+            raise ValueError(f"dlkernels.{op}: expected '{name}' to be >= {minimum}, got {pair!r}")
     for i, dim in enumerate(("height", "width")):
         size, kernel = x.shape[-2 + i], weight.shape[2 + i]
         if contract.conv_output_size(size, kernel, stride[i], padding[i], dilation[i]) < 1:
@@ -250,31 +332,50 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
                 f"dlkernels.{op}: the input {dim} ({size}, padded by {padding[i]} on each side) is smaller than "
                 f"the dilated kernel ({dilation[i] * (kernel - 1) + 1})"
             )
-    batched = x.dim() == 4
-    if not batched:
-        x = x.unsqueeze(0)
-    chosen = select_backend(op, backend, x.device)
-    if chosen == "reference":
-        out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
-                               contract.activation_params_of(activation, alpha, beta))
-    else:
-        out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
-    return out if batched else out.squeeze(0)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                backend="auto"):
     """torch.nn.functional.max_pool2d: same output sizes, index values and NaN propagation."""
     op = "max_pool2d"
+    chosen = _backend_for(op, backend, x)
+    kernel_size = _pair(kernel_size, "kernel_size", op)
+    stride = kernel_size if stride is None or stride == [] or stride == () else _pair(stride, "stride", op)
+    padding = _pair(padding, "padding", op)
+    dilation = _pair(dilation, "dilation", op)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    args = (x, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    if chosen != "native":  # the C++ ops check their arguments
+        _check_pool_args(*args)
+    if chosen == "reference":
+        result = reference.max_pool2d(*args, return_indices=return_indices)
+    else:
+        custom_ops = _native if chosen == "native" else _custom_ops(chosen)
+        if contract.pool_needs_indices(x, return_indices):
+            result = custom_ops.max_pool2d_with_indices(*args)
+            if not return_indices:
+                result = result[0]
+        else:
+            result = custom_ops.max_pool2d(*args)
+    if not unbatched:
+        return result
+    return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
+
+
+def _check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode):
+    """The checks of the C++ ops (csrc/common/op_args.h), for the backends that do not have them."""
+    op = "max_pool2d"
     _check_tensor(x, "x", op)
     _check_spatial_input(x, op)
     if any(s == 0 for s in x.shape[-3:]):
-        raise ValueError(
-            f"dlkernels.{op}: expected non-zero channel, height and width sizes, got shape {tuple(x.shape)}")
-    kernel_size = _pair(kernel_size, "kernel_size", op, 1)
-    stride = kernel_size if stride is None or stride == [] or stride == () else _pair(stride, "stride", op, 1)
-    padding = _pair(padding, "padding", op, 0)
-    dilation = _pair(dilation, "dilation", op, 1)
+        raise ValueError(f"dlkernels.{op}: expected non-zero channel, height and width sizes, got shape "
+                         f"{tuple(x.shape)}")
+    for name, pair, minimum in (("kernel_size", kernel_size, 1), ("stride", stride, 1), ("padding", padding, 0),
+                                ("dilation", dilation, 1)):
+        if pair[0] < minimum or pair[1] < minimum:
+            raise ValueError(f"dlkernels.{op}: expected '{name}' to be >= {minimum}, got {pair!r}")
     if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
         raise ValueError(f"dlkernels.{op}: 'padding' ({padding}) must be at most half of 'kernel_size' ({kernel_size})")
     for i, dim in enumerate(("height", "width")):
@@ -284,23 +385,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
                 f"dlkernels.{op}: the input {dim} ({size}) is too small for kernel_size={kernel_size}, "
                 f"padding={padding}, dilation={dilation}: the output would be empty"
             )
-    batched = x.dim() == 4
-    if not batched:
-        x = x.unsqueeze(0)
-    args = (x, kernel_size, stride, padding, dilation, bool(ceil_mode))
-    chosen = select_backend(op, backend, x.device)
-    if chosen == "reference":
-        result = reference.max_pool2d(*args, return_indices=return_indices)
-    elif contract.pool_needs_indices(x, return_indices):
-        result = _custom_ops(chosen).max_pool2d_with_indices(*args)
-        if not return_indices:
-            result = result[0]
-    else:
-        result = _custom_ops(chosen).max_pool2d(*args)
-    if batched:
-        return result
-    return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
 
 
-if _ext.loaded():  # the extension defines the ops; their fake kernels and autograd are the contract's
-    contract.register(NAMESPACES["native"])
+if _ext.loaded():  # the extension defines the ops and their autograd (C++); the fake kernels are the contract's
+    for _op in contract.CUSTOM_OPS:
+        setattr(_native, _op, getattr(torch.ops.dlkernels, _op).default)
+    contract.register(NAMESPACES["native"], autograd=not contract.has_autograd_kernel("dlkernels", "linear_act"))

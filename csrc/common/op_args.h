@@ -1,6 +1,7 @@
 // Argument checks and derived sizes of each op, shared by its CPU and CUDA kernels so that both devices
-// accept and reject exactly the same calls (with the same messages). The Python wrapper checks first; these
-// guard direct calls through torch.ops.dlkernels.*.
+// accept and reject exactly the same calls (with the same messages). They are the only checks of the native
+// path: dlkernels.ops normalises its arguments (pairs, padding="same", 3-D input, activation_params) and calls
+// the op without checking them again.
 #pragma once
 
 #include <array>
@@ -22,8 +23,8 @@ namespace dlkernels {
 inline void check_kernel_input(const at::Tensor& t, const char* arg, const char* op, c10::DeviceType device) {
   check_floating(t, arg, op);
   const auto st = t.scalar_type();
-  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, "dlkernels.", op,
-              ": expected '", arg, "' of dtype float32, float64, bfloat16 or float16, got ", st);
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf, "dlkernels.", op,
+                   ": expected '", arg, "' of dtype float32, float64, bfloat16 or float16, got ", st);
   TORCH_CHECK(t.device().type() == device, "dlkernels.", op, ": the ", c10::DeviceTypeName(device), " kernel got '",
               arg, "' on ", t.device());
 }
@@ -33,9 +34,8 @@ inline bool has_bias(const std::optional<at::Tensor>& bias) { return bias.has_va
 inline void check_bias(const at::Tensor& x, const std::optional<at::Tensor>& bias, int64_t size, const char* op) {
   if (!has_bias(bias)) return;
   check_same_device_dtype(x, "x", *bias, "bias", op);
-  check_dim(*bias, 1, "bias", op);
-  TORCH_CHECK(bias->size(0) == size, "dlkernels.", op, ": expected 'bias' of size ", size, " (weight.size(0)), got ",
-              bias->size(0));
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == size, "dlkernels.", op, ": expected 'bias' of shape (", size,
+                    ",) (weight.shape[0]), got ", bias->sizes());
 }
 
 // A tensor a backward op receives in the forward output's shape (grad_out, the saved output): that shape,
@@ -68,12 +68,13 @@ struct LinearShape {
 inline LinearShape check_linear_args(const at::Tensor& x, const at::Tensor& weight,
                                      const std::optional<at::Tensor>& bias, const char* op, c10::DeviceType device) {
   check_kernel_input(x, "x", op, device);
-  TORCH_CHECK(x.dim() >= 1, "dlkernels.", op, ": expected 'x' to have at least 1 dimension, got a 0-d tensor");
+  TORCH_CHECK_VALUE(x.dim() >= 1, "dlkernels.", op, ": expected 'x' to have at least 1 dimension, got a 0-D tensor");
   check_same_device_dtype(x, "x", weight, "weight", op);
-  check_dim(weight, 2, "weight", op);
-  TORCH_CHECK(x.size(-1) == weight.size(1), "dlkernels.", op, ": expected the last dimension of 'x' (", x.size(-1),
-              ") to equal weight.size(1) (", weight.size(1), "); x has shape ", x.sizes(), ", weight has shape ",
-              weight.sizes());
+  TORCH_CHECK_VALUE(weight.dim() == 2, "dlkernels.", op,
+                    ": expected 'weight' to be 2-D (out_features, in_features), got shape ", weight.sizes());
+  TORCH_CHECK_VALUE(x.size(-1) == weight.size(1), "dlkernels.", op, ": x.shape[-1] (", x.size(-1),
+                    ") must equal weight.shape[1] (", weight.size(1), "); got x ", x.sizes(), " and weight ",
+                    weight.sizes());
   check_bias(x, bias, weight.size(0), op);
   LinearShape s;
   s.N = weight.size(0);
@@ -100,39 +101,41 @@ inline ConvShape check_conv_args(const at::Tensor& x, const at::Tensor& weight, 
                                  c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation,
                                  int64_t groups, const char* op, c10::DeviceType device) {
   check_kernel_input(x, "x", op, device);
-  check_dim(x, 4, "x", op);
+  check_spatial_input(x, op);
   check_same_device_dtype(x, "x", weight, "weight", op);
-  check_dim(weight, 4, "weight", op);
+  TORCH_CHECK_VALUE(weight.dim() == 4, "dlkernels.", op,
+                    ": expected 'weight' to be 4-D (out_channels, in_channels/groups, kH, kW), got shape ",
+                    weight.sizes());
   check_pair(stride, "stride", op, 1);
   check_pair(padding, "padding", op, 0);
   check_pair(dilation, "dilation", op, 1);
-  TORCH_CHECK(groups >= 1, "dlkernels.", op, ": expected 'groups' >= 1, got ", groups);
+  TORCH_CHECK_VALUE(groups >= 1, "dlkernels.", op, ": expected 'groups' to be a positive int, got ", groups);
   ConvShape s;
   s.N = x.size(0), s.C = x.size(1), s.H = x.size(2), s.W = x.size(3);
   s.K = weight.size(0), s.KH = weight.size(2), s.KW = weight.size(3);
   s.sh = stride[0], s.sw = stride[1], s.ph = padding[0], s.pw = padding[1], s.dh = dilation[0], s.dw = dilation[1];
   s.groups = groups;
   // As torch: zero batch and zero channels are fine, an empty image is not.
-  TORCH_CHECK(s.H >= 1 && s.W >= 1, "dlkernels.", op, ": expected 'x' with non-zero height and width, got shape ",
-              x.sizes());
-  TORCH_CHECK(s.C % groups == 0, "dlkernels.", op, ": expected the input channels (", s.C,
-              ") to be divisible by 'groups' (", groups, ")");
-  TORCH_CHECK(s.K % groups == 0, "dlkernels.", op, ": expected the output channels (weight.size(0) = ", s.K,
-              ") to be divisible by 'groups' (", groups, ")");
+  TORCH_CHECK_VALUE(s.H >= 1 && s.W >= 1, "dlkernels.", op, ": expected 'x' with non-zero height and width, got shape ",
+                    x.sizes());
+  TORCH_CHECK_VALUE(s.C % groups == 0 && s.K % groups == 0, "dlkernels.", op, ": 'groups' (", groups,
+                    ") must divide the input channels (", s.C, ") and the output channels (", s.K, ")");
   s.Cg = s.C / groups;
   s.Kg = s.K / groups;
-  TORCH_CHECK(weight.size(1) == s.Cg, "dlkernels.", op, ": expected weight.size(1) to be in_channels / groups = ", s.C,
-              " / ", groups, " = ", s.Cg, ", got ", weight.size(1), " (weight shape ", weight.sizes(), ")");
-  TORCH_CHECK(s.K >= 1, "dlkernels.", op, ": expected at least one output channel (weight.size(0) >= 1), got ",
-              "weight shape ", weight.sizes());
-  TORCH_CHECK(s.KH >= 1 && s.KW >= 1, "dlkernels.", op, ": expected a kernel of at least 1 x 1, got weight shape ",
-              weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(1) * groups == s.C, "dlkernels.", op,
+                    ": expected weight.shape[1] * groups == input channels, got weight ", weight.sizes(),
+                    ", groups=", groups, " and x ", x.sizes());
+  TORCH_CHECK_VALUE(s.K >= 1, "dlkernels.", op, ": expected at least one output channel (weight.size(0) >= 1), got ",
+                    "weight shape ", weight.sizes());
+  TORCH_CHECK_VALUE(s.KH >= 1 && s.KW >= 1, "dlkernels.", op,
+                    ": expected a kernel of at least 1 x 1, got weight shape ", weight.sizes());
   check_bias(x, bias, s.K, op);
   s.OH = conv_output_size(s.H, s.KH, s.sh, s.ph, s.dh);
   s.OW = conv_output_size(s.W, s.KW, s.sw, s.pw, s.dw);
-  TORCH_CHECK(s.OH >= 1 && s.OW >= 1, "dlkernels.", op, ": input (H x W after padding) is smaller than the dilated ",
-              "kernel: input ", s.H + 2 * s.ph, " x ", s.W + 2 * s.pw, " (with padding ", padding, "), dilated kernel ",
-              s.dh * (s.KH - 1) + 1, " x ", s.dw * (s.KW - 1) + 1);
+  TORCH_CHECK_VALUE(s.OH >= 1 && s.OW >= 1, "dlkernels.", op,
+                    ": the input (H x W after padding) is smaller than the dilated ", "kernel: input ", s.H + 2 * s.ph,
+                    " x ", s.W + 2 * s.pw, " (with padding ", padding, "), dilated kernel ", s.dh * (s.KH - 1) + 1,
+                    " x ", s.dw * (s.KW - 1) + 1);
   return s;
 }
 
@@ -148,28 +151,30 @@ inline PoolShape check_pool_args(const at::Tensor& x, c10::IntArrayRef kernel_si
                                  c10::IntArrayRef padding, c10::IntArrayRef dilation, bool ceil_mode, const char* op,
                                  c10::DeviceType device) {
   check_kernel_input(x, "x", op, device);
-  check_dim(x, 4, "x", op);
+  check_spatial_input(x, op);
   check_pair(kernel_size, "kernel_size", op, 1);
   check_pair(stride, "stride", op, 1);
   check_pair(padding, "padding", op, 0);
   check_pair(dilation, "dilation", op, 1);
   // PyTorch's rule: padding at most half of the kernel size (floor), per dimension. (It also checks half of
   // the dilated kernel, which is implied since dilation >= 1.)
-  TORCH_CHECK(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, "dlkernels.", op,
-              ": expected 'padding' to be at most half of 'kernel_size', got padding=", padding,
-              " and kernel_size=", kernel_size);
+  TORCH_CHECK_VALUE(padding[0] <= kernel_size[0] / 2 && padding[1] <= kernel_size[1] / 2, "dlkernels.", op,
+                    ": expected 'padding' to be at most half of 'kernel_size', got padding=", padding,
+                    " and kernel_size=", kernel_size);
   PoolShape p;
   p.kh = kernel_size[0], p.kw = kernel_size[1], p.sh = stride[0], p.sw = stride[1];
   p.ph = padding[0], p.pw = padding[1], p.dh = dilation[0], p.dw = dilation[1];
   p.N = x.size(0), p.C = x.size(1), p.H = x.size(2), p.W = x.size(3);
-  TORCH_CHECK(p.C > 0 && p.H > 0 && p.W > 0, "dlkernels.", op,
-              ": expected 'x' to have non-zero channels, height and width (only the batch may be empty), got shape ",
-              x.sizes());
+  TORCH_CHECK_VALUE(
+      p.C > 0 && p.H > 0 && p.W > 0, "dlkernels.", op,
+      ": expected 'x' to have non-zero channels, height and width (only the batch may be empty), got shape ",
+      x.sizes());
   p.OH = pool_output_size(p.H, p.kh, p.sh, p.ph, p.dh, ceil_mode);
   p.OW = pool_output_size(p.W, p.kw, p.sw, p.pw, p.dw, ceil_mode);
-  TORCH_CHECK(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the output would be empty: input ", p.H, "x", p.W,
-              " with kernel_size=", kernel_size, ", stride=", stride, ", padding=", padding, ", dilation=", dilation,
-              ", ceil_mode=", (ceil_mode ? "true" : "false"), " gives ", p.OH, "x", p.OW);
+  TORCH_CHECK_VALUE(p.OH >= 1 && p.OW >= 1, "dlkernels.", op, ": the input (", p.H, "x", p.W,
+                    ") is too small: the output would be empty with kernel_size=", kernel_size, ", stride=", stride,
+                    ", padding=", padding, ", dilation=", dilation, ", ceil_mode=", (ceil_mode ? "true" : "false"),
+                    " gives ", p.OH, "x", p.OW);
   return p;
 }
 

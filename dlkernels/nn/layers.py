@@ -144,7 +144,8 @@ class _DlkLayer:
     _torch_class = None  # the torch.nn class this layer replaces
     # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
     # torch.fx graph when it fused it into this layer; revert() puts it back.
-    _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call")
+    _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call",
+                       "_act_args")
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
@@ -182,6 +183,16 @@ class _DlkLayer:
         self._fused_by_convert = False
         self._fused_call = None
 
+    def _op_activation_args(self):
+        """(activation, alpha, beta) for the op: activation_params normalised once, again only when the
+        activation or its parameters are replaced."""
+        activation, params = self.activation, getattr(self, "activation_params", None)
+        cached = getattr(self, "_act_args", None)
+        if cached is None or cached[0] is not activation or cached[1] is not params:
+            cached = (activation, params, *ops._activation_args(activation, params, "nn"))
+            self._act_args = cached
+        return activation, cached[2], cached[3]
+
     def extra_repr(self):
         options = f"backend={self.backend!r}"
         if getattr(self, "activation_params", None):
@@ -190,6 +201,13 @@ class _DlkLayer:
             options = f"activation={self.activation!r}, " + options
         base = super().extra_repr()
         return f"{base}, {options}" if base else options
+
+
+def _int_pair(value):
+    """A layer's int or pair of ints (torch.nn keeps tuples) as the ops' list; None for anything else."""
+    if type(value) is tuple and len(value) == 2:
+        return list(value)
+    return [value, value] if type(value) is int else None
 
 
 class Linear(_DlkLayer, nn.Linear):
@@ -206,7 +224,11 @@ class Linear(_DlkLayer, nn.Linear):
         self._set_options(activation, backend, activation_params)
 
     def forward(self, input):
-        return ops.linear_act(input, self.weight, self.bias, self.activation, self.backend,
+        activation, alpha, beta = self._op_activation_args()
+        # The backend is resolved once per (device, dtype) of the input (dlkernels.ops caches it).
+        if ops._backend_for("linear_act", self.backend, input) == "native":
+            return ops._native.linear_act(input, self.weight, self.bias, activation, alpha, beta)
+        return ops.linear_act(input, self.weight, self.bias, activation, self.backend,
                               activation_params=getattr(self, "activation_params", None))
 
 
@@ -232,6 +254,11 @@ class Conv2d(_DlkLayer, nn.Conv2d):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
+        if (padding_pair := _int_pair(padding)) is not None and input.dim() == 4 and (
+                ops._backend_for("conv2d", self.backend, input) == "native"):
+            activation, alpha, beta = self._op_activation_args()
+            return ops._native.conv2d(input, weight, bias, _int_pair(self.stride), padding_pair,
+                                      _int_pair(self.dilation), self.groups, activation, alpha, beta)
         return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                           self.activation, self.backend, activation_params=getattr(self, "activation_params", None))
 
