@@ -289,3 +289,23 @@ def test_the_no_gpu_cuda_home_notice_is_dropped_and_nothing_else():
     make = lambda msg: logging.LogRecord("torch.utils.cpp_extension", logging.WARNING, "", 0, msg, (), None)  # noqa: E731
     assert not notice.filter(make("No CUDA runtime is found, using CUDA_HOME='/usr/local'"))
     assert notice.filter(make("Error checking compiler version for c++"))
+
+
+@pytest.mark.slow
+def test_overhead_suite_runs_and_writes_its_rows(tmp_path):
+    """`python -m benchmarks --suite overhead --quick`: every op x kind of call and TinyVGG at batch 1, each a
+    positive time on both sides and a ratio inside its range (no goal is asserted: timings are not tests)."""
+    cmd = [sys.executable, "-m", "benchmarks", "--suite", "overhead", "--quick", "--device", "cpu", "--out",
+           str(tmp_path), "--name", "o", "--settle", "0"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with open(tmp_path / "o.csv") as f:
+        rows = list(csv.DictReader(f))
+    kinds = {(r["op"], r["kind"]) for r in rows}
+    for op in ("linear_act", "conv2d", "max_pool2d"):
+        for kind in ("functional", "raw op", "layer", "functional+autograd", "raw op+autograd", "layer+autograd"):
+            assert (op, kind) in kinds, (op, kind, sorted(kinds))
+    assert {("model", "model inference"), ("model", "model training step")} <= kinds, sorted(kinds)
+    for r in rows:
+        assert float(r["dlkernels_us"]) > 0 and float(r["torch_us"]) > 0
+        assert float(r["ratio_min"]) <= float(r["ratio"]) <= float(r["ratio_max"])
