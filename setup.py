@@ -7,6 +7,9 @@ is found, whether or not a GPU is visible. Switches (environment variables):
                             the CPU kernels only (fast iterations when no .cu file changed).
   TORCH_CUDA_ARCH_LIST      archs to build, e.g. "9.0". Without it and without a visible GPU, the default
                             is DEFAULT_CUDA_ARCHS (cpp_extension cannot guess an arch with no GPU).
+  DLKERNELS_CUDA_EMU=0|1    1 also builds dlkernels._cuda_emu, the CPU emulator of the CUDA kernels (the same
+                            csrc/cuda sources compiled by the host compiler; a test tool, no GPU or nvcc
+                            needed). scripts/install.sh sets it: the test suite runs the CUDA kernels in it.
   CUDA_HOME                 a toolkit to prefer. The compiler is the first toolkit whose CUDA major version is
                             torch's: CUDA_HOME, CUDA_PATH, /usr/local/cuda, the nvcc on PATH, then NVIDIA's
                             compiler from PyPI if installed (scripts/install.sh installs it when nothing else
@@ -154,6 +157,24 @@ def extension():
     )
 
 
+def cuda_emulator():
+    """dlkernels._cuda_emu when DLKERNELS_CUDA_EMU=1, else None."""
+    mode = os.environ.get("DLKERNELS_CUDA_EMU", "0").strip()
+    if mode not in ("0", "1"):
+        raise SystemExit(f"DLKERNELS_CUDA_EMU must be 0 or 1, got {mode!r}")
+    if mode == "0":
+        return None
+    log("the CUDA emulator dlkernels._cuda_emu (DLKERNELS_CUDA_EMU=1)")
+    return cpp_extension.CppExtension(
+        "dlkernels._cuda_emu",
+        sorted(glob.glob(os.path.join("csrc", "cuda_emu", "*.cpp"))),
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        define_macros=[("DLKERNELS_CUDA_EMU", None)],
+        # -O1: the emulated kernels run on tiny test shapes, and the build stays short.
+        extra_compile_args={"cxx": ["-O1", "-Wno-unknown-pragmas"]},
+    )
+
+
 def torch_requirement():
     """The wheel's kernels are compiled for exactly this torch (its C++ ABI has no compatibility promise)."""
     return f"torch=={torch.__version__.split('+')[0]}"
@@ -161,6 +182,6 @@ def torch_requirement():
 
 setup(
     install_requires=[torch_requirement(), "numpy", "packaging", "triton>=3.6; sys_platform == 'linux'"],
-    ext_modules=[extension()],
+    ext_modules=[ext for ext in (extension(), cuda_emulator()) if ext is not None],
     cmdclass={"build_ext": BuildExt},
 )

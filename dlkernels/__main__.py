@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from . import __version__, _ext
+from . import __version__, _ext, cuda_emu
 from .ops import available_backends
 
 
@@ -40,6 +40,8 @@ def info_lines():
         lines.append(f"  huge pages     {'on' if _ext._C.huge_pages() else 'off'}")
     else:
         lines += ["extension        NOT loaded: " + str(_ext.LOAD_ERROR), f"  to fix         {_ext.BUILD_HINT}"]
+    emulator = "dlkernels._cuda_emu loaded (a test tool: backend='cuda_emu')" if cuda_emu.loaded() else "not built"
+    lines.append(f"CUDA emulator    {emulator}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)

@@ -16,7 +16,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import _ext, contract, reference
+from . import _ext, contract, cuda_emu, reference
 
 try:
     _triton = importlib.import_module("dlkernels.triton_ops")
@@ -27,9 +27,10 @@ except ImportError as error:
     _triton = None
     _TRITON_IMPORT_ERROR = error
 
-BACKENDS = ("auto", "native", "triton", "reference")
-# The custom-op namespace of each backend that runs through the dispatcher.
-NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton"}
+BACKENDS = ("auto", "native", "triton", "reference", "cuda_emu")
+# The custom-op namespace of each backend that runs through the dispatcher. "cuda_emu" is the CUDA kernels'
+# source run by the CPU emulator (dlkernels.cuda_emu), a test tool that "auto" never picks.
+NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton", "cuda_emu": cuda_emu.NAMESPACE}
 
 
 class _NativeOps:
@@ -125,6 +126,11 @@ def select_backend(op, backend, device):
         if reason:
             raise RuntimeError(f"dlkernels.{op}: backend='triton' cannot run here: {reason}")
         return "triton"
+    if backend == "cuda_emu":
+        reason = cuda_emu.unavailable_reason(device)
+        if reason:
+            raise RuntimeError(f"dlkernels.{op}: backend='cuda_emu' cannot run here: {reason}")
+        return "cuda_emu"
     native = _ext.has_kernel(op, device.type)
     if backend == "native":
         if native:
@@ -183,7 +189,7 @@ def _triton_unavailable(device):
 
 
 def _custom_ops(backend):
-    """torch.ops.<namespace> of a backend that runs through the dispatcher ("native" or "triton")."""
+    """torch.ops.<namespace> of a backend that runs through the dispatcher ("native", "triton", "cuda_emu")."""
     return getattr(torch.ops, NAMESPACES[backend])
 
 

@@ -6,6 +6,7 @@
 #   PYTHON=python3          the interpreter to install into
 #   TORCH_SPEC=...          the torch to install (default: the CUDA 13.0 build torch==2.14.1)
 #   DLKERNELS_CUDA=auto|1|0 see setup.py; TORCH_CUDA_ARCH_LIST defaults to 9.0 (Hopper)
+#   DLKERNELS_CUDA_EMU=1|0  the CPU emulator of the CUDA kernels, which the tests run (default 1)
 #   EXTRAS=test,bench       the optional dependencies to install
 #
 # The compiler's full output goes to build/install.log; the terminal shows each step and the compile's
@@ -32,6 +33,7 @@ else
   echo "skipped (DLKERNELS_CUDA=0)"
 fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export DLKERNELS_CUDA_EMU=${DLKERNELS_CUDA_EMU:-1}
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
 step "3/4 dlkernels and its extension (the compile takes a few minutes; full output in $LOG)"

@@ -11,14 +11,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import dlkernels  # noqa: E402
-from dlkernels import _ext  # noqa: E402
+from dlkernels import _ext, cuda_emu  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-# Backends under test: every one besides the reference itself.
-BACKENDS = ["native", "triton"]
+# CI (DLKERNELS_REQUIRE_CUDA_BUILD=1) requires the CUDA kernels, and so their CPU emulator too.
+REQUIRE_CUDA_BUILD = os.environ.get("DLKERNELS_REQUIRE_CUDA_BUILD") == "1"
+# Backends under test: every one besides the reference itself. "cuda_emu" runs the CUDA kernels' source on
+# CPU tensors in the emulator (dlkernels.cuda_emu): the CUDA tests of a machine without a GPU.
+BACKENDS = ["native", "triton"] + (["cuda_emu"] if cuda_emu.loaded() or REQUIRE_CUDA_BUILD else [])
 # The custom-op namespaces under test (one per backend that runs through the dispatcher): the tests of the
 # op contract (opcheck, torch.compile) run over all of them.
-NAMESPACES = list(dlkernels.ops.NAMESPACES.values())
+NAMESPACES = [namespace for backend, namespace in dlkernels.ops.NAMESPACES.items() if backend in BACKENDS]
 BACKEND_OF_NAMESPACE = {namespace: backend for backend, namespace in dlkernels.ops.NAMESPACES.items()}
 # The first activations, which the full test matrices run over; the later ones (relu6 ... mish) run over a
 # shape or two with NEW_ACTIVATION_CASES, each at torch's default parameters and the parametrised ones at
@@ -69,6 +72,12 @@ def require_backend(backend, device):
     on a GPU machine: the interpreter covers those on machines without a GPU."""
     if backend == "triton" and device == "cpu" and torch.cuda.is_available():
         pytest.skip("Triton runs on the GPU here; CPU tensors go through the Triton interpreter on GPU-less machines")
+    if backend == "cuda_emu":
+        if device != "cpu":
+            pytest.skip("the CUDA emulator runs on CPU tensors; on the GPU the real kernels are tested")
+        if not cuda_emu.loaded():
+            pytest.fail(f"the CUDA emulator did not build or load ({cuda_emu.LOAD_ERROR})")
+        return
     if backend == "native" and not _ext.has_kernel("linear_act", device):
         pytest.fail(
             f"the native backend has no {device} kernels: the extension did not build or load ({_ext.LOAD_ERROR})"
@@ -156,3 +165,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _emulated_cuda_checked(request):
+    """The tests of the emulated CUDA kernels run in the emulator's checked mode: a kernel that writes outside
+    the tensors it was handed fails its test (guard bands around every tensor the test allocates)."""
+    callspec = getattr(request.node, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    emulated = params.get("backend") == "cuda_emu" or params.get("namespace") == cuda_emu.NAMESPACE
+    if not emulated or not cuda_emu.loaded():
+        yield
+        return
+    with cuda_emu.checked():
+        yield

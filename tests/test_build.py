@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import dlkernels
-from dlkernels import _ext
+from dlkernels import _ext, cuda_emu
 from dlkernels.contract import CUSTOM_OPS, conv_output_size, pool_output_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +40,29 @@ def test_cuda_kernels_registered_when_built_with_cuda():
     assert _ext.build_info()["cuda_archs"], "a CUDA build must record its archs"
     for op in CUSTOM_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", "CUDA"), op
+
+
+def test_cuda_emulator_built_when_required():
+    """CI builds the CPU emulator of the CUDA kernels (DLKERNELS_CUDA_EMU=1 through scripts/install.sh)."""
+    if os.environ.get("DLKERNELS_REQUIRE_CUDA_BUILD") == "1":
+        assert cuda_emu.loaded(), cuda_emu.LOAD_ERROR
+    if not cuda_emu.loaded():
+        pytest.skip(f"the CUDA emulator is not built: {cuda_emu.LOAD_ERROR}")
+    for op in CUSTOM_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{cuda_emu.NAMESPACE}::{op}", "CPU"), op
+
+
+@pytest.mark.parametrize("value,expected", [("1", "the CUDA emulator dlkernels._cuda_emu"), ("0", None),
+                                            ("yes", "DLKERNELS_CUDA_EMU must be 0 or 1")])
+def test_cuda_emulator_switch(value, expected):
+    """setup.py adds dlkernels._cuda_emu to the build for DLKERNELS_CUDA_EMU=1 only (--version builds nothing)."""
+    done = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "DLKERNELS_CUDA_EMU": value, "DLKERNELS_CUDA": "0"}, timeout=300)
+    output = done.stdout + done.stderr
+    if expected is None:
+        assert done.returncode == 0 and "_cuda_emu" not in output, output
+    else:
+        assert expected in output, output
 
 
 def test_info_tells_the_truth():
@@ -89,7 +112,7 @@ def test_extension_built_for_another_torch_is_not_loaded():
         fake.TORCH_VERSION = "1.0.0+other"
         sys.modules["dlkernels._build_info"] = fake
         import torch, dlkernels
-        from dlkernels import _ext
+        from dlkernels import _ext, cuda_emu
         from dlkernels.__main__ import info_lines
         assert not _ext.loaded() and "dlkernels._C" not in sys.modules
         expected = f"dlkernels._C was built for torch 1.0.0+other but torch {torch.__version__} is running"

@@ -16,7 +16,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/activation.h"
@@ -137,14 +136,13 @@ at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const a
   at::Tensor out = at::empty({g.N, g.K, g.OH, g.OW}, x.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   DLK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "dlkernels_conv2d_cuda", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation kAct = decltype(tag)::value;
-      conv2d_forward_kernel<scalar_t, kAct><<<grid_size(total), kThreads, 0, stream>>>(
-          x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+      launch<conv2d_forward_kernel<scalar_t, kAct>>(
+          grid_size(total), kThreads, 0, stream, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), g, total, params);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return out;
@@ -159,11 +157,11 @@ at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, cons
                           c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
                           c10::string_view activation, double alpha, double beta) {
   constexpr const char* op = "conv2d";
-  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
+  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
   const Activation act = parse_activation(activation);
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, op);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous();
   const at::Tensor w = weight.contiguous();
@@ -177,7 +175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
     double beta, std::array<bool, 3> output_mask) {
   constexpr const char* op = "conv2d_backward";
-  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, c10::DeviceType::CUDA);
+  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
   const Activation act = parse_activation(activation);
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, op);
@@ -185,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
   check_saved_output(x_in, out_in, grad_needs_output(act), activation, out_shape, op);
   const bool with_bias = has_bias(bias);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const DeviceGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
   const bool recompute = grad_needs_preactivation(act);
@@ -202,16 +200,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     gz = activation_grad_cuda(grad_out, saved, act, params);
   }
 
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   at::Tensor grad_x, grad_w, grad_b;
   DLK_DISPATCH_FLOAT_TYPES(x_in.scalar_type(), "dlkernels_conv2d_backward_cuda", [&] {
     if (output_mask[0]) {
       grad_x = at::empty({g.N, g.C, g.H, g.W}, x_in.options().memory_format(at::MemoryFormat::Contiguous));
       const int64_t total = grad_x.numel();
       if (total > 0) {
-        conv2d_grad_input_kernel<scalar_t><<<grid_size(total), kThreads, 0, stream>>>(
-            gz.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), g, total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<conv2d_grad_input_kernel<scalar_t>>(grid_size(total), kThreads, 0, stream, gz.const_data_ptr<scalar_t>(),
+                                                   w.const_data_ptr<scalar_t>(), grad_x.mutable_data_ptr<scalar_t>(), g,
+                                                   total);
       }
       grad_x = in_format(grad_x, fmt);
     }
@@ -219,9 +217,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       grad_w = at::empty(weight.sizes(), weight.options().memory_format(at::MemoryFormat::Contiguous));
       const int64_t total = grad_w.numel();
       if (total > 0) {  // an empty batch gives zeros: every block sums nothing
-        conv2d_grad_weight_kernel<scalar_t><<<grid_size_blocks(total), kThreads, 0, stream>>>(
-            gz.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), grad_w.mutable_data_ptr<scalar_t>(), g, total);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        launch<conv2d_grad_weight_kernel<scalar_t>>(grid_size_blocks(total), kThreads, 0, stream,
+                                                    gz.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                                                    grad_w.mutable_data_ptr<scalar_t>(), g, total);
       }
     }
   });
@@ -233,7 +231,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
 }  // namespace cuda
 }  // namespace dlkernels
 
-TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(DLK_CUDA_NAMESPACE, DLK_CUDA_DISPATCH_KEY, m) {
   m.impl("conv2d", &dlkernels::cuda::conv2d_forward);
   m.impl("conv2d_backward", &dlkernels::cuda::conv2d_backward);
 }

@@ -13,10 +13,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
 
 #include "common/activation.h"
+#include "cuda/runtime.cuh"
 
 namespace dlkernels {
 namespace cuda {
@@ -81,14 +80,13 @@ inline at::Tensor activation_grad_cuda(const at::Tensor& grad_out, const at::Ten
   at::Tensor gz = at::empty(grad_out.sizes(), grad_out.options());
   const int64_t n = gz.numel();
   if (n == 0) return gz;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   DLK_DISPATCH_FLOAT_TYPES(grad_out.scalar_type(), "dlkernels_activation_grad_cuda", [&] {
     dispatch_activation(act, [&](auto tag) {
       constexpr Activation kAct = decltype(tag)::value;
-      activation_grad_kernel<scalar_t, kAct>
-          <<<grid_size(n), kThreads, 0, stream>>>(grad_out.const_data_ptr<scalar_t>(), saved.const_data_ptr<scalar_t>(),
-                                                  gz.mutable_data_ptr<scalar_t>(), n, params);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch<activation_grad_kernel<scalar_t, kAct>>(
+          grid_size(n), kThreads, 0, stream, grad_out.const_data_ptr<scalar_t>(), saved.const_data_ptr<scalar_t>(),
+          gz.mutable_data_ptr<scalar_t>(), n, params);
     });
   });
   return gz;
@@ -119,11 +117,10 @@ __global__ void channel_sum_kernel(const scalar_t* __restrict__ in, scalar_t* __
 inline at::Tensor channel_sum_cuda(const at::Tensor& t, int64_t outer, int64_t channels, int64_t inner) {
   at::Tensor out = at::empty({channels}, t.options());
   if (channels == 0) return out;
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   DLK_DISPATCH_FLOAT_TYPES(t.scalar_type(), "dlkernels_channel_sum_cuda", [&] {
-    channel_sum_kernel<scalar_t><<<grid_size_blocks(channels), kThreads, 0, stream>>>(
-        t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), outer, channels, inner);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch<channel_sum_kernel<scalar_t>>(grid_size_blocks(channels), kThreads, 0, stream, t.const_data_ptr<scalar_t>(),
+                                         out.mutable_data_ptr<scalar_t>(), outer, channels, inner);
   });
   return out;
 }

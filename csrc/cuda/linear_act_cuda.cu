@@ -16,7 +16,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/activation.h"
@@ -140,12 +139,11 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
               "dlkernels.linear_act: the matrix is too large for the CUDA kernel's grid (", M, " x ", N, ")");
   const dim3 grid(static_cast<unsigned int>(tiles_m), static_cast<unsigned int>(tiles_n));
   const dim3 block(kThreadsN, kThreadsM);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   dispatch_activation(act, [&](auto tag) {
     constexpr Activation kAct = decltype(tag)::value;
-    gemm_bias_act_kernel<scalar_t, kAct><<<grid, block, 0, stream>>>(a.ptr, a.stride0, a.stride1, b.ptr, b.stride0,
-                                                                     b.stride1, bias, c, M, N, K, params);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch<gemm_bias_act_kernel<scalar_t, kAct>>(grid, block, 0, stream, a.ptr, a.stride0, a.stride1, b.ptr, b.stride0,
+                                                 b.stride1, bias, c, M, N, K, params);
   });
 }
 
@@ -166,11 +164,11 @@ at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, cons
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               c10::string_view activation, double alpha, double beta) {
   constexpr const char* op = "linear_act";
-  const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
+  const LinearShape d = check_linear_args(x, weight, bias, op, kDeviceType);
   const Activation act = parse_activation(activation);
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, op);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   if (d.M * d.N == 0) return at::empty(d.out_shape, x.options());
   const at::Tensor x2 = x.reshape({d.M, d.K}).contiguous();
   const at::Tensor w = weight.contiguous();
@@ -186,14 +184,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
                                                                    c10::string_view activation, double alpha,
                                                                    double beta, std::array<bool, 3> output_mask) {
   constexpr const char* op = "linear_act_backward";
-  const LinearShape d = check_linear_args(x, weight, bias, op, c10::DeviceType::CUDA);
+  const LinearShape d = check_linear_args(x, weight, bias, op, kDeviceType);
   const Activation act = parse_activation(activation);
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, op);
   check_output_like(x, grad_out, "grad_out", d.out_shape, op);
   check_saved_output(x, out, grad_needs_output(act), activation, d.out_shape, op);
   const bool with_bias = has_bias(bias);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
 
   // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
   const bool recompute = grad_needs_preactivation(act);
@@ -235,7 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
 }  // namespace cuda
 }  // namespace dlkernels
 
-TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(DLK_CUDA_NAMESPACE, DLK_CUDA_DISPATCH_KEY, m) {
   m.impl("linear_act", &dlkernels::cuda::linear_act_forward);
   m.impl("linear_act_backward", &dlkernels::cuda::linear_act_backward);
 }

@@ -12,7 +12,6 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -115,9 +114,8 @@ template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
                                                            c10::IntArrayRef stride, c10::IntArrayRef padding,
                                                            c10::IntArrayRef dilation, bool ceil_mode, const char* op) {
-  const PoolShape g =
-      check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
-  const c10::cuda::CUDAGuard guard(x_in.device());
+  const PoolShape g = check_pool_args(x_in, kernel_size, stride, padding, dilation, ceil_mode, op, kDeviceType);
+  const DeviceGuard guard(x_in.device());
   const auto fmt = x_in.suggest_memory_format();
   const at::Tensor x = x_in.contiguous(fmt);
   const auto opts = x.options().memory_format(fmt);
@@ -126,19 +124,18 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_i
   if (WithIndices) ind = at::empty({g.N, g.C, g.OH, g.OW}, opts.dtype(at::kLong));
   const int64_t total = out.numel();
   if (total == 0) return {out, ind};
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   DLK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "dlkernels_max_pool2d_cuda", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     int64_t* idx = WithIndices ? ind.mutable_data_ptr<int64_t>() : nullptr;
     if (fmt == at::MemoryFormat::ChannelsLast) {
-      max_pool2d_forward_kernel<scalar_t, WithIndices, true>
-          <<<grid_size(total), kThreads, 0, stream>>>(src, dst, idx, g, total);
+      launch<max_pool2d_forward_kernel<scalar_t, WithIndices, true>>(grid_size(total), kThreads, 0, stream, src, dst,
+                                                                     idx, g, total);
     } else {
-      max_pool2d_forward_kernel<scalar_t, WithIndices, false>
-          <<<grid_size(total), kThreads, 0, stream>>>(src, dst, idx, g, total);
+      launch<max_pool2d_forward_kernel<scalar_t, WithIndices, false>>(grid_size(total), kThreads, 0, stream, src, dst,
+                                                                      idx, g, total);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, ind};
 }
@@ -159,27 +156,27 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& 
                                c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                                c10::IntArrayRef dilation, bool ceil_mode) {
   constexpr const char* op = "max_pool2d_backward";
-  const PoolShape g = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, c10::DeviceType::CUDA);
+  const PoolShape g = check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode, op, kDeviceType);
   check_pool_backward_args(x, grad_out_in, indices_in, g, op);
 
-  const c10::cuda::CUDAGuard guard(x.device());
+  const DeviceGuard guard(x.device());
   const auto fmt = x.suggest_memory_format();
   at::Tensor grad_in = at::empty(x.sizes(), x.options().memory_format(fmt));
   const int64_t total = grad_in.numel();
   if (total == 0) return grad_in;
   const at::Tensor grad_out = grad_out_in.contiguous(fmt);
   const at::Tensor indices = indices_in.contiguous(fmt);
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const auto stream = current_stream();
   DLK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "dlkernels_max_pool2d_backward_cuda", [&] {
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const int64_t* id = indices.const_data_ptr<int64_t>();
     scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::ChannelsLast) {
-      max_pool2d_grad_input_kernel<scalar_t, true><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
+      launch<max_pool2d_grad_input_kernel<scalar_t, true>>(grid_size(total), kThreads, 0, stream, go, id, gi, g, total);
     } else {
-      max_pool2d_grad_input_kernel<scalar_t, false><<<grid_size(total), kThreads, 0, stream>>>(go, id, gi, g, total);
+      launch<max_pool2d_grad_input_kernel<scalar_t, false>>(grid_size(total), kThreads, 0, stream, go, id, gi, g,
+                                                            total);
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad_in;
 }
@@ -188,7 +185,7 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& 
 }  // namespace cuda
 }  // namespace dlkernels
 
-TORCH_LIBRARY_IMPL(dlkernels, CUDA, m) {
+TORCH_LIBRARY_IMPL(DLK_CUDA_NAMESPACE, DLK_CUDA_DISPATCH_KEY, m) {
   m.impl("max_pool2d", &dlkernels::cuda::max_pool2d_forward);
   m.impl("max_pool2d_with_indices", &dlkernels::cuda::max_pool2d_with_indices_forward);
   m.impl("max_pool2d_backward", &dlkernels::cuda::max_pool2d_backward);

@@ -274,7 +274,7 @@ def _cannot_run(module, backend, default_device):
     weight = getattr(module, "weight", None)
     if weight is not None and not weight.is_floating_point():
         return f"its weight is {weight.dtype}; dlkernels computes floating point types only"
-    if backend in ("native", "triton"):
+    if backend in ("native", "triton", "cuda_emu"):
         device = weight.device if weight is not None else default_device
         try:
             ops.select_backend(_OP_OF[type(module)], backend, device)
