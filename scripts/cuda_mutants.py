@@ -71,14 +71,14 @@ TESTS = ["tests/test_linear_act.py", "tests/test_conv2d.py", "tests/test_max_poo
 def build_emulator(src_root, build_dir):
     """Builds dlkernels._cuda_emu from src_root/csrc into src_root/dlkernels (ninja: changed files only)."""
     code = f"""
-import glob, os, shutil, torch
+import glob, os, shutil, sysconfig, torch
 from torch.utils import cpp_extension
 root = {src_root!r}
 sources = sorted(glob.glob(os.path.join(root, "csrc", "cuda_emu", "*.cpp")))
 flags = ["-O1", "-Wno-unknown-pragmas", "-DDLKERNELS_CUDA_EMU"]
 module = cpp_extension.load("_cuda_emu", sources, extra_include_paths=[os.path.join(root, "csrc")],
                             extra_cflags=flags, build_directory={build_dir!r})
-shutil.copy(module.__file__, os.path.join(root, "dlkernels", os.path.basename(module.__file__)))
+shutil.copy(module.__file__, os.path.join(root, "dlkernels", "_cuda_emu" + sysconfig.get_config_var("EXT_SUFFIX")))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=build_dir)
     return done.returncode == 0, done.stdout + done.stderr

@@ -1,11 +1,12 @@
-"""linear_act against the float64 reference: values, gradients, layouts, leading dims, empty inputs."""
+"""linear_act against the float64 reference: values, gradients, layouts, leading dims, empty inputs; and each
+configuration of the CUDA GEMM (forced), in the CUDA emulator and on the GPU."""
 import pytest
 import torch
 
 import dlkernels
 from dlkernels import reference
 from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
-                      device_dtype_params, device_params, make_input, require_backend)
+                      device_dtype_params, device_params, make_input, require_backend, tf32_flags)
 
 SHAPES = [  # (leading dims of x, K, N)
     ((1,), 1, 1),
@@ -181,3 +182,117 @@ def test_reference_backend_matches_torch():
     x, weight = make_input(3, 4), make_input(2, 4, seed=1)
     out = dlkernels.ops.linear_act(x, weight, None, "gelu", backend="reference")
     torch.testing.assert_close(out, torch.nn.functional.gelu(x @ weight.t()))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CUDA GEMM configurations (csrc/cuda/linear_act_cuda.cu), each forced with DLKERNELS_CUDA_GEMM_CONFIG:
+# in the CUDA emulator on CPU tensors, and on the GPU when there is one.
+
+CUDA_TARGETS = [pytest.param(("cuda_emu", "cpu"), id="emu")] + (
+    [pytest.param(("native", "cuda"), id="gpu", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
+GEMM_CONFIGS = ["cuda_core", "large", "medium", "medium:3", "small_m", "small_m:1"]
+GEMM_SHAPES = [  # (leading dims of x, K, N): K and N multiples of 8 take the tensor cores, the others fall back
+    ((1,), 8, 8),
+    ((5,), 24, 40),
+    ((33,), 72, 16),
+    ((2, 65), 136, 24),
+    ((17,), 13, 11),
+    ((3,), 40, 9),
+]
+TENSOR_CORE_DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+
+
+def tf32_bound(x, weight, bias):
+    """The error bound of a float32 GEMM whose operands are rounded to TF32 (10-bit mantissas, unit roundoff
+    2^-11) and summed in float32: |x| . |W|^T times a few units of TF32's rounding (the backward's operand gz
+    carries the TF32 error of the recomputed pre-activation too)."""
+    mag = x.abs().double() @ weight.abs().double().t() + (0 if bias is None else bias.abs().double())
+    return 8 * 2.0**-11 * mag + 1e-6
+
+
+def check_gemm_result(out, expected64, dtype, torch_out, bound=None):
+    if dtype == torch.float32 and bound is not None:
+        assert ((out.double() - expected64).abs() <= bound).all(), (out.double() - expected64).abs().max()
+    else:
+        assert_close_to_reference(out, expected64, dtype, torch_out)
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("config", GEMM_CONFIGS)
+@pytest.mark.parametrize("dtype", TENSOR_CORE_DTYPES, ids=str)
+@pytest.mark.parametrize("lead,K,N", GEMM_SHAPES)
+def test_cuda_gemm_configurations(target, config, dtype, lead, K, N, monkeypatch):
+    backend, device = target
+    require_backend(backend, device)
+    monkeypatch.setenv("DLKERNELS_CUDA_GEMM_CONFIG", config)
+    x = make_input(*lead, K, dtype=dtype, device=device, seed=1).requires_grad_()
+    weight = make_input(N, K, dtype=dtype, device=device, seed=2).requires_grad_()
+    bias = make_input(N, dtype=dtype, device=device, seed=3).requires_grad_()
+    grad = make_input(*lead, N, dtype=dtype, device=device, seed=4)
+    with tf32_flags(matmul=True):  # float32 takes the tensor cores as TF32
+        out = dlkernels.ops.linear_act(x, weight, bias, "silu", backend=backend)
+        out.backward(grad)
+    x64, w64, b64 = (t.detach().cpu().double().requires_grad_() for t in (x, weight, bias))
+    ref = reference.linear_act(x64, w64, b64, "silu")
+    ref.backward(grad.cpu().double())
+    xt, wt, bt = (t.detach().cpu().float().to(dtype).requires_grad_() for t in (x, weight, bias))
+    torch_out = reference.linear_act(xt, wt, bt, "silu")
+    torch_out.backward(grad.cpu())
+    pre = x64.detach() @ w64.detach().t() + b64.detach()
+    check_gemm_result(out.cpu(), ref.detach(), dtype, torch_out.detach(), tf32_bound(x64, w64, b64))
+    # The gradients: grad_x = gz . W and grad_W = gz^T . x, with gz = grad * silu'(pre).
+    gz = grad.cpu().double() * torch.sigmoid(pre) * (1 + pre * (1 - torch.sigmoid(pre)))
+    check_gemm_result(x.grad.cpu(), x64.grad, dtype, xt.grad, tf32_bound(gz.reshape(-1, N), w64.t(), None)
+                      .reshape(x64.shape))
+    check_gemm_result(weight.grad.cpu(), w64.grad, dtype, wt.grad,
+                      tf32_bound(gz.reshape(-1, N).t(), x64.reshape(-1, K).t(), None))
+    check_gemm_result(bias.grad.cpu(), b64.grad, dtype, bt.grad,
+                      8 * 2.0**-11 * (1 + gz.abs().sum(tuple(range(gz.dim() - 1)))))
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("config", ["large", "medium", "small_m"])
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+def test_cuda_gemm_epilogue_activations(target, config, activation, monkeypatch):
+    """Every activation in the fused epilogue (large, medium) and in the split-K reduce (small_m)."""
+    backend, device = target
+    require_backend(backend, device)
+    monkeypatch.setenv("DLKERNELS_CUDA_GEMM_CONFIG", config)
+    x = make_input(6, 32, dtype=torch.bfloat16, device=device, seed=5)
+    weight = make_input(24, 32, dtype=torch.bfloat16, device=device, seed=6)
+    bias = make_input(24, dtype=torch.bfloat16, device=device, seed=7)
+    out = dlkernels.ops.linear_act(x, weight, bias, activation, backend=backend)
+    assert_close_to_reference(out.cpu(), reference64(x.cpu(), weight.cpu(), bias.cpu(), activation), torch.bfloat16,
+                              reference.linear_act(x.cpu(), weight.cpu(), bias.cpu(), activation))
+
+
+def test_cuda_gemm_main_loops_are_conflict_free(monkeypatch):
+    """The emulator's counters for the tensor-core kernels: ldmatrix and cp.async without bank conflicts, and
+    global reads in full 32-byte sectors, in each of the three GEMMs' operand layouts."""
+    require_backend("cuda_emu", "cpu")
+    from dlkernels import cuda_emu
+
+    for config in ("large", "medium", "small_m:2"):
+        monkeypatch.setenv("DLKERNELS_CUDA_GEMM_CONFIG", config)
+        cuda_emu.reset_counters()
+        x = make_input(64, 128, dtype=torch.bfloat16, seed=1).requires_grad_()
+        weight = make_input(128, 128, dtype=torch.bfloat16, seed=2).requires_grad_()
+        dlkernels.ops.linear_act(x, weight, None, "none", backend="cuda_emu").sum().backward()
+        counters = {k: v for k, v in cuda_emu.counters().items() if k.startswith("linear_act_")}
+        kinds = {k.split("<")[0] for k in counters}
+        expected = {"linear_act_forward_kernel", "linear_act_grad_input_kernel", "linear_act_grad_weight_kernel"}
+        assert kinds == expected, (config, sorted(counters))
+        for name, c in counters.items():
+            assert c["mma"] > 0 and c["ldmatrix"] > 0 and c["cp_async"] > 0, name
+            assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (config, name, c)
+            assert c["cp_async_wavefronts"] == c["cp_async_ideal_wavefronts"], (config, name, c)
+            assert c["cp_async_global_sectors"] * 32 == c["cp_async_global_bytes"], (config, name, c)
+
+
+@pytest.mark.parametrize("value", ["huge", "large:0", "medium:x"])
+def test_cuda_gemm_config_variable_is_checked(value, monkeypatch):
+    require_backend("cuda_emu", "cpu")
+    monkeypatch.setenv("DLKERNELS_CUDA_GEMM_CONFIG", value)
+    x, weight = make_input(4, 16, dtype=torch.bfloat16), make_input(8, 16, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="DLKERNELS_CUDA_GEMM_CONFIG"):
+        dlkernels.ops.linear_act(x, weight, None, "none", backend="cuda_emu")

@@ -1,19 +1,35 @@
 // Linear + bias + activation on CUDA: y = act(x @ weight^T + bias), and its backward.
 //
-// One shared-memory tiled GEMM, written once: C[M, N] = A[M, K] . B[K, N] with A and B given by pointer and
-// two strides each, so the same kernel computes
-//   forward  y      = x  @ W^T  (A = x [M, K] row-major, B = W^T through W's strides; bias + act fused),
-//   backward grad_x = gz @ W    (A = gz [M, N], B = W [N, K]),
-//            grad_W = gz^T @ x  (A = gz^T through gz's strides, B = x [M, K]).
-// Each block computes a 64x64 tile of C with 16x16 threads (a 4x4 micro-tile each), stepping through K in
-// slices of 16 staged in shared memory as opmath values (float for half types), with float accumulation.
-// The epilogue adds the bias, applies the activation and writes C once. Readable, not tuned.
+// Three GEMMs, each C[M, N] = A . B in the orientation of the tensors as they are (nothing is copied
+// transposed):
+//   forward      y      = x  @ W^T  (A = x [M, K] and B = W [N, K]: both K-major; bias + act fused)
+//   grad_input   grad_x = gz @ W    (A = gz [M, N] K-major, B = W [N, K] MN-major)
+//   grad_weight  grad_W = gz^T @ x  (A = gz [M, N] MN-major, B = x [M, K] MN-major)
+// float16 and bfloat16, and float32 when torch.backends.cuda.matmul.allow_tf32 is on, run on the
+// tensor-core core (cuda/gemm_core.cuh) in one of the named configurations below; float64, float32 with TF32
+// off and operands whose rows are not 16-byte aligned (K, or N for the backward, not a multiple of 8 16-bit
+// or 4 float elements) run on a 64x64 CUDA-core GEMM (gemm_bias_act_kernel). gz = grad_out * act'(saved)
+// is one elementwise pass before the two backward GEMMs, which both read it (cuda_utils.cuh); grad_bias is
+// its column sum.
+//
+// Which configuration runs (choose_plan): M <= 16 (decode-style batches) takes kSmallM, 16 x 128 tiles with
+// the reduction split so that about two waves of CTAs stream the weight once at memory bandwidth (partial
+// sums in float, finished by split_k_reduce_kernel with bias and activation); a problem with at least one
+// wave of 128 x 128 tiles takes kLarge; anything else kMedium (64 x 64), split along K up to two waves.
+// DLKERNELS_CUDA_GEMM_CONFIG=cuda_core|large|medium|small_m[:splits] forces one (tests use it to cover each);
+// grad_weight has M as its output rows' count, not a batch, and takes kMedium for small_m.
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <optional>
+#include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -22,6 +38,7 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/gemm_core.cuh"
 
 namespace dlkernels {
 namespace cuda {
@@ -119,6 +136,9 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
 }
 
+// linear_act's three GEMMs (see the top of the file).
+enum class GemmKind { kForward, kGradInput, kGradWeight };
+
 // One operand of the GEMM: a pointer and the strides of its two logical dimensions.
 template <typename scalar_t>
 struct Operand {
@@ -147,6 +167,205 @@ void launch_gemm(Operand<scalar_t> a, Operand<scalar_t> b, const scalar_t* bias,
   });
 }
 
+// One of the three GEMMs on the CUDA-core kernel (operands as for run_gemm).
+template <GemmKind G, typename scalar_t>
+void launch_cuda_core(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c, int64_t M, int64_t N,
+                      int64_t K, Activation act, const ActivationParams& ap) {
+  if constexpr (G == GemmKind::kForward) {
+    launch_gemm<scalar_t>({a, K, 1}, {b, 1, K}, bias, c, M, N, K, act, ap);
+  } else if constexpr (G == GemmKind::kGradInput) {
+    launch_gemm<scalar_t>({a, K, 1}, {b, N, 1}, bias, c, M, N, K, act, ap);
+  } else {
+    launch_gemm<scalar_t>({a, 1, M}, {b, N, 1}, bias, c, M, N, K, act, ap);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The tensor-core GEMMs
+
+enum class Config { kCudaCore, kLarge, kMedium, kSmallM };
+
+using LargeTile = gemm::Tile<128, 128, 64, 64, 3>;
+using MediumTile = gemm::Tile<64, 64, 32, 32, 4>;
+using SmallMTile = gemm::Tile<16, 128, 16, 32, 4>;
+
+template <GemmKind G>
+constexpr gemm::Major kAMajor = G == GemmKind::kGradWeight ? gemm::Major::kMN : gemm::Major::kK;
+template <GemmKind G>
+constexpr gemm::Major kBMajor = G == GemmKind::kForward ? gemm::Major::kK : gemm::Major::kMN;
+
+// The kernels of the three GEMMs: the core with each one's operand layouts. Split: partial sums only.
+template <typename T, class TileT, Activation A, bool Split>
+__global__ void __launch_bounds__(TileT::kThreads)
+    linear_act_forward_kernel(gemm::Problem<T> p, const T* bias, T* out, float* partial, ActivationParams ap) {
+  gemm::run<T, TileT, kAMajor<GemmKind::kForward>, kBMajor<GemmKind::kForward>, A, Split>(p, bias, out, partial, ap);
+}
+template <typename T, class TileT, Activation A, bool Split>
+__global__ void __launch_bounds__(TileT::kThreads)
+    linear_act_grad_input_kernel(gemm::Problem<T> p, const T* bias, T* out, float* partial, ActivationParams ap) {
+  gemm::run<T, TileT, kAMajor<GemmKind::kGradInput>, kBMajor<GemmKind::kGradInput>, A, Split>(p, bias, out, partial,
+                                                                                              ap);
+}
+template <typename T, class TileT, Activation A, bool Split>
+__global__ void __launch_bounds__(TileT::kThreads)
+    linear_act_grad_weight_kernel(gemm::Problem<T> p, const T* bias, T* out, float* partial, ActivationParams ap) {
+  gemm::run<T, TileT, kAMajor<GemmKind::kGradWeight>, kBMajor<GemmKind::kGradWeight>, A, Split>(p, bias, out, partial,
+                                                                                                ap);
+}
+
+template <GemmKind G, typename T, class TileT, Activation A, bool Split>
+constexpr auto kernel_of() {
+  if constexpr (G == GemmKind::kForward) return &linear_act_forward_kernel<T, TileT, A, Split>;
+  if constexpr (G == GemmKind::kGradInput) return &linear_act_grad_input_kernel<T, TileT, A, Split>;
+  if constexpr (G == GemmKind::kGradWeight) return &linear_act_grad_weight_kernel<T, TileT, A, Split>;
+}
+
+struct Plan {
+  Config config;
+  int splits;  // 0: as many as fill two waves
+};
+
+// DLKERNELS_CUDA_GEMM_CONFIG, read on every call (tests change it between calls).
+std::optional<Plan> forced_plan() {
+  const char* env = std::getenv("DLKERNELS_CUDA_GEMM_CONFIG");
+  if (env == nullptr || *env == 0) return std::nullopt;
+  const std::string text(env);
+  const auto colon = text.find(':');
+  const std::string name = text.substr(0, colon);
+  int splits = 0;
+  if (colon != std::string::npos) {
+    splits = std::atoi(text.c_str() + colon + 1);
+    TORCH_CHECK(splits >= 1 && splits <= 64, "DLKERNELS_CUDA_GEMM_CONFIG: splits must be in [1, 64], got '", text, "'");
+  }
+  const std::pair<const char*, Config> names[] = {{"cuda_core", Config::kCudaCore},
+                                                  {"large", Config::kLarge},
+                                                  {"medium", Config::kMedium},
+                                                  {"small_m", Config::kSmallM}};
+  for (const auto& [n, c] : names) {
+    if (name == n) return Plan{c, splits};
+  }
+  TORCH_CHECK(false,
+              "DLKERNELS_CUDA_GEMM_CONFIG must be cuda_core, large, medium or small_m (optionally :splits), got '",
+              text, "'");
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Splits of the reduction that give about two waves of CTAs, each split at least one k-tile.
+int fill_splits(int64_t ctas, int64_t k_tiles) {
+  const int64_t want = ceil_div(2 * sm_count(), std::max<int64_t>(ctas, 1));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, k_tiles, 64})));
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The configuration of one GEMM (see the top of the file).
+template <typename T>
+Plan choose_plan(GemmKind g, const T* a, const T* b, int64_t M, int64_t N, int64_t K) {
+  constexpr int kVec = gemm::Smem<T>::kVec;
+  bool tensor_cores = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16> ||
+                      (std::is_same_v<T, float> && at::globalContext().allowTF32CuBLAS());
+  // Rows of both operands start on 16 bytes: lda and ldb are K for the forward, N and K of the linear layer
+  // (here: K and N) for the backward.
+  const int64_t lda = g == GemmKind::kForward ? K : g == GemmKind::kGradInput ? K : M;
+  const int64_t ldb = g == GemmKind::kForward ? K : N;
+  tensor_cores = tensor_cores && lda % kVec == 0 && ldb % kVec == 0 && aligned16(a) && aligned16(b);
+  if (const auto forced = forced_plan()) {
+    Plan plan = *forced;
+    if (!tensor_cores) return {Config::kCudaCore, 1};  // what the tensor cores cannot run stays correct
+    if (plan.config == Config::kSmallM && g == GemmKind::kGradWeight) plan.config = Config::kMedium;
+    return plan;
+  }
+  if (!tensor_cores) return {Config::kCudaCore, 1};
+  const int64_t k_tiles = ceil_div(K, gemm::Smem<T>::BK);
+  if (M <= 16 && g != GemmKind::kGradWeight) {
+    return {Config::kSmallM, fill_splits(ceil_div(M, SmallMTile::BM) * ceil_div(N, SmallMTile::BN), k_tiles)};
+  }
+  if (ceil_div(M, LargeTile::BM) * ceil_div(N, LargeTile::BN) >= sm_count()) return {Config::kLarge, 1};
+  const int64_t medium = ceil_div(M, MediumTile::BM) * ceil_div(N, MediumTile::BN);
+  return {Config::kMedium, medium >= sm_count() ? 1 : fill_splits(medium, k_tiles)};
+}
+
+// c [M, N] = act(A . B + bias) on the tensor cores with tile TileT, the reduction in `splits` slices.
+template <GemmKind G, typename T, class TileT>
+void launch_tensor_core_gemm(const gemm::Problem<T>& problem, int splits, const T* bias, T* c, Activation act,
+                             const ActivationParams& ap, const at::TensorOptions& options) {
+  using Core = gemm::Core<T, TileT, kAMajor<G>, kBMajor<G>>;
+  gemm::Problem<T> p = problem;
+  const int64_t k_tiles = std::max<int64_t>(1, ceil_div(p.K, Core::BK));
+  splits = std::max(1, std::min<int>(splits, static_cast<int>(std::min<int64_t>(k_tiles, 64))));
+  p.k_per_split = ceil_div(k_tiles, splits) * Core::BK;
+  splits = static_cast<int>(std::max<int64_t>(1, ceil_div(p.K, p.k_per_split)));
+  const bool split = splits > 1 || std::is_same_v<TileT, SmallMTile>;  // kSmallM always finishes in the reduce
+  const int64_t tiles_m = ceil_div(p.M, TileT::BM), tiles_n = ceil_div(p.N, TileT::BN);
+  TORCH_CHECK(tiles_n < (int64_t(1) << 31) && tiles_m <= 65535, "dlkernels.linear_act: the matrix is too large for ",
+              "the CUDA kernel's grid (", p.M, " x ", p.N, ")");
+  const dim3 grid(static_cast<unsigned int>(tiles_n), static_cast<unsigned int>(tiles_m), splits);
+  const auto stream = current_stream();
+  if (!split) {
+    dispatch_activation(act, [&](auto tag) {
+      constexpr Activation kAct = decltype(tag)::value;
+      if constexpr (G == GemmKind::kForward || kAct == Activation::None) {
+        launch<kernel_of<G, T, TileT, kAct, false>()>(grid, TileT::kThreads, Core::kSmemBytes, stream, p, bias, c,
+                                                      nullptr, ap);
+      }
+    });
+    return;
+  }
+  at::Tensor partial = at::empty({splits, p.M, p.N}, options.dtype(at::kFloat));
+  launch<kernel_of<G, T, TileT, Activation::None, true>()>(grid, TileT::kThreads, Core::kSmemBytes, stream, p, nullptr,
+                                                           nullptr, partial.mutable_data_ptr<float>(), ap);
+  dispatch_activation(act, [&](auto tag) {
+    constexpr Activation kAct = decltype(tag)::value;
+    if constexpr (G == GemmKind::kForward || kAct == Activation::None) {
+      launch<gemm::split_k_reduce_kernel<T, kAct>>(grid_size(p.M * p.N), kThreads, 0, stream,
+                                                   partial.const_data_ptr<float>(), splits, bias, c, p.M, p.N, ap);
+    }
+  });
+}
+
+// c [M, N] = act(A . B + bias) for one of linear_act's GEMMs (a and b as the table at the top: for the forward
+// a = x [M, K] and b = W [N, K]; for grad_input a = gz [M, K] and b = W [K, N]; for grad_weight
+// a = gz [K, M] and b = x [K, N]), all contiguous.
+template <GemmKind G, typename scalar_t>
+void run_gemm(const scalar_t* a, const scalar_t* b, const scalar_t* bias, scalar_t* c, int64_t M, int64_t N, int64_t K,
+              Activation act, const ActivationParams& ap, const at::TensorOptions& options) {
+  if (M == 0 || N == 0) return;
+  TORCH_CHECK(G == GemmKind::kForward || act == Activation::None, "linear_act: the backward GEMMs have no activation");
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    launch_cuda_core<G>(a, b, bias, c, M, N, K, act, ap);
+  } else {
+    using T = std::conditional_t<std::is_same_v<scalar_t, at::Half>, c10::Half,
+                                 std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, c10::BFloat16, float>>;
+    const Plan plan = choose_plan<T>(G, a, b, M, N, K);
+    const int64_t lda = G == GemmKind::kForward ? K : G == GemmKind::kGradInput ? K : M;
+    const int64_t ldb = G == GemmKind::kForward ? K : N;
+    const gemm::Problem<T> p{a, lda, b, ldb, M, N, K, K};
+    switch (plan.config) {
+      case Config::kCudaCore: launch_cuda_core<G>(a, b, bias, c, M, N, K, act, ap); break;
+      case Config::kLarge:
+        launch_tensor_core_gemm<G, T, LargeTile>(p, plan.splits == 0 ? 1 : plan.splits, bias, c, act, ap, options);
+        break;
+      case Config::kMedium: {
+        const int splits = plan.splits != 0 ? plan.splits
+                                            : fill_splits(ceil_div(M, MediumTile::BM) * ceil_div(N, MediumTile::BN),
+                                                          ceil_div(K, gemm::Smem<T>::BK));
+        launch_tensor_core_gemm<G, T, MediumTile>(p, splits, bias, c, act, ap, options);
+        break;
+      }
+      case Config::kSmallM: {
+        const int splits = plan.splits != 0 ? plan.splits
+                                            : fill_splits(ceil_div(M, SmallMTile::BM) * ceil_div(N, SmallMTile::BN),
+                                                          ceil_div(K, gemm::Smem<T>::BK));
+        if constexpr (G != GemmKind::kGradWeight) {
+          launch_tensor_core_gemm<G, T, SmallMTile>(p, splits, bias, c, act, ap, options);
+        }
+        break;
+      }
+    }
+  }
+}
+
 // act(x2 @ w^T + bias) into a new contiguous tensor of `shape` (M x N elements); x2 [M, K] and w [N, K]
 // contiguous.
 at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, const at::Tensor& b, const LinearShape& d,
@@ -154,9 +373,9 @@ at::Tensor linear_act_forward_2d(const at::Tensor& x2, const at::Tensor& w, cons
   at::Tensor out = at::empty(shape, x2.options());
   if (out.numel() == 0) return out;
   DLK_DISPATCH_FLOAT_TYPES(x2.scalar_type(), "dlkernels_linear_act_cuda", [&] {
-    launch_gemm<scalar_t>({x2.const_data_ptr<scalar_t>(), d.K, 1}, {w.const_data_ptr<scalar_t>(), 1, d.K},
-                          b.defined() ? b.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(), d.M,
-                          d.N, d.K, act, params);
+    run_gemm<GemmKind::kForward, scalar_t>(x2.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
+                                           b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                                           out.mutable_data_ptr<scalar_t>(), d.M, d.N, d.K, act, params, x2.options());
   });
   return out;
 }
@@ -214,15 +433,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
     if (output_mask[0]) {
       // grad_x [M, K] = gz [M, N] . W [N, K]
       grad_x = at::empty({d.M, d.K}, x.options());
-      launch_gemm<scalar_t>({gz_ptr, d.N, 1}, {w.const_data_ptr<scalar_t>(), d.K, 1}, nullptr,
-                            grad_x.mutable_data_ptr<scalar_t>(), d.M, d.K, d.N, Activation::None);
+      run_gemm<GemmKind::kGradInput, scalar_t>(gz_ptr, w.const_data_ptr<scalar_t>(), nullptr,
+                                               grad_x.mutable_data_ptr<scalar_t>(), d.M, d.K, d.N, Activation::None, {},
+                                               x.options());
       grad_x = grad_x.view(x.sizes());
     }
     if (output_mask[1]) {
       // grad_W [N, K] = gz^T [N, M] . x [M, K]  (M == 0 gives zeros)
       grad_w = at::empty({d.N, d.K}, x.options());
-      launch_gemm<scalar_t>({gz_ptr, 1, d.N}, {x2.const_data_ptr<scalar_t>(), d.K, 1}, nullptr,
-                            grad_w.mutable_data_ptr<scalar_t>(), d.N, d.K, d.M, Activation::None);
+      run_gemm<GemmKind::kGradWeight, scalar_t>(gz_ptr, x2.const_data_ptr<scalar_t>(), nullptr,
+                                                grad_w.mutable_data_ptr<scalar_t>(), d.N, d.K, d.M, Activation::None,
+                                                {}, x.options());
     }
   });
   if (output_mask[2] && with_bias) grad_b = channel_sum_cuda(gz, d.M, d.N, 1);

@@ -48,6 +48,10 @@ struct dim3 {
   constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
 };
 
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
+
 constexpr int warpSize = 32;
 
 namespace dlkernels {
