@@ -261,15 +261,31 @@ _AUTOTUNE_EXTRA = {"cache_results": True} if "cache_results" in inspect.signatur
 AUTOTUNE = os.environ.get("DLKERNELS_TRITON_AUTOTUNE", "1") != "0"
 
 
-def autotune(hopper_configs, default_config, interpreter_config, key):
+def autotune(hopper_configs, default_config, interpreter_config, key, float32_configs=None):
     """triton.autotune over the Hopper configs, tuned once per value of `key` (the shape and the kernel's
     mode flags) and, where this Triton supports it, cached on disk across processes. Under the interpreter,
-    a single small config: several configs fail there, and there is nothing to time."""
+    a single small config: several configs fail there, and there is nothing to time.
+
+    The Hopper configs of the GEMM kernels are sized for 16-bit inputs. The same tiles in float32 need twice
+    the shared memory and, on the FMA path of an "ieee" dot, far more registers: compiled for sm_90 most of
+    them spill or exceed 227 KB of shared memory (scripts/static_audit.py). With `float32_configs` given, the
+    search is pruned by the inputs' element size: 2 bytes take the Hopper configs, 4 bytes float32_configs,
+    8 bytes the default config."""
     if INTERPRET:
-        configs = [interpreter_config]
-    else:
-        configs = hopper_configs if AUTOTUNE else [default_config]
-    return triton.autotune(configs=configs, key=key, **_AUTOTUNE_EXTRA)
+        return triton.autotune(configs=[interpreter_config], key=key, **_AUTOTUNE_EXTRA)
+    if not AUTOTUNE:
+        return triton.autotune(configs=[default_config], key=key, **_AUTOTUNE_EXTRA)
+    if float32_configs is None:
+        return triton.autotune(configs=hopper_configs, key=key, **_AUTOTUNE_EXTRA)
+    by_size = {2: list(hopper_configs), 4: list(float32_configs), 8: [default_config]}
+
+    def by_element_size(configs, named_args, **kwargs):
+        # The first tensor argument is the kernel's input; its dtype is part of the autotuner's cache key.
+        first = next((a for a in named_args.values() if hasattr(a, "dtype")), None)
+        return by_size.get(first.dtype.itemsize, configs) if first is not None else configs
+
+    return triton.autotune(configs=by_size[2] + by_size[4], key=key,
+                           prune_configs_by={"early_config_prune": by_element_size}, **_AUTOTUNE_EXTRA)
 
 
 def config(num_warps=4, num_stages=3, **meta):

@@ -28,14 +28,25 @@ from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, ac
                       param_args, custom_op, device_guard, dot, dot_precision, grad_operand)
 
 # Hopper: the pixel dimension is long, the channel dimension usually 64-512: 128-pixel tiles with 64 or 128
-# output channels, channel slices of 32/64 (one 3x3 tap of a 64-channel layer per step), 3-4 stages.
+# output channels, channel slices of 32/64 (one 3x3 tap of a 64-channel layer per step), 3-4 stages. The
+# 128x128 and 128x64 tiles take 8 warps: with 4, the grad-input kernel spills registers.
 CONV_CONFIGS = [
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, num_warps=8, num_stages=3),
-    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=4, num_stages=4),
-    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, num_warps=8, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=4),
     config(BLOCK_M=128, BLOCK_N=32, BLOCK_K=32, num_warps=4, num_stages=3),  # few channels per group
+    config(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),  # depthwise-like
+]
+# float32 inputs: the same tiles need twice the shared memory and more registers; K slices of 16 keep the
+# TF32 tensor-core path (torch's default for convolutions) free of spills.
+CONV_CONFIGS_FP32 = [
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=16, num_warps=8, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=16, num_warps=4, num_stages=4),
+    config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=16, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=32, BLOCK_K=16, num_warps=8, num_stages=3),  # few channels per group
     config(BLOCK_M=128, BLOCK_N=16, BLOCK_K=16, num_warps=4, num_stages=3),  # depthwise-like
 ]
 DEFAULT_CONFIG = config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=3)  # autotuning off
@@ -47,7 +58,8 @@ INTERPRETER_CONFIG_GRAD_W = config(BLOCK_M=16, BLOCK_N=16, BLOCK_K=128, num_warp
 _SHAPE_KEY = ["N", "C", "H", "W", "OC", "OH", "OW", "KH", "KW", "GROUPS"]
 
 
-@autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["ACT", "EPILOGUE"])
+@autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["ACT", "EPILOGUE"],
+          float32_configs=CONV_CONFIGS_FP32)
 @triton.jit
 def _conv2d_forward_kernel(
     x_ptr, w_ptr, bias_ptr, g_ptr, out_ptr,
@@ -101,7 +113,8 @@ def _conv2d_forward_kernel(
     tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
-@autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["A_ACT"])
+@autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG, key=_SHAPE_KEY + ["A_ACT"],
+          float32_configs=CONV_CONFIGS_FP32)
 @triton.jit
 def _conv2d_grad_input_kernel(
     g_ptr, s_ptr, w_ptr, gx_ptr,
@@ -154,7 +167,7 @@ def _conv2d_grad_input_kernel(
 
 
 @autotune(CONV_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG_GRAD_W,
-          key=_SHAPE_KEY + ["A_ACT", "SPLIT_P", "BIAS_GRAD", "DOT"])
+          key=_SHAPE_KEY + ["A_ACT", "SPLIT_P", "BIAS_GRAD", "DOT"], float32_configs=CONV_CONFIGS_FP32)
 @triton.jit
 def _conv2d_grad_weight_kernel(
     g_ptr, s_ptr, x_ptr, gw_ptr, gb_ptr,

@@ -31,18 +31,28 @@ from ._common import (ACT_CODE, NEEDS_OUTPUT, NEEDS_PREACTIVATION, acc_dtype, ac
 # TMA/cp.async pipeline inside the 228 KB of shared memory per SM; 8 warps (two warpgroups) for the
 # largest tiles. The BLOCK_M=16/32/64 configs with long K slices are for skinny, memory-bound shapes
 # (M <= 64): they keep more programs busy and stream W at full bandwidth. GROUP_M groups programs that
-# share B tiles so they hit L2 together.
+# share B tiles so they hit L2 together. Tiles of 128 rows take 8 warps and K slices stop at 128: the
+# backward's GEMMs (dz formed on load, row sums for grad_bias) spill registers with 4 warps or K=256.
 GEMM_CONFIGS = [
     config(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
     config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
-    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
-    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-    config(BLOCK_M=32, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=32, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
     config(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
-    config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, GROUP_M=8, num_warps=4, num_stages=4),
+]
+# float32 inputs (TF32 wgmma, or exact FMA products with TF32 off): K slices of 32 keep the shared memory of
+# the 16-bit tiles and the FMA path's operand registers low enough not to spill; 128x256 tiles do not fit.
+GEMM_CONFIGS_FP32 = [
+    config(BLOCK_M=128, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, GROUP_M=8, num_warps=8, num_stages=3),
+    config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=4),
+    config(BLOCK_M=32, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
+    config(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=3),
 ]
 # Fits every dtype's shared memory and registers (float64 included): used when autotuning is off.
 DEFAULT_CONFIG = config(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
@@ -54,7 +64,7 @@ EPILOGUE_GRAD = 1  # store g * act'(acc + bias): the recomputed pre-activation b
 
 
 @autotune(GEMM_CONFIGS, DEFAULT_CONFIG, INTERPRETER_CONFIG,
-          key=["M", "N", "K", "A_ACT", "EPILOGUE", "ACT", "ROWSUM", "DOT"])
+          key=["M", "N", "K", "A_ACT", "EPILOGUE", "ACT", "ROWSUM", "DOT"], float32_configs=GEMM_CONFIGS_FP32)
 @triton.jit
 def _linear_act_gemm_kernel(
     a_ptr, s_ptr, b_ptr, c_ptr, bias_ptr, g_ptr, rowsum_ptr,
