@@ -4,6 +4,8 @@ reports which test caught each mutant. Every mutant must be caught.
 
     python3 scripts/cuda_mutants.py [--only NAME ...] [--out benchmarks/results/cuda-mutants.csv]
 
+(--only updates those mutants' rows of an existing table.)
+
 It needs the built extension dlkernels._C in the source tree (the tests import dlkernels) and takes a few
 minutes per mutant on 2 cores. The copy lives in a temporary folder; the source tree is not touched.
 """
@@ -22,16 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, file under csrc, exact text, replacement, what it breaks)
 MUTANTS = [
-    ("gemm-drop-barrier-after-staging", "cuda/linear_act_cuda.cu",
+    ("fallback-gemm-drop-barrier-after-staging", "cuda/linear_act_cuda.cu",
      "    __syncthreads();\n\n#pragma unroll\n    for (int kk = 0;", "\n#pragma unroll\n    for (int kk = 0;",
      "the GEMM main loop reads the tile before every thread has staged it"),
-    ("gemm-drop-barrier-after-compute", "cuda/linear_act_cuda.cu",
+    ("fallback-gemm-drop-barrier-after-compute", "cuda/linear_act_cuda.cu",
      "      }\n    }\n    __syncthreads();\n  }\n", "      }\n    }\n  }\n",
      "the next tile overwrites shared memory that other threads still read"),
-    ("gemm-bounds-off-by-one", "cuda/linear_act_cuda.cu",
+    ("fallback-gemm-bounds-off-by-one", "cuda/linear_act_cuda.cu",
      "As[kl][ml] = (gm < M && gk < K)", "As[kl][ml] = (gm < M && gk <= K)",
      "the A tile reads one column past K"),
-    ("gemm-wrong-shared-index", "cuda/linear_act_cuda.cu",
+    ("fallback-gemm-wrong-shared-index", "cuda/linear_act_cuda.cu",
      "av[i] = As[kk][ty + i * kThreadsM];", "av[i] = As[kk][ty + i * kThreadsM + 1];",
      "the micro-tile reads the wrong row of the staged A tile"),
     ("reduce-wrong-shared-index", "cuda/cuda_utils.cuh",
@@ -53,6 +55,25 @@ MUTANTS = [
      "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i <= total; i += step) {\n"
      "    int64_t n, c, oh, ow;",
      "the forward writes one element past the output"),
+    ("core-drop-mainloop-barrier", "cuda/gemm_core.cuh",
+     "      ptx::cp_async_wait<TileT::kStages - 2>();\n      __syncthreads();",
+     "      ptx::cp_async_wait<TileT::kStages - 2>();",
+     "the tensor-core main loop overwrites a stage other warps still read"),
+    ("core-drop-cp-async-wait", "cuda/gemm_core.cuh",
+     "      ptx::cp_async_wait<TileT::kStages - 2>();\n", "",
+     "the tensor-core main loop multiplies a k-tile before its copies land"),
+    ("core-swap-b-fragments", "cuda/gemm_core.cuh",
+     "    f0[1] = x[1];\n    f1[0] = x[2];", "    f0[1] = x[2];\n    f1[0] = x[1];",
+     "two B fragment registers of the tensor-core GEMM swapped"),
+    ("core-k-bound-off-by-one", "cuda/gemm_core.cuh",
+     "const bool ok = gn < p.N && gk < k_end;", "const bool ok = gn < p.N && gk <= k_end;",
+     "the B tile loads the chunk that starts at the end of the reduction"),
+    ("core-no-swizzle", "cuda/gemm_core.cuh",
+     "(((col / kVec) ^ (row & 7)) * kVec)", "((col / kVec) * kVec)",
+     "shared memory without the XOR swizzle: right values, bank conflicts"),
+    ("core-drop-epilogue-barrier", "cuda/gemm_core.cuh",
+     "    __syncthreads();\n    const bool vectors", "    const bool vectors",
+     "the epilogue copies the tile out before every warp has written it"),
     ("mma-swap-fragment-registers", "cuda/ptx_probe_cuda.cu",
      "for (int i = 0; i < 4; ++i) ra[i] = a[lane * 4 + i];", "for (int i = 0; i < 4; ++i) ra[i ^ 1] = a[lane * 4 + i];",
      "the A fragment's registers 0/1 and 2/3 are swapped"),
@@ -135,6 +156,12 @@ def main(argv=None):
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    if args.only and os.path.exists(args.out):  # a partial run updates its rows of the table
+        ran = {r["mutant"] for r in rows}
+        with open(args.out, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["mutant"] not in ran]
+        order = [m[0] for m in MUTANTS]
+        rows = sorted(kept + rows, key=lambda r: order.index(r["mutant"]) if r["mutant"] in order else len(order))
     with open(args.out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -266,7 +266,7 @@ def test_cuda_gemm_epilogue_activations(target, config, activation, monkeypatch)
                               reference.linear_act(x.cpu(), weight.cpu(), bias.cpu(), activation))
 
 
-def test_cuda_gemm_main_loops_are_conflict_free(monkeypatch):
+def test_cuda_gemm_emulated_main_loops_are_conflict_free(monkeypatch):
     """The emulator's counters for the tensor-core kernels: ldmatrix and cp.async without bank conflicts, and
     global reads in full 32-byte sectors, in each of the three GEMMs' operand layouts."""
     require_backend("cuda_emu", "cpu")
@@ -290,7 +290,7 @@ def test_cuda_gemm_main_loops_are_conflict_free(monkeypatch):
 
 
 @pytest.mark.parametrize("value", ["huge", "large:0", "medium:x"])
-def test_cuda_gemm_config_variable_is_checked(value, monkeypatch):
+def test_cuda_gemm_config_variable_is_checked_emulated(value, monkeypatch):
     require_backend("cuda_emu", "cpu")
     monkeypatch.setenv("DLKERNELS_CUDA_GEMM_CONFIG", value)
     x, weight = make_input(4, 16, dtype=torch.bfloat16), make_input(8, 16, dtype=torch.bfloat16)

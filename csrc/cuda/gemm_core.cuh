@@ -247,6 +247,7 @@ struct Core {
     for (int j = 0; j < NI; ++j) {
       const int col = wn0 + j * 8 + 2 * t;
       float b[2] = {0.f, 0.f};
+#pragma unroll
       for (int e = 0; e < 2; ++e) {
         if (bias != nullptr && n0 + col + e < N) b[e] = static_cast<float>(bias[n0 + col + e]);
       }
@@ -290,6 +291,7 @@ struct Core {
           const int64_t gm = m0 + wm0 + i * 16 + g + 8 * h;
           const int64_t gn = n0 + wn0 + j * 8 + 2 * t;
           if (gm >= M) continue;
+#pragma unroll
           for (int e = 0; e < 2; ++e) {
             if (gn + e < N) partial[gm * N + gn + e] = acc[i][j][2 * h + e];
           }
