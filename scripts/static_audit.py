@@ -431,7 +431,13 @@ CUDA_EXPECTATIONS = (
     # TF32 operands stored MN-major (both of grad_weight's) come from shared loads instead. 255 registers at
     # 128 threads still fit two CTAs per SM, which the 96 KB of shared memory of the large tile allows too.
     CudaExpectation("linear_act_forward_kernel", threads=128, max_registers=255, max_shared=0,
-                    required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared),
+                    dtypes=("float16", "bfloat16"), required=("HMMA", "LDGSTS", "LDSM"),
+                    dynamic_shared=gemm_core_shared),
+    CudaExpectation("linear_act_forward_kernel", threads=128, max_registers=255, max_shared=0,
+                    dtypes=("float32",), required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared,
+                    known_spills="in the 64x64 tile with sigmoid, tanh or mish, ptxas keeps one 4-byte value on "
+                                 "the stack across the main loop (one STL before it, one LDL in the epilogue, "
+                                 "80 registers in use): outside the loop, so it costs nothing per k-tile"),
     CudaExpectation("linear_act_grad_input_kernel", threads=128, max_registers=255, max_shared=0,
                     required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared),
     CudaExpectation("linear_act_grad_weight_kernel", threads=128, max_registers=255, max_shared=0,

@@ -11,9 +11,9 @@ import torch
 
 import dlkernels
 from dlkernels import cuda_emu, reference
-from conftest import REQUIRE_CUDA_BUILD, assert_close_to_reference, make_input
+from conftest import REQUIRE_CUDA_EMU, assert_close_to_reference, make_input
 
-pytestmark = pytest.mark.skipif(not cuda_emu.loaded() and not REQUIRE_CUDA_BUILD,
+pytestmark = pytest.mark.skipif(not cuda_emu.loaded() and not REQUIRE_CUDA_EMU,
                                 reason=f"the CUDA emulator is not built ({cuda_emu.LOAD_ERROR})")
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dlkernels import cuda_emu
-from conftest import REQUIRE_CUDA_BUILD
+from conftest import REQUIRE_CUDA_EMU
 
 TARGETS = ["emu"] + (["gpu"] if torch.cuda.is_available() else [])
 
@@ -15,7 +15,7 @@ TARGETS = ["emu"] + (["gpu"] if torch.cuda.is_available() else [])
 def probe_ops(target):
     if target == "emu":
         if not cuda_emu.loaded():
-            if REQUIRE_CUDA_BUILD:
+            if REQUIRE_CUDA_EMU:
                 pytest.fail(f"the CUDA emulator did not build or load ({cuda_emu.LOAD_ERROR})")
             pytest.skip(f"the CUDA emulator is not built ({cuda_emu.LOAD_ERROR})")
         return torch.ops.dlkernels_cuda_emu_probe, "cpu"
