@@ -41,7 +41,8 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter timing (CPU: < 1 min)")
     p.add_argument("--suite", default="default", choices=cases_mod.SUITES,
-                   help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals")
+                   help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals; block: "
+                        "the fused Conv -> ReLU -> MaxPool block (TinyVGG and VGG shapes, TinyVGG converted)")
     p.add_argument("--op", action="append", help=f"ops to run, comma-separated: {', '.join(cases_mod.OPS)}")
     p.add_argument("--dtype", action="append",
                    help="dtypes, comma-separated (float32, bfloat16, float16, float64); default: float32 on the "
@@ -267,7 +268,7 @@ def _base_row(case, mode, dtype, provider):
         "median_s": None, "p20_s": None, "p80_s": None, "calls": None, "timer": "", "rotation_sets": None,
         "tflops": None, "gbps": None, "bound": "", "bound_flops": None, "fraction": None, "regime": "",
         "t_memory_s": None, "t_compute_s": None, "t_overhead_s": None, "n_ops": None,
-        "speedup": None, "max_err": None, "err_bound": None,
+        "speedup": None, "max_err": None, "err_bound": None, "saved_bytes": None,
     }
 
 
@@ -347,6 +348,8 @@ def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=N
                 continue
             row.update(status="ok", median_s=t.median, p20_s=t.p20, p80_s=t.p80, calls=t.n, timer=t.method,
                        tflops=flops / t.median / 1e12, gbps=nbytes / t.median / 1e9)
+            if mode != "forward" and hasattr(case, "saved_bytes"):  # the memory kept for the backward
+                row["saved_bytes"] = case.saved_bytes(impl, sets[0])
             if provider == providers_mod.BASELINE:
                 baseline["median"] = t.median
         line = report.roofline(flops, nbytes, ceilings["memory_bandwidth"], peak, ceilings["overhead_s"],
