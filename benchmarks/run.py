@@ -66,6 +66,8 @@ def parse_args(argv):
     p.add_argument("--settle", type=float, default=60.0,
                    help="seconds to wait at most for a busy machine to become idle before timing (default 60; 0: "
                         "do not wait)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and dlkernels (default: torch's, all cores); "
+                                               "1 measures one core, steadier on a shared machine")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmul/conv on CUDA (off by default)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -436,6 +438,10 @@ def main(argv=None):
         print(ceilings_mod.datasheet_table())
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.suite == "overhead":
         return run_overhead(args, device)
     if device.type == "cuda" and not args.list:

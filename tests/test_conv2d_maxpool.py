@@ -285,6 +285,25 @@ def test_native_large_shapes(activation, pool):
         torch.testing.assert_close(grad.double(), grad64, atol=2e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("activation", ["none", "relu"])
+@pytest.mark.parametrize("pool", [(2, None, 0, False), (3, 2, 1, True)], ids=["2x2", "3x3s2p1"])
+def test_native_block_is_bitwise_conv2d_then_max_pool2d(activation, pool):
+    """The native block computes exactly what the native conv2d followed by max_pool2d computes, gradients
+    included (the same GEMM, the same sums): a model trains the same with the block as with the three layers,
+    where a last-bit difference could flip a near-tie of some window and send the runs apart."""
+    require_backend("native", "cpu")
+    case = ((3, 10, 14, 13), (10, 3, 3), 1, 1, 1, 1, pool)
+    leaves, out, args = run_case(case, torch.float32, "cpu", activation, "native", requires_grad=True)
+    kernel, stride, padding, ceil_mode = pool
+    unfused = dlkernels.ops.max_pool2d(dlkernels.ops.conv2d(*leaves, 1, 1, activation=activation, backend="native"),
+                                       kernel, stride, padding, ceil_mode=ceil_mode, backend="native")
+    assert torch.equal(out, unfused)
+    grad_out = make_input(*out.shape, seed=4)
+    expected_grads = torch.autograd.grad(unfused, leaves, grad_out)
+    for grad, expected in zip(torch.autograd.grad(out, leaves, grad_out), expected_grads):
+        assert torch.equal(grad, expected)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_keeps_only_the_pooled_output_and_a_small_index(backend):
     """What autograd saves: x and weight (for the gradients), the pooled output (relu's derivative) and the

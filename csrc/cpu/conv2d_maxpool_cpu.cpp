@@ -141,7 +141,7 @@ template <typename acc_t>
 void conv2d_maxpool_forward_kernel(const BlockShape& b, const acc_t* x, const acc_t* w, const acc_t* bias, bool relu,
                                    FinishFn<acc_t> finish) {
   const ConvShape& s = b.conv;
-  const MicroKernel<acc_t>& uk = micro_kernel<acc_t>();
+  const MicroKernel<acc_t>& uk = micro_kernel_for_rows<acc_t>(s.Kg);
   const int MR = uk.mr, NR = uk.nr;
   using Blk = GemmBlocking<acc_t>;
   const int64_t M = s.Kg, K = s.Cg * s.KH * s.KW;
@@ -226,6 +226,22 @@ void conv2d_maxpool_forward_kernel(const BlockShape& b, const acc_t* x, const ac
       }
     }
   });
+}
+
+// The sum of a plane in 16 fixed lanes, then the lanes and the rest in order: conv2d_cpu.cpp's grad_bias sum
+// (a single running sum may not be reordered, so it would run one add at a time).
+template <typename acc_t>
+acc_t plane_sum(const acc_t* v, int64_t n) {
+  constexpr int V = 16;
+  acc_t lanes[V] = {};
+  int64_t i = 0;
+  for (; i + V <= n; i += V) {
+    for (int l = 0; l < V; ++l) lanes[l] += v[i + l];
+  }
+  acc_t sum = acc_t(0);
+  for (int l = 0; l < V; ++l) sum += lanes[l];
+  for (; i < n; ++i) sum += v[i];
+  return sum;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -354,15 +370,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_maxpool_backward(
 
         dispatch_activation(act, [&](auto act_tag) {
           constexpr Activation A = decltype(act_tag)::value;
-          // One (n, k) plane per work item: the routed values in pooled order (their sum is the plane's share of
-          // grad_bias), then the plane of gz zeroed and the values added at their positions (overlapping
-          // windows may share one).
+          // One (n, k) plane per work item: the routed values in pooled order, then the plane of gz zeroed and
+          // the values added at their positions (overlapping windows may share one), then the plane's share of
+          // grad_bias summed over the plane as conv2d's backward sums it (in 16 fixed lanes), so that the block's
+          // gradients are bit for bit those of conv2d + max_pool2d: training the block and the unfused layers
+          // takes the same path (a rounding difference can flip a near-tie of a later window, after which
+          // the two runs part).
           at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
             std::vector<acc_t> value(pooled);
             std::vector<int64_t> position(pooled);
             for (int64_t p = p0; p < p1; ++p) {
               acc_t* gzp = gz_p + p * plane;
-              acc_t sum = acc_t(0);
               for (int64_t q = 0; q < b.PH; ++q) {
                 for (int64_t pw = 0; pw < b.PW; ++pw) {
                   const int64_t o = q * b.PW + pw, e = p * pooled + o;
@@ -380,14 +398,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_maxpool_backward(
                     from = static_cast<acc_t>(saved_p[e]);
                   }
                   value[o] = grad_times<A>(static_cast<acc_t>(go_p[e]), from, params);
-                  sum += value[o];
                 }
               }
               zero_fill(gzp, plane * sizeof(acc_t));
               for (int64_t o = 0; o < pooled; ++o) {
                 if (position[o] >= 0) gzp[position[o]] += value[o];
               }
-              plane_sums[p] = sum;
+              if (need_b) plane_sums[p] = plane_sum(gzp, plane);
             }
           });
         });
