@@ -254,9 +254,11 @@ def test_quick_run_writes_table_csv_json_png(tmp_path):
 
 
 def test_block_suite_with_one_thread_reports_the_memory_kept_for_backward(tmp_path):
-    """`--suite block --threads 1`: the fused block against eager conv -> relu -> pool, its rows with the memory
-    each keeps for the backward (saved_bytes), the run on one thread (meta "threads")."""
-    cmd = [sys.executable, "-m", "benchmarks", "--suite", "block", "--quick", "--threads", "1", "--device", "cpu",
+    """`--suite block --threads 1 --rounds 3`: the fused block against eager conv -> relu -> pool, its rows with
+    the memory each keeps for the backward (saved_bytes), the run on one thread (meta "threads"), the providers
+    timed in turn."""
+    cmd = [sys.executable, "-m", "benchmarks", "--suite", "block", "--quick", "--threads", "1", "--rounds", "3",
+           "--device", "cpu",
            "--op", "conv2d_maxpool", "--shapes", "tinyvgg28", "--provider", "eager,native", "--budget", "0.02",
            "--out", str(tmp_path), "--name", "b", "--settle", "0", "--no-plot"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -266,6 +268,7 @@ def test_block_suite_with_one_thread_reports_the_memory_kept_for_backward(tmp_pa
         rows = list(csv.DictReader(f))
     assert {r["op"] for r in rows} == {"conv2d_maxpool"} and {r["threads"] for r in rows} == {"1"}
     assert all(r["status"] == "ok" for r in rows), [(r["provider"], r["mode"], r["reason"]) for r in rows]
+    assert {r["timer"] for r in rows} == {"3 rounds in turn"}  # --rounds: the providers timed in turn
     kept = {(r["provider"], r["mode"]): int(r["saved_bytes"]) for r in rows if r["mode"] != "forward"}
     # eager keeps the relu output (32x10x28x28 float) and int64 indices; the block its pooled output and int8 index
     assert kept[("torch_eager", "backward")] == 32 * 10 * 28 * 28 * 4 + 32 * 10 * 14 * 14 * 8
