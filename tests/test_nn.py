@@ -709,3 +709,11 @@ def test_convert_without_fuse_makes_no_block_and_hand_made_block_reverts_to_thre
     assert [type(m) for m in plain[0]] == [nn.Conv2d, nn.SiLU, nn.MaxPool2d]
     x = make_input(2, 3, 12, 12, seed=13)
     torch.testing.assert_close(plain(x), hand_made(x), **LAYER_TOL)
+
+
+def test_conv2d_maxpool_layer_follows_changes_of_its_pool_attributes():
+    block = dnn.Conv2dMaxPool(3, 4, 3, padding=1)
+    x = make_input(2, 3, 12, 12, seed=14)
+    assert block(x).shape == (2, 4, 6, 6)
+    block.pool_kernel_size, block.pool_stride, block.pool_ceil_mode = 5, 3, True
+    torch.testing.assert_close(block(x), block.pool_module()(F.relu(block.to_torch()(x))), **LAYER_TOL)

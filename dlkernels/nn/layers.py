@@ -363,10 +363,12 @@ class Conv2dMaxPool(Conv2d):
         if (padding_pair := _int_pair(padding)) is not None and input.dim() == 4 and (
                 ops._backend_for("conv2d_maxpool", self.backend, input) == "native"):
             activation, alpha, beta = self._op_activation_args()
-            pool = self._pool_args
-            if pool is None:  # the pooling's arguments as the op takes them, once
-                pool = self._pool_args = (_int_pair(self.pool_kernel_size), _int_pair(self.pool_stride),
-                                          _int_pair(self.pool_padding), self.pool_ceil_mode)
+            key = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_ceil_mode)
+            cached = self._pool_args
+            if cached is None or cached[0] != key:  # the pooling's arguments as the op takes them, again on a change
+                cached = self._pool_args = (key, (_int_pair(key[0]), _int_pair(key[1]), _int_pair(key[2]),
+                                                  bool(key[3])))
+            pool = cached[1]
             if None not in pool:
                 return ops._native.conv2d_maxpool(input, weight, bias, _int_pair(self.stride), padding_pair,
                                                   _int_pair(self.dilation), self.groups, activation, alpha, beta,
