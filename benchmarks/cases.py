@@ -14,6 +14,13 @@ Conventions (unit-tested against hand counts in tests/test_benchmarks.py):
             max_pool2d's backward reads grad_out and the int64 indices and writes grad_x.
   fwd+bwd   one computation from (x, weight, bias, grad_out) to (out, grad_x, grad_weight, grad_bias):
             intermediates (saved tensors, indices) are not counted.
+- conv2d_maxpool (the fused Conv -> activation -> MaxPool block) counts the conv's FLOPs plus the pooling's
+  comparisons (its backward: the conv's backward plus one add per pooled output), and its own minimal bytes:
+  the forward reads x, weight, bias and writes the pooled output; the backward reads grad_out, x, weight, the
+  saved pooled output and its 1-byte window index, and writes grad_x, grad_weight, grad_bias. The unfused
+  eager composite moves more (the conv output out and back in, twice); that is the point of the fusion.
+  Block cases also report saved_bytes: the memory autograd keeps for the backward, the block's inputs and
+  parameters not counted (they exist anyway).
 - Model cases count the matmul/conv FLOPs with torch.utils.flop_counter (forward, or forward + backward for
   the training step); their minimal bytes are the input, the parameters read once, the logits written (and in
   the training step the labels read and the updated parameters written once).
@@ -29,7 +36,7 @@ from dlkernels import reference
 from dlkernels.contract import conv_output_size, pool_output_size
 
 MODES = ("forward", "backward", "fwd+bwd")
-OPS = ("linear_act", "conv2d", "max_pool2d", "model")
+OPS = ("linear_act", "conv2d", "max_pool2d", "conv2d_maxpool", "model")
 INDEX_BYTES = 8  # int64 indices of max pooling
 
 
@@ -371,6 +378,100 @@ class PoolCase(OpCase):
         return lambda t: reference.max_pool2d(t["x"], p["kernel"], p["stride"], p["padding"])
 
 
+def saved_bytes(fn, inputs, exclude):
+    """Bytes autograd keeps for the backward of one forward of fn(inputs): the distinct storages of the saved
+    tensors (their full storage, as the allocator holds it), those of the tensors in `exclude` (the inputs
+    and parameters, which exist anyway) left out."""
+    storages = {}
+    skip = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, torch.Tensor)}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(inputs)
+    del out
+    return sum(storages.values())
+
+
+class BlockCase(OpCase):
+    """The fused block max_pool2d(act(conv2d(x))), 3x3 conv with padding 1 and a pool of stride = kernel; torch's
+    baseline is the three eager ops."""
+
+    op = "conv2d_maxpool"
+
+    def __init__(self, group, n, c, h, k, pool=2, activation="relu", w=None):
+        w = w or h
+        super().__init__(group, f"N={n} {c}->{k} {h}x{w} k3 pool{pool} {activation}", n=n, c=c, h=h, w=w, k=k,
+                         pool=pool, activation=activation)
+
+    def _conv(self):
+        p = self.params
+        return (p["n"], p["c"], p["h"], p["w"], p["k"], 3, 3)
+
+    def _pooled(self):
+        p = self.params
+        return pool_out_hw(p["h"], p["w"], p["pool"])
+
+    def flops(self, mode):
+        p = self.params
+        conv = conv2d_flops(*self._conv(), 1, 1, activation=p["activation"], mode=mode)
+        return conv + max_pool2d_flops(p["n"], p["k"], p["h"], p["w"], p["pool"], mode=mode)
+
+    def bytes(self, mode, itemsize):
+        _check_mode(mode)
+        p = self.params
+        ph, pw = self._pooled()
+        x, wt, b, out = p["n"] * p["c"] * p["h"] * p["w"], p["k"] * p["c"] * 9, p["k"], p["n"] * p["k"] * ph * pw
+        elements = {
+            "forward": x + wt + b + out,
+            "backward": out + x + wt + out + x + wt + b,
+            "fwd+bwd": x + wt + b + out + out + x + wt + b,
+        }[mode]
+        return elements * itemsize + (out if mode == "backward" else 0)  # the 1-byte window index
+
+    def extra_bytes_unfused(self, itemsize):
+        """What the unfused composite adds to the forward: the conv output written and read back (twice with a
+        separate activation)."""
+        p = self.params
+        return 4 * p["n"] * p["k"] * p["h"] * p["w"] * itemsize
+
+    def make_inputs(self, device, dtype, seed=0, requires_grad=False):
+        p = self.params
+        g = _generator(device, seed)
+        ph, pw = self._pooled()
+        t = {
+            "x": nonzero_rand((p["n"], p["c"], p["h"], p["w"]), g, device, dtype),
+            "weight": nonzero_rand((p["k"], p["c"], 3, 3), g, device, dtype, scale=1 / math.sqrt(p["c"] * 9)),
+            "bias": nonzero_rand((p["k"],), g, device, dtype),
+            "grad_out": nonzero_rand((p["n"], p["k"], ph, pw), g, device, dtype),
+        }
+        for k in self.diff:
+            t[k].requires_grad_(requires_grad)
+        return t
+
+    def torch_fn(self):
+        p = self.params
+        return lambda t: F.max_pool2d(reference.activation(F.conv2d(t["x"], t["weight"], t["bias"], 1, 1),
+                                                           p["activation"]), p["pool"])
+
+    def dlkernels_fn(self, backend):
+        p = self.params
+        return lambda t: dlkernels.ops.conv2d_maxpool(t["x"], t["weight"], t["bias"], 1, 1, activation=p["activation"],
+                                                      pool_kernel_size=p["pool"], backend=backend)
+
+    def reference_fn(self):
+        p = self.params
+        return lambda t: reference.conv2d_maxpool(t["x"], t["weight"], t["bias"], 1, 1, 1, 1, p["activation"], None,
+                                                  p["pool"])
+
+    def saved_bytes(self, fn, inputs):
+        return saved_bytes(fn, inputs, [inputs[k] for k in self.diff])
+
+
 class ModelCase:
     """A model-level case: "forward" is an inference pass (eval, no grad); "fwd+bwd" is a training step
     (forward, cross-entropy, backward, SGD update of the parameters). Implementations are nn.Modules."""
@@ -580,11 +681,30 @@ def cpu_goal_cases():
     return linear + conv + pool
 
 
-SUITES = ("default", "cpu-goals", "overhead")  # overhead: benchmarks/overhead.py
+def block_cases(gpu, quick):
+    """The fused Conv -> ReLU -> MaxPool block at the shapes of its goals: TinyVGG's (10 channels, batch 32,
+    28x28 and 64x64) and VGG's (64-128 channels, batch 8, 56x56-112x112; batch 32 on a GPU)."""
+    tiny = [BlockCase("tinyvgg28", 32, 10, 28, 10), BlockCase("tinyvgg64", 32, 10, 64, 10)]
+    n = 32 if gpu else 8
+    vgg = [BlockCase("vgg", n, 64, 112, 64), BlockCase("vgg", n, 64, 56, 128), BlockCase("vgg", n, 128, 56, 128)]
+    return tiny if quick else tiny + vgg
+
+
+def block_suite(gpu, quick):
+    """--suite block: the block cases, and TinyVGG converted (its two blocks fused) as a model."""
+    models = [ModelCase("model", "tinyvgg", 32, 1, 28, 10)]
+    if not quick:
+        models.append(ModelCase("model", "tinyvgg", 32, 3, 64, 3))
+    return block_cases(gpu, quick) + models
+
+
+SUITES = ("default", "cpu-goals", "block", "overhead")  # overhead: benchmarks/overhead.py
 
 
 def build_cases(device_type, quick=False, suite="default"):
     if suite == "cpu-goals":
         return cpu_goal_cases()
+    if suite == "block":
+        return block_suite(device_type == "cuda", quick)
     gpu = device_type == "cuda"
     return linear_cases(gpu, quick) + conv_cases(gpu, quick) + pool_cases(gpu, quick) + model_cases(gpu, quick)

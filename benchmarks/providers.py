@@ -22,6 +22,7 @@ NATIVE_OPS = {
     "linear_act": {"forward": ["linear_act"], "backward": ["linear_act", "linear_act_backward"]},
     "conv2d": {"forward": ["conv2d"], "backward": ["conv2d", "conv2d_backward"]},
     "max_pool2d": {"forward": ["max_pool2d"], "backward": ["max_pool2d_with_indices", "max_pool2d_backward"]},
+    "conv2d_maxpool": {"forward": ["conv2d_maxpool"], "backward": ["conv2d_maxpool", "conv2d_maxpool_backward"]},
     "model": {"forward": ["linear_act", "conv2d", "max_pool2d"],
               "backward": ["linear_act_backward", "conv2d_backward", "max_pool2d_backward"]},
 }

@@ -90,8 +90,19 @@ TABLE_COLUMNS = [
     ("regime", "regime", lambda r: r["regime"]),
     ("speedup", "vs eager", lambda r: f"{r['speedup']:.2f}x" if r["speedup"] else "-"),
     ("err", "max err", lambda r: fmt_num(r["max_err"], 2)),
+    ("saved", "kept for bwd", lambda r: fmt_bytes(r.get("saved_bytes"))),
     ("status", "status", lambda r: r["status"]),
 ]
+
+
+def fmt_bytes(value):
+    """A byte count with a binary prefix (the memory a case keeps for its backward); "-" when not measured."""
+    if value is None or value == "":
+        return "-"
+    for prefix, scale in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}iB"
+    return f"{value} B"
 
 
 def table(rows, out=sys.stdout):
@@ -99,7 +110,7 @@ def table(rows, out=sys.stdout):
     shown = [r for r in rows if r["status"] != "skipped"]
     cells = [[c[1] for c in TABLE_COLUMNS]] + [[str(c[2](r)) for c in TABLE_COLUMNS] for r in shown]
     widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_COLUMNS))]
-    right = {5, 6, 7, 8, 9, 10, 11, 13, 14}
+    right = {5, 6, 7, 8, 9, 10, 11, 13, 14, 15}
     lines = []
     previous = None
     for k, row in enumerate(cells):

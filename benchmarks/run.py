@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -41,7 +42,8 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter timing (CPU: < 1 min)")
     p.add_argument("--suite", default="default", choices=cases_mod.SUITES,
-                   help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals")
+                   help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals; block: "
+                        "the fused Conv -> ReLU -> MaxPool block (TinyVGG and VGG shapes, TinyVGG converted)")
     p.add_argument("--op", action="append", help=f"ops to run, comma-separated: {', '.join(cases_mod.OPS)}")
     p.add_argument("--dtype", action="append",
                    help="dtypes, comma-separated (float32, bfloat16, float16, float64); default: float32 on the "
@@ -65,6 +67,11 @@ def parse_args(argv):
     p.add_argument("--settle", type=float, default=60.0,
                    help="seconds to wait at most for a busy machine to become idle before timing (default 60; 0: "
                         "do not wait)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time the providers of each case in turn, this many times each, and report the median of "
+                        "the rounds (steadier ratios on a shared machine; default 1: one after the other)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and dlkernels (default: torch's, all cores); "
+                                               "1 measures one core, steadier on a shared machine")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmul/conv on CUDA (off by default)")
     p.add_argument("--no-plot", action="store_true", help="do not draw the PNG")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
@@ -267,7 +274,7 @@ def _base_row(case, mode, dtype, provider):
         "median_s": None, "p20_s": None, "p80_s": None, "calls": None, "timer": "", "rotation_sets": None,
         "tflops": None, "gbps": None, "bound": "", "bound_flops": None, "fraction": None, "regime": "",
         "t_memory_s": None, "t_compute_s": None, "t_overhead_s": None, "n_ops": None,
-        "speedup": None, "max_err": None, "err_bound": None,
+        "speedup": None, "max_err": None, "err_bound": None, "saved_bytes": None,
     }
 
 
@@ -285,8 +292,11 @@ def default_left_out(device, quick, explicit):
     return left_out
 
 
-def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=None, left_out=None):
-    """Rows for one case in one dtype: every mode x provider. left_out(case): {provider: reason} not to run."""
+def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=None, left_out=None, rounds=1):
+    """Rows for one case in one dtype: every mode x provider. left_out(case): {provider: reason} not to run.
+    rounds > 1: the providers are timed in turn, `rounds` times each (budget / rounds per turn), and each row
+    reports the median (p20, p80) of its per-round medians: a load that comes and goes on a shared machine
+    then falls on every provider alike, which makes the ratios steadier."""
     rows = []
     itemsize = torch.empty(0, dtype=dtype).element_size()
     impls = {}
@@ -306,6 +316,16 @@ def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=N
             setup_error = "inputs or float64 reference failed: " + providers_mod._first_line(error)
         baseline = {}
         mode_rows = []
+        pending = []  # (row, provider, impl) checked and waiting for their turns (rounds > 1)
+
+        def finish(row, provider, impl, t, inputs):
+            row.update(status="ok", median_s=t.median, p20_s=t.p20, p80_s=t.p80, calls=t.n, timer=t.method,
+                       tflops=flops / t.median / 1e12, gbps=nbytes / t.median / 1e9)
+            if mode != "forward" and hasattr(case, "saved_bytes"):  # the memory kept for the backward
+                row["saved_bytes"] = case.saved_bytes(impl, inputs)
+            if provider == providers_mod.BASELINE:
+                baseline["median"] = t.median
+
         for provider in providers:
             row = _base_row(case, mode, dtype, provider)
             row.update(flops=flops, bytes=nbytes, intensity=flops / nbytes, rotation_sets=n_sets,
@@ -338,6 +358,9 @@ def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=N
                     continue
                 if provider == providers_mod.BASELINE:
                     baseline["n_ops"] = count_ops(case.bind(impl, mode, sets[0]))
+                if rounds > 1:  # timed below, in turn with the other providers
+                    pending.append((row, provider, impl))
+                    continue
                 # The call cycle lives only inside measure(): the bound inputs are freed when it returns.
                 t = timing.measure(_round_robin([case.bind(impl, mode, s) for s in sets]), device, budget)
             except Exception as error:  # noqa: BLE001 (reported in the row, the run goes on)
@@ -345,10 +368,18 @@ def run_case(case, dtype, modes, providers, device, ceilings, budget, progress=N
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            row.update(status="ok", median_s=t.median, p20_s=t.p20, p80_s=t.p80, calls=t.n, timer=t.method,
-                       tflops=flops / t.median / 1e12, gbps=nbytes / t.median / 1e9)
-            if provider == providers_mod.BASELINE:
-                baseline["median"] = t.median
+            finish(row, provider, impl, t, sets[0])
+        if pending:
+            cycles = [_round_robin([case.bind(impl, mode, s) for s in sets]) for _, _, impl in pending]
+            medians = [[] for _ in pending]
+            for _ in range(rounds):
+                for i, fn in enumerate(cycles):
+                    medians[i].append(timing.measure(fn, device, budget / rounds).median)
+            del cycles
+            for (row, provider, impl), m in zip(pending, medians):
+                t = timing.Timing(statistics.median(m), timing._quantile(m, 0.2), timing._quantile(m, 0.8), len(m),
+                                  f"{rounds} rounds in turn")
+                finish(row, provider, impl, t, sets[0])
         line = report.roofline(flops, nbytes, ceilings["memory_bandwidth"], peak, ceilings["overhead_s"],
                                baseline.get("n_ops", 1))
         for row in mode_rows:
@@ -433,6 +464,10 @@ def main(argv=None):
         print(ceilings_mod.datasheet_table())
         return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.threads:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.suite == "overhead":
         return run_overhead(args, device)
     if device.type == "cuda" and not args.list:
@@ -504,7 +539,8 @@ def main(argv=None):
                     row.update(status="skipped", reason=f"--max-seconds {args.max_seconds:g} spent before this case")
                     rows.append(row)
             continue
-        rows += run_case(case, dtype, modes, providers, device, ceilings, budget, progress, left_out)
+        rows += run_case(case, dtype, modes, providers, device, ceilings, budget, progress, left_out,
+                         rounds=max(1, args.rounds))
         # Written after every case, so that a run stopped by a time limit still leaves its rows.
         report.write_csv(csv_path, rows, meta)
         report.write_json(json_path, rows, meta, ceilings, datasheet_name, datasheet)

@@ -54,9 +54,11 @@ const char* const kMetaKeys[3][3] = {{"x_sizes", "x_dtype", "x_device"},
                                      {"weight_sizes", "weight_dtype", "weight_device"},
                                      {"bias_sizes", "bias_dtype", "bias_device"}};
 
-// Saves (x, weight, bias, out) as the backward reads them; the metadata of the inputs not saved.
+// Saves (x, weight, bias, out) as the backward reads them, then `extra` when given (saved_data()[4]); the
+// metadata of the inputs not saved.
 void save_inputs(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                 const std::optional<at::Tensor>& bias, const at::Tensor& out, Activation act) {
+                 const std::optional<at::Tensor>& bias, const at::Tensor& out, Activation act,
+                 const at::Tensor& extra = at::Tensor()) {
   const bool recompute = grad_needs_preactivation(act);
   const bool with_bias = bias.has_value() && bias->defined();
   // Edges: 0 = x, 1 = weight, 2 = bias (when given).
@@ -76,6 +78,7 @@ void save_inputs(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& we
     ctx->saved_data[kMetaKeys[i][2]] = inputs[i].device();
   }
   saved.push_back(grad_needs_output(act) ? out : at::Tensor());
+  if (extra.defined()) saved.push_back(extra);
   ctx->save_for_backward(saved);
 }
 
@@ -345,6 +348,100 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_with_indices_autograd(const at::Te
   return {result[0], result[1]};
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_maxpool (contract._conv2d_maxpool_setup): the inputs and the pooled output by save_inputs' rule, and
+// the window index, which takes no gradient.
+
+using Conv2dMaxPoolSig = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                            const std::optional<at::Tensor>&, c10::IntArrayRef,
+                                                            c10::IntArrayRef, c10::IntArrayRef, int64_t,
+                                                            c10::string_view, double, double, c10::IntArrayRef,
+                                                            c10::IntArrayRef, c10::IntArrayRef, bool);
+using Conv2dMaxPoolBackwardSig = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const at::Tensor&, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, int64_t,
+    c10::string_view, double, double, c10::IntArrayRef, c10::IntArrayRef, c10::IntArrayRef, bool, std::array<bool, 3>);
+
+const c10::TypedOperatorHandle<Conv2dMaxPoolSig>& conv2d_maxpool_op() {
+  static const auto op = op_handle<Conv2dMaxPoolSig>("dlkernels::conv2d_maxpool");
+  return op;
+}
+
+class Conv2dMaxPoolFunction : public torch::autograd::Function<Conv2dMaxPoolFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                               const std::optional<at::Tensor>& bias, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                               c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
+                               double beta, c10::IntArrayRef pool_kernel_size, c10::IntArrayRef pool_stride,
+                               c10::IntArrayRef pool_padding, bool pool_ceil_mode) {
+    at::Tensor out, index;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      std::tie(out, index) =
+          conv2d_maxpool_op().call(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                                   pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode);
+    }
+    const Activation act = parse_activation(activation);
+    ctx->saved_data["stride"] = stride.vec();
+    ctx->saved_data["padding"] = padding.vec();
+    ctx->saved_data["dilation"] = dilation.vec();
+    ctx->saved_data["groups"] = groups;
+    ctx->saved_data["activation"] = std::string(activation);
+    ctx->saved_data["alpha"] = alpha;
+    ctx->saved_data["beta"] = beta;
+    ctx->saved_data["pool_kernel_size"] = pool_kernel_size.vec();
+    ctx->saved_data["pool_stride"] = pool_stride.vec();
+    ctx->saved_data["pool_padding"] = pool_padding.vec();
+    ctx->saved_data["pool_ceil_mode"] = pool_ceil_mode;
+    ctx->saved_data["with_bias"] = bias.has_value() && bias->defined();
+    ctx->saved_data["x_format"] = static_cast<int64_t>(x.suggest_memory_format());
+    save_inputs(ctx, x, weight, bias, out, act, index);
+    ctx->mark_non_differentiable({index});
+    // Without this autograd would allocate a zero tensor the size of the index for every backward.
+    ctx->set_materialize_grads(false);
+    return {out, index};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    variable_list grads(14);  // no gradient for anything but x, weight and bias
+    if (!grad_outputs[0].defined()) return grads;
+    static const auto backward_op = op_handle<Conv2dMaxPoolBackwardSig>("dlkernels::conv2d_maxpool_backward");
+    const bool with_bias = ctx->saved_data["with_bias"].toBool();
+    const auto [x, weight, bias, out] = saved_inputs(ctx, with_bias);
+    const at::Tensor index = ctx->get_saved_variables()[4];
+    const auto ints = [ctx](const char* key) { return ctx->saved_data[key].toIntVector(); };
+    auto [grad_x, grad_w, grad_b] =
+        backward_op.call(grad_outputs[0], x, weight, optional_tensor(bias), optional_tensor(out), index, ints("stride"),
+                         ints("padding"), ints("dilation"), ctx->saved_data["groups"].toInt(),
+                         ctx->saved_data["activation"].toStringRef(), ctx->saved_data["alpha"].toDouble(),
+                         ctx->saved_data["beta"].toDouble(), ints("pool_kernel_size"), ints("pool_stride"),
+                         ints("pool_padding"), ctx->saved_data["pool_ceil_mode"].toBool(), output_mask(ctx, with_bias));
+    if (grad_x.defined()) {  // no copy when it already is in x's layout
+      grad_x = grad_x.contiguous(static_cast<at::MemoryFormat>(ctx->saved_data["x_format"].toInt()));
+    }
+    grads[0] = grad_x;
+    grads[1] = grad_w;
+    grads[2] = grad_b;
+    return grads;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_autograd(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
+    double beta, c10::IntArrayRef pool_kernel_size, c10::IntArrayRef pool_stride, c10::IntArrayRef pool_padding,
+    bool pool_ceil_mode) {
+  if (!recording(x, weight, bias)) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return conv2d_maxpool_op().call(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                                    pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode);
+  }
+  const variable_list result =
+      Conv2dMaxPoolFunction::apply(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                                   pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode);
+  return {result[0], result[1]};
+}
+
 }  // namespace
 }  // namespace dlkernels
 
@@ -353,4 +450,5 @@ TORCH_LIBRARY_IMPL(dlkernels, Autograd, m) {
   m.impl("conv2d", &dlkernels::conv2d_autograd);
   m.impl("max_pool2d", &dlkernels::max_pool2d_autograd);
   m.impl("max_pool2d_with_indices", &dlkernels::max_pool2d_with_indices_autograd);
+  m.impl("conv2d_maxpool", &dlkernels::conv2d_maxpool_autograd);
 }

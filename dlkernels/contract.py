@@ -17,6 +17,9 @@ Rules every backend follows:
   grad_bias when there is no bias; the fake kernels do the same.
 - max_pool2d computes the indices in the forward whenever the backward will need them (pool_needs_indices),
   rather than finding them again in the backward; the indices take no gradient.
+- conv2d_maxpool (the fused Conv -> activation -> MaxPool block) returns the pooled output and, for the
+  backward, the position of each output's maximum inside its pooling window (pool_index_dtype: int8 for
+  windows of up to 128 elements), never the conv output; the index takes no gradient.
 
 This module is a leaf: it imports torch and nothing from dlkernels.
 """
@@ -99,7 +102,7 @@ def grad_needs_preactivation(activation):
     return activation in GRAD_FROM_PREACTIVATION
 
 # The public ops.
-OPS = ("linear_act", "conv2d", "max_pool2d")
+OPS = ("linear_act", "conv2d", "max_pool2d", "conv2d_maxpool")
 
 # Every custom op of a backend, forward and backward, with its schema (as in csrc/registration.cpp).
 # Backward ops: output_mask selects (grad_x, grad_weight, grad_bias); unselected results are None. `out` is the
@@ -121,9 +124,23 @@ SCHEMAS = {
                                "bool ceil_mode) -> (Tensor, Tensor)",
     "max_pool2d_backward": "(Tensor grad_out, Tensor x, Tensor indices, int[2] kernel_size, int[2] stride, "
                            "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor",
+    # max_pool2d(act(conv2d(x))): (pooled output, window index); see conv2d_maxpool_output_shape and
+    # pool_index_dtype. The pooling has no dilation (it is always 1).
+    "conv2d_maxpool": "(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+                      "int groups, str activation, float alpha, float beta, int[2] pool_kernel_size, "
+                      "int[2] pool_stride, int[2] pool_padding, bool pool_ceil_mode) -> (Tensor, Tensor)",
+    # `out` is the pooled output (given when grad_needs_output), `index` the forward's window index.
+    "conv2d_maxpool_backward": "(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, Tensor index, "
+                               "int[2] stride, int[2] padding, int[2] dilation, int groups, str activation, "
+                               "float alpha, float beta, int[2] pool_kernel_size, int[2] pool_stride, "
+                               "int[2] pool_padding, bool pool_ceil_mode, bool[3] output_mask) "
+                               "-> (Tensor, Tensor, Tensor)",
 }
 # The one list that opcheck and the build tests run over, so that no op is forgotten.
 CUSTOM_OPS = tuple(SCHEMAS)
+# Native ops that have no CUDA kernel yet (a CUDA build registers every other op for CUDA): on CUDA,
+# backend="native" says so and "auto" runs them with Triton or the reference.
+NATIVE_CUDA_PENDING = ("conv2d_maxpool", "conv2d_maxpool_backward")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -154,6 +171,23 @@ def pool_output_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
     return (x.shape[0], x.shape[1]) + tuple(
         pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i], ceil_mode)
         for i in range(2))
+
+
+def conv2d_maxpool_output_shape(x, weight, stride, padding, dilation, pool_kernel_size, pool_stride, pool_padding,
+                                ceil_mode):
+    """(N, OC, PH, PW) of conv2d_maxpool: the pooled shape of the conv output (pool dilation 1)."""
+    conv = conv_output_shape(x, weight, stride, padding, dilation)
+    return conv[:2] + tuple(
+        pool_output_size(conv[2 + i], pool_kernel_size[i], pool_stride[i], pool_padding[i], 1, ceil_mode)
+        for i in range(2))
+
+
+def pool_index_dtype(pool_kernel_size):
+    """The dtype of conv2d_maxpool's window index (the same rule as csrc/common/shapes.h): int8 when every
+    position of the window fits (at most 128 of them), int32 otherwise. The index of the output at pooled
+    (ph, pw) is (h - h0) * pool_kernel_size[1] + (w - w0) for the conv output position (h, w) of its maximum,
+    with (h0, w0) = (ph * stride - padding, pw * stride - padding) the window's corner (padding included)."""
+    return torch.int8 if pool_kernel_size[0] * pool_kernel_size[1] <= 128 else torch.int32
 
 
 def empty_like_format(shape, like, dtype=None):
@@ -220,6 +254,21 @@ def _max_pool2d_backward_fake(grad_out, x, indices, kernel_size, stride, padding
     return empty_like_format(x.shape, x)
 
 
+def _conv2d_maxpool_fake(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                         pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode):
+    _check_devices("conv2d_maxpool", x, weight, bias)
+    shape = conv2d_maxpool_output_shape(x, weight, stride, padding, dilation, pool_kernel_size, pool_stride,
+                                        pool_padding, pool_ceil_mode)
+    return empty_like_format(shape, x), empty_like_format(shape, x, pool_index_dtype(pool_kernel_size))
+
+
+def _conv2d_maxpool_backward_fake(grad_out, x, weight, bias, out, index, stride, padding, dilation, groups, activation,
+                                  alpha, beta, pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode,
+                                  output_mask):
+    return _conv2d_backward_fake(grad_out, x, weight, bias, out, stride, padding, dilation, groups, activation, alpha,
+                                 beta, output_mask)
+
+
 FAKE_KERNELS = {
     "linear_act": _linear_act_fake,
     "linear_act_backward": _linear_act_backward_fake,
@@ -228,6 +277,8 @@ FAKE_KERNELS = {
     "max_pool2d": _max_pool2d_fake,
     "max_pool2d_with_indices": _max_pool2d_with_indices_fake,
     "max_pool2d_backward": _max_pool2d_backward_fake,
+    "conv2d_maxpool": _conv2d_maxpool_fake,
+    "conv2d_maxpool_backward": _conv2d_maxpool_backward_fake,
 }
 
 
@@ -235,7 +286,7 @@ FAKE_KERNELS = {
 # Autograd: what each forward saves (one place for all backends) and which gradients are asked for
 
 
-def _save_inputs(ctx, x, weight, bias, output, activation):
+def _save_inputs(ctx, x, weight, bias, output, activation, extra=()):
     """Saves exactly what the backward reads, so that an in-place op on anything else (the output above all:
     `x += y`, nn.Hardswish(inplace=True) after the layer) does not break training:
     - the output only for the activations whose derivative is taken from it (grad_needs_output);
@@ -251,7 +302,7 @@ def _save_inputs(ctx, x, weight, bias, output, activation):
     ctx.input_meta = tuple(None if t is None or need else (tuple(t.shape), t.dtype, t.device)
                            for t, need in zip(inputs, needed))
     out = output if grad_needs_output(activation) else None
-    ctx.save_for_backward(*(t if need else None for t, need in zip(inputs, needed)), out)
+    ctx.save_for_backward(*(t if need else None for t, need in zip(inputs, needed)), out, *extra)
 
 
 def _stand_in(shape, dtype, device):
@@ -261,10 +312,11 @@ def _stand_in(shape, dtype, device):
 
 
 def _saved_inputs(ctx):
-    """(x, weight, bias, out) for the backward op: the saved tensors, stand-ins for the inputs not saved."""
-    *inputs, out = ctx.saved_tensors
+    """(x, weight, bias, out) for the backward op: the saved tensors, stand-ins for the inputs not saved (and
+    after them the `extra` ones _save_inputs saved)."""
+    inputs, out, extra = ctx.saved_tensors[:3], ctx.saved_tensors[3], ctx.saved_tensors[4:]
     inputs = [t if meta is None else _stand_in(*meta) for t, meta in zip(inputs, ctx.input_meta)]
-    return (*inputs, out)
+    return (*inputs, out, *extra)
 
 
 def _linear_act_setup(ctx, inputs, output):
@@ -288,6 +340,15 @@ def _max_pool2d_setup(ctx, inputs, output):
     # indices for every backward.
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, output[1] if isinstance(output, (tuple, list)) else None)
+
+
+def _conv2d_maxpool_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, *pool_args = inputs
+    out, index = output
+    ctx.block_args = (stride, padding, dilation, groups, activation, alpha, beta, *pool_args)
+    ctx.x_format = suggest_memory_format(x)
+    ctx.set_materialize_grads(False)  # the index takes no gradient (see _max_pool2d_setup)
+    _save_inputs(ctx, x, weight, bias, out, activation, extra=(index,))
 
 
 def _output_mask(ctx, bias):
@@ -332,11 +393,22 @@ def register(namespace, autograd=True):
         grad_x = ops.max_pool2d_backward(grad_out, x, indices, *ctx.pool_args)
         return (grad_x,) + (None,) * len(ctx.pool_args)
 
+    def conv2d_maxpool_backward(ctx, grad_out, *unused_grad_index):
+        if grad_out is None:  # not materialised (see _conv2d_maxpool_setup): no gradient flows back
+            return (None,) * 14
+        x, weight, bias, out, index = _saved_inputs(ctx)
+        grad_x, grad_w, grad_b = ops.conv2d_maxpool_backward(grad_out, x, weight, bias, out, index, *ctx.block_args,
+                                                             _output_mask(ctx, bias))
+        if grad_x is not None:
+            grad_x = grad_x.contiguous(memory_format=ctx.x_format)
+        return (grad_x, grad_w, grad_b) + (None,) * 11
+
     for op, backward, setup in (
         ("linear_act", linear_act_backward, _linear_act_setup),
         ("conv2d", conv2d_backward, _conv2d_setup),
         ("max_pool2d", max_pool2d_backward, _max_pool2d_setup),
         ("max_pool2d_with_indices", max_pool2d_backward, _max_pool2d_setup),
+        ("conv2d_maxpool", conv2d_maxpool_backward, _conv2d_maxpool_setup),
     ):
         if autograd:
             torch.library.register_autograd(f"{namespace}::{op}", backward, setup_context=setup)

@@ -128,6 +128,8 @@ def select_backend(op, backend, device):
         return "triton"
     if backend == "cuda_emu":
         reason = cuda_emu.unavailable_reason(device)
+        if reason is None and op in contract.NATIVE_CUDA_PENDING:
+            reason = "the op has no CUDA kernel yet"
         if reason:
             raise RuntimeError(f"dlkernels.{op}: backend='cuda_emu' cannot run here: {reason}")
         return "cuda_emu"
@@ -140,6 +142,9 @@ def select_backend(op, backend, device):
                 f"dlkernels.{op}: backend='native' needs the compiled extension dlkernels._C, which did not load "
                 f"({_ext.LOAD_ERROR}); {_ext.BUILD_HINT}"
             )
+        if device.type == "cuda" and op in contract.NATIVE_CUDA_PENDING:
+            raise RuntimeError(f"dlkernels.{op}: backend='native' has no CUDA kernel yet (not implemented); "
+                               "backend='auto' runs it with Triton (or the PyTorch reference) on CUDA")
         raise RuntimeError(
             f"dlkernels.{op}: backend='native' has no kernel for device '{device.type}' in this build "
             "(see `python -m dlkernels info`)"
@@ -300,9 +305,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     return out.squeeze(0) if unbatched else out
 
 
-def _check_conv_args(x, weight, bias, groups, stride, padding, dilation):
+def _check_conv_args(x, weight, bias, groups, stride, padding, dilation, op="conv2d"):
     """The checks of the C++ op (csrc/common/op_args.h), for the backends that do not have them."""
-    op = "conv2d"
     _check_tensor(x, "x", op)
     _check_tensor(weight, "weight", op)
     _check_like(x, "x", weight, "weight", op)
@@ -391,6 +395,67 @@ def _check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode):
                 f"dlkernels.{op}: the input {dim} ({size}) is too small for kernel_size={kernel_size}, "
                 f"padding={padding}, dilation={dilation}: the output would be empty"
             )
+
+
+def conv2d_maxpool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation="relu",
+                   pool_kernel_size=2, pool_stride=None, pool_padding=0, pool_ceil_mode=False, backend="auto", *,
+                   activation_params=None):
+    """The fused block max_pool2d(activation(conv2d(x, weight) + bias)): the conv arguments as conv2d's
+    (padding "same" / "valid" too), the pooling's as torch.nn.functional.max_pool2d's (pool_stride None means
+    pool_kernel_size; no dilation), activation and activation_params as for linear_act. The conv output is
+    pooled while it is in cache and never written out; for the backward only the pooled output and a small
+    window index (int8 for windows of up to 128 positions) are kept. Returns the pooled output."""
+    op = "conv2d_maxpool"
+    alpha, beta = _activation_args(activation, activation_params, op)
+    chosen = _backend_for(op, backend, x)
+    stride = _pair(stride, "stride", op)
+    dilation = _pair(dilation, "dilation", op)
+    pool_kernel_size = _pair(pool_kernel_size, "pool_kernel_size", op)
+    pool_stride = (pool_kernel_size if pool_stride is None or pool_stride == [] or pool_stride == ()
+                   else _pair(pool_stride, "pool_stride", op))
+    pool_padding = _pair(pool_padding, "pool_padding", op)
+    pool_ceil_mode = bool(pool_ceil_mode)
+    if isinstance(padding, str) and padding == "same" and isinstance(weight, torch.Tensor) and weight.dim() != 4:
+        _check_conv_args(x, weight, bias, groups, stride, [0, 0], dilation, op)  # "same" reads the kernel size
+    x, padding = _conv_padding(x, weight, padding, stride, dilation, op)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    args = (x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, pool_kernel_size, pool_stride,
+            pool_padding, pool_ceil_mode)
+    if chosen == "native":  # the C++ op checks its arguments
+        out = _native.conv2d_maxpool(*args)[0]
+    else:
+        _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_kernel_size, pool_stride,
+                          pool_padding, pool_ceil_mode)
+        if chosen == "reference":
+            out = reference.conv2d_maxpool(x, weight, bias, stride, padding, dilation, groups, activation,
+                                           contract.activation_params_of(activation, alpha, beta), pool_kernel_size,
+                                           pool_stride, pool_padding, pool_ceil_mode)
+        else:
+            out = _custom_ops(chosen).conv2d_maxpool(*args)[0]
+    return out.squeeze(0) if unbatched else out
+
+
+def _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_kernel_size, pool_stride, pool_padding,
+                      ceil_mode):
+    """The checks of the C++ op (csrc/common/op_args.h), for the backends that do not have them."""
+    op = "conv2d_maxpool"
+    _check_conv_args(x, weight, bias, groups, stride, padding, dilation, op)
+    for name, pair, minimum in (("pool_kernel_size", pool_kernel_size, 1), ("pool_stride", pool_stride, 1),
+                                ("pool_padding", pool_padding, 0)):
+        if pair[0] < minimum or pair[1] < minimum:
+            raise ValueError(f"dlkernels.{op}: expected '{name}' to be >= {minimum}, got {pair!r}")
+    if pool_padding[0] > pool_kernel_size[0] // 2 or pool_padding[1] > pool_kernel_size[1] // 2:
+        raise ValueError(f"dlkernels.{op}: expected 'pool_padding' to be at most half of 'pool_kernel_size', got "
+                         f"pool_padding={pool_padding} and pool_kernel_size={pool_kernel_size}")
+    conv = contract.conv_output_shape(x, weight, stride, padding, dilation)
+    pooled = [contract.pool_output_size(conv[2 + i], pool_kernel_size[i], pool_stride[i], pool_padding[i], 1,
+                                        ceil_mode) for i in range(2)]
+    if min(pooled) < 1:
+        raise ValueError(f"dlkernels.{op}: the conv output ({conv[2]}x{conv[3]}) is too small for "
+                         f"pool_kernel_size={pool_kernel_size}, pool_stride={pool_stride}, "
+                         f"pool_padding={pool_padding}: the pooled output would be empty")
 
 
 if _ext.loaded():  # the extension defines the ops and their autograd (C++); the fake kernels are the contract's

@@ -49,3 +49,10 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                         return_indices=return_indices)
+
+
+def conv2d_maxpool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, activation_name="relu",
+                   activation_params=None, pool_kernel_size=2, pool_stride=None, pool_padding=0, pool_ceil_mode=False):
+    """The fused block's definition: max_pool2d(act(conv2d(x))), the pooling with torch's rules."""
+    return F.max_pool2d(conv2d(x, weight, bias, stride, padding, dilation, groups, activation_name, activation_params),
+                        pool_kernel_size, pool_stride, pool_padding, ceil_mode=pool_ceil_mode)

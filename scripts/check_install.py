@@ -68,6 +68,13 @@ def main(argv=None):
     for a, e in zip(ours, theirs):
         torch.testing.assert_close(a, e, atol=0, rtol=0)
 
+    x, w, b = torch.randn(2, 3, 9, 8), torch.randn(4, 3, 3, 3), torch.randn(4)
+    ours = grads(lambda x, w, b: ops.conv2d_maxpool(x, w, b, padding=1, pool_kernel_size=3, pool_stride=2,
+                                                    backend="native"), x, w, b)
+    theirs = grads(lambda x, w, b: F.max_pool2d(torch.relu(F.conv2d(x, w, b, padding=1)), 3, 2), x, w, b)
+    for a, e in zip(ours, theirs):
+        torch.testing.assert_close(a, e, atol=1e-4, rtol=1e-4)
+
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 5))
     fast = dlkernels.convert(model, backend="native")

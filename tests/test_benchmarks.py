@@ -253,6 +253,37 @@ def test_quick_run_writes_table_csv_json_png(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+def test_block_suite_with_one_thread_reports_the_memory_kept_for_backward(tmp_path):
+    """`--suite block --threads 1 --rounds 3`: the fused block against eager conv -> relu -> pool, its rows with
+    the memory each keeps for the backward (saved_bytes), the run on one thread (meta "threads"), the providers
+    timed in turn."""
+    cmd = [sys.executable, "-m", "benchmarks", "--suite", "block", "--quick", "--threads", "1", "--rounds", "3",
+           "--device", "cpu",
+           "--op", "conv2d_maxpool", "--shapes", "tinyvgg28", "--provider", "eager,native", "--budget", "0.02",
+           "--out", str(tmp_path), "--name", "b", "--settle", "0", "--no-plot"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "kept for bwd" in proc.stdout
+    with open(tmp_path / "b.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["op"] for r in rows} == {"conv2d_maxpool"} and {r["threads"] for r in rows} == {"1"}
+    assert all(r["status"] == "ok" for r in rows), [(r["provider"], r["mode"], r["reason"]) for r in rows]
+    assert {r["timer"] for r in rows} == {"3 rounds in turn"}  # --rounds: the providers timed in turn
+    kept = {(r["provider"], r["mode"]): int(r["saved_bytes"]) for r in rows if r["mode"] != "forward"}
+    # eager keeps the relu output (32x10x28x28 float) and int64 indices; the block its pooled output and int8 index
+    assert kept[("torch_eager", "backward")] == 32 * 10 * 28 * 28 * 4 + 32 * 10 * 14 * 14 * 8
+    assert kept[("dlk_native", "backward")] == 32 * 10 * 14 * 14 * (4 + 1)
+
+
+def test_block_formulas():
+    case = cases.BlockCase("t", 2, 3, 8, 4)
+    conv = cases.conv2d_flops(2, 3, 8, 8, 4, 3, 3, 1, 1, activation="relu")
+    assert case.flops("forward") == conv + cases.max_pool2d_flops(2, 4, 8, 8, 2)
+    x, w, b, out = 2 * 3 * 8 * 8, 4 * 3 * 9, 4, 2 * 4 * 4 * 4
+    assert case.bytes("forward", 4) == (x + w + b + out) * 4
+    assert case.bytes("backward", 4) == (out + x + w + out + x + w + b) * 4 + out  # + the int8 window index
+
+
 def test_default_results_folder_is_untracked():
     """Without --out a run writes under benchmark-results/ (ignored by git), never over the committed
     reference results in benchmarks/results/."""

@@ -8,8 +8,8 @@ from conftest import BACKEND_OF_NAMESPACE, NAMESPACES, device_params, make_input
 
 
 class TinyNet(torch.nn.Module):
-    """Conv+ReLU -> MaxPool -> Conv+GELU -> MaxPool (with indices) -> Linear+SiLU -> Linear, every op through
-    the custom ops of one backend."""
+    """Conv+ReLU -> MaxPool -> Conv+GELU -> MaxPool (with indices) -> Linear+SiLU -> Linear, plus a branch
+    through the fused Conv+SiLU+MaxPool block, every op through the custom ops of one backend."""
 
     def __init__(self, device, dtype, backend):
         super().__init__()
@@ -19,15 +19,20 @@ class TinyNet(torch.nn.Module):
         self.w2, self.b2 = p(8, 4, 3, 3, seed=3), p(8, seed=4)
         self.w3, self.b3 = p(16, 8 * 2 * 2, seed=5), p(16, seed=6)
         self.w4 = p(5, 16, seed=7)
+        self.w5, self.b5 = p(5, 3, 3, 3, seed=8), p(5, seed=9)
 
     def forward(self, x):
         b = self.backend
+        # The block has no CUDA kernel yet: under the CUDA emulator it runs natively.
+        block = dlkernels.ops.conv2d_maxpool(x, self.w5, self.b5, padding=1, activation="silu", pool_kernel_size=3,
+                                             pool_stride=2, pool_padding=1, pool_ceil_mode=True,
+                                             backend="native" if b == "cuda_emu" else b)
         x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu", backend=b)
         x = dlkernels.ops.max_pool2d(x, 2, backend=b)
         x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding="same", groups=2, activation="gelu", backend=b)
         x, _ = dlkernels.ops.max_pool2d(x, 3, 2, 1, return_indices=True, backend=b)
         x = dlkernels.ops.linear_act(x.flatten(1), self.w3, self.b3, "silu", backend=b)
-        return dlkernels.ops.linear_act(x, self.w4, None, "none", backend=b)
+        return dlkernels.ops.linear_act(x, self.w4, None, "none", backend=b) + block.mean((2, 3))
 
 
 def run_and_grads(model, x):

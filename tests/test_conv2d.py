@@ -148,3 +148,23 @@ def test_gradcheck_float64(backend, activation, params):
         # Under the Triton interpreter each of the ~600 perturbed forwards costs ~0.1 s: fast mode checks
         # random projections of the Jacobian instead (test_gradients compares every gradient in full).
         (x, weight, bias), fast_mode=backend == "triton")
+
+
+@pytest.mark.parametrize("channels", [10, 20, 30])
+def test_native_ten_row_gemm_kernel(channels):
+    """10, 20, 30 output and input channels: the GEMMs of the forward, grad_x and grad_w have 10k rows, which
+    take the 10-row AVX-512 micro-kernel (csrc/cpu/gemm.h, micro_kernel_for_rows) where the CPU has it; so does
+    a linear layer over 10k rows."""
+    require_backend("native", "cpu")
+    case = ((3, channels, 9, 12), (channels, 3, 3), 1, 1, 1, 1)
+    leaves, out, args = run_case(case, torch.float32, "cpu", "relu", "native", requires_grad=True)
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    out64 = reference.conv2d(*leaves64, *args)
+    assert_close_to_reference(out, out64, torch.float32)
+    grad_out = make_input(*out.shape, seed=4)
+    for grad, grad64 in zip(torch.autograd.grad(out, leaves, grad_out),
+                            torch.autograd.grad(out64, leaves64, as64(grad_out))):
+        assert_close_to_reference(grad, grad64, torch.float32)
+    x, w = make_input(channels, 37, seed=5), make_input(19, 37, seed=6)
+    torch.testing.assert_close(dlkernels.ops.linear_act(x, w, None, "relu", backend="native"),
+                               torch.relu(as64(x) @ as64(w).T).float())

@@ -37,6 +37,13 @@ CASES = {
     "conv_14x14": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
                    [(1, 32, 14, 14), (48, 32, 3, 3), (48,)]),
     "pool_overlapping": (lambda x: dlkernels.ops.max_pool2d(x, 3, 2, 1, backend="native"), [(2, 24, 15, 17)]),
+    # the fused block: its bands and channel blocks depend on the thread count, its results must not
+    "conv_maxpool_2x2": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, backend="native"),
+                         [(2, 16, 30, 33), (40, 16, 3, 3), (40,)]),
+    "conv_maxpool_3x3s2": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, activation="gelu",
+                                                                        pool_kernel_size=3, pool_stride=2,
+                                                                        pool_padding=1, backend="native"),
+                           [(1, 8, 23, 19), (24, 8, 3, 3), (24,)]),
     "pool_channels_last": (lambda x: dlkernels.ops.max_pool2d(x.contiguous(memory_format=torch.channels_last),
                                                               3, 2, 1, backend="native"), [(3, 24, 15, 17)]),
 }

@@ -21,7 +21,7 @@ from dlkernels import _ext
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEVELS = ["base", "avx2", "avx512"]  # lowest first
 OP_TESTS = ["tests/test_linear_act.py", "tests/test_conv2d.py", "tests/test_max_pool2d.py",
-            "tests/test_cpu_determinism.py"]
+            "tests/test_conv2d_maxpool.py", "tests/test_cpu_determinism.py"]
 # dtype2 is bfloat16 (conftest.DTYPES["cpu"]); "gelu" and "tanh" also deselect gelu_tanh.
 SELECTION = "not triton and not dtype2 and not (tanh or sigmoid or gelu or silu)"
 

@@ -268,12 +268,14 @@ def _mobilenet_v2():
     return torchvision.models.mobilenet_v2(weights=None, num_classes=10)
 
 
-# model: (constructor, input size, layers converted, activations fused, has BatchNorm)
+# model: (constructor, input size, layers converted, activations fused, max-pools fused into conv blocks,
+# has BatchNorm)
 MODELS = {
-    "vgg11": (_vgg11, 32, 8 + 5 + 3, 8 + 2, False),  # 8 conv+relu, 5 pools, 3 linear (2 followed by relu)
-    "alexnet": (_alexnet, 64, 5 + 3 + 3, 5 + 2, False),
-    "resnet18": (_resnet18, 32, 20 + 1 + 1, 0, True),  # conv -> bn -> relu everywhere: nothing to fuse
-    "mobilenet_v2": (_mobilenet_v2, 32, 52 + 1, 0, True),  # conv -> bn -> relu6
+    # 8 conv+relu, 5 of them followed by a pool (Conv2dMaxPool blocks), 3 linear (2 followed by relu)
+    "vgg11": (_vgg11, 32, 8 + 3, 8 + 2, 5, False),
+    "alexnet": (_alexnet, 64, 5 + 3, 5 + 2, 3, False),
+    "resnet18": (_resnet18, 32, 20 + 1 + 1, 0, 0, True),  # conv -> bn -> relu everywhere: nothing to fuse
+    "mobilenet_v2": (_mobilenet_v2, 32, 52 + 1, 0, 0, True),  # conv -> bn -> relu6
 }
 
 
@@ -291,13 +293,14 @@ def _train_step_grads(model, x, seed):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_convert_torchvision_model_matches_torch(name):
-    build, size, n_converted, n_fused, has_batchnorm = MODELS[name]
+    build, size, n_converted, n_fused, n_pooled, has_batchnorm = MODELS[name]
     torch.manual_seed(0)
     original = build()
     x = make_input(2, 3, size, size, seed=7)
 
     model, report = dlkernels.nn.convert(original, return_report=True)
     assert len(report.converted) == n_converted and len(report.fused) == n_fused and not report.left, str(report)
+    assert len(report.pooled) == n_pooled and sum(isinstance(m, dnn.Conv2dMaxPool) for m in model.modules()) == n_pooled
     assert model is not original and not any(isinstance(m, dnn.Linear) for m in original.modules())
     assert list(model.state_dict()) == list(original.state_dict())  # checkpoints load both ways
     assert (
@@ -474,7 +477,8 @@ def test_fx_fusion_on_a_non_sequential_model():
         ("conv", "act_conv", "silu"),
         ("fc1", "gelu", "gelu"),
     ]
-    assert len(report.converted) == 7 and not report.notes
+    assert len(report.converted) == 6 and not report.notes
+    assert report.pooled == [dnn.Pooled("pool", "conv")] and isinstance(model.conv, dnn.Conv2dMaxPool)
     assert (
         isinstance(model.act_conv, dnn.FusedActivation)
         and type(model.shared) is nn.ReLU
@@ -487,7 +491,7 @@ def test_fx_fusion_on_a_non_sequential_model():
     assert_close_deep(out, out_t)
     for key in grads_t:
         assert_close_deep(grads[key], grads_t[key], name=key)
-    assert type(dnn.revert(model).act_conv) is nn.SiLU
+    assert type(dnn.revert(model).act_conv) is nn.SiLU and type(dnn.revert(model).pool) is nn.MaxPool2d
 
 
 class Untraceable(nn.Module):
@@ -571,3 +575,145 @@ def test_torch_save_load_of_converted_model(tmp_path):
     torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
     assert_close_deep(model(x), plain(x))
     assert_close_deep(dnn.revert(loaded)(x), original(x))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fused Conv2d -> activation -> MaxPool2d block
+
+
+class TinyVGG(nn.Module):
+    """The seed's TinyVGG (examples/tinyvgg.py): (Conv-ReLU-Conv-ReLU-MaxPool) x 2, then a Linear."""
+
+    def __init__(self, hidden=10, size=28):
+        super().__init__()
+
+        def block(cin):
+            return nn.Sequential(nn.Conv2d(cin, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2))
+
+        self.block_1, self.block_2 = block(1), block(hidden)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(hidden * (size // 4) ** 2, 10))
+
+    def forward(self, x):
+        return self.classifier(self.block_2(self.block_1(x)))
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)],
+                         ids=["2x2", "3s2p1-ceil"])
+def test_conv2d_maxpool_layer_matches_torch(activation, pool):
+    torch.manual_seed(0)
+    conv, torch_pool = nn.Conv2d(3, 6, 3, padding=1), nn.MaxPool2d(**pool)
+    ours = dnn.Conv2dMaxPool.from_torch(copy.deepcopy(conv), torch_pool, activation=activation)
+    assert isinstance(ours, nn.Conv2d) and isinstance(ours, dnn.Conv2d)
+    assert list(ours.state_dict()) == list(conv.state_dict())
+    theirs = nn.Sequential(*[m for m in (conv, dnn.activation_module(activation), torch_pool) if m is not None])
+    compare_layers(ours, theirs, make_input(2, 3, 11, 9, seed=3))
+    compare_layers(ours, theirs, make_input(3, 11, 9, seed=4))  # unbatched
+    # The constructor gives the same layer; to_torch / pool_module give the torch parts back.
+    built = dnn.Conv2dMaxPool(3, 6, 3, padding=1, activation=activation, pool_kernel_size=pool["kernel_size"],
+                              pool_stride=pool.get("stride"), pool_padding=pool.get("padding", 0),
+                              pool_ceil_mode=pool.get("ceil_mode", False))
+    built.load_state_dict(conv.state_dict())
+    x = make_input(2, 3, 11, 9, seed=5)
+    torch.testing.assert_close(built(x), ours(x), rtol=0, atol=0)
+    assert type(ours.to_torch()) is nn.Conv2d and repr(ours.pool_module()) == repr(torch_pool)
+
+
+def test_conv2d_maxpool_layer_rejects_a_pool_it_cannot_compute():
+    conv = nn.Conv2d(3, 4, 3)
+    with pytest.raises(ValueError, match="dilation"):
+        dnn.Conv2dMaxPool.from_torch(conv, nn.MaxPool2d(2, dilation=2))
+    with pytest.raises(ValueError, match="returns indices"):
+        dnn.Conv2dMaxPool.from_torch(conv, nn.MaxPool2d(2, return_indices=True))
+    with pytest.raises(ValueError, match="unknown activation"):
+        dnn.Conv2dMaxPool(3, 4, 3, activation="swish")
+
+
+def test_convert_tinyvgg_into_blocks_trains_like_torch_and_reverts():
+    """TinyVGG's second conv of each block fuses with its ReLU and MaxPool2d; the checkpoint keys stay, outputs
+    and gradients match torch, a torch checkpoint loads both ways, revert gives the three layers back."""
+    torch.manual_seed(0)
+    original = TinyVGG()
+    model, report = dnn.convert(original, return_report=True)
+    assert [(p.name, p.into) for p in report.pooled] == [("block_1.4", "block_1.2"), ("block_2.4", "block_2.2")]
+    assert "block_1.2: Conv2d -> dlkernels.nn.Conv2dMaxPool + relu (fused from block_1.3) + MaxPool2d (fused from " \
+           "block_1.4)" in str(report)
+    assert report.to_dict()["pooled"][0] == {"name": "block_1.4", "into": "block_1.2"}
+    assert isinstance(model.block_1[2], dnn.Conv2dMaxPool) and isinstance(model.block_1[4], dnn.FusedMaxPool)
+    assert list(model.state_dict()) == list(original.state_dict())
+    x = make_input(4, 1, 28, 28, seed=11)
+    for mode in ("train", "eval"):
+        getattr(original, mode)(), getattr(model, mode)()
+        out_t, grads_t = _train_step_grads(original, x, seed=0)
+        out, grads = _train_step_grads(model, x, seed=0)
+        assert_close_deep(out, out_t)
+        assert grads.keys() == grads_t.keys()
+        for key in grads:
+            assert_close_deep(grads[key], grads_t[key], name=key)
+    # state_dict round trip: torch -> converted -> torch.
+    fresh = dnn.convert(TinyVGG())
+    fresh.load_state_dict(original.state_dict())
+    plain = TinyVGG()
+    plain.load_state_dict(fresh.state_dict())
+    torch.testing.assert_close(plain(x), original(x), rtol=0, atol=0)
+    reverted = dnn.revert(model)
+    assert [type(m) for m in reverted.modules()] == [type(m) for m in original.modules()]
+    torch.testing.assert_close(reverted(x), original(x), rtol=0, atol=0)
+
+
+class FunctionalBlocks(nn.Module):
+    """Not a Sequential: conv -> F.relu -> pool module, conv -> pool (no activation), and a conv whose output
+    is used twice (not fusable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.pool1 = nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2)
+        self.conv2, self.pool2 = nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(3, 2, 1, ceil_mode=True)
+        self.conv3, self.pool3 = nn.Conv2d(4, 4, 1), nn.MaxPool2d(2)
+        self.pool4 = nn.MaxPool2d(2, dilation=2)
+        self.conv4 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = self.pool1(F.relu(self.conv1(x)))
+        x = self.pool2(self.conv2(x))
+        y = self.conv3(x)
+        x = self.pool3(y) + y[..., ::2, ::2]  # conv3's output has two uses: not fused
+        return self.pool4(self.conv4(x))
+
+
+def test_convert_fuses_blocks_found_by_torch_fx():
+    torch.manual_seed(0)
+    original = FunctionalBlocks()
+    model, report = dnn.convert(original, return_report=True)
+    assert sorted((p.into, p.name) for p in report.pooled) == [("conv1", "pool1"), ("conv2", "pool2")]
+    assert any("pool4 (MaxPool2d) not fused into conv4: its dilation" in note for note in report.notes)
+    assert list(model.state_dict()) == list(original.state_dict())
+    x = make_input(2, 3, 20, 20, seed=12)
+    out_t, grads_t = _train_step_grads(original, x, seed=0)
+    out, grads = _train_step_grads(model, x, seed=0)
+    assert_close_deep(out, out_t)
+    for key in grads_t:
+        assert_close_deep(grads[key], grads_t[key], name=key)
+    reverted = dnn.revert(model)
+    assert type(reverted.pool1) is nn.MaxPool2d and type(reverted.conv1) is nn.Conv2d
+    torch.testing.assert_close(reverted(x), original(x), rtol=0, atol=0)
+
+
+def test_convert_without_fuse_makes_no_block_and_hand_made_block_reverts_to_three_layers():
+    model = dnn.convert(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2)), fuse=False)
+    assert type(model[0]) is dnn.Conv2d and type(model[2]) is dnn.MaxPool2d
+    hand_made = nn.Sequential(dnn.Conv2dMaxPool(3, 4, 3, activation="silu", pool_kernel_size=3, pool_stride=2))
+    with pytest.warns(UserWarning, match="gain the prefix"):
+        plain = dnn.revert(hand_made)
+    assert [type(m) for m in plain[0]] == [nn.Conv2d, nn.SiLU, nn.MaxPool2d]
+    x = make_input(2, 3, 12, 12, seed=13)
+    torch.testing.assert_close(plain(x), hand_made(x), **LAYER_TOL)
+
+
+def test_conv2d_maxpool_layer_follows_changes_of_its_pool_attributes():
+    block = dnn.Conv2dMaxPool(3, 4, 3, padding=1)
+    x = make_input(2, 3, 12, 12, seed=14)
+    assert block(x).shape == (2, 4, 6, 6)
+    block.pool_kernel_size, block.pool_stride, block.pool_ceil_mode = 5, 3, True
+    torch.testing.assert_close(block(x), block.pool_module()(F.relu(block.to_torch()(x))), **LAYER_TOL)

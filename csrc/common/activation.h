@@ -87,7 +87,7 @@ inline void check_activation_params(Activation act, const ActivationParams& p, c
 // Where the backward takes the derivative from (the same table as contract.GRAD_FROM_OUTPUT and
 // contract.GRAD_FROM_PREACTIVATION on the Python side): the forward output (the backward ops' `out`, which
 // autograd saves only for these), the pre-activation recomputed from x, weight and bias, or neither ("none").
-inline bool grad_needs_output(Activation act) {
+constexpr bool grad_needs_output(Activation act) {
   switch (act) {
     case Activation::ReLU:
     case Activation::Sigmoid:
@@ -100,7 +100,7 @@ inline bool grad_needs_output(Activation act) {
     default: return false;
   }
 }
-inline bool grad_needs_preactivation(Activation act) {
+constexpr bool grad_needs_preactivation(Activation act) {
   switch (act) {
     case Activation::GELU:
     case Activation::GELUTanh:

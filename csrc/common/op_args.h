@@ -191,4 +191,54 @@ inline void check_pool_backward_args(const at::Tensor& x, const at::Tensor& grad
               c10::IntArrayRef(out_shape), " (the pooled shape of 'x'), got ", indices.sizes());
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// conv2d_maxpool: conv2d's arguments, then max pooling of the conv output (dilation 1).
+
+struct BlockShape {
+  ConvShape conv;
+  int64_t kh, kw, sh, sw, ph, pw;  // the pooling window
+  int64_t PH, PW;                  // pooled output
+};
+
+// The window index's dtype (contract.pool_index_dtype): int8 when the window has at most 128 positions.
+inline at::ScalarType pool_index_dtype(int64_t kh, int64_t kw) { return kh * kw <= 128 ? at::kChar : at::kInt; }
+
+inline BlockShape check_conv2d_maxpool_args(const at::Tensor& x, const at::Tensor& weight,
+                                            const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
+                                            c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                                            c10::IntArrayRef pool_kernel_size, c10::IntArrayRef pool_stride,
+                                            c10::IntArrayRef pool_padding, bool ceil_mode, const char* op,
+                                            c10::DeviceType device) {
+  BlockShape b;
+  b.conv = check_conv_args(x, weight, bias, stride, padding, dilation, groups, op, device);
+  check_pair(pool_kernel_size, "pool_kernel_size", op, 1);
+  check_pair(pool_stride, "pool_stride", op, 1);
+  check_pair(pool_padding, "pool_padding", op, 0);
+  TORCH_CHECK_VALUE(pool_padding[0] <= pool_kernel_size[0] / 2 && pool_padding[1] <= pool_kernel_size[1] / 2,
+                    "dlkernels.", op, ": expected 'pool_padding' to be at most half of 'pool_kernel_size', got ",
+                    "pool_padding=", pool_padding, " and pool_kernel_size=", pool_kernel_size);
+  b.kh = pool_kernel_size[0], b.kw = pool_kernel_size[1], b.sh = pool_stride[0], b.sw = pool_stride[1];
+  b.ph = pool_padding[0], b.pw = pool_padding[1];
+  b.PH = pool_output_size(b.conv.OH, b.kh, b.sh, b.ph, 1, ceil_mode);
+  b.PW = pool_output_size(b.conv.OW, b.kw, b.sw, b.pw, 1, ceil_mode);
+  TORCH_CHECK_VALUE(b.PH >= 1 && b.PW >= 1, "dlkernels.", op, ": the conv output (", b.conv.OH, "x", b.conv.OW,
+                    ") is too small for pool_kernel_size=", pool_kernel_size, ", pool_stride=", pool_stride,
+                    ", pool_padding=", pool_padding, ", pool_ceil_mode=", (ceil_mode ? "true" : "false"),
+                    ": the pooled output would be empty");
+  return b;
+}
+
+// The backward's index: the forward's, of the pooled shape, x's device and pool_index_dtype.
+inline void check_block_index(const at::Tensor& x, const at::Tensor& index, const BlockShape& b, const char* op) {
+  const std::array<int64_t, 4> shape{b.conv.N, b.conv.K, b.PH, b.PW};
+  TORCH_CHECK_VALUE(index.device() == x.device(), "dlkernels.", op, ": expected 'index' on ", x.device(),
+                    " like 'x', got ", index.device());
+  const at::ScalarType dtype = pool_index_dtype(b.kh, b.kw);
+  TORCH_CHECK_TYPE(index.scalar_type() == dtype, "dlkernels.", op, ": expected 'index' of dtype ", dtype,
+                   " (the forward's window index for pool_kernel_size ", b.kh, "x", b.kw, "), got ",
+                   index.scalar_type());
+  TORCH_CHECK_VALUE(index.sizes() == c10::IntArrayRef(shape), "dlkernels.", op, ": expected 'index' of shape ",
+                    c10::IntArrayRef(shape), " (the pooled output's), got ", index.sizes());
+}
+
 }  // namespace dlkernels

@@ -40,6 +40,22 @@ inline void define_schemas(torch::Library& m) {
   m.def(
       "max_pool2d_backward(Tensor grad_out, Tensor x, Tensor indices, int[2] kernel_size, int[2] stride, "
       "int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+
+  // The fused block max_pool2d(act(conv2d(x))): the conv's arguments, then the pooling's (no dilation). Returns
+  // the pooled output and, for the backward, the position of each output's maximum inside its window
+  // ((h - h0) * pool_kernel_size[1] + (w - w0) from the window's corner (h0, w0), padding included), int8
+  // for windows of up to 128 positions, int32 otherwise (common/op_args.h, pool_index_dtype).
+  m.def(
+      "conv2d_maxpool(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+      "int groups, str activation, float alpha, float beta, int[2] pool_kernel_size, int[2] pool_stride, "
+      "int[2] pool_padding, bool pool_ceil_mode) -> (Tensor, Tensor)");
+  // Its gradients: grad_out routed to the window maxima through act', then the conv's backward. `out` (the
+  // pooled output) is needed by the activations whose derivative is read from it, as for conv2d_backward.
+  m.def(
+      "conv2d_maxpool_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor? bias, Tensor? out, Tensor index, "
+      "int[2] stride, int[2] padding, int[2] dilation, int groups, str activation, float alpha, float beta, "
+      "int[2] pool_kernel_size, int[2] pool_stride, int[2] pool_padding, bool pool_ceil_mode, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace dlkernels

@@ -30,6 +30,7 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -302,6 +303,58 @@ void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t*
   gemm_run<acc_t>(g);
 }
 
+// Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
+// not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
+// NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
+// (conv2d_backward_from_grad_preactivation).
+template <typename scalar_t>
+void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_t>* gz_p, const at::Tensor& xa,
+                               const at::Tensor& wa, const at::Tensor& grad_x, const at::Tensor& grad_w) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (!(grad_x.defined() && grad_x.numel() > 0) && !(grad_w.defined() && grad_w.numel() > 0)) return;
+  const auto opts = xa.defined() ? xa.options() : wa.options();
+  const acc_t* x_p = xa.defined() ? xa.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* w_p = wa.defined() ? wa.const_data_ptr<acc_t>() : nullptr;
+  // Rounds a finished tile of rows [r0, r0 + m) x columns [j0, j0 + n) of an acc_t GEMM result into the
+  // half-type tensor dst with `cols` columns (float/double results are written in place by the GEMM).
+  auto rounder = [](scalar_t* dst, int64_t cols) {
+    return [dst, cols](int64_t r0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
+      for (int i = 0; i < m; ++i) {
+        for (int j = 0; j < n; ++j) dst[(r0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ld + j]);
+      }
+    };
+  };
+  constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+
+  // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
+  // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
+  const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
+  if (grad_x.defined() && grad_x.numel() > 0 && x_by_gemm) {
+    ConvShape t = s;
+    t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
+    t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
+    t.Cg = s.Kg, t.Kg = s.Cg;
+    // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
+    const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
+    at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
+    conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
+                                 !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+  }
+
+  // Step 2a, other strides: the direct scatter.
+  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm) {
+    conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
+  }
+
+  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
+  if (grad_w.defined() && grad_w.numel() > 0) {
+    const int64_t cols = s.Cg * s.KH * s.KW;
+    at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+    conv2d_grad_weight_kernel<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>(), !direct,
+                                     rounder(grad_w.mutable_data_ptr<scalar_t>(), cols));
+  }
+}
+
 at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           c10::string_view activation, double alpha, double beta) {
@@ -446,50 +499,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       }
     }
 
-    // Rounds a finished tile of rows [r0, r0 + m) x columns [j0, j0 + n) of an acc_t GEMM result into the
-    // half-type tensor dst with `cols` columns (float/double results are written in place by the GEMM).
-    auto rounder = [](scalar_t* dst, int64_t cols) {
-      return [dst, cols](int64_t r0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
-        for (int i = 0; i < m; ++i) {
-          for (int j = 0; j < n; ++j) dst[(r0 + i) * cols + j0 + j] = static_cast<scalar_t>(c[i * ld + j]);
-        }
-      };
-    };
-    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
-
-    // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
-    // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
-    const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
-    if (need_x && grad_x.numel() > 0 && x_by_gemm) {
-      ConvShape t = s;
-      t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
-      t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
-      t.Cg = s.Kg, t.Kg = s.Cg;
-      // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
-      const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
-      at::Tensor gxa = direct ? grad_x : empty_output(x.sizes(), opts.dtype(acc_type));
-      conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
-                                   !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
-    }
-
-    // Step 2a, other strides: the direct scatter.
-    if (need_x && grad_x.numel() > 0 && !x_by_gemm) {
-      conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
-    }
-
-    // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
-    if (need_w && grad_w.numel() > 0) {
-      const int64_t cols = s.Cg * s.KH * s.KW;
-      at::Tensor gwa = direct ? grad_w : empty_output(weight.sizes(), opts.dtype(acc_type));
-      conv2d_grad_weight_kernel<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>(), !direct,
-                                       rounder(grad_w.mutable_data_ptr<scalar_t>(), cols));
-    }
+    // Steps 2a and 2b.
+    conv2d_input_weight_grads<scalar_t>(s, gz_p, xa, wa, need_x ? grad_x : at::Tensor(),
+                                        need_w ? grad_w : at::Tensor());
   });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());
   return {grad_x, grad_w, grad_b};
 }
 
 }  // namespace
+
+template <typename acc_t>
+void conv2d_pack_im2col(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst,
+                        int NR) {
+  pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
+}
+template void conv2d_pack_im2col<float>(const ConvShape&, const float*, int64_t, int, int64_t, int64_t, float*, int);
+template void conv2d_pack_im2col<double>(const ConvShape&, const double*, int64_t, int, int64_t, int64_t, double*, int);
+
+template <typename acc_t>
+void conv2d_preactivation_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
+  conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
+}
+template void conv2d_preactivation_kernel<float>(const ConvShape&, const float*, const float*, const float*, float*);
+template void conv2d_preactivation_kernel<double>(const ConvShape&, const double*, const double*, const double*,
+                                                  double*);
+
+void conv2d_backward_from_grad_preactivation(const ConvShape& s, const at::Tensor& gz, const at::Tensor& x,
+                                             const at::Tensor& weight, const at::Tensor& grad_x,
+                                             const at::Tensor& grad_w) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_grads_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    const bool need_x = grad_x.defined() && grad_x.numel() > 0, need_w = grad_w.defined() && grad_w.numel() > 0;
+    const at::Tensor xa = need_w ? as_acc(x, acc_type) : at::Tensor();
+    const at::Tensor wa = need_x ? as_acc(weight, acc_type) : at::Tensor();
+    conv2d_input_weight_grads<scalar_t>(s, gz.const_data_ptr<acc_t>(), xa, wa, need_x ? grad_x : at::Tensor(),
+                                        need_w ? grad_w : at::Tensor());
+  });
+}
+
 }  // namespace cpu
 }  // namespace dlkernels
 

@@ -71,5 +71,20 @@ const MicroKernel<T>& micro_kernel() {
 template const MicroKernel<float>& micro_kernel<float>();
 template const MicroKernel<double>& micro_kernel<double>();
 
+template <typename T>
+const MicroKernel<T>& micro_kernel_for_rows(int64_t M) {
+  const MicroKernel<T>& k = micro_kernel<T>();
+#if defined(__x86_64__)
+  if constexpr (sizeof(T) == 4) {
+    static const MicroKernel<T> k10{10, 32, &micro_f32_avx512_m10, &micro_f32_avx512_m10_half};
+    const auto padded = [M](int64_t mr) { return (M + mr - 1) / mr * mr; };
+    if (k.run == &micro_f32_avx512 && padded(10) < padded(8)) return k10;
+  }
+#endif
+  return k;
+}
+template const MicroKernel<float>& micro_kernel_for_rows<float>(int64_t);
+template const MicroKernel<double>& micro_kernel_for_rows<double>(int64_t);
+
 }  // namespace cpu
 }  // namespace dlkernels

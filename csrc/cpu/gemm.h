@@ -58,6 +58,12 @@ struct MicroKernel {
 template <typename T>
 const MicroKernel<T>& micro_kernel();
 
+// The micro-kernel for a GEMM of M rows: micro_kernel(), or on AVX-512 a 10-row float kernel where M rows pad
+// to fewer in 10-row panels than in 8-row ones (M = 10, 20, 30, 50, ...). Each element of C sums its K terms
+// in the same order in both, so the choice changes the speed, not the values.
+template <typename T>
+const MicroKernel<T>& micro_kernel_for_rows(int64_t M);
+
 // The epilogue of an edge tile (m < MR or n < NR) that a micro-kernel computed into `tile` (row stride NR),
 // in the same order of additions as the full-tile paths of the kernels, so a value does not depend on where
 // its tile lies. Shared by the portable kernel (gemm.cpp) and the x86 ones (gemm_x86.cpp).
@@ -198,7 +204,7 @@ inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m
 //   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc) const;  on finished tiles
 template <typename T, typename P>
 void gemm_run(const P& p) {
-  const MicroKernel<T>& uk = micro_kernel<T>();
+  const MicroKernel<T>& uk = micro_kernel_for_rows<T>(p.M);
   const int MR = uk.mr, NR = uk.nr;
   const int64_t M = p.M, N = p.N, K = p.K;
   if (p.batch == 0 || M == 0 || N == 0) return;

@@ -14,14 +14,16 @@ namespace cpu {
 #define DLK_DECLARE_X86_MICRO(NAME, TARGET, T)                                                                         \
   TARGET DLK_INTERNAL void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n,      \
                                 bool load_c, const T* bias_m, const T* bias_n, bool relu);
-DLK_DECLARE_X86_MICRO(micro_f32_avx512, DLK_TARGET_AVX512, float)        // 8 x 32
-DLK_DECLARE_X86_MICRO(micro_f32_avx512_half, DLK_TARGET_AVX512, float)   // 8 x 16
-DLK_DECLARE_X86_MICRO(micro_f64_avx512, DLK_TARGET_AVX512, double)       // 8 x 16
-DLK_DECLARE_X86_MICRO(micro_f64_avx512_half, DLK_TARGET_AVX512, double)  // 8 x 8
-DLK_DECLARE_X86_MICRO(micro_f32_avx2, DLK_TARGET_AVX2, float)            // 6 x 16
-DLK_DECLARE_X86_MICRO(micro_f32_avx2_half, DLK_TARGET_AVX2, float)       // 6 x 8
-DLK_DECLARE_X86_MICRO(micro_f64_avx2, DLK_TARGET_AVX2, double)           // 6 x 8
-DLK_DECLARE_X86_MICRO(micro_f64_avx2_half, DLK_TARGET_AVX2, double)      // 6 x 4
+DLK_DECLARE_X86_MICRO(micro_f32_avx512, DLK_TARGET_AVX512, float)           // 8 x 32
+DLK_DECLARE_X86_MICRO(micro_f32_avx512_half, DLK_TARGET_AVX512, float)      // 8 x 16
+DLK_DECLARE_X86_MICRO(micro_f32_avx512_m10, DLK_TARGET_AVX512, float)       // 10 x 32
+DLK_DECLARE_X86_MICRO(micro_f32_avx512_m10_half, DLK_TARGET_AVX512, float)  // 10 x 16
+DLK_DECLARE_X86_MICRO(micro_f64_avx512, DLK_TARGET_AVX512, double)          // 8 x 16
+DLK_DECLARE_X86_MICRO(micro_f64_avx512_half, DLK_TARGET_AVX512, double)     // 8 x 8
+DLK_DECLARE_X86_MICRO(micro_f32_avx2, DLK_TARGET_AVX2, float)               // 6 x 16
+DLK_DECLARE_X86_MICRO(micro_f32_avx2_half, DLK_TARGET_AVX2, float)          // 6 x 8
+DLK_DECLARE_X86_MICRO(micro_f64_avx2, DLK_TARGET_AVX2, double)              // 6 x 8
+DLK_DECLARE_X86_MICRO(micro_f64_avx2_half, DLK_TARGET_AVX2, double)         // 6 x 4
 #undef DLK_DECLARE_X86_MICRO
 
 // pack_transpose_f32 of gemm.h (dst[k * P + r] = S[r][k]) through 8 x 8 transposes in AVX registers.

@@ -1,6 +1,7 @@
 """convert(): swap torch.nn layers of a model for dlkernels layers and fuse activations; revert(): undo it.
 
-    model = dlkernels.convert(torchvision.models.vgg11())                 # a converted copy
+    model = dlkernels.convert(torchvision.models.vgg11())                 # a converted copy (Conv2d -> ReLU ->
+                                                                          # MaxPool2d become fused blocks)
     model, report = dlkernels.convert(model, return_report=True)          # ... and what was done
     print(report)
     plain = dlkernels.revert(model)                                      # torch.nn layers again
@@ -22,15 +23,16 @@ from torch import nn
 
 from .. import contract, ops
 from ..ops import BACKENDS
-from .layers import Conv2d, FoldedBatchNorm, FusedActivation, Linear, MaxPool2d, activation_name, activation_params
+from .layers import (Conv2d, Conv2dMaxPool, FoldedBatchNorm, FusedActivation, FusedMaxPool, Linear, MaxPool2d,
+                     _rebuild, activation_name, activation_params, pool_unsupported)
 
-__all__ = ["convert", "revert", "fold_batchnorm", "ConversionReport", "Converted", "Fused", "Folded", "Left"]
+__all__ = ["convert", "revert", "fold_batchnorm", "ConversionReport", "Converted", "Fused", "Pooled", "Folded", "Left"]
 
 # torch.nn class -> dlkernels.nn class. Exact classes only: a subclass may have its own forward.
 _REPLACEMENTS = {nn.Linear: Linear, nn.Conv2d: Conv2d, nn.MaxPool2d: MaxPool2d}
 _OURS = (Linear, Conv2d, MaxPool2d)
 _OP_OF = {nn.Linear: "linear_act", nn.Conv2d: "conv2d", nn.MaxPool2d: "max_pool2d"}
-_PLACEHOLDERS = (FusedActivation, FoldedBatchNorm)
+_PLACEHOLDERS = (FusedActivation, FoldedBatchNorm, FusedMaxPool)
 # The BatchNorm that folds into each layer type (exact classes).
 _BATCHNORM_AFTER = {
     nn.Conv2d: nn.BatchNorm2d,
@@ -163,6 +165,14 @@ class Fused(NamedTuple):
     activation: str
 
 
+class Pooled(NamedTuple):
+    """A MaxPool2d ``name`` (e.g. "features.2") fused, with the activation before it, into the Conv2d ``into``
+    ("features.0"), which became a :class:`dlkernels.nn.Conv2dMaxPool` block; a FusedMaxPool placeholder now
+    stands at ``name``."""
+    name: str
+    into: str
+
+
 class Folded(NamedTuple):
     """A BatchNorm ``name`` (e.g. "bn1") folded into the Conv2d / Linear ``into`` ("conv1") by
     ``fold_batchnorm``; a FoldedBatchNorm placeholder now stands at ``name``."""
@@ -185,6 +195,9 @@ class ConversionReport:
     - ``backend``: the backend the converted layers use.
     - ``converted``: list of :class:`Converted` ``(name, torch_type, activation)``, one per replaced layer.
     - ``fused``: list of :class:`Fused` ``(name, into, activation)``, one per activation folded into a layer.
+    - ``pooled``: list of :class:`Pooled` ``(name, into)``, one per MaxPool2d fused into the Conv2d before it
+      (a Conv2d -> activation -> MaxPool2d block, now one :class:`dlkernels.nn.Conv2dMaxPool`); such a
+      MaxPool2d is not in ``converted``.
     - ``folded``: list of :class:`Folded` ``(name, into)``, one per BatchNorm folded into a layer
       (``fold_batchnorm=True`` / ``dlkernels.fold_batchnorm``).
     - ``left``: list of :class:`Left` ``(name, type, reason)``: Linear / Conv2d / MaxPool2d layers (or their
@@ -201,6 +214,7 @@ class ConversionReport:
         self.backend = backend
         self.converted: List[Converted] = []
         self.fused: List[Fused] = []
+        self.pooled: List[Pooled] = []
         self.folded: List[Folded] = []
         self.left: List[Left] = []
         self.notes: List[str] = []
@@ -209,14 +223,16 @@ class ConversionReport:
         if self.backend is None:  # fold_batchnorm alone
             return f"dlkernels.fold_batchnorm: {len(self.folded)} BatchNorms folded, {len(self.left)} left as they were"
         folded = f", {len(self.folded)} BatchNorms folded" if self.folded else ""
+        pooled = f", {len(self.pooled)} max-pools fused into conv blocks" if self.pooled else ""
         return (f"dlkernels.convert(backend={self.backend!r}): {len(self.converted)} layers converted, "
-                f"{len(self.fused)} activations fused{folded}, {len(self.left)} left as they were")
+                f"{len(self.fused)} activations fused{pooled}{folded}, {len(self.left)} left as they were")
 
     def to_dict(self):
         return {
             "backend": self.backend,
             "converted": [c._asdict() for c in self.converted],
             "fused": [f._asdict() for f in self.fused],
+            "pooled": [p._asdict() for p in self.pooled],
             "folded": [f._asdict() for f in self.folded],
             "left": [entry._asdict() for entry in self.left],
             "notes": list(self.notes),
@@ -225,10 +241,14 @@ class ConversionReport:
     def __str__(self):
         lines = [self.summary()]
         fused_into = {f.into: f.name for f in self.fused}
+        pooled_into = {p.into: p.name for p in self.pooled}
         for c in self.converted:
-            detail = f"{c.torch_type} -> dlkernels.nn.{c.torch_type}"
+            block = c.name in pooled_into
+            detail = f"{c.torch_type} -> dlkernels.nn.{'Conv2dMaxPool' if block else c.torch_type}"
             if c.activation != "none":
                 detail += f" + {c.activation} (fused from {fused_into.get(c.name, '?')})"
+            if block:
+                detail += f" + MaxPool2d (fused from {pooled_into[c.name]})"
             lines.append(f"  converted  {c.name or '<model>'}: {detail}")
         for f in self.folded:
             lines.append(f"  folded     {f.name} into {f.into}")
@@ -593,6 +613,88 @@ def _reinstate_calls(model):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Conv2d -> activation -> MaxPool2d blocks
+
+
+def _plan_pools(model, fresh, report):
+    """(conv name, pool name) pairs, after the swap: a dlkernels Conv2d and MaxPool2d converted by this call
+    (ids in ``fresh``) where the pool directly follows the conv, past only the placeholders of what was fused
+    or folded into that conv (its activation, a BatchNorm): adjacent in an nn.Sequential, or the pool's input
+    being the conv's output and its only use in a torch.fx trace. Both held in one place, called once, no
+    hooks, a pooling the block computes (dilation 1, no indices) and a backend that runs the block; a pool
+    that could fuse but does not gets a note saying why."""
+    slots = _slots(model)
+    pairs = []
+
+    def is_conv(module):
+        return id(module) in fresh and type(module) is Conv2d
+
+    def between(module, conv_name):
+        return isinstance(module, (FusedActivation, FoldedBatchNorm)) and module.into == conv_name
+
+    def consider(conv, pool, conv_name, pool_name):
+        if id(pool) not in fresh or type(pool) is not MaxPool2d:
+            return
+        why = pool_unsupported(pool)
+        if why is None and (len(slots[id(conv)]) != 1 or len(slots[id(pool)]) != 1):
+            why = "the conv or the pool is held in more than one place in the model"
+        if why is None and (_has_hooks(conv) or _has_hooks(pool)):
+            why = "the conv or the pool has hooks, which would see the fused output"
+        if why is None:
+            try:
+                ops.select_backend("conv2d_maxpool", conv.backend, conv.weight.device)
+            except Exception as error:  # noqa: BLE001 (any failure means the block cannot run)
+                why = f"backend {conv.backend!r} cannot run the block: {error}"
+        if why:
+            report.notes.append(f"{pool_name} (MaxPool2d) not fused into {conv_name}: {why}")
+        else:
+            pairs.append((conv_name, pool_name))
+
+    def on_sequential(items):
+        for i, (name, layer) in enumerate(items):
+            if not is_conv(layer):
+                continue
+            j = i + 1
+            while j < len(items) and between(items[j][1], name):
+                j += 1
+            if j < len(items):
+                consider(layer, items[j][1], name, items[j][0])
+
+    def on_graph(module, prefix, graph):
+        called = _module_calls(graph)
+        for target, nodes in called.items():
+            layer = module.get_submodule(target)
+            if not is_conv(layer) or len(nodes) != 1:
+                continue
+            conv_name = _join(prefix, target)
+            last, user = nodes[0], _sole_user(nodes[0])
+            while (user is not None and user.op == "call_module" and user.args == (last,) and not user.kwargs
+                   and between(module.get_submodule(user.target), conv_name)):
+                last, user = user, _sole_user(user)
+            if (user is None or user.op != "call_module" or user.args != (last,) or user.kwargs
+                    or len(called[user.target]) != 1):
+                continue
+            consider(layer, module.get_submodule(user.target), conv_name, _join(prefix, user.target))
+
+    _walk(model, report, on_sequential, on_graph, note=False)
+    return pairs
+
+
+def _fuse_pools(model, fresh, report):
+    """Each planned conv becomes a Conv2dMaxPool block (sharing its parameters and fused activation) and its
+    pool a FusedMaxPool placeholder; the pool moves from report.converted to report.pooled."""
+    for conv_name, pool_name in _plan_pools(model, fresh, report):
+        conv, pool = model.get_submodule(conv_name), model.get_submodule(pool_name)
+        block = _rebuild(conv, Conv2dMaxPool)
+        block._set_pool(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+        block._pool_fused_by_convert = True
+        _set_slot(model, conv_name, block)
+        _set_slot(model, pool_name, FusedMaxPool(pool.to_torch(), into=conv_name))
+        report.converted = [c for c in report.converted if c.name != pool_name]
+        report.pooled.append(Pooled(pool_name, conv_name))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # BatchNorm folding
 
 
@@ -779,6 +881,11 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
               becomes a ``torch.fx.GraphModule`` without it, with the same submodules, parameter names and
               ``state_dict`` keys; only a module whose forward is the same in train and eval mode is rewritten
               (the graph freezes one path), and only the modules where a call was fused change at all.
+            - then a MaxPool2d right after such a Conv2d (after its fused activation, if any; dilation 1, no
+              indices) fuses with it into a :class:`dlkernels.nn.Conv2dMaxPool` block, which pools the conv
+              output while it is in cache and keeps only the pooled output for the backward. Found the same
+              way (nn.Sequential neighbours, or a torch.fx trace); a :class:`dlkernels.nn.FusedMaxPool`
+              placeholder takes the pool's place (``state_dict`` keys unchanged); ``report.pooled`` lists them.
         inplace: change ``model`` itself; by default a deep copy is converted and ``model`` is left as is. (When
             the model's own forward is rewritten as a GraphModule, the returned model is a new object holding
             ``model``'s converted submodules.)
@@ -839,6 +946,7 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
         fused_activation.update({layer: activation for layer, (activation, _) in fused_calls.items()})
 
     # 3. Swap: layers (sharing the parameters of the deep copy) and placeholders for fused activations.
+    fresh = set()  # ids of the layers made by this call
     if id(model) in convertible:  # the model is a single layer
         report.converted.append(Converted("", type(model).__name__, "none"))
         model = _REPLACEMENTS[type(model)].from_torch(model, backend=backend)
@@ -855,6 +963,7 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
                     new._fused_call = fused_calls[name][1] if name in fused_calls else None
                 activation = fused_activation.get(name, ("none",))[0]
                 report.converted.append(Converted(name, type(module).__name__, activation))
+                fresh.add(id(new))
                 return new
             if name in placeholders:
                 layer, activation = placeholders[name]
@@ -865,6 +974,9 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
         _replace_slots(model, replace)
     if calls:
         report.fused.extend(call_report.fused)
+    # 4. Conv2d (-> its fused activation) -> MaxPool2d: one Conv2dMaxPool block.
+    if fuse and fresh:
+        _fuse_pools(model, fresh, report)
 
     if report.left:
         shown = ", ".join(f"{e.name or '<model>'} ({e.type})" for e in report.left[:5])
@@ -879,15 +991,15 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
 
 
 def revert(model, inplace=False):
-    """Gives back the model with plain torch.nn layers: each dlkernels.nn Linear / Conv2d / MaxPool2d becomes
-    the torch.nn layer with the same parameters, and each FusedActivation placeholder becomes the original
-    activation module again, so the model computes what it did before ``convert`` and has the same
-    ``state_dict`` keys. A functional activation that ``convert`` fused is put back into the torch.fx graph of
-    the module that called it: that module stays a ``torch.fx.GraphModule`` (with plain torch layers and the
-    original call), which computes what the original module did. A BatchNorm folded by ``fold_batchnorm`` stays
-    folded: the layer keeps the folded weight and bias and the :class:`~dlkernels.nn.FoldedBatchNorm`
-    placeholder (an identity) stays, so the model computes what the eval-mode original did, but has no
-    BatchNorm to train.
+    """Gives back the model with plain torch.nn layers: each dlkernels.nn Linear / Conv2d / MaxPool2d becomes the
+    torch.nn layer with the same parameters (a Conv2dMaxPool block its Conv2d), and each FusedActivation / FusedMaxPool
+    placeholder becomes the original activation / MaxPool2d module again, so the model computes what it did before
+    ``convert`` and has the same ``state_dict`` keys. A functional activation that ``convert`` fused is put back
+    into the torch.fx graph of the module that called it: that module stays a ``torch.fx.GraphModule`` (with plain
+    torch layers and the original call), which computes what the original module did. A BatchNorm folded by
+    ``fold_batchnorm`` stays folded: the layer keeps the folded weight and bias and the
+    :class:`~dlkernels.nn.FoldedBatchNorm` placeholder (an identity) stays, so the model computes what the eval-mode
+    original did, but has no BatchNorm to train.
 
     By default a deep copy is reverted; with ``inplace=True``, ``model`` itself (the torch layers then share
     the dlkernels layers' parameters). A dlkernels layer with an activation that ``convert`` did not fuse
@@ -900,24 +1012,30 @@ def revert(model, inplace=False):
         model = copy.deepcopy(model)
 
     def replace(name, module):
-        if isinstance(module, FusedActivation):
+        if isinstance(module, (FusedActivation, FusedMaxPool)):
             return module.original
         if isinstance(module, _OURS):
             plain = module.to_torch()
             act = module.activation_module()
-            if act is None or module._fused_by_convert:
+            extra = [] if act is None or module._fused_by_convert else [act]
+            if isinstance(module, Conv2dMaxPool) and not module._pool_fused_by_convert:
+                extra.append(module.pool_module())
+            if not extra:
                 return plain
+            what = f"activation {module.activation!r}" if act is not None and not module._fused_by_convert else ""
+            if isinstance(module, Conv2dMaxPool) and not module._pool_fused_by_convert:
+                what += (" and " if what else "") + "a max pooling"
             warnings.warn(
-                f"dlkernels.revert: {name or '<model>'} has activation {module.activation!r} that convert() did "
-                f"not fuse; it becomes nn.Sequential({type(plain).__name__}, {type(act).__name__}) and its "
-                "state_dict keys gain the prefix '0.'",
+                f"dlkernels.revert: {name or '<model>'} has {what} that convert() did not fuse; it becomes "
+                f"nn.Sequential({', '.join(type(m).__name__ for m in (plain, *extra))}) and its state_dict keys "
+                "gain the prefix '0.'",
                 UserWarning,
                 stacklevel=3,
             )
-            return nn.Sequential(plain, act)
+            return nn.Sequential(plain, *extra)
         return module
 
-    if isinstance(model, (FusedActivation, *_OURS)):
+    if isinstance(model, (FusedActivation, FusedMaxPool, *_OURS)):
         return replace("", model)
     _reinstate_calls(model)
     _replace_slots(model, replace)

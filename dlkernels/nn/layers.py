@@ -23,8 +23,8 @@ from .. import contract
 from ..contract import ACTIVATIONS
 from ..ops import BACKENDS
 
-__all__ = ["Linear", "Conv2d", "MaxPool2d", "FusedActivation", "FoldedBatchNorm", "activation_name",
-           "activation_params", "activation_module"]
+__all__ = ["Linear", "Conv2d", "MaxPool2d", "Conv2dMaxPool", "FusedActivation", "FusedMaxPool", "FoldedBatchNorm",
+           "activation_name", "activation_params", "activation_module"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -300,6 +300,104 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
                               self.return_indices, self.backend)
 
 
+class Conv2dMaxPool(Conv2d):
+    """The fused Conv -> activation -> MaxPool block: ``max_pool2d(activation(conv2d(x) + bias))`` with
+    ``dlkernels.ops.conv2d_maxpool``, which pools the conv output while it is in cache and keeps only the pooled
+    output and a small window index for the backward.
+
+    A torch.nn.Conv2d (and a dlkernels.nn.Conv2d): the same constructor, parameters and ``state_dict`` keys,
+    plus ``activation`` (default "relu"), ``activation_params``, ``backend`` and the pooling's
+    ``pool_kernel_size``, ``pool_stride`` (None: the kernel size), ``pool_padding`` and ``pool_ceil_mode``
+    (torch.nn.MaxPool2d's arguments; dilation 1, no indices). ``dlkernels.convert`` makes these from
+    Conv2d -> activation -> MaxPool2d; ``pool_module()`` gives the torch MaxPool2d back.
+
+        block = dlkernels.nn.Conv2dMaxPool(3, 16, 3, padding=1, activation="relu", pool_kernel_size=2)
+        fast = dlkernels.nn.Conv2dMaxPool.from_torch(conv, nn.MaxPool2d(2), activation="relu")
+    """
+
+    _own_attributes = _DlkLayer._own_attributes + ("pool_kernel_size", "pool_stride", "pool_padding",
+                                                   "pool_ceil_mode", "_pool_fused_by_convert", "_pool_args")
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, padding_mode="zeros", device=None, dtype=None, *, activation="relu", backend="auto",
+                 activation_params=None, pool_kernel_size=2, pool_stride=None, pool_padding=0, pool_ceil_mode=False):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, bias=bias, padding_mode=padding_mode, device=device, dtype=dtype,
+                         activation=activation, backend=backend, activation_params=activation_params)
+        self._set_pool(pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode)
+
+    @classmethod
+    def from_torch(cls, layer, pool=None, activation="relu", backend="auto", activation_params=None):
+        """A block sharing the parameters of ``layer`` (a torch.nn.Conv2d, or a dlkernels one) with the pooling
+        of ``pool`` (a torch.nn.MaxPool2d with dilation 1 and no indices; None: 2x2, stride 2)."""
+        if isinstance(layer, Conv2d):  # ours: start from its torch form (its own attributes are replaced)
+            layer = layer.to_torch()
+        new = super().from_torch(layer, activation=activation, backend=backend, activation_params=activation_params)
+        if pool is None:
+            new._set_pool(2, None, 0, False)
+            return new
+        reason = pool_unsupported(pool)
+        if reason:
+            raise ValueError(f"dlkernels.nn.Conv2dMaxPool.from_torch: cannot fuse {pool!r}: {reason}")
+        new._set_pool(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode)
+        return new
+
+    def _set_pool(self, kernel_size, stride, padding, ceil_mode):
+        self.pool_kernel_size = kernel_size
+        self.pool_stride = kernel_size if stride is None or stride == [] or stride == () else stride
+        self.pool_padding = padding
+        self.pool_ceil_mode = bool(ceil_mode)
+        self._pool_fused_by_convert = False
+        self._pool_args = None
+
+    def pool_module(self):
+        """A new torch.nn.MaxPool2d doing this block's pooling."""
+        return nn.MaxPool2d(self.pool_kernel_size, self.pool_stride, self.pool_padding,
+                            ceil_mode=self.pool_ceil_mode)
+
+    def _conv_forward(self, input, weight, bias):
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        if (padding_pair := _int_pair(padding)) is not None and input.dim() == 4 and (
+                ops._backend_for("conv2d_maxpool", self.backend, input) == "native"):
+            activation, alpha, beta = self._op_activation_args()
+            key = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_ceil_mode)
+            cached = self._pool_args
+            if cached is None or cached[0] != key:  # the pooling's arguments as the op takes them, again on a change
+                cached = self._pool_args = (key, (_int_pair(key[0]), _int_pair(key[1]), _int_pair(key[2]),
+                                                  bool(key[3])))
+            pool = cached[1]
+            if None not in pool:
+                return ops._native.conv2d_maxpool(input, weight, bias, _int_pair(self.stride), padding_pair,
+                                                  _int_pair(self.dilation), self.groups, activation, alpha, beta,
+                                                  *pool)[0]
+        return ops.conv2d_maxpool(input, weight, bias, self.stride, padding, self.dilation, self.groups,
+                                  self.activation, self.pool_kernel_size, self.pool_stride, self.pool_padding,
+                                  self.pool_ceil_mode, self.backend,
+                                  activation_params=getattr(self, "activation_params", None))
+
+    def extra_repr(self):
+        pool = f"pool_kernel_size={self.pool_kernel_size!r}, pool_stride={self.pool_stride!r}"
+        if self.pool_padding not in (0, (0, 0)):
+            pool += f", pool_padding={self.pool_padding!r}"
+        if self.pool_ceil_mode:
+            pool += ", pool_ceil_mode=True"
+        return f"{super().extra_repr()}, {pool}"
+
+
+def pool_unsupported(pool):
+    """Why a torch.nn.MaxPool2d cannot be the pooling of a Conv2dMaxPool block (None when it can)."""
+    if type(pool) not in (nn.MaxPool2d, MaxPool2d):
+        return f"it is a {type(pool).__name__}, not an nn.MaxPool2d"
+    if _int_pair(pool.dilation) != [1, 1]:
+        return f"its dilation is {pool.dilation!r} (the block pools with dilation 1)"
+    if pool.return_indices:
+        return "it returns indices"
+    return None
+
+
 class _Placeholder(nn.Module):
     """A parameter-free module that returns its input: it keeps the place (and so the module names) of a
     module whose work another layer now does. ``original`` is that module (kept outside the module tree);
@@ -324,6 +422,15 @@ class FusedActivation(_Placeholder):
     model's ``state_dict`` keys do not change. ``original`` is the activation module it stands for (kept
     outside the module tree); ``into`` names the layer that computes it. ``dlkernels.revert`` puts
     ``original`` back."""
+
+
+class FusedMaxPool(_Placeholder):
+    """What ``dlkernels.convert`` leaves where a MaxPool2d was fused, with the activation before it, into the
+    Conv2d before that: the Conv2d became a :class:`Conv2dMaxPool` block.
+
+    It returns its input unchanged (the block already pooled) and holds nothing, so module names and
+    ``state_dict`` keys do not change. ``original`` is the torch.nn.MaxPool2d it stands for (kept outside the
+    module tree); ``into`` names the block. ``dlkernels.revert`` puts ``original`` back."""
 
 
 class FoldedBatchNorm(_Placeholder):

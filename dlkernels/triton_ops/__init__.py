@@ -2,7 +2,7 @@
 torch.library custom op under the namespace dlkernels_triton (fake kernel + autograd), so that
 torch.compile(fullgraph=True) traces forward and backward without a graph break.
 
-Each op module (linear_act, conv2d, max_pool2d) holds its kernels (_<op>_forward_kernel,
+Each op module (linear_act, conv2d, max_pool2d, conv2d_maxpool) holds its kernels (_<op>_forward_kernel,
 _<op>_grad_input_kernel, _<op>_grad_weight_kernel), their launchers and the host entry points <op>_forward
 and <op>_backward, which are the custom ops dlkernels_triton::<op> and ::<op>_backward themselves
 (max_pool2d adds max_pool2d_with_indices_forward). Their schemas, fake kernels and autograd are those of
@@ -25,9 +25,10 @@ enabled (TRITON_INTERPRET=1) before Triton and dlkernels are imported; it is mea
 import torch
 
 from .. import contract
-from . import conv2d, linear_act, max_pool2d  # noqa: F401  (importing them defines the custom ops)
+from . import conv2d, conv2d_maxpool, linear_act, max_pool2d  # noqa: F401  (importing them defines the custom ops)
 from ._common import INTERPRET, NAMESPACE, SUPPORTED_DTYPES  # noqa: F401  (re-exported)
 from .conv2d import conv2d_backward, conv2d_forward  # noqa: F401  (re-exported)
+from .conv2d_maxpool import conv2d_maxpool_backward, conv2d_maxpool_forward  # noqa: F401
 from .linear_act import linear_act_backward, linear_act_forward  # noqa: F401
 from .max_pool2d import max_pool2d_backward, max_pool2d_forward, max_pool2d_with_indices_forward  # noqa: F401
 
