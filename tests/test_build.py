@@ -50,7 +50,8 @@ def test_cuda_emulator_built_when_required():
     if not cuda_emu.loaded():
         pytest.skip(f"the CUDA emulator is not built: {cuda_emu.LOAD_ERROR}")
     for op in CUSTOM_OPS:
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{cuda_emu.NAMESPACE}::{op}", "CPU"), op
+        if op not in NATIVE_CUDA_PENDING:  # no CUDA kernel yet, so none in the emulator
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{cuda_emu.NAMESPACE}::{op}", "CPU"), op
 
 
 @pytest.mark.parametrize("value,expected", [("1", "the CUDA emulator dlkernels._cuda_emu"), ("0", None),
