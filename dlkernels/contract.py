@@ -16,7 +16,8 @@ Rules every backend follows:
 - A backward op returns None (an undefined tensor) for each gradient output_mask does not ask for, and for
   grad_bias when there is no bias; the fake kernels do the same.
 - max_pool2d computes the indices in the forward whenever the backward will need them (pool_needs_indices),
-  rather than finding them again in the backward; the indices take no gradient.
+  rather than finding them again in the backward; the indices take no gradient. (The native plain op does it
+  in its C++ autograd kernel: when autograd records, it computes and saves the indices itself.)
 
 This module is a leaf: it imports torch and nothing from dlkernels.
 """
