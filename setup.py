@@ -112,7 +112,8 @@ class BuildExt(cpp_extension.BuildExtension.with_options(use_ninja=True)):
 
 
 def extension():
-    # csrc/*.cpp: the schemas (registration.cpp) and the device-independent kernels (autograd.cpp).
+    # csrc/*.cpp: the schemas (registration.cpp), the device-independent kernels (autograd.cpp) and the
+    # Python entry points (python_api.cpp).
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp"))) + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     with_cuda = want_cuda()
     define_macros = [

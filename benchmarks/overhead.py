@@ -14,6 +14,11 @@ One intra-op thread (torch.set_num_threads(1), recorded in the results): at thes
 splitting, and on a shared 2-core machine torch's OpenMP threads wait on a busy core for milliseconds
 (F.conv2d on a 1x3x8x8 input took 15 ms per call with 2 threads while another job ran).
 
+The raw op rows also time torch's own ops called the same way, through torch.ops (torch.ops.aten.<op> with
+the same Python arguments; column torch_ops_us): torch.ops' generic binding (schema matching, an IValue per
+argument, a __torch_function__ check of every element of every int list) costs more than the codegen'd
+binding of torch.<op>, and this column shows what that route costs torch itself.
+
 Timing: mean time per call over a loop of calls (time.perf_counter), ours and torch's alternated in rounds
 so that both see the same load; each round gives a ratio, and the table shows the median and the range (min
 to max) over the rounds. This shared machine moves 10-30% between runs: read ratios, not absolute times.
@@ -52,7 +57,8 @@ def _linear_case():
         "functional": (lambda x: dlkernels.ops.linear_act(x, w, b, activation="relu"),
                        lambda x: F.relu(F.linear(x, w, b))),
         "raw op": (lambda x: torch.ops.dlkernels.linear_act(x, w, b, "relu", 0.0, 0.0),
-                   lambda x: F.relu(F.linear(x, w, b))),
+                   lambda x: F.relu(F.linear(x, w, b)),
+                   lambda x: torch.ops.aten.relu(torch.ops.aten.linear(x, w, b))),
     }
     return "linear_act", "x 1x16, W 16x16, relu", x, calls, torch_layer
 
@@ -65,7 +71,8 @@ def _conv_case():
         "functional": (lambda x: dlkernels.ops.conv2d(x, w, b, padding=1, activation="relu"),
                        lambda x: F.relu(F.conv2d(x, w, b, padding=1))),
         "raw op": (lambda x: torch.ops.dlkernels.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1, "relu", 0.0, 0.0),
-                   lambda x: F.relu(F.conv2d(x, w, b, padding=1))),
+                   lambda x: F.relu(F.conv2d(x, w, b, padding=1)),
+                   lambda x: torch.ops.aten.relu(torch.ops.aten.conv2d(x, w, b, [1, 1], [1, 1], [1, 1], 1))),
     }
     return "conv2d", "x 1x3x8x8, W 4x3x3x3, pad 1, relu", x, calls, torch_layer
 
@@ -77,7 +84,8 @@ def _pool_case():
     calls = {
         "functional": (lambda x: dlkernels.ops.max_pool2d(x, 2), lambda x: F.max_pool2d(x, 2)),
         "raw op": (lambda x: torch.ops.dlkernels.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False),
-                   lambda x: F.max_pool2d(x, 2)),
+                   lambda x: F.max_pool2d(x, 2),
+                   lambda x: torch.ops.aten.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False)),
     }
     return "max_pool2d", "x 1x4x8x8, kernel 2", x, calls, torch_layer
 
@@ -92,18 +100,19 @@ def _per_call(fn, x, calls, grad):
 
 
 def build_cases():
-    """[(op, shape, kind, ours, theirs, x, grad)]: the calls to compare, per op and kind."""
+    """[(op, shape, kind, ours, theirs, torch_ops, x, grad)]: the calls to compare, per op and kind; torch_ops is
+    torch's composite through torch.ops for the raw op rows, None for the others."""
     cases = []
     for op, shape, x, calls, torch_layer in (_linear_case(), _conv_case(), _pool_case()):
         ours_layer = dlkernels.convert(copy.deepcopy(torch_layer), backend="native")
         calls = dict(calls, layer=(ours_layer, torch_layer))
         xg = x.clone().requires_grad_()
-        for kind, (ours, theirs) in calls.items():
-            cases.append((op, shape, kind, ours, theirs, x, False))
-            if kind == "raw op" and op == "max_pool2d":
-                # The raw plain op keeps no indices; with autograd dlkernels.ops calls max_pool2d_with_indices.
-                ours = lambda x: torch.ops.dlkernels.max_pool2d_with_indices(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
-            cases.append((op, shape, kind + "+autograd", ours, theirs, xg, True))
+        for kind, (ours, theirs, *torch_ops) in calls.items():
+            torch_ops = torch_ops[0] if torch_ops else None
+            cases.append((op, shape, kind, ours, theirs, torch_ops, x, False))
+            # max_pool2d's plain op computes the indices itself when autograd records (as torch's does): the
+            # call dlkernels.ops makes with or without gradients.
+            cases.append((op, shape, kind + "+autograd", ours, theirs, torch_ops, xg, True))
     return cases
 
 
@@ -131,8 +140,8 @@ def _model_calls(quick):
         return step
 
     return [
-        ("model", "TinyVGG 1x1x28x28", "model inference", inference(ours), inference(model), x, False),
-        ("model", "TinyVGG 1x1x28x28", "model training step", training(ours), training(model), x, True),
+        ("model", "TinyVGG 1x1x28x28", "model inference", inference(ours), inference(model), None, x, False),
+        ("model", "TinyVGG 1x1x28x28", "model training step", training(ours), training(model), None, x, True),
     ]
 
 
@@ -142,16 +151,17 @@ def run(quick=False, rounds=None, budget=None, log=print):
     budget = budget or (0.02 if quick else 0.1)  # seconds per measurement
     cases = build_cases() + _model_calls(quick)
     rows = []
-    for op, shape, kind, ours, theirs, x, grad in cases:
-        # Warm up both (first calls resolve the backend, load kernels), then size the loop to the budget.
-        for fn in (ours, theirs):
+    for op, shape, kind, ours, theirs, torch_ops, x, grad in cases:
+        # Warm up all (first calls resolve the backend, load kernels), then size the loop to the budget.
+        fns = [fn for fn in (ours, theirs, torch_ops) if fn is not None]
+        for fn in fns:
             _per_call(fn, x, 20, grad)
-        per = max(_per_call(ours, x, 50, grad), _per_call(theirs, x, 50, grad))
+        per = max(_per_call(fn, x, 50, grad) for fn in fns)
         calls = max(5, int(budget / per))
-        ours_t, theirs_t, ratios = [], [], []
+        ours_t, theirs_t, torch_ops_t, ratios = [], [], [], []
         for r in range(rounds):
-            pair = [(ours, ours_t), (theirs, theirs_t)]
-            for fn, times in (pair if r % 2 == 0 else pair[::-1]):  # alternate which goes first
+            timed = [(ours, ours_t), (theirs, theirs_t)] + ([(torch_ops, torch_ops_t)] if torch_ops else [])
+            for fn, times in (timed if r % 2 == 0 else timed[::-1]):  # alternate which goes first
                 times.append(_per_call(fn, x, calls, grad))
             ratios.append(ours_t[-1] / theirs_t[-1])
         row = {
@@ -162,6 +172,7 @@ def run(quick=False, rounds=None, budget=None, log=print):
             "rounds": rounds,
             "dlkernels_us": round(statistics.median(ours_t) * 1e6, 2),
             "torch_us": round(statistics.median(theirs_t) * 1e6, 2),
+            "torch_ops_us": round(statistics.median(torch_ops_t) * 1e6, 2) if torch_ops_t else None,
             "ratio": round(statistics.median(ratios), 3),
             "ratio_min": round(min(ratios), 3),
             "ratio_max": round(max(ratios), 3),
@@ -169,17 +180,21 @@ def run(quick=False, rounds=None, budget=None, log=print):
         }
         row["meets_goal"] = row["ratio"] <= row["goal"]
         rows.append(row)
+        via_ops = f"  (torch via torch.ops {row['torch_ops_us']:.2f} us)" if torch_ops_t else ""
         log(f"{op:10s} {kind:22s} dlkernels {row['dlkernels_us']:8.2f} us  torch {row['torch_us']:8.2f} us  "
-            f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}), goal <= {row['goal']}")
+            f"ratio {row['ratio']:.2f} ({row['ratio_min']:.2f}-{row['ratio_max']:.2f}), goal <= {row['goal']}"
+            f"{via_ops}")
     return rows
 
 
 def table(rows):
     """The Markdown table of the README."""
-    lines = ["| op | call | dlkernels (us) | torch (us) | ratio (range) | goal |", "|---|---|---:|---:|---:|---:|"]
+    lines = ["| op | call | dlkernels (us) | torch (us) | ratio (range) | goal | torch via torch.ops (us) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        via_ops = "" if r.get("torch_ops_us") is None else f"{r['torch_ops_us']:.1f}"
         lines.append(f"| {r['op']} | {r['kind']} | {r['dlkernels_us']:.1f} | {r['torch_us']:.1f} | "
-                     f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | <= {r['goal']} |")
+                     f"{r['ratio']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | <= {r['goal']} | {via_ops} |")
     return "\n".join(lines)
 
 

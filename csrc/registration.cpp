@@ -16,6 +16,7 @@ TORCH_LIBRARY(dlkernels, m) { dlkernels::define_schemas(m); }
 
 #include "cpu/memory.h"
 #include "cpu/simd.h"
+#include "python_api.h"
 
 #ifndef DLKERNELS_TORCH_VERSION
 #define DLKERNELS_TORCH_VERSION "unknown"
@@ -55,5 +56,6 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "huge_pages", [] { return dlkernels::cpu::huge_pages_enabled(); },
       "Whether large CPU outputs get the transparent huge page advice (off with DLKERNELS_CPU_HUGE_PAGES=0)");
+  dlkernels::add_python_api(m.ptr());
 }
 #endif

@@ -16,7 +16,8 @@ Rules every backend follows:
 - A backward op returns None (an undefined tensor) for each gradient output_mask does not ask for, and for
   grad_bias when there is no bias; the fake kernels do the same.
 - max_pool2d computes the indices in the forward whenever the backward will need them (pool_needs_indices),
-  rather than finding them again in the backward; the indices take no gradient.
+  rather than finding them again in the backward; the indices take no gradient. (The native plain op does it
+  in its C++ autograd kernel: when autograd records, it computes and saves the indices itself.)
 - conv2d_maxpool (the fused Conv -> activation -> MaxPool block) returns the pooled output and, for the
   backward, the position of each output's maximum inside its pooling window (pool_index_dtype: int8 for
   windows of up to 128 elements), never the conv output; the index takes no gradient.

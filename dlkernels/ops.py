@@ -7,8 +7,10 @@ dispatcher) or torch.ops.dlkernels_triton.<op> (Triton kernels), or the plain Py
 custom ops compute, their fake kernels and their autograd are the same for every backend: dlkernels.contract.
 
 The native path checks nothing in Python: the C++ ops check every argument (csrc/common/op_args.h, errors
-naming the argument, TypeError / ValueError as here) and record autograd in C++ (csrc/autograd.cpp). The
-Triton and reference paths are checked here first, with the same rules.
+naming the argument, TypeError / ValueError as here) and record autograd in C++ (csrc/autograd.cpp). Outside
+torch.compile it enters C++ through the extension's own entry points (csrc/python_api.cpp: linear_act, conv2d,
+and max_pool2d with the Python API's arguments) rather than torch.ops' generic binding, which costs more than a
+tiny op. The Triton and reference paths are checked here first, with the same rules.
 """
 import importlib
 import warnings
@@ -33,9 +35,14 @@ BACKENDS = ("auto", "native", "triton", "reference", "cuda_emu")
 NAMESPACES = {"native": "dlkernels", "triton": "dlkernels_triton", "cuda_emu": cuda_emu.NAMESPACE}
 
 
+# torch.compile traces the torch.ops calls, not the C++ entry points of csrc/python_api.cpp.
+_is_compiling = torch.compiler.is_compiling
+
+
 class _NativeOps:
-    """torch.ops.dlkernels.<op>.default of every custom op (an OpOverload: one Python frame less per call than
-    the packet), filled in when the extension loads (end of this module)."""
+    """The call of every native custom op, filled in when the extension loads (end of this module):
+    torch.ops.dlkernels.<op>.default (an OpOverload: one Python frame less per call than the packet), or for
+    the ops with a C++ entry point (csrc/python_api.cpp) that entry, which skips torch.ops' generic binding."""
 
 
 _native = _NativeOps()
@@ -349,6 +356,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     """torch.nn.functional.max_pool2d: same output sizes, index values and NaN propagation."""
     op = "max_pool2d"
     chosen = _backend_for(op, backend, x)
+    if chosen == "native" and not _is_compiling():
+        # Straight into C++ (csrc/python_api.cpp: no torch.ops binding); NotImplemented for a call it does not
+        # take (a tensor subclass, a torch function mode, other int types), which takes the path below.
+        result = _ext._C.max_pool2d_functional(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        if result is not NotImplemented:
+            return result
     kernel_size = _pair(kernel_size, "kernel_size", op)
     stride = kernel_size if stride is None or stride == [] or stride == () else _pair(stride, "stride", op)
     padding = _pair(padding, "padding", op)
@@ -458,7 +471,23 @@ def _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_k
                          f"pool_padding={pool_padding}: the pooled output would be empty")
 
 
+def _with_entry(entry, overload):
+    """A native op's call: its C++ entry point (csrc/python_api.cpp) when that takes the call, else the op
+    through torch.ops (torch.compile traces this one)."""
+
+    def call(*args):
+        if not _is_compiling():
+            result = entry(*args)
+            if result is not NotImplemented:
+                return result
+        return overload(*args)
+
+    return call
+
+
 if _ext.loaded():  # the extension defines the ops and their autograd (C++); the fake kernels are the contract's
     for _op in contract.CUSTOM_OPS:
-        setattr(_native, _op, getattr(torch.ops.dlkernels, _op).default)
+        _overload = getattr(torch.ops.dlkernels, _op).default
+        _entry = getattr(_ext._C, _op, None)  # linear_act and conv2d have one
+        setattr(_native, _op, _overload if _entry is None else _with_entry(_entry, _overload))
     contract.register(NAMESPACES["native"], autograd=not contract.has_autograd_kernel("dlkernels", "linear_act"))

@@ -128,11 +128,17 @@ def test_large_buffers_on_huge_pages(channels_last):
     assert torch.equal(grad, torch_grad)
 
 
-def test_gradient_of_the_plain_op_recomputes_indices():
+def test_gradient_of_the_plain_op():
+    """The plain op computes no indices, except when autograd records: then its C++ autograd kernel computes
+    and saves them (csrc/autograd.cpp), as torch's max_pool2d does."""
     require_backend("native", "cpu")
     x = make_input(1, 2, 6, 6, dtype=torch.float64).requires_grad_()
     args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
-    (grad,) = torch.autograd.grad(torch.ops.dlkernels.max_pool2d(x, *args).sum(), x)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.dtype) or t, lambda t: t):
+        out = torch.ops.dlkernels.max_pool2d(x, *args)
+    assert saved == [torch.float64, torch.int64]  # x and the indices
+    (grad,) = torch.autograd.grad(out.sum(), x)
     (torch_grad,) = torch.autograd.grad(F.max_pool2d(x, *args).sum(), x)
     assert torch.equal(grad, torch_grad)
 

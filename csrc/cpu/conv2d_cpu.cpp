@@ -334,8 +334,19 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
     t.Cg = s.Kg, t.Kg = s.Cg;
-    // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j]
-    const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW}).flip({3, 4}).transpose(1, 2).contiguous();
+    // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j], in a loop rather than ATen's view, flip,
+    // transpose and copy: at small sizes those four dispatched ops cost more than the convolution.
+    const at::Tensor wt = empty_output({s.C, s.Kg, s.KH, s.KW}, opts);
+    acc_t* wt_p = wt.mutable_data_ptr<acc_t>();
+    for (int64_t g = 0; g < s.groups; ++g) {
+      for (int64_t c = 0; c < s.Cg; ++c) {
+        for (int64_t k = 0; k < s.Kg; ++k) {
+          const acc_t* src = w_p + ((g * s.Kg + k) * s.Cg + c) * s.KH * s.KW;
+          acc_t* dst = wt_p + ((g * s.Cg + c) * s.Kg + k) * s.KH * s.KW;
+          for (int64_t i = 0; i < s.KH * s.KW; ++i) dst[i] = src[s.KH * s.KW - 1 - i];
+        }
+      }
+    }
     at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
     conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
                                  !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));

@@ -9,7 +9,10 @@ namespace dlkernels {
 
 // A contiguous (NCHW for 4-D) copy in the accumulation dtype; no copy at all when t already is one. The
 // kernels convert half types once up front so their inner loops only see float or double.
-inline at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc_type) { return t.contiguous().to(acc_type); }
+inline at::Tensor as_acc(const at::Tensor& t, at::ScalarType acc_type) {
+  if (t.scalar_type() == acc_type && t.is_contiguous()) return t;  // the common case, without a dispatched op
+  return t.contiguous().to(acc_type);
+}
 
 // grad_out * act'(saved), the first step of every backward. For relu it is a select, as torch's
 // threshold_backward (0 where the output is <= 0, grad_out elsewhere), written so that both operands are

@@ -35,10 +35,11 @@ class Scratch {
 };
 }  // namespace cpu
 
-// at::empty for a large buffer the kernel is about to write in full: the first write to each page of fresh
-// memory faults, and with 4 KiB pages those faults cost more than the kernel itself for bandwidth-bound
-// ops (max_pool2d, say; README.md has the measurement). Advised huge pages take one fault per 2 MiB. Every byte gets
-// written, so the larger pages waste no memory. DLKERNELS_CPU_HUGE_PAGES=0 turns the advice off.
+// An empty CPU tensor (as at::empty) for a buffer the kernel is about to write in full. For a large one: the
+// first write to each page of fresh memory faults, and with 4 KiB pages those faults cost more than the kernel
+// itself for bandwidth-bound ops (max_pool2d, say; README.md has the measurement). Advised huge pages take one
+// fault per 2 MiB. Every byte gets written, so the larger pages waste no memory. DLKERNELS_CPU_HUGE_PAGES=0
+// turns the advice off.
 at::Tensor empty_output(c10::IntArrayRef sizes, const at::TensorOptions& options);
 
 }  // namespace dlkernels
