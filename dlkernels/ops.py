@@ -18,7 +18,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import _ext, contract, cuda_emu, reference
+from . import _ext, autotune, contract, cuda_emu, reference
 
 try:
     _triton = importlib.import_module("dlkernels.triton_ops")
@@ -193,6 +193,87 @@ def _backend_for(op, backend, x):
     return chosen
 
 
+# ---------------------------------------------------------------------------------------------------------
+# backend="auto" per call signature (dlkernels.autotune): the fastest of the backends that can run the call,
+# measured on this machine the first time the signature is seen.
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+_get_num_threads = torch.get_num_threads
+_is_grad_enabled = torch.is_grad_enabled
+
+
+def _candidates(op, device):
+    """The backends auto chooses from for op on device, in order of preference on a tie."""
+    return tuple(b for b in ("native", "triton", "reference")
+                 if (b == "native" and _ext.has_kernel(op, device.type))
+                 or (b == "triton" and device.type == "cuda" and not _triton_unavailable(device))
+                 or b == "reference")
+
+
+def _synthetic(t, generator, requires_grad):
+    """A tensor with t's shape, dtype, device and memory layout, filled from the autotuner's own generator."""
+    if t is None:
+        return None
+    out = torch.empty_like(t, requires_grad=False)
+    if out.is_floating_point():
+        out.normal_(generator=generator).mul_(0.1)
+    return out.requires_grad_(requires_grad)
+
+
+def _auto(op, static, x, weight, bias, signature, call, layer=None):
+    """The backend auto runs for this call (static: what it runs without a measurement). x, weight, bias: the
+    call's tensors (weight and bias may be None); signature: the rest of what decides the speed, hashable
+    plain data; call(backend, x, weight, bias): one call of the op with that backend, returning the
+    differentiable output. layer: a dlkernels.nn layer, which keeps what it ran (ConversionReport).
+
+    Called on every auto call, so the key is the least that identifies a signature: the tensors' shapes,
+    x's strides (its layout), dtype and device, the signature, the thread count and which inputs autograd
+    differentiates."""
+    if _is_compiling():
+        return static  # the static rule, a plain function of what the graph is specialised on (autotune)
+    if (type(x) not in _PLAIN_TENSORS or (weight is not None and type(weight) not in _PLAIN_TENSORS)
+            or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
+        return static  # subclasses, or not tensors at all: the op's own checks say what is wrong
+    flags = None
+    if _is_grad_enabled():
+        flags = (x.requires_grad, weight is not None and weight.requires_grad, bias is not None and bias.requires_grad)
+        if True not in flags:
+            flags = None
+    key = (op, x.shape, x.stride(), x.dtype, x.device, None if weight is None else weight.shape,
+           None if bias is None else bias.shape, signature, _get_num_threads(), flags)
+    chosen = autotune._choices.get(key)
+    if chosen is None:
+        candidates = _candidates(op, x.device)
+        if static not in candidates:  # the static choice (e.g. the emulator) is not auto's to replace
+            return static
+        tensors = (x, weight, bias)
+        chosen = autotune.choose(key, tensors, static, candidates, lambda backend: _step(backend, tensors, flags,
+                                                                                          call))
+    if layer is not None:
+        layer.__dict__.setdefault("_implementations", {})["training" if flags else "inference"] = chosen
+    return chosen
+
+
+def _step(backend, tensors, flags, call):
+    """One call of backend on inputs shaped like `tensors` (forward and backward when flags say autograd
+    records), as a function for autotune to time."""
+    generator = torch.Generator(tensors[0].device).manual_seed(0)
+    inputs = [_synthetic(t, generator, bool(flags and flags[i])) for i, t in enumerate(tensors)]
+    if not flags:
+        def forward():
+            with torch.no_grad():
+                call(backend, *inputs)
+        return forward
+    wrt = [t for t in inputs if t is not None and t.requires_grad]
+    with torch.no_grad():
+        grad = _synthetic(call(backend, *inputs), generator, False)
+
+    def forward_backward():
+        with torch.enable_grad():
+            torch.autograd.grad(call(backend, *inputs), wrt, grad)
+    return forward_backward
+
+
 def _triton_unavailable(device):
     """None when the Triton kernels can run on the device, else the reason they cannot."""
     if _triton is None:
@@ -233,13 +314,22 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
     "max_val": 1.0}), leaky_relu ({"negative_slope": 0.01}) and elu ({"alpha": 1.0}); missing ones take
     torch's defaults (negative_slope and alpha must be >= 0)."""
     alpha, beta = _activation_args(activation, activation_params, "linear_act")
-    chosen = _backend_for("linear_act", backend, x)
+    chosen = _linear_act_backend(backend, x, weight, bias, activation, alpha, beta)
     if chosen == "native":  # the C++ op checks its arguments
         return _native.linear_act(x, weight, bias, activation, alpha, beta)
     _check_linear_args(x, weight, bias)
     if chosen == "reference":
         return reference.linear_act(x, weight, bias, activation, contract.activation_params_of(activation, alpha, beta))
     return _custom_ops(chosen).linear_act(x, weight, bias, activation, alpha, beta)
+
+
+def _linear_act_backend(backend, x, weight, bias, activation, alpha, beta, layer=None):
+    chosen = _backend_for("linear_act", backend, x)
+    if backend != "auto":
+        return chosen
+    return _auto("linear_act", chosen, x, weight, bias, (activation, alpha, beta),
+                 lambda b, x, w, bias: linear_act(x, w, bias, activation, b, activation_params=contract.
+                                                  activation_params_of(activation, alpha, beta)), layer)
 
 
 def _check_linear_args(x, weight, bias):
@@ -299,6 +389,8 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
+    if backend == "auto":
+        chosen = _conv2d_auto(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
     if chosen == "native":  # the C++ op checks its arguments
         out = _native.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
     else:
@@ -310,6 +402,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
             out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha,
                                              beta)
     return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, layer=None):
+    """auto's backend for a conv2d call with normalised arguments (a 4-D x, pairs)."""
+    return _auto("conv2d", static, x, weight, bias, (*stride, *padding, *dilation, groups, activation, alpha, beta),
+                 lambda b, x, w, bias: conv2d(x, w, bias, stride, padding, dilation, groups, activation, b,
+                                              activation_params=contract.activation_params_of(activation, alpha,
+                                                                                              beta)), layer)
 
 
 def _check_conv_args(x, weight, bias, groups, stride, padding, dilation, op="conv2d"):
@@ -354,8 +454,15 @@ def _check_conv_args(x, weight, bias, groups, stride, padding, dilation, op="con
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False,
                backend="auto"):
     """torch.nn.functional.max_pool2d: same output sizes, index values and NaN propagation."""
+    return _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend)
+
+
+def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, backend, layer=None):
     op = "max_pool2d"
     chosen = _backend_for(op, backend, x)
+    if backend == "auto" and type(x) in _PLAIN_TENSORS and x.dim() == 4:
+        chosen = _max_pool2d_auto(chosen, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                                  layer)
     if chosen == "native" and not _is_compiling():
         # Straight into C++ (csrc/python_api.cpp: no torch.ops binding); NotImplemented for a call it does not
         # take (a tensor subclass, a torch function mode, other int types), which takes the path below.
@@ -385,6 +492,23 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if not unbatched:
         return result
     return tuple(r.squeeze(0) for r in result) if return_indices else result.squeeze(0)
+
+
+def _max_pool2d_auto(static, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, layer=None):
+    """auto's backend for a max_pool2d call of a 4-D x (the arguments as the user gave them)."""
+    def plain(value):  # hashable, and the same for 2, (2, 2) and [2, 2]
+        return (value, value) if type(value) is int else None if value is None else tuple(value)
+
+    def call(b, x, weight, bias):
+        result = max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, b)
+        return result[0] if return_indices else result
+
+    try:
+        signature = (plain(kernel_size), plain(stride), plain(padding), plain(dilation), bool(ceil_mode),
+                     bool(return_indices))
+        return _auto("max_pool2d", static, x, None, None, signature, call, layer)
+    except TypeError:  # unhashable or odd arguments: the op's own checks name them
+        return static
 
 
 def _check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode):
@@ -436,6 +560,8 @@ def conv2d_maxpool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         x = x.unsqueeze(0)
     args = (x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, pool_kernel_size, pool_stride,
             pool_padding, pool_ceil_mode)
+    if backend == "auto":
+        chosen = _conv2d_maxpool_auto(chosen, *args)
     if chosen == "native":  # the C++ op checks its arguments
         out = _native.conv2d_maxpool(*args)[0]
     else:
@@ -448,6 +574,18 @@ def conv2d_maxpool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         else:
             out = _custom_ops(chosen).conv2d_maxpool(*args)[0]
     return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_maxpool_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                         pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode, layer=None):
+    """auto's backend for a conv2d_maxpool call with normalised arguments (a 4-D x, pairs)."""
+    pool = (pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode)
+    signature = (*stride, *padding, *dilation, groups, activation, alpha, beta, *pool_kernel_size, *pool_stride,
+                 *pool_padding, pool_ceil_mode)
+    return _auto("conv2d_maxpool", static, x, weight, bias, signature,
+                 lambda b, x, w, bias: conv2d_maxpool(x, w, bias, stride, padding, dilation, groups, activation, *pool,
+                                                      backend=b, activation_params=contract.activation_params_of(
+                                                          activation, alpha, beta)), layer)
 
 
 def _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_kernel_size, pool_stride, pool_padding,

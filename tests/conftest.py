@@ -1,6 +1,7 @@
 """Shared test helpers: devices, backends, input makers and the one tolerance table."""
 import contextlib
 import os
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,12 @@ import torch
 # function is defined, i.e. before dlkernels is imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# backend="auto" takes its static rules in the tests (measuring every new shape would cost seconds per test
+# file, and choices that depend on the machine's load would make the tests vary); tests/test_autotune.py
+# turns measuring on where it tests it. The cache goes to a folder of this run, never the user's.
+os.environ["DLKERNELS_AUTOTUNE"] = "0"
+os.environ["DLKERNELS_CACHE_DIR"] = os.path.join(
+    tempfile.gettempdir(), f"dlkernels-test-cache-{os.getpid()}")
 
 import dlkernels  # noqa: E402
 from dlkernels import _ext, cuda_emu  # noqa: E402

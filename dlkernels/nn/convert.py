@@ -13,6 +13,7 @@ parameter names and state_dict keys); see ``_ACTIVATION_CALLS`` for the calls th
 """
 import copy
 import warnings
+import weakref
 from collections import defaultdict
 from typing import List, NamedTuple
 
@@ -207,7 +208,9 @@ class ConversionReport:
       the nn.Sequential containers inside it were searched for activations to fuse).
 
     ``str(report)`` is a readable table; ``report.summary()`` one line; ``report.to_dict()`` plain data
-    (JSON-serialisable); ``bool(report.left)`` tells whether anything was left.
+    (JSON-serialisable); ``bool(report.left)`` tells whether anything was left. ``report.implementations()``
+    says which implementation each converted layer ran with ``backend="auto"`` (chosen per input shape when
+    the layer first sees it, so known once the model has run).
     """
 
     def __init__(self, backend):
@@ -218,6 +221,18 @@ class ConversionReport:
         self.folded: List[Folded] = []
         self.left: List[Left] = []
         self.notes: List[str] = []
+        self._model = None  # a weak reference to the converted model (implementations())
+
+    def implementations(self):
+        """{layer name: {"inference": backend, "training": backend}}: what each converted layer of the model
+        ran so far, for the calls without and with autograd recording ("native", "triton" or "reference";
+        with backend="auto" the choice dlkernels.autotune made for the layer's input shapes, the last one
+        when the layer saw several). Layers that have not run, or that run an explicit backend, are absent."""
+        model = self._model() if self._model is not None else None
+        if model is None:
+            return {}
+        return {name: dict(module.__dict__["_implementations"]) for name, module in model.named_modules()
+                if module.__dict__.get("_implementations")}
 
     def summary(self):
         if self.backend is None:  # fold_batchnorm alone
@@ -236,6 +251,7 @@ class ConversionReport:
             "folded": [f._asdict() for f in self.folded],
             "left": [entry._asdict() for entry in self.left],
             "notes": list(self.notes),
+            "implementations": self.implementations(),
         }
 
     def __str__(self):
@@ -256,6 +272,9 @@ class ConversionReport:
             lines.append(f"  left       {entry.name or '<model>'} ({entry.type}): {entry.reason}")
         for note in self.notes:
             lines.append(f"  note       {note}")
+        for name, chosen in self.implementations().items():
+            runs = ", ".join(f"{mode} {backend}" for mode, backend in sorted(chosen.items()))
+            lines.append(f"  runs       {name or '<model>'}: {runs}")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -978,6 +997,7 @@ def convert(model, backend="auto", fuse=True, inplace=False, *, fold_batchnorm=F
     if fuse and fresh:
         _fuse_pools(model, fresh, report)
 
+    report._model = weakref.ref(model)
     if report.left:
         shown = ", ".join(f"{e.name or '<model>'} ({e.type})" for e in report.left[:5])
         more = f" and {len(report.left) - 5} more" if len(report.left) > 5 else ""

@@ -144,8 +144,9 @@ class _DlkLayer:
     _torch_class = None  # the torch.nn class this layer replaces
     # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
     # torch.fx graph when it fused it into this layer; revert() puts it back.
+    # _implementations: the backend auto ran, by "inference" / "training" (ConversionReport.implementations).
     _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call",
-                       "_act_args")
+                       "_act_args", "_implementations")
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
@@ -225,8 +226,9 @@ class Linear(_DlkLayer, nn.Linear):
 
     def forward(self, input):
         activation, alpha, beta = self._op_activation_args()
-        # The backend is resolved once per (device, dtype) of the input (dlkernels.ops caches it).
-        if ops._backend_for("linear_act", self.backend, input) == "native":
+        # The backend is resolved once per call signature (dlkernels.ops caches it; auto measures it).
+        if ops._linear_act_backend(self.backend, input, self.weight, self.bias, activation, alpha, beta,
+                                   self) == "native":
             return ops._native.linear_act(input, self.weight, self.bias, activation, alpha, beta)
         return ops.linear_act(input, self.weight, self.bias, activation, self.backend,
                               activation_params=getattr(self, "activation_params", None))
@@ -254,11 +256,15 @@ class Conv2d(_DlkLayer, nn.Conv2d):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        if (padding_pair := _int_pair(padding)) is not None and input.dim() == 4 and (
-                ops._backend_for("conv2d", self.backend, input) == "native"):
+        pairs = (_int_pair(self.stride), _int_pair(padding), _int_pair(self.dilation))
+        if None not in pairs and input.dim() == 4:
             activation, alpha, beta = self._op_activation_args()
-            return ops._native.conv2d(input, weight, bias, _int_pair(self.stride), padding_pair,
-                                      _int_pair(self.dilation), self.groups, activation, alpha, beta)
+            chosen = ops._backend_for("conv2d", self.backend, input)
+            if self.backend == "auto":
+                chosen = ops._conv2d_auto(chosen, input, weight, bias, *pairs, self.groups, activation, alpha, beta,
+                                          self)
+            if chosen == "native":
+                return ops._native.conv2d(input, weight, bias, *pairs, self.groups, activation, alpha, beta)
         return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                           self.activation, self.backend, activation_params=getattr(self, "activation_params", None))
 
@@ -272,7 +278,7 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
     It has no ``activation`` (max pooling commutes with the monotonic activations anyway)."""
 
     _torch_class = nn.MaxPool2d
-    _own_attributes = ("backend", "_fused_by_convert", "_fused_call")
+    _own_attributes = ("backend", "_fused_by_convert", "_fused_call", "_implementations")
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
                  *, backend="auto"):
@@ -296,8 +302,8 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
         return None
 
     def forward(self, input):
-        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                              self.return_indices, self.backend)
+        return ops._max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
+                               self.return_indices, self.backend, self)
 
 
 class Conv2dMaxPool(Conv2d):
@@ -360,8 +366,8 @@ class Conv2dMaxPool(Conv2d):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        if (padding_pair := _int_pair(padding)) is not None and input.dim() == 4 and (
-                ops._backend_for("conv2d_maxpool", self.backend, input) == "native"):
+        pairs = (_int_pair(self.stride), _int_pair(padding), _int_pair(self.dilation))
+        if None not in pairs and input.dim() == 4:
             activation, alpha, beta = self._op_activation_args()
             key = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_ceil_mode)
             cached = self._pool_args
@@ -370,9 +376,13 @@ class Conv2dMaxPool(Conv2d):
                                                   bool(key[3])))
             pool = cached[1]
             if None not in pool:
-                return ops._native.conv2d_maxpool(input, weight, bias, _int_pair(self.stride), padding_pair,
-                                                  _int_pair(self.dilation), self.groups, activation, alpha, beta,
-                                                  *pool)[0]
+                chosen = ops._backend_for("conv2d_maxpool", self.backend, input)
+                if self.backend == "auto":
+                    chosen = ops._conv2d_maxpool_auto(chosen, input, weight, bias, *pairs, self.groups, activation,
+                                                      alpha, beta, *pool, layer=self)
+                if chosen == "native":
+                    return ops._native.conv2d_maxpool(input, weight, bias, *pairs, self.groups, activation, alpha,
+                                                      beta, *pool)[0]
         return ops.conv2d_maxpool(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                                   self.activation, self.pool_kernel_size, self.pool_stride, self.pool_padding,
                                   self.pool_ceil_mode, self.backend,

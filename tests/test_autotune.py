@@ -1,0 +1,233 @@
+"""backend="auto" per call signature (dlkernels.autotune): measured once per machine, remembered on disk,
+static rules where it cannot or must not measure, the user's random stream and results untouched."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import dlkernels
+from dlkernels import _ext, autotune
+from dlkernels.ops import _auto
+
+needs_native = pytest.mark.skipif(not _ext.has_kernel("conv2d", "cpu"), reason="needs the native CPU kernels")
+
+
+@pytest.fixture
+def tuning(monkeypatch, tmp_path):
+    """Measuring on, a cache folder of this test, nothing remembered from other tests."""
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "1")
+    monkeypatch.setenv(autotune.ENV_CACHE_DIR, str(tmp_path))
+    monkeypatch.setattr(autotune, "_disk", None)
+    monkeypatch.setattr(autotune, "_choices", {})
+    return tmp_path
+
+
+def sleeper(seconds):
+    return lambda: time.sleep(seconds)
+
+
+def test_choose_measures_the_fastest_and_remembers_it_on_disk(tuning, monkeypatch):
+    x = torch.zeros(2)
+    key = ("test_op", "cpu", 1)
+    slow = {"native": 0.004, "reference": 0.0}
+    assert autotune.choose(key, (x,), "native", ("native", "reference"), lambda b: sleeper(slow[b])) == "reference"
+    (path,) = tuning.iterdir()
+    assert path == type(path)(autotune.cache_path())
+    data = json.loads(path.read_text())
+    entry = data["entries"][autotune.key_name(key)]
+    assert entry["choice"] == "reference" and entry["us"]["native"] > entry["us"]["reference"]
+    assert data["machine"] == autotune.machine()
+
+    # A new process (nothing in memory) reads the file instead of measuring.
+    monkeypatch.setattr(autotune, "_disk", None)
+    monkeypatch.setattr(autotune, "_choices", {})
+
+    def no_measuring(backend):
+        raise AssertionError("measured again")
+
+    assert autotune.choose(key, (x,), "native", ("native", "reference"), no_measuring) == "reference"
+
+
+def test_a_backend_that_cannot_run_is_no_candidate(tuning):
+    def make(backend):
+        if backend == "native":
+            raise RuntimeError("cannot run this")
+        return sleeper(0)
+
+    assert autotune.choose(("k",), (torch.zeros(1),), "native", ("native", "reference"), make) == "reference"
+    # No backend runs it: the static choice, nothing remembered (the op's own checks will raise).
+    failing = lambda backend: (_ for _ in ()).throw(RuntimeError("no"))  # noqa: E731
+    assert autotune.choose(("k2",), (torch.zeros(1),), "native", ("native", "reference"), failing) == "native"
+    assert autotune.key_name(("k2",)) not in autotune.entries()
+
+
+def test_switched_off_gives_the_static_rule_and_writes_nothing(tuning, monkeypatch):
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "0")
+    make = lambda backend: (_ for _ in ()).throw(AssertionError("measured"))  # noqa: E731
+    assert autotune.choose(("k",), (torch.zeros(1),), "native", ("native", "reference"), make) == "native"
+    assert list(tuning.iterdir()) == []
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "maybe")
+    with pytest.raises(ValueError, match="DLKERNELS_AUTOTUNE"):
+        autotune.enabled()
+
+
+def test_no_measuring_under_a_dispatch_mode_or_for_meta_tensors(tuning):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    make = lambda backend: (_ for _ in ()).throw(AssertionError("measured"))  # noqa: E731
+    with Count():
+        assert autotune.choose(("k",), (torch.zeros(1),), "native", ("native", "reference"), make) == "native"
+    meta = torch.zeros(2, device="meta")
+    assert autotune.choose(("k",), (meta,), "native", ("native", "reference"), make) == "native"
+    assert autotune.entries() == {}
+
+
+def test_unwritable_cache_warns_once_and_keeps_the_choice_in_memory(tuning, monkeypatch):
+    blocker = tuning / "file"
+    blocker.write_text("")
+    monkeypatch.setenv(autotune.ENV_CACHE_DIR, str(blocker / "below-a-file"))
+    monkeypatch.setattr(autotune, "_warned_unwritable", False)
+    with pytest.warns(RuntimeWarning, match="cannot write the autotune cache"):
+        assert autotune.choose(("k",), (torch.zeros(1),), "native", ("native", "reference"),
+                               lambda b: sleeper(0.003 if b == "native" else 0)) == "reference"
+    assert autotune._choices[("k",)] == "reference"
+
+
+def conv_args():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 9, generator=g)
+    w = torch.randn(6, 4, 3, 3, generator=g)
+    b = torch.randn(6, generator=g)
+    return x, w, b
+
+
+@needs_native
+def test_auto_measures_per_signature_and_direction_without_touching_the_rng(tuning, one_thread):
+    x, w, b = conv_args()
+    state = torch.get_rng_state()
+    out = dlkernels.ops.conv2d(x, w, b, padding=1, activation="relu")
+    assert torch.equal(torch.get_rng_state(), state), "measuring drew from the user's random stream"
+    torch.testing.assert_close(out, F.relu(F.conv2d(x, w, b, padding=1)))
+    assert len(autotune.entries()) == 1
+    dlkernels.ops.conv2d(x, w, b, padding=1, activation="relu")  # the same signature: nothing new
+    assert len(autotune.entries()) == 1
+    # Training (w requires grad) is another signature, timed with its backward; so is another stride.
+    wg = w.clone().requires_grad_()
+    dlkernels.ops.conv2d(x, wg, b, padding=1, activation="relu").sum().backward()
+    dlkernels.ops.conv2d(x, w, b, stride=2, padding=1, activation="relu")
+    names = sorted(autotune.entries())
+    assert len(names) == 3
+    assert sum(name.endswith("(False, True, False)") for name in names) == 1
+    for entry in autotune.entries().values():
+        assert set(entry["us"]) == {"native", "reference"} and entry["choice"] in entry["us"]
+
+
+@needs_native
+def test_each_choice_computes_the_same(tuning, one_thread):
+    """Whatever auto chose, the result and gradients are those of the op (forced both ways)."""
+    x, w, b = conv_args()
+    expected = F.silu(F.conv2d(x, w, b, stride=2))
+    for forced in ("native", "reference"):
+        autotune._choices.clear()
+        key_of = {}
+
+        def force(key, tensors, static, candidates, make_step):
+            key_of[key] = forced
+            autotune._choices[key] = forced
+            return forced
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(autotune, "choose", force)
+            out = dlkernels.ops.conv2d(x, w, b, stride=2, activation="silu")
+        assert key_of, "auto did not ask the autotuner"
+        torch.testing.assert_close(out, expected)
+
+
+@needs_native
+def test_converted_model_reports_what_each_layer_ran(tuning, one_thread):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5))
+    converted, report = dlkernels.convert(model, return_report=True)
+    x = torch.randn(2, 3, 8, 8)
+    assert report.implementations() == {}
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x))
+    converted(x).sum().backward()
+    ran = report.implementations()
+    assert set(ran) == {"0", "2", "4"}
+    for name, modes in ran.items():
+        assert set(modes) == {"inference", "training"} and set(modes.values()) <= {"native", "reference"}
+    assert "runs       0: inference" in str(report)
+    assert report.to_dict()["implementations"] == ran
+    # The choices are those the cache holds (one per layer and direction).
+    assert len(autotune.entries()) == 6
+
+
+@needs_native
+def test_compiled_model_takes_the_static_rule(tuning, one_thread):
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    converted = dlkernels.convert(model)
+    x = torch.randn(1, 3, 10, 10)
+    compiled = torch.compile(converted, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert autotune.entries() == {}, "measured inside a traced graph"
+
+
+def test_explicit_backends_are_never_tuned(tuning):
+    x, w, b = conv_args()
+    dlkernels.ops.conv2d(x, w, b, backend="reference")
+    assert autotune.entries() == {}
+
+
+@needs_native
+def test_auto_keys_hold_the_signature(tuning):
+    """_auto's key: tensors' shapes and strides, the op's arguments, threads and the autograd flags."""
+    seen = []
+
+    def record(key, tensors, static, candidates, make_step):
+        seen.append(key)
+        return static
+
+    x = torch.zeros(1, 2, 4, 4)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(autotune, "choose", record)
+        _auto("conv2d", "native", x, None, None, ("a",), lambda *args: None)
+        _auto("conv2d", "native", x.to(memory_format=torch.channels_last), None, None, ("a",), lambda *args: None)
+        _auto("conv2d", "native", x.requires_grad_(), None, None, ("a",), lambda *args: None)
+    assert len(set(seen)) == 3
+    assert seen[0][-1] is None and seen[2][-1] == (True, False, False)
+
+
+def test_cache_command_lists_and_clears(tuning):
+    autotune.choose(("k",), (torch.zeros(1),), "native", ("native", "reference"), lambda b: sleeper(0))
+    env = dict(os.environ)
+    listed = subprocess.run([sys.executable, "-m", "dlkernels", "cache"], capture_output=True, text=True, env=env,
+                            check=True).stdout
+    assert "entries        1" in listed and autotune.key_name(("k",)) in listed
+    info = subprocess.run([sys.executable, "-m", "dlkernels", "info"], capture_output=True, text=True, env=env,
+                          check=True).stdout
+    assert "autotune         on" in info and str(tuning) in info
+    cleared = subprocess.run([sys.executable, "-m", "dlkernels", "cache", "--clear"], capture_output=True, text=True,
+                             env=env, check=True).stdout
+    assert cleared.startswith("removed") and list(tuning.iterdir()) == []
+
+
+def test_bad_input_is_reported_as_without_measuring(tuning):
+    """Measuring a call no backend can run gives way to the op's own error, and nothing is cached."""
+    x = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="groups"):
+        dlkernels.ops.conv2d(x, torch.randn(6, 4, 3, 3), groups=3)
+    with pytest.raises(TypeError, match="'kernel_size' to be an int"):
+        dlkernels.ops.max_pool2d(x, 2.5)
+    assert autotune.entries() == {}
