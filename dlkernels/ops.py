@@ -1,7 +1,8 @@
 """Public functional API of dlkernels.
 
 Each function normalises its arguments (ints to pairs, padding="same", a 3-D unbatched input, activation_params
-to the ops' (alpha, beta)), picks a backend (once per call signature: op, backend, device, dtype) and calls
+to the ops' (alpha, beta)), picks a backend (once per (op, backend, device, dtype); for backend="auto" the
+fastest for the call's shapes, measured once per machine by dlkernels.autotune, see _auto) and calls
 either the registered custom op of that backend, torch.ops.dlkernels.<op> (C++ / CUDA kernels through the
 dispatcher) or torch.ops.dlkernels_triton.<op> (Triton kernels), or the plain PyTorch reference. What the
 custom ops compute, their fake kernels and their autograd are the same for every backend: dlkernels.contract.
@@ -495,20 +496,21 @@ def _max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_ind
 
 
 def _max_pool2d_auto(static, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, layer=None):
-    """auto's backend for a max_pool2d call of a 4-D x (the arguments as the user gave them)."""
-    def plain(value):  # hashable, and the same for 2, (2, 2) and [2, 2]
-        return (value, value) if type(value) is int else None if value is None else tuple(value)
-
+    """auto's backend for a max_pool2d call of a 4-D x (the arguments as the user gave them: ints and tuples
+    as they are, the cheapest key; lists made tuples)."""
     def call(b, x, weight, bias):
         result = max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices, b)
         return result[0] if return_indices else result
 
+    signature = (kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     try:
-        signature = (plain(kernel_size), plain(stride), plain(padding), plain(dilation), bool(ceil_mode),
-                     bool(return_indices))
         return _auto("max_pool2d", static, x, None, None, signature, call, layer)
-    except TypeError:  # unhashable or odd arguments: the op's own checks name them
-        return static
+    except TypeError:  # a list (unhashable), or odd arguments, which the op's own checks will name
+        try:
+            signature = tuple(tuple(v) if isinstance(v, list) else v for v in signature)
+            return _auto("max_pool2d", static, x, None, None, signature, call, layer)
+        except TypeError:
+            return static
 
 
 def _check_pool_args(x, kernel_size, stride, padding, dilation, ceil_mode):
