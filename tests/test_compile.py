@@ -106,3 +106,32 @@ def test_compile_reduce_overhead_cuda_graphs(namespace):
         x = make_input(4, 3, 8, 8, device="cuda", seed=seed)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x).clone(), model(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("autotune", ["0", "1"])
+def test_converted_model_in_a_cuda_graph(autotune, monkeypatch, tmp_path):
+    """A converted model captured by torch.cuda.graph replays with new inputs. With auto measuring, the
+    warm-up calls measure (outside the capture) and the capture reuses their choices; inside the capture
+    nothing is measured (autotune sees the capture and takes the static rule)."""
+    monkeypatch.setenv("DLKERNELS_AUTOTUNE", autotune)
+    monkeypatch.setenv("DLKERNELS_CACHE_DIR", str(tmp_path))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 5)).cuda().eval()
+    converted = dlkernels.convert(model)
+    static_x = make_input(2, 3, 8, 8, device="cuda", seed=0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(3):
+            converted(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_out = converted(static_x)
+    for seed in range(1, 4):
+        static_x.copy_(make_input(2, 3, 8, 8, device="cuda", seed=seed))
+        graph.replay()
+        with torch.no_grad():
+            torch.testing.assert_close(static_out, model(static_x))
