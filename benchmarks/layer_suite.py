@@ -309,7 +309,7 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
         specs = [s for s in specs if any(o.lower() in s.label.lower() for o in only)]
     batches = QUICK_BATCHES if quick else BATCHES
     rounds = rounds or (2 if quick else 3)
-    budget = budget or (0.005 if quick else 0.05)
+    budget = budget or (0.005 if quick else 0.03)
     shapes = collect_shapes(specs, batches, log)
     if quick:  # a handful: the first shapes of each op
         shapes = [s for op in ("conv2d", "linear", "max_pool2d") for s in [s for s in shapes if s["op"] == op][:3]]
