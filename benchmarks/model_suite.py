@@ -190,7 +190,7 @@ def run_model(spec, mode, providers, rounds, budget, log=print):
         try:
             model, report = _build_provider(provider, spec, mode, torch_model)
             row.update(_report_fields(report))
-            if provider != "torch_eager":
+            if provider in BACKENDS:  # (torch.compile is torch's own: its first call must be the timed one)
                 with torch.no_grad():
                     was = model.training
                     out = model.eval()(x)
