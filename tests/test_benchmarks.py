@@ -445,3 +445,27 @@ def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
                                                              for m in ("forward", "fwd+bwd")}
     for e in summary:
         assert 0.0 <= e["at_least_1x"] <= 1.0 and e["min_ratio"] > 0 and e["rows"] == len(rows) // 6
+
+
+def test_models_geomean_and_table_with_compile_columns():
+    from benchmarks import model_suite
+
+    def row(model, provider, t, eager_t, compile_t=None, compile_s=None):
+        r = {"model": model, "input": "1x3", "mode": "inference", "provider": provider, "status": "ok",
+             "median_s": t, "compile_s": compile_s, "converted": 3 if provider.startswith("dlk") else None,
+             "vs_eager": eager_t / t, "vs_eager_min": eager_t / t, "vs_eager_max": eager_t / t}
+        if compile_t:
+            r.update(vs_compile=compile_t / t, vs_compile_min=compile_t / t, vs_compile_max=compile_t / t)
+        return r
+
+    rows = [row("a", "torch_eager", 1.0, 1.0, 2.0), row("a", "torch_compile", 2.0, 1.0, 2.0, compile_s=12.0),
+            row("a", "dlk_native", 0.5, 1.0, 2.0), row("b", "torch_eager", 1.0, 1.0, 1.0),
+            row("b", "torch_compile", 1.0, 1.0, 1.0, compile_s=3.0), row("b", "dlk_native", 2.0, 1.0, 1.0)]
+    geo = {r["provider"]: r for r in model_suite.geomean_rows(rows)}
+    assert geo["dlk_native"]["vs_eager"] == pytest.approx(1.0)  # sqrt(2 * 0.5)
+    assert geo["dlk_native"]["vs_compile"] == pytest.approx(math.sqrt(4 * 0.5))
+    assert geo["dlk_native"]["reason"].startswith("worst: b")
+    text = model_suite.table(model_suite.normalise(rows + list(geo.values())))
+    assert "dlk_native vs compile" in text and "| compile (s) |" in text
+    line_a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert "| 12 |" in line_a and "2.00 (2.00-2.00)" in line_a
