@@ -315,7 +315,8 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
         shapes = [s for op in ("conv2d", "linear", "max_pool2d") for s in [s for s in shapes if s["op"] == op][:3]]
     shapes.sort(key=lambda s: (s["x"][0], s["op"], flops(s)))
     counts = ", ".join(f"{sum(s['op'] == op for s in shapes)} {op}" for op in ("conv2d", "linear", "max_pool2d"))
-    log(f"{len(shapes)} distinct shapes ({counts}) at batch {', '.join(map(str, batches))}, {len(MODES)} modes, {rounds} rounds")
+    log(f"{len(shapes)} distinct shapes ({counts}) at batch {', '.join(map(str, batches))}, {len(MODES)} modes, "
+        f"{rounds} rounds")
     rows = []
     start = time.perf_counter()
     for i, shape in enumerate(shapes):
@@ -326,7 +327,7 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
                 continue
             new = run_shape(shape, mode, rounds, budget)
             rows += new
-            cells = "  ".join(f"{r['provider']} {r['speedup']:.2f}x" if r["speedup"] else f"{r['provider']} {r['status']}"
+            cells = "  ".join(f"{r['provider']} " + (f"{r['speedup']:.2f}x" if r["speedup"] else r["status"])
                               for r in new if r["provider"] != "torch_eager")
             eager = new[0]["median_s"]
             log(f"[{i + 1}/{len(shapes)} {time.perf_counter() - start:4.0f}s] {shape['op']:10s} {mode:7s} "
