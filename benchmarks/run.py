@@ -2,6 +2,7 @@
 the float64 reference, time the correct ones, place them on the roofline; then the table, files and plot."""
 import argparse
 import datetime
+import functools
 import itertools
 import logging
 import math
@@ -483,6 +484,7 @@ def run_model_suites(args, device):
     meta["busy_cores_at_start"] = wait_until_idle(args.settle)
     start = time.perf_counter()
     only = split(args.shapes)
+    log = functools.partial(print, flush=True)  # a log file shows each model / shape as it ends
     torch.manual_seed(0)
     if args.suite == "models":
         config = torch._dynamo.config
@@ -491,13 +493,13 @@ def run_model_suites(args, device):
         meta["compile"] = bool(args.compile)
         rows = model_suite.normalise(model_suite.run(quick=args.quick, rounds=args.rounds, budget=args.budget,
                                                      compile_models=args.compile, max_seconds=args.max_seconds,
-                                                     only=only))
+                                                     only=only, log=log))
         extra = {}
         text = model_suite.table(rows)
         draw = model_suite.plot
     else:
         rows = layer_suite.normalise(layer_suite.run(quick=args.quick, rounds=args.rounds, budget=args.budget,
-                                                     max_seconds=args.max_seconds, only=only))
+                                                     max_seconds=args.max_seconds, only=only, log=log))
         entries = layer_suite.summary(rows)
         extra = {"summary": entries}
         text = layer_suite.summary_text(entries)
