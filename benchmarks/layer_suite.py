@@ -103,6 +103,20 @@ def collect_shapes(specs, batches, log=print):
     return list(shapes.values())
 
 
+def kind(shape):
+    """The family of the shape, for the summary: conv 1x1, conv kxk, conv depthwise (one input channel per
+    group), conv grouped, linear, max_pool2d."""
+    if shape["op"] != "conv2d":
+        return shape["op"]
+    cout, cin_g, kh, kw = shape["w"]
+    if shape["groups"] > 1:
+        return "conv depthwise" if cin_g == 1 else "conv grouped"
+    return "conv 1x1" if (kh, kw) == (1, 1) else "conv kxk"
+
+
+KINDS = ("conv 1x1", "conv kxk", "conv depthwise", "conv grouped", "linear", "max_pool2d")
+
+
 def describe(shape):
     op = shape["op"]
     x = "x".join(map(str, shape["x"]))
@@ -209,7 +223,7 @@ def _per_call(fn, calls):
 
 def run_shape(shape, mode, rounds, budget):
     """Rows for one shape in one mode, one per provider; the providers timed in turn."""
-    base = {"op": shape["op"], "case": describe(shape), "batch": shape["x"][0], "mode": mode,
+    base = {"op": shape["op"], "kind": kind(shape), "case": describe(shape), "batch": shape["x"][0], "mode": mode,
             "models": " ".join(shape["models"]), "count": shape["count"], "flops": flops(shape) * (3 if mode ==
             "fwd+bwd" and shape["op"] != "max_pool2d" else 1),
             "x_shape": "x".join(map(str, shape["x"])),
@@ -266,38 +280,45 @@ def run_shape(shape, mode, rounds, budget):
     return rows
 
 
-def summary(rows):
-    """Per provider (but eager) and mode: rows timed, the fraction with ratio >= 1.0, the minimum ratio and
-    where, the geometric mean."""
+def summary(rows, by_kind=False):
+    """Per provider (but eager) and mode (and kind of shape, with by_kind): rows timed, the fraction with ratio
+    >= 1.0, the minimum ratio and where, the geometric mean."""
     out = []
     for provider in PROVIDERS[1:]:
         for mode in MODES:
-            ok = [r for r in rows if r["provider"] == provider and r["mode"] == mode and r["status"] == "ok"
-                  and r["speedup"]]
-            bad = [r for r in rows if r["provider"] == provider and r["mode"] == mode and r["status"] in
-                   ("wrong", "error")]
-            if not ok and not bad:
-                continue
-            entry = {"provider": provider, "mode": mode, "rows": len(ok), "not_timed": len(bad)}
-            if ok:
-                worst = min(ok, key=lambda r: r["speedup"])
-                entry.update(
-                    at_least_1x=sum(r["speedup"] >= 1.0 for r in ok) / len(ok),
-                    min_ratio=worst["speedup"],
-                    min_case=f"{worst['op']} {worst['case']}",
-                    geomean=math.exp(sum(math.log(r["speedup"]) for r in ok) / len(ok)),
-                )
-            out.append(entry)
+            for k in KINDS if by_kind else (None,):
+                out += _summary_entry(rows, provider, mode, k)
     return out
+
+
+def _summary_entry(rows, provider, mode, k):
+    rows = [r for r in rows if r["provider"] == provider and r["mode"] == mode and (k is None or r["kind"] == k)]
+    ok = [r for r in rows if r["status"] == "ok" and r["speedup"]]
+    bad = [r for r in rows if r["status"] in ("wrong", "error")]
+    if not ok and not bad:
+        return []
+    entry = {"provider": provider, "mode": mode, "rows": len(ok), "not_timed": len(bad)}
+    if k is not None:
+        entry["kind"] = k
+    if ok:
+        worst = min(ok, key=lambda r: r["speedup"])
+        entry.update(
+            at_least_1x=sum(r["speedup"] >= 1.0 for r in ok) / len(ok),
+            min_ratio=worst["speedup"],
+            min_case=f"{worst['op']} {worst['case']}",
+            geomean=math.exp(sum(math.log(r["speedup"]) for r in ok) / len(ok)),
+        )
+    return [entry]
 
 
 def summary_text(entries):
     lines = []
     for e in entries:
+        head = f"{e['provider']:11s} {e['mode']:8s}" + (f" {e['kind']:14s}" if "kind" in e else "")
         if not e["rows"]:
-            lines.append(f"{e['provider']:11s} {e['mode']:8s} no row timed ({e['not_timed']} wrong or error)")
+            lines.append(f"{head} no row timed ({e['not_timed']} wrong or error)")
             continue
-        lines.append(f"{e['provider']:11s} {e['mode']:8s} {e['rows']:4d} rows: {100 * e['at_least_1x']:5.1f}% >= 1.0x, "
+        lines.append(f"{head} {e['rows']:4d} rows: {100 * e['at_least_1x']:5.1f}% >= 1.0x, "
                      f"geomean {e['geomean']:.2f}x, min {e['min_ratio']:.2f}x ({e['min_case']})"
                      + (f", {e['not_timed']} wrong or error" if e["not_timed"] else ""))
     return "\n".join(lines)
@@ -322,8 +343,9 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
     for i, shape in enumerate(shapes):
         for mode in MODES:
             if max_seconds and time.perf_counter() - start > max_seconds:
-                rows += [dict(op=shape["op"], case=describe(shape), batch=shape["x"][0], mode=mode, provider=p,
-                              status="skipped", reason=f"--max-seconds {max_seconds:g} spent") for p in PROVIDERS]
+                rows += [dict(op=shape["op"], kind=kind(shape), case=describe(shape), batch=shape["x"][0], mode=mode,
+                              provider=p, status="skipped", reason=f"--max-seconds {max_seconds:g} spent")
+                         for p in PROVIDERS]
                 continue
             new = run_shape(shape, mode, rounds, budget)
             rows += new
@@ -335,7 +357,7 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
     return rows
 
 
-COLUMNS = ["op", "case", "batch", "mode", "provider", "status", "reason", "median_s", "min_s", "max_s",
+COLUMNS = ["op", "kind", "case", "batch", "mode", "provider", "status", "reason", "median_s", "min_s", "max_s",
            "calls_per_round", "rounds", "speedup", "speedup_min", "speedup_max", "gflops", "flops", "max_err",
            "x_shape", "w_shape", "stride", "padding", "dilation", "groups", "bias", "kernel", "ceil_mode", "count",
            "models"]

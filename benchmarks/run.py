@@ -501,8 +501,9 @@ def run_model_suites(args, device):
         rows = layer_suite.normalise(layer_suite.run(quick=args.quick, rounds=args.rounds, budget=args.budget,
                                                      max_seconds=args.max_seconds, only=only, log=log))
         entries = layer_suite.summary(rows)
-        extra = {"summary": entries}
-        text = layer_suite.summary_text(entries)
+        by_kind = layer_suite.summary(rows, by_kind=True)
+        extra = {"summary": entries, "summary_by_kind": by_kind}
+        text = layer_suite.summary_text(by_kind) + "\n\n" + layer_suite.summary_text(entries)
         draw = layer_suite.plot
     meta["seconds"] = round(time.perf_counter() - start, 1)
     meta["load_avg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None

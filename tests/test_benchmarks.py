@@ -424,11 +424,13 @@ def test_layers_suite_collects_shapes_with_hooks():
 def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
     """`python -m benchmarks --suite layers --quick`: a few shapes of each op, native and auto against torch,
     forward and fwd+bwd, per-row ratios and the summary (fraction >= 1.0x, minimum ratio)."""
+    from benchmarks import layer_suite
+
     out = _run_suite(tmp_path, "--suite", "layers", "--name", "l", "--rounds", "2")
     assert ">= 1.0x" in out
     with open(tmp_path / "l.csv") as f:
         rows = list(csv.DictReader(f))
-    for field in ("device_name", "op", "case", "batch", "mode", "provider", "status", "median_s", "speedup",
+    for field in ("device_name", "op", "kind", "case", "batch", "mode", "provider", "status", "median_s", "speedup",
                   "speedup_min", "speedup_max", "max_err", "x_shape", "w_shape", "stride", "padding", "dilation",
                   "groups", "bias", "kernel", "ceil_mode", "models", "count"):
         assert field in rows[0], field
@@ -439,8 +441,13 @@ def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
     for r in rows:
         assert float(r["median_s"]) > 0
         assert float(r["speedup_min"]) <= float(r["speedup"]) <= float(r["speedup_max"])
+    assert {r["kind"] for r in rows} <= set(layer_suite.KINDS) and "linear" in {r["kind"] for r in rows}
     with open(tmp_path / "l.json") as f:
-        summary = json.load(f)["summary"]
+        doc = json.load(f)
+    summary = doc["summary"]
+    by_kind = {(e["provider"], e["mode"], e["kind"]): e["rows"] for e in doc["summary_by_kind"]}
+    assert by_kind[("dlk_native", "forward", "max_pool2d")] == sum(
+        r["kind"] == "max_pool2d" and r["provider"] == "dlk_native" and r["mode"] == "forward" for r in rows)
     assert {(e["provider"], e["mode"]) for e in summary} == {(p, m) for p in ("dlk_native", "dlk_auto")
                                                              for m in ("forward", "fwd+bwd")}
     for e in summary:
