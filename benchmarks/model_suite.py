@@ -5,8 +5,9 @@ Each model (torchvision, random weights, float32, on the CPU) runs as
 - dlk_auto        dlkernels.convert(model, backend="auto");
 - dlk_native      dlkernels.convert(model, backend="native");
 - torch_compile   torch.compile(model) (only with --compile: compiling a dozen models forward and backward takes
-                  far too long on a small shared CPU); its compile time (the first call, a cold compile: inductor's
-                  on-disk FX graph cache is off) is reported apart, in compile_s, never in the step time;
+                  far too long on a small shared CPU); its compile time (the first call; inductor's FX graph cache is
+                  off, but its on-disk cache of built C++ kernels can still hit on a second run) is reported apart,
+                  in compile_s, never in the step time;
 each in two modes, on its own identical copy (same seed, same weights):
 - inference       model.eval(), torch.no_grad(), one forward;
 - training step   model.train(), forward, cross-entropy loss, backward, SGD step (optimizer.zero_grad first).
@@ -283,7 +284,7 @@ def run(quick=False, rounds=None, budget=None, compile_models=False, log=print, 
     budget = budget or (0.02 if quick else 0.6)
     providers = [p for p in PROVIDERS if p != "torch_compile" or compile_models]
     if compile_models:
-        # A cold compile every time: inductor's on-disk cache would make compile_s depend on earlier runs.
+        # No FX graph cache: compile_s would otherwise depend on earlier runs (the built kernels' cache stays).
         import torch._inductor.config as inductor_config
 
         inductor_config.fx_graph_cache = False
