@@ -698,7 +698,8 @@ def block_suite(gpu, quick):
     return block_cases(gpu, quick) + models
 
 
-SUITES = ("default", "cpu-goals", "block", "overhead")  # overhead: benchmarks/overhead.py
+SUITES = ("default", "cpu-goals", "block", "overhead", "models", "layers")
+# overhead: benchmarks/overhead.py; models: benchmarks/model_suite.py; layers: benchmarks/layer_suite.py
 
 
 def build_cases(device_type, quick=False, suite="default"):

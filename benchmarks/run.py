@@ -2,6 +2,7 @@
 the float64 reference, time the correct ones, place them on the roofline; then the table, files and plot."""
 import argparse
 import datetime
+import functools
 import itertools
 import logging
 import math
@@ -43,7 +44,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="fewer, smaller cases and shorter timing (CPU: < 1 min)")
     p.add_argument("--suite", default="default", choices=cases_mod.SUITES,
                    help="default: the roofline cases; cpu-goals: the shapes of the CPU performance goals; block: "
-                        "the fused Conv -> ReLU -> MaxPool block (TinyVGG and VGG shapes, TinyVGG converted)")
+                        "the fused Conv -> ReLU -> MaxPool block (TinyVGG and VGG shapes, TinyVGG converted); "
+                        "overhead: per-call overhead; models: whole torchvision models converted (inference and "
+                        "a training step); layers: every conv2d / linear / max_pool2d shape of those models")
     p.add_argument("--op", action="append", help=f"ops to run, comma-separated: {', '.join(cases_mod.OPS)}")
     p.add_argument("--dtype", action="append",
                    help="dtypes, comma-separated (float32, bfloat16, float16, float64); default: float32 on the "
@@ -67,9 +70,13 @@ def parse_args(argv):
     p.add_argument("--settle", type=float, default=60.0,
                    help="seconds to wait at most for a busy machine to become idle before timing (default 60; 0: "
                         "do not wait)")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--rounds", type=int,
                    help="time the providers of each case in turn, this many times each, and report the median of "
-                        "the rounds (steadier ratios on a shared machine; default 1: one after the other)")
+                        "the rounds (steadier ratios on a shared machine; default 1: one after the other; "
+                        "--suite models: 5, --suite layers: 3, 2 with --quick)")
+    p.add_argument("--compile", action="store_true",
+                   help="--suite models: time torch.compile too (its compile time reported apart, in compile_s); "
+                        "off by default: compiling every model forward and backward takes long on a small CPU")
     p.add_argument("--threads", type=int, help="CPU threads for torch and dlkernels (default: torch's, all cores); "
                                                "1 measures one core, steadier on a shared machine")
     p.add_argument("--tf32", action="store_true", help="allow TF32 for float32 matmul/conv on CUDA (off by default)")
@@ -457,6 +464,63 @@ def run_overhead(args, device):
     return 0
 
 
+def run_model_suites(args, device):
+    """--suite models (benchmarks/model_suite.py) and --suite layers (benchmarks/layer_suite.py), on the CPU:
+    CSV, JSON (with the summary) and PNG under the results folder, a Markdown table / summary on stdout."""
+    import json
+
+    from . import layer_suite, model_suite
+
+    if device.type != "cpu":
+        raise SystemExit(f"--suite {args.suite} runs on the CPU for now (--device cpu)")
+    if args.rounds is not None and args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    meta = collect_meta(device, args, args.quick)
+    out_dir = args.out or os.path.join(REPO, "benchmark-results", meta["device_slug"])
+    stem = args.name or (args.suite + ("-quick" if args.quick else ""))
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"dlkernels --suite {args.suite} on {meta['device_name']} ({meta['threads']} threads), torch "
+          f"{meta['torch']}, commit {meta['git_commit'][:10]}{' (dirty)' if meta['git_dirty'] else ''}", flush=True)
+    meta["busy_cores_at_start"] = wait_until_idle(args.settle)
+    start = time.perf_counter()
+    only = split(args.shapes)
+    log = functools.partial(print, flush=True)  # a log file shows each model / shape as it ends
+    torch.manual_seed(0)
+    if args.suite == "models":
+        config = torch._dynamo.config
+        limit_name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit_name, max(getattr(config, limit_name), 64))
+        meta["compile"] = bool(args.compile)
+        rows = model_suite.normalise(model_suite.run(quick=args.quick, rounds=args.rounds, budget=args.budget,
+                                                     compile_models=args.compile, max_seconds=args.max_seconds,
+                                                     only=only, log=log))
+        extra = {}
+        text = model_suite.table(rows)
+        draw = model_suite.plot
+    else:
+        rows = layer_suite.normalise(layer_suite.run(quick=args.quick, rounds=args.rounds, budget=args.budget,
+                                                     max_seconds=args.max_seconds, only=only, log=log))
+        entries = layer_suite.summary(rows)
+        by_kind = layer_suite.summary(rows, by_kind=True)
+        extra = {"summary": entries, "summary_by_kind": by_kind}
+        text = layer_suite.summary_text(by_kind) + "\n\n" + layer_suite.summary_text(entries)
+        draw = layer_suite.plot
+    meta["seconds"] = round(time.perf_counter() - start, 1)
+    meta["load_avg_1m_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    csv_path = os.path.join(out_dir, stem + ".csv")
+    json_path = os.path.join(out_dir, stem + ".json")
+    report.write_csv(csv_path, rows, meta)
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, **extra, "rows": rows}, f, indent=1, default=str)
+    drawn = None if args.no_plot else draw(os.path.join(out_dir, stem + ".png"), rows, meta)
+    print()
+    print(text)
+    print(f"wrote {csv_path}, {json_path}" + (f", {drawn}" if drawn else ""))
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "wrong", "error", "skipped")}
+    print(f"{len(rows)} rows: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + f" in {meta['seconds']:.0f} s")
+    return 1 if counts["wrong"] or counts["error"] else 0
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.getLogger("torch.utils.cpp_extension").addFilter(_NoGpuCudaHomeNotice())
@@ -470,6 +534,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.suite == "overhead":
         return run_overhead(args, device)
+    if args.suite in ("models", "layers"):
+        return run_model_suites(args, device)
     if device.type == "cuda" and not args.list:
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda, but no CUDA device is visible")
@@ -540,7 +606,7 @@ def main(argv=None):
                     rows.append(row)
             continue
         rows += run_case(case, dtype, modes, providers, device, ceilings, budget, progress, left_out,
-                         rounds=max(1, args.rounds))
+                         rounds=max(1, args.rounds or 1))
         # Written after every case, so that a run stopped by a time limit still leaves its rows.
         report.write_csv(csv_path, rows, meta)
         report.write_json(json_path, rows, meta, ceilings, datasheet_name, datasheet)

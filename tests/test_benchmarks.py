@@ -340,3 +340,139 @@ def test_overhead_suite_runs_and_writes_its_rows(tmp_path):
     for r in rows:
         assert float(r["dlkernels_us"]) > 0 and float(r["torch_us"]) > 0
         assert float(r["ratio_min"]) <= float(r["ratio"]) <= float(r["ratio_max"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model and layer suites
+
+
+def _run_suite(tmp_path, *extra):
+    cmd = [sys.executable, "-m", "benchmarks", *extra, "--quick", "--threads", "1", "--device", "cpu",
+           "--out", str(tmp_path), "--settle", "0", "--no-plot"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_models_suite_quick_writes_its_rows(tmp_path):
+    """`python -m benchmarks --suite models --quick`: TinyVGG, resnet18 and mobilenet_v3_small with frozen
+    features, inference and a training step, torch eager against convert(backend="auto") and ("native"), the
+    ratios with their ranges, the conversion report per model and the geomean rows."""
+    from benchmarks import model_suite
+
+    out = _run_suite(tmp_path, "--suite", "models", "--name", "m", "--rounds", "2", "--budget", "0.01")
+    assert "| geomean |" in out and "vs eager" in out
+    with open(tmp_path / "m.csv") as f:
+        rows = list(csv.DictReader(f))
+    for field in ("device_name", "torch", "git_commit", "threads", "model", "input", "mode", "provider", "status",
+                  "median_s", "min_s", "max_s", "rounds", "compile_s", "max_err", "vs_eager", "vs_eager_min",
+                  "vs_eager_max", "vs_compile", "converted", "converted_layers", "fused", "pooled", "left"):
+        assert field in rows[0], field
+    assert {r["threads"] for r in rows} == {"1"}
+    models = [r for r in rows if r["model"] != "geomean"]
+    assert {r["model"] for r in models} == {s.name for s in model_suite.QUICK_MODELS}
+    assert {r["mode"] for r in rows} == {"inference", "training step"}
+    assert {r["provider"] for r in rows} == {"torch_eager", "dlk_auto", "dlk_native"}  # compile: --compile only
+    assert all(r["status"] == "ok" for r in rows), [(r["model"], r["provider"], r["reason"]) for r in rows]
+    for r in models:
+        assert float(r["min_s"]) <= float(r["median_s"]) <= float(r["max_s"]) and r["rounds"] == "2"
+        assert float(r["vs_eager_min"]) <= float(r["vs_eager"]) <= float(r["vs_eager_max"])
+        if r["provider"] == "torch_eager":
+            assert float(r["vs_eager"]) == pytest.approx(1.0) and r["converted"] == ""
+        else:
+            assert float(r["max_err"]) <= model_suite.TOLERANCE and int(r["converted"]) > 0
+            assert r["converted_layers"].count(":") == int(r["converted"])
+    tiny = next(r for r in models if r["model"] == "tinyvgg" and r["provider"] == "dlk_native")
+    assert int(tiny["converted"]) == 5 and "classifier.1:Linear" in tiny["converted_layers"]
+    geo = [r for r in rows if r["model"] == "geomean"]
+    assert {(r["mode"], r["provider"]) for r in geo} == {(m, p) for m in model_suite.MODES
+                                                         for p in ("torch_eager", "dlk_auto", "dlk_native")}
+    with open(tmp_path / "m.json") as f:
+        doc = json.load(f)
+    assert doc["meta"]["compile"] is False and len(doc["rows"]) == len(rows)
+
+
+def test_frozen_features_train_the_classifier_only():
+    from benchmarks import model_suite
+
+    spec = model_suite.QUICK_MODELS[-1]
+    assert spec.frozen
+    model, _ = model_suite._build_provider("dlk_native", spec, "training step", spec.build())
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("classifier.") for n in trained)
+
+
+def test_layers_suite_collects_shapes_with_hooks():
+    from benchmarks import layer_suite, model_suite
+
+    tiny = [s for s in model_suite.MODELS if s.name == "tinyvgg"]
+    shapes = layer_suite.collect_shapes(tiny, (1, 8))
+    by_op = {}
+    for s in shapes:
+        by_op.setdefault(s["op"], []).append(s)
+    # TinyVGG at batch 1 and 8: convs 1->10 at 28, 10->10 at 28 and at 14 (twice: one shape); pools at 28 and 14;
+    # the linear 490 -> 10. Each per batch.
+    assert len(by_op["conv2d"]) == 6 and len(by_op["max_pool2d"]) == 4 and len(by_op["linear"]) == 2
+    conv14 = next(s for s in by_op["conv2d"] if s["x"] == (1, 10, 14, 14))
+    assert conv14["count"] == 2 and conv14["w"] == (10, 10, 3, 3) and conv14["padding"] == (1, 1)
+    assert conv14["models"] == ["tinyvgg"] and conv14["bias"] and conv14["groups"] == 1
+    assert {s["x"] for s in by_op["linear"]} == {(1, 490), (8, 490)}
+    pool = next(s for s in by_op["max_pool2d"] if s["x"] == (8, 10, 28, 28))
+    assert pool["kernel"] == (2, 2) and pool["stride"] == (2, 2) and not pool["ceil_mode"]
+
+
+def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
+    """`python -m benchmarks --suite layers --quick`: a few shapes of each op, native and auto against torch,
+    forward and fwd+bwd, per-row ratios and the summary (fraction >= 1.0x, minimum ratio)."""
+    from benchmarks import layer_suite
+
+    out = _run_suite(tmp_path, "--suite", "layers", "--name", "l", "--rounds", "2")
+    assert ">= 1.0x" in out
+    with open(tmp_path / "l.csv") as f:
+        rows = list(csv.DictReader(f))
+    for field in ("device_name", "op", "kind", "case", "batch", "mode", "provider", "status", "median_s", "speedup",
+                  "speedup_min", "speedup_max", "max_err", "x_shape", "w_shape", "stride", "padding", "dilation",
+                  "groups", "bias", "kernel", "ceil_mode", "models", "count"):
+        assert field in rows[0], field
+    assert {r["op"] for r in rows} == {"conv2d", "linear", "max_pool2d"}
+    assert {r["mode"] for r in rows} == {"forward", "fwd+bwd"}
+    assert {r["provider"] for r in rows} == {"torch_eager", "dlk_native", "dlk_auto"}
+    assert all(r["status"] == "ok" for r in rows), [(r["case"], r["provider"], r["reason"]) for r in rows]
+    for r in rows:
+        assert float(r["median_s"]) > 0
+        assert float(r["speedup_min"]) <= float(r["speedup"]) <= float(r["speedup_max"])
+    assert {r["kind"] for r in rows} <= set(layer_suite.KINDS) and "linear" in {r["kind"] for r in rows}
+    with open(tmp_path / "l.json") as f:
+        doc = json.load(f)
+    summary = doc["summary"]
+    by_kind = {(e["provider"], e["mode"], e["kind"]): e["rows"] for e in doc["summary_by_kind"]}
+    assert by_kind[("dlk_native", "forward", "max_pool2d")] == sum(
+        r["kind"] == "max_pool2d" and r["provider"] == "dlk_native" and r["mode"] == "forward" for r in rows)
+    assert {(e["provider"], e["mode"]) for e in summary} == {(p, m) for p in ("dlk_native", "dlk_auto")
+                                                             for m in ("forward", "fwd+bwd")}
+    for e in summary:
+        assert 0.0 <= e["at_least_1x"] <= 1.0 and e["min_ratio"] > 0 and e["rows"] == len(rows) // 6
+
+
+def test_models_geomean_and_table_with_compile_columns():
+    from benchmarks import model_suite
+
+    def row(model, provider, t, eager_t, compile_t=None, compile_s=None):
+        r = {"model": model, "input": "1x3", "mode": "inference", "provider": provider, "status": "ok",
+             "median_s": t, "compile_s": compile_s, "converted": 3 if provider.startswith("dlk") else None,
+             "vs_eager": eager_t / t, "vs_eager_min": eager_t / t, "vs_eager_max": eager_t / t}
+        if compile_t:
+            r.update(vs_compile=compile_t / t, vs_compile_min=compile_t / t, vs_compile_max=compile_t / t)
+        return r
+
+    rows = [row("a", "torch_eager", 1.0, 1.0, 2.0), row("a", "torch_compile", 2.0, 1.0, 2.0, compile_s=12.0),
+            row("a", "dlk_native", 0.5, 1.0, 2.0), row("b", "torch_eager", 1.0, 1.0, 1.0),
+            row("b", "torch_compile", 1.0, 1.0, 1.0, compile_s=3.0), row("b", "dlk_native", 2.0, 1.0, 1.0)]
+    geo = {r["provider"]: r for r in model_suite.geomean_rows(rows)}
+    assert geo["dlk_native"]["vs_eager"] == pytest.approx(1.0)  # sqrt(2 * 0.5)
+    assert geo["dlk_native"]["vs_compile"] == pytest.approx(math.sqrt(4 * 0.5))
+    assert geo["dlk_native"]["reason"].startswith("worst: b")
+    text = model_suite.table(model_suite.normalise(rows + list(geo.values())))
+    assert "dlk_native vs compile" in text and "| compile (s) |" in text
+    line_a = next(line for line in text.splitlines() if line.startswith("| a |"))
+    assert "| 12 |" in line_a and "2.00 (2.00-2.00)" in line_a
