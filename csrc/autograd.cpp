@@ -643,10 +643,9 @@ struct Conv2dMaxPoolBackward final : public LayerBackward {
     static const auto backward_op = op_handle<Conv2dMaxPoolBackwardSig>("dlkernels::conv2d_maxpool_backward");
     if (!grad.defined()) return variable_list(3);
     BackwardDispatch dispatch;
-    auto [grad_x, grad_w, grad_b] =
-        backward_op.call(grad, t[0], t[1], optional_tensor(t[2]), optional_tensor(t[3]), index, a.stride, a.padding,
-                         a.dilation, a.groups, activation, alpha, beta, a.pool_kernel_size, a.pool_stride,
-                         a.pool_padding, a.pool_ceil_mode, mask);
+    auto [grad_x, grad_w, grad_b] = backward_op.call(
+        grad, t[0], t[1], optional_tensor(t[2]), optional_tensor(t[3]), index, a.stride, a.padding, a.dilation,
+        a.groups, activation, alpha, beta, a.pool_kernel_size, a.pool_stride, a.pool_padding, a.pool_ceil_mode, mask);
     if (grad_x.defined()) grad_x = grad_x.contiguous(a.x_format);  // no copy when it already is in x's layout
     return {grad_x, grad_w, grad_b};
   }
@@ -723,9 +722,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_autograd(
     return call();
   }
   auto node = c10::make_intrusive<Conv2dMaxPoolBackward>();
-  node->args_ = {stride.vec(),           padding.vec(),     dilation.vec(),       groups,
-                 pool_kernel_size.vec(), pool_stride.vec(), pool_padding.vec(), pool_ceil_mode,
-                 x.suggest_memory_format()};
+  node->args_ = {
+      stride.vec(),       padding.vec(),  dilation.vec(),           groups, pool_kernel_size.vec(), pool_stride.vec(),
+      pool_padding.vec(), pool_ceil_mode, x.suggest_memory_format()};
   at::Tensor index;
   // The window index takes no gradient: only the pooled output gets the node as its grad_fn.
   const at::Tensor out = record_layer(node, x, weight, bias, activation, alpha, beta, "conv2d_maxpool", [&] {

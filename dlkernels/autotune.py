@@ -2,10 +2,10 @@
 Triton on a GPU), measured on this machine the first time a call signature is seen, and remembered on disk.
 
 A call signature (a key, built by dlkernels.ops._auto) is what decides the speed of a call: the op, the
-device, dtype, the tensors' shapes and x's strides (its layout), the op's arguments, the intra-op thread count,
-and whether autograd records (and for which inputs), since a training call runs the backward as well. Inference keys are timed on the forward,
-training keys on the forward and the backward of the inputs that require grad, so that a kernel that is fast
-forward but slow backward is not picked for training.
+device, dtype, the tensors' shapes and x's strides (its layout), the op's arguments, the intra-op thread
+count, and whether autograd records (and for which inputs), since a training call runs the backward as well.
+Inference keys are timed on the forward, training keys on the forward and the backward of the inputs that
+require grad, so that a kernel that is fast forward but slow backward is not picked for training.
 
 Measuring uses inputs of the call's shapes filled from a private generator (the user's random stream is not
 touched): the candidates are run in turn, alternately, for a few rounds, and the smallest median wins. The
@@ -139,7 +139,8 @@ def _save(name, entry):
         if not _warned_unwritable:
             _warned_unwritable = True
             warnings.warn(f"dlkernels: cannot write the autotune cache {path} ({error}); measurements are kept "
-                          f"for this process only (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning)
+                          f"for this process only (set {ENV_CACHE_DIR} to a writable folder)", RuntimeWarning,
+                          stacklevel=2)
 
 
 def entries():

@@ -164,7 +164,7 @@ def test_converted_model_reports_what_each_layer_ran(tuning, one_thread):
     converted(x).sum().backward()
     ran = report.implementations()
     assert set(ran) == {"0", "2", "4"}
-    for name, modes in ran.items():
+    for modes in ran.values():
         assert set(modes) == {"inference", "training"} and set(modes.values()) <= {"native", "reference"}
     assert "runs       0: inference" in str(report)
     assert report.to_dict()["implementations"] == ran
