@@ -31,6 +31,7 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
+#include "cpu/conv2d_cpu_depthwise.h"
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -117,6 +118,28 @@ void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, i
   pack_im2col(s, xg, j0, nr, k0, kc, dst, NR);
 }
 
+// A 1x1 convolution with stride 1 and no padding: a plain GEMM per image and group.
+inline bool conv2d_is_pointwise(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.OH == s.H && s.OW == s.W;
+}
+
+// A strided 1x1 convolution without padding reads only the pixels (oh * sh, ow * sw): it is the pointwise
+// convolution of those pixels, gathered once (x[:, :, ::sh, ::sw]); its grad_x is zero elsewhere.
+inline bool conv2d_is_strided_pointwise(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && (s.sh > 1 || s.sw > 1) && s.ph == 0 && s.pw == 0;
+}
+inline ConvShape strided_pointwise_as_pointwise(const ConvShape& s) {
+  ConvShape t = s;
+  t.H = s.OH, t.W = s.OW, t.sh = t.sw = 1, t.dh = t.dw = 1;
+  return t;
+}
+inline at::Tensor strided_pixels(const ConvShape& s, const at::Tensor& t) {  // a view
+  return t.slice(2, 0, c10::nullopt, s.sh).slice(3, 0, c10::nullopt, s.sw);
+}
+inline at::Tensor gather_strided_pointwise(const ConvShape& s, const at::Tensor& x) {
+  return strided_pixels(s, x).contiguous();
+}
+
 template <typename acc_t, typename Post>
 struct Conv2dForwardGemm {
   int64_t batch, M, N, K, num_a;
@@ -139,7 +162,12 @@ struct Conv2dForwardGemm {
   }
   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const int64_t n = b / s.groups, g = b % s.groups;
-    pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
+    const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
+    if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
+      pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
+    } else {
+      pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
+    }
   }
   acc_t* c(int64_t b) const { return out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N; }
   const acc_t* bias_m(int64_t b) const { return bias ? bias + (b % s.groups) * s.Kg : nullptr; }
@@ -165,6 +193,16 @@ struct NoPost {
   template <typename T>
   void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
 };
+
+// z = conv(x, w) + bias in acc_t, no activation: the direct kernel for depthwise shapes, else the GEMM.
+template <typename acc_t>
+void conv2d_z(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
+  if (conv2d_is_depthwise(s)) {
+    depthwise_forward<acc_t>(s, x, w, bias, z, false);
+  } else {
+    conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
+  }
+}
 
 // grad_w[g] [Kg, Cg*KH*KW] = sum over n of gz[n, g] [Kg, P] @ col(x[n, g])^T [P, Cg*KH*KW]: one GEMM per
 // group whose K runs over (n, position), so the batch sum is accumulated in registers in a fixed order.
@@ -303,6 +341,21 @@ void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t*
   gemm_run<acc_t>(g);
 }
 
+// One phase r of a strided dimension (input positions r + stride * u): `size` positions u, and the taps
+// that read them, `taps` of them from `first` on, every stride-th one; tap `first` reads input r + stride * u
+// for output u + shift.
+struct Phase {
+  int64_t size, first, taps, shift;
+};
+inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, int64_t in) {
+  Phase p;
+  p.size = in > r ? (in - r + stride - 1) / stride : 0;
+  p.first = (r + pad) % stride;
+  p.taps = p.first < kernel ? (kernel - 1 - p.first) / stride + 1 : 0;
+  p.shift = (r + pad - p.first) / stride;
+  return p;
+}
+
 // Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
 // not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
 // NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
@@ -326,6 +379,23 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   };
   constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
 
+  if (conv2d_is_depthwise(s)) {  // the direct kernels, into acc_t, rounded once
+    auto round_into = [](const at::Tensor& acc, const at::Tensor& dst) {
+      if (!direct) dst.copy_(acc);
+    };
+    if (grad_x.defined() && grad_x.numel() > 0) {
+      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
+      depthwise_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
+      round_into(gxa, grad_x);
+    }
+    if (grad_w.defined() && grad_w.numel() > 0) {
+      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+      depthwise_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
+      round_into(gwa, grad_w);
+    }
+    return;
+  }
+
   // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
   // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
   const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
@@ -341,9 +411,71 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
                                  !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
   }
 
-  // Step 2a, other strides: the direct scatter.
-  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm) {
+  // Step 2a, other strides, no dilation: phase by phase. The input pixels (a + sh * u, b + sw * v) of one
+  // phase receive gradient only from the taps kh = a + ph (mod sh), kw = b + pw (mod sw), from gz rows
+  // u + (a + ph - kh) / sh: a stride-1 convolution of gz with those taps (flipped, k and c swapped), the
+  // forward implicit GEMM; no zeros are scattered or multiplied.
+  const bool x_by_phases = !x_by_gemm && s.dh == 1 && s.dw == 1;
+  if (grad_x.defined() && grad_x.numel() > 0 && x_by_phases) {
+    for (int64_t a = 0; a < s.sh; ++a) {
+      for (int64_t b = 0; b < s.sw; ++b) {
+        const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
+        if (ph.size == 0 || pw.size == 0) continue;
+        at::Tensor dst = grad_x.slice(2, a, c10::nullopt, s.sh).slice(3, b, c10::nullopt, s.sw);
+        if (ph.taps == 0 || pw.taps == 0) {
+          dst.zero_();
+          continue;
+        }
+        ConvShape t = s;
+        t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = ph.size, t.OW = pw.size;
+        t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
+        t.ph = ph.taps - 1 - ph.shift, t.pw = pw.taps - 1 - pw.shift;
+        t.Cg = s.Kg, t.Kg = s.Cg;
+        const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW})
+                                  .slice(3, ph.first, c10::nullopt, s.sh)
+                                  .slice(4, pw.first, c10::nullopt, s.sw)
+                                  .flip({3, 4})
+                                  .transpose(1, 2)
+                                  .contiguous();
+        at::Tensor out = empty_output({s.N, s.C, t.OH, t.OW}, opts);
+        conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, out.mutable_data_ptr<acc_t>(), false,
+                                     false, NoPost{});
+        dst.copy_(out);
+      }
+    }
+  }
+
+  // Step 2a, other strides and dilations: the direct scatter.
+  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm && !x_by_phases) {
     conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
+  }
+
+  // Step 2b, strides, no dilation: phase by phase. The taps of one phase (kh = a + ph (mod sh), ...) read
+  // only the input pixels (a + sh * u, b + sw * v): their gradient is the stride-1 weight gradient of that
+  // gathered phase image, whose packing reads contiguous runs.
+  if (grad_w.defined() && grad_w.numel() > 0 && (s.sh > 1 || s.sw > 1) && s.dh == 1 && s.dw == 1) {
+    at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+    for (int64_t a = 0; a < s.sh; ++a) {
+      for (int64_t b = 0; b < s.sw; ++b) {
+        const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
+        if (ph.taps == 0 || pw.taps == 0) continue;
+        at::Tensor dst = gwa.slice(2, ph.first, c10::nullopt, s.sh).slice(3, pw.first, c10::nullopt, s.sw);
+        if (ph.size == 0 || pw.size == 0) {  // the taps read only padding
+          dst.zero_();
+          continue;
+        }
+        const at::Tensor xab = xa.slice(2, a, c10::nullopt, s.sh).slice(3, b, c10::nullopt, s.sw).contiguous();
+        ConvShape t = s;
+        t.H = ph.size, t.W = pw.size, t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
+        t.ph = ph.shift, t.pw = pw.shift;  // tap `first` reads phase row oh - shift
+        at::Tensor sub = empty_output({s.K, s.Cg, t.KH, t.KW}, opts);
+        conv2d_grad_weight_kernel<acc_t>(t, gz_p, xab.const_data_ptr<acc_t>(), sub.mutable_data_ptr<acc_t>(), false,
+                                         NoPost{});
+        dst.copy_(sub);
+      }
+    }
+    if (!direct) grad_w.copy_(gwa);
+    return;
   }
 
   // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
@@ -369,7 +501,10 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor xa = as_acc(x, acc_type);
+    // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads.
+    const bool spw = conv2d_is_strided_pointwise(s);
+    const ConvShape se = spw ? strided_pointwise_as_pointwise(s) : s;
+    const at::Tensor xa = spw ? gather_strided_pointwise(s, x).to(acc_type) : as_acc(x, acc_type);
     const at::Tensor wa = as_acc(weight, acc_type);
     const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
@@ -390,9 +525,22 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
           }
         }
       };
-      conv2d_forward_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                                   ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
-                                   A == Activation::ReLU, !(direct && in_kernel), post);
+      const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
+      if (conv2d_is_depthwise(s)) {
+        // The direct kernel, then the activation and rounding plane by plane.
+        depthwise_forward<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                 cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU);
+        if (!(direct && in_kernel)) {
+          acc_t* c = cbuf.mutable_data_ptr<acc_t>();
+          at::parallel_for(0, s.N * s.K, std::max<int64_t>(1, 16384 / plane), [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) post(p, 0, 1, static_cast<int>(plane), c + p * plane, plane);
+          });
+        }
+      } else {
+        conv2d_forward_kernel<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                     cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU, !(direct && in_kernel),
+                                     post);
+      }
     });
   });
   return out.contiguous(memory_format);
@@ -427,7 +575,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     // x and weight are read only where needed: autograd passes expanded stand-ins for the others.
     const bool recompute = grad_needs_preactivation(act);
-    const at::Tensor xa = need_w || recompute ? as_acc(x, acc_type) : at::Tensor();
+    // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads (grad_x: zero elsewhere).
+    const bool spw = conv2d_is_strided_pointwise(s);
+    const ConvShape se = spw ? strided_pointwise_as_pointwise(s) : s;
+    const at::Tensor xa =
+        need_w || recompute ? (spw ? gather_strided_pointwise(s, x).to(acc_type) : as_acc(x, acc_type)) : at::Tensor();
     const at::Tensor wa = need_x || recompute ? as_acc(weight, acc_type) : at::Tensor();
     const acc_t* x_p = xa.defined() ? xa.const_data_ptr<acc_t>() : nullptr;
     const acc_t* w_p = wa.defined() ? wa.const_data_ptr<acc_t>() : nullptr;
@@ -465,8 +617,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
         const acc_t* z_p = z.mutable_data_ptr<acc_t>();
-        conv2d_forward_kernel<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                     z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
+        conv2d_z<acc_t>(se, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, z.mutable_data_ptr<acc_t>());
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const acc_t* zp = z_p + p * plane;
@@ -500,8 +651,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     }
 
     // Steps 2a and 2b.
-    conv2d_input_weight_grads<scalar_t>(s, gz_p, xa, wa, need_x ? grad_x : at::Tensor(),
-                                        need_w ? grad_w : at::Tensor());
+    at::Tensor gx = need_x && spw ? empty_output({s.N, s.C, s.OH, s.OW}, opts) : grad_x;
+    conv2d_input_weight_grads<scalar_t>(se, gz_p, xa, wa, need_x ? gx : at::Tensor(), need_w ? grad_w : at::Tensor());
+    if (need_x && spw) {
+      grad_x.zero_();
+      strided_pixels(s, grad_x).copy_(gx);
+    }
   });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());
   return {grad_x, grad_w, grad_b};
@@ -519,7 +674,7 @@ template void conv2d_pack_im2col<double>(const ConvShape&, const double*, int64_
 
 template <typename acc_t>
 void conv2d_preactivation_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
-  conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
+  conv2d_z<acc_t>(s, x, w, bias, z);
 }
 template void conv2d_preactivation_kernel<float>(const ConvShape&, const float*, const float*, const float*, float*);
 template void conv2d_preactivation_kernel<double>(const ConvShape&, const double*, const double*, const double*,
