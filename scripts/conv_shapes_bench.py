@@ -1,11 +1,12 @@
 """Native CPU conv2d against eager PyTorch on layer shapes of real models (forward, forward + backward).
 
-Usage: python3 scripts/conv_shapes_bench.py [--batch 1 8] [--filter WORD] [--channels-last] [--dtype float32]
+Usage: PYTHONPATH=. python3 scripts/conv_shapes_bench.py [--batch 1 8] [--filter WORD] [--channels-last]
+       [--dtype float32] [--threads 1]
 Prints one row per (layer, batch): time of eager and native and their ratio (eager / native: > 1 is faster).
-Times are the median of repeated runs, alternating the two sides so that load from other processes hits both.
+Times are the fastest of repeated runs (on a shared machine the median mostly measures other processes),
+alternating the two sides so that load from other processes hits both.
 """
 import argparse
-import statistics
 import time
 
 import torch
@@ -92,7 +93,7 @@ def measure(layer, batch, backward, dtype, channels_last, budget, rounds):
     for _ in range(rounds):  # alternate the sides
         te += timeit(eager, budget)
         tn += timeit(native, budget)
-    return statistics.median(te), statistics.median(tn)
+    return min(te), min(tn)
 
 
 def main():
@@ -104,8 +105,11 @@ def main():
     parser.add_argument("--budget", type=float, default=0.15, help="seconds per side per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    print(f"dlkernels from {dlkernels.__file__}")
     print(f"threads {torch.get_num_threads()}, {args.dtype}, {'channels_last' if args.channels_last else 'NCHW'}")
     print(f"{'layer':28s} {'N':>2s} {'fwd eager ms':>12s} {'native':>8s} {'ratio':>6s}   "
           f"{'f+b eager ms':>12s} {'native':>8s} {'ratio':>6s}")

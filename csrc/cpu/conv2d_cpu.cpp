@@ -140,6 +140,74 @@ inline at::Tensor gather_strided_pointwise(const ConvShape& s, const at::Tensor&
   return strided_pixels(s, x).contiguous();
 }
 
+// x [N, C, H, W] split into phases: xq[n, c, a, b, u, v] = x[n, c, a + sh * u, b + sw * v] for
+// u < Hq = ceil(H / sh), v < Wq = ceil(W / sw), zero past the image. Tap (kh, kw) of output (oh, ow) reads
+// phase ((kh * dh - ph) mod sh, (kw * dw - pw) mod sw) at (oh + floor((kh * dh - ph) / sh), ow + floor(...)):
+// along an output row, a contiguous run, whatever the stride.
+template <typename acc_t>
+at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
+  const int64_t Hq = (s.H + s.sh - 1) / s.sh, Wq = (s.W + s.sw - 1) / s.sw;
+  at::Tensor xq =
+      empty_output({s.N, s.C, s.sh, s.sw, Hq, Wq}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* q = xq.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.N * s.C, std::max<int64_t>(1, 16384 / (s.H * s.W)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t* src = x + p * s.H * s.W;
+      for (int64_t a = 0; a < s.sh; ++a) {
+        for (int64_t b = 0; b < s.sw; ++b) {
+          acc_t* dst = q + ((p * s.sh + a) * s.sw + b) * Hq * Wq;
+          for (int64_t u = 0; u < Hq; ++u) {
+            const int64_t ih = a + s.sh * u;
+            for (int64_t v = 0; v < Wq; ++v) {
+              const int64_t iw = b + s.sw * v;
+              dst[u * Wq + v] = ih < s.H && iw < s.W ? src[ih * s.W + iw] : acc_t(0);
+            }
+          }
+        }
+      }
+    }
+  });
+  return xq;
+}
+
+// pack_im2col from the phases of x (xq: the image-group's first channel of phase_split's result): each
+// output-row segment of a panel row is one contiguous run of a phase row (strided convs, where reading x
+// itself takes one element at a time).
+template <typename acc_t>
+void pack_im2col_phased(const ConvShape& s, const acc_t* xq, int64_t Hq, int64_t Wq, int64_t j0, int nr, int64_t k0,
+                        int64_t kc, acc_t* dst, int NR) {
+  const int64_t taps = s.KH * s.KW;
+  auto floor_mod = [](int64_t v, int64_t m) { return ((v % m) + m) % m; };
+  for (int64_t k = k0; k < k0 + kc; ++k) {
+    const int64_t c = k / taps, kh = (k % taps) / s.KW, kw = k % s.KW;
+    const int64_t eh = kh * s.dh - s.ph, ew = kw * s.dw - s.pw;
+    const int64_t a = floor_mod(eh, s.sh), b = floor_mod(ew, s.sw);
+    const int64_t dr = (eh - a) / s.sh, dc = (ew - b) / s.sw;  // row and column offsets within the phase
+    const acc_t* plane = xq + ((c * s.sh + a) * s.sw + b) * Hq * Wq;
+    acc_t* d = dst + (k - k0) * NR;
+    int64_t oh = j0 / s.OW, ow = j0 % s.OW;
+    for (int jj = 0; jj < nr;) {
+      const int seg = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));
+      const int64_t ih = oh + dr;
+      if (ih < 0 || ih >= Hq) {
+        std::fill(d + jj, d + jj + seg, acc_t(0));
+      } else {
+        const acc_t* row = plane + ih * Wq + ow + dc;
+        const int lo = static_cast<int>(std::clamp<int64_t>(-(ow + dc), 0, seg));
+        const int hi = static_cast<int>(std::clamp<int64_t>(Wq - (ow + dc), lo, seg));
+        acc_t* o = d + jj;
+        for (int t = 0; t < lo; ++t) o[t] = acc_t(0);
+        for (int t = lo; t < hi; ++t) o[t] = row[t];
+        for (int t = hi; t < seg; ++t) o[t] = acc_t(0);
+      }
+      jj += seg;
+      ow = 0;
+      ++oh;
+    }
+    std::fill(d + nr, d + NR, acc_t(0));
+  }
+}
+
 template <typename acc_t, typename Post>
 struct Conv2dForwardGemm {
   int64_t batch, M, N, K, num_a;
@@ -151,6 +219,8 @@ struct Conv2dForwardGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
+  const acc_t* xq = nullptr;  // x split into phases (see phase_split) when the stride along W is not 1
+  int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t b) const { return b % s.groups; }
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
@@ -165,6 +235,8 @@ struct Conv2dForwardGemm {
     const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
     if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
       pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
+    } else if (xq) {
+      pack_im2col_phased(s, xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq, Hq, Wq, j0, nr, k0, kc, dst, NR);
     } else {
       pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
     }
@@ -186,6 +258,12 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
   const int64_t P = s.OH * s.OW;
   Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
                                    relu,           has_post, post};
+  at::Tensor xq;
+  if (s.sw > 1 && !conv2d_is_pointwise(s)) {
+    xq = phase_split<acc_t>(s, x);
+    g.xq = xq.const_data_ptr<acc_t>();
+    g.Hq = xq.size(4), g.Wq = xq.size(5);
+  }
   gemm_run<acc_t>(g);
 }
 

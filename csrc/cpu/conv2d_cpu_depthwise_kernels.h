@@ -12,22 +12,20 @@
 // Requires: cpu/conv2d_cpu_depthwise.h (DwGeom) and common/op_args.h (ConvShape) included before.
 
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
+// off[tap]: where tap (kh, kw) starts reading in P, relative to the output row's first position.
 template <class VO, int U>
-DLK_ALWAYS_INLINE void dw_fwd_chunk(const ConvShape& s, const DwGeom& g, const typename VO::T* P,
-                                    const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, int64_t oh,
-                                    int64_t ow0, bool relu) {
+DLK_ALWAYS_INLINE void dw_fwd_chunk(const ConvShape& s, const int64_t* off, const typename VO::T* P,
+                                    const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, int64_t ow0,
+                                    bool relu) {
   using V = typename VO::V;
   constexpr int L = VO::L;
   V acc[U];
   for (int u = 0; u < U; ++u) acc[u] = VO::set1(bk);
-  for (int64_t kh = 0; kh < s.KH; ++kh) {
-    const typename VO::T* row = P + (oh * s.sh + kh * s.dh) * g.RS + ow0;
-    for (int64_t kw = 0; kw < s.KW; ++kw) {
-      const int64_t t = kw * s.dw;
-      const typename VO::T* src = row + (t % s.sw) * g.plane + t / s.sw;
-      const V wv = VO::set1(wk[kh * s.KW + kw]);
-      for (int u = 0; u < U; ++u) acc[u] = VO::fma(wv, VO::load(src + u * L), acc[u]);
-    }
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const typename VO::T* src = P + off[tap] + ow0;
+    const V wv = VO::set1(wk[tap]);
+    for (int u = 0; u < U; ++u) acc[u] = VO::fma(wv, VO::load(src + u * L), acc[u]);
   }
   for (int u = 0; u < U; ++u) {
     const V r = relu ? VO::relu(acc[u]) : acc[u];
@@ -51,9 +49,10 @@ DLK_ALWAYS_INLINE void dw_fill_phases(const ConvShape& s, const DwGeom& g, const
     if (s.sw == 1) {
       for (int64_t iw = 0; iw < s.W; ++iw) dst[iw + s.pw] = src[iw];
     } else {
-      for (int64_t iw = 0; iw < s.W; ++iw) {
-        const int64_t iwp = iw + s.pw;
-        dst[(iwp % s.sw) * g.plane + iwp / s.sw] = src[iw];
+      for (int64_t r = 0; r < s.sw; ++r) {  // padded column iwp = j * sw + r holds x column iwp - pw
+        T* d = dst + r * g.plane;
+        const int64_t jlo = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
+        for (int64_t j = jlo, iw = jlo * s.sw + r - s.pw; iw < s.W; ++j, iw += s.sw) d[j] = src[iw];
       }
     }
   }
@@ -66,6 +65,14 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
                        const typename VO::T* bias, typename VO::T* z, bool relu, int64_t p0, int64_t p1,
                        typename VO::T* buf) {
   constexpr int L = VO::L;
+  const int64_t taps = s.KH * s.KW;
+  std::vector<int64_t> off(taps);
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t t = kw * s.dw;
+      off[kh * s.KW + kw] = kh * s.dh * g.RS + (t % s.sw) * g.plane + t / s.sw;
+    }
+  }
   int64_t built = -1;  // the (n, c) plane now in buf
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / s.K, k = p % s.K, c = k / s.Kg;
@@ -77,9 +84,11 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
     const typename VO::T bk = bias ? bias[k] : typename VO::T(0);
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       typename VO::T* zrow = z + (p * s.OH + oh) * s.OW;
+      const typename VO::T* prow = buf + oh * s.sh * g.RS;
       int64_t ow0 = 0;
-      for (; ow0 + 4 * L <= s.OW; ow0 += 4 * L) dw_fwd_chunk<VO, 4>(s, g, buf, wk, bk, zrow, oh, ow0, relu);
-      for (; ow0 < s.OW; ow0 += L) dw_fwd_chunk<VO, 1>(s, g, buf, wk, bk, zrow, oh, ow0, relu);
+      for (; ow0 + 4 * L <= s.OW; ow0 += 4 * L) dw_fwd_chunk<VO, 4>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
+      for (; ow0 + 2 * L <= s.OW; ow0 += 2 * L) dw_fwd_chunk<VO, 2>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
+      for (; ow0 < s.OW; ow0 += L) dw_fwd_chunk<VO, 1>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
     }
   }
 }
@@ -96,6 +105,27 @@ void dw_grad_input_planes(const ConvShape& s, const DwGeom& g, const typename VO
   using T = typename VO::T;
   using V = typename VO::V;
   constexpr int L = VO::L;
+  const int64_t taps = s.KH * s.KW;
+  // Per input row ih and phase r, the taps that reach it: their weight index and where they read in Z
+  // (the same for every plane; worked out once, as it takes divisions).
+  std::vector<int64_t> tap_count(s.H * s.sw, 0), tap_w(s.H * s.sw * taps), tap_off(s.H * s.sw * taps);
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t num = ih + s.ph - kh * s.dh;
+      if (num < 0 || num % s.sh != 0 || num / s.sh >= s.OH) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t t = kw * s.dw, r = t % s.sw, i = (ih * s.sw + r) * taps + tap_count[ih * s.sw + r]++;
+        tap_w[i] = kh * s.KW + kw;
+        tap_off[i] = (num / s.sh) * g.RSz - t / s.sw;
+      }
+    }
+  }
+  // Positions j of phase r inside the image: pw <= j * sw + r < pw + W.
+  std::vector<int64_t> jlos(s.sw), jhis(s.sw);
+  for (int64_t r = 0; r < s.sw; ++r) {
+    jlos[r] = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
+    jhis[r] = s.pw + s.W - 1 - r >= 0 ? (s.pw + s.W - 1 - r) / s.sw + 1 : 0;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t n = p / s.C, c = p % s.C;
     for (int64_t j = 0; j < s.Kg; ++j) {
@@ -107,27 +137,18 @@ void dw_grad_input_planes(const ConvShape& s, const DwGeom& g, const typename VO
     }
     const T* wc = w + c * s.Kg * s.KH * s.KW;
     for (int64_t ih = 0; ih < s.H; ++ih) {
-      const int64_t ihp = ih + s.ph;
       T* gxrow = gx + (p * s.H + ih) * s.W;
       for (int64_t r = 0; r < s.sw; ++r) {
-        // Positions j of phase r inside the image: pw <= j * sw + r < pw + W.
-        const int64_t jlo = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
-        const int64_t jhi = s.pw + s.W - 1 - r >= 0 ? (s.pw + s.W - 1 - r) / s.sw + 1 : 0;
+        const int64_t jlo = jlos[r], jhi = jhis[r];
+        const int64_t* tw = tap_w.data() + (ih * s.sw + r) * taps;
+        const int64_t* to = tap_off.data() + (ih * s.sw + r) * taps;
+        const int64_t count = tap_count[ih * s.sw + r];
         for (int64_t j0 = jlo; j0 < jhi; j0 += L) {
           V acc = VO::zero();
           for (int64_t m = 0; m < s.Kg; ++m) {
             const T* Z = buf + m * s.OH * g.RSz + g.QL + j0;
-            const T* wm = wc + m * s.KH * s.KW;
-            for (int64_t kh = 0; kh < s.KH; ++kh) {
-              const int64_t num = ihp - kh * s.dh;
-              if (num < 0 || num % s.sh != 0 || num / s.sh >= s.OH) continue;
-              const T* zrow = Z + (num / s.sh) * g.RSz;
-              for (int64_t kw = 0; kw < s.KW; ++kw) {
-                const int64_t t = kw * s.dw;
-                if (t % s.sw != r) continue;
-                acc = VO::fma(VO::set1(wm[kh * s.KW + kw]), VO::load(zrow - t / s.sw), acc);
-              }
-            }
+            const T* wm = wc + m * taps;
+            for (int64_t i = 0; i < count; ++i) acc = VO::fma(VO::set1(wm[tw[i]]), VO::load(Z + to[i]), acc);
           }
           const int64_t cnt = jhi - j0 < L ? jhi - j0 : L;
           if (s.sw == 1) {
@@ -160,6 +181,13 @@ void dw_grad_weight_rows(const ConvShape& s, const DwGeom& g, const typename VO:
   T* P = buf;
   T* acc = P + g.fwd_scratch;  // taps x L
   const int64_t chunks = (s.OW + L - 1) / L, tail = s.OW - (chunks - 1) * L;
+  std::vector<int64_t> off(taps);
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t t = kw * s.dw;
+      off[kh * s.KW + kw] = kh * s.dh * g.RS + (t % s.sw) * g.plane + t / s.sw;
+    }
+  }
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t c = k / s.Kg;
     for (int64_t t = 0; t < taps; ++t) VO::store(acc + t * L, VO::zero());
@@ -168,19 +196,16 @@ void dw_grad_weight_rows(const ConvShape& s, const DwGeom& g, const typename VO:
       const T* gzk = gz + (n * s.K + k) * s.OH * s.OW;
       for (int64_t oh = 0; oh < s.OH; ++oh) {
         const T* grow = gzk + oh * s.OW;
-        for (int64_t kh = 0; kh < s.KH; ++kh) {
-          const T* prow = P + (oh * s.sh + kh * s.dh) * g.RS;
-          for (int64_t kw = 0; kw < s.KW; ++kw) {
-            const int64_t t = kw * s.dw;
-            const T* src = prow + (t % s.sw) * g.plane + t / s.sw;
-            V a = VO::load(acc + (kh * s.KW + kw) * L);
-            int64_t q = 0;
-            for (; q + 1 < chunks; ++q) a = VO::fma(VO::load(grow + q * L), VO::load(src + q * L), a);
-            // The last chunk: lanes past OW load as 0 on both sides (an inf there must not make 0 * inf).
-            a = VO::fma(VO::loadn(grow + q * L, static_cast<int>(tail)), VO::loadn(src + q * L, static_cast<int>(tail)),
-                        a);
-            VO::store(acc + (kh * s.KW + kw) * L, a);
-          }
+        const T* prow = P + oh * s.sh * g.RS;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const T* src = prow + off[tap];
+          V a = VO::load(acc + tap * L);
+          int64_t q = 0;
+          for (; q + 1 < chunks; ++q) a = VO::fma(VO::load(grow + q * L), VO::load(src + q * L), a);
+          // The last chunk: lanes past OW load as 0 on both sides (an inf there must not make 0 * inf).
+          a = VO::fma(VO::loadn(grow + q * L, static_cast<int>(tail)), VO::loadn(src + q * L, static_cast<int>(tail)),
+                      a);
+          VO::store(acc + tap * L, a);
         }
       }
     }
