@@ -173,17 +173,31 @@ at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
 // pack_im2col from the phases of x (xq: the image-group's first channel of phase_split's result): each
 // output-row segment of a panel row is one contiguous run of a phase row (strided convs, where reading x
 // itself takes one element at a time).
-template <typename acc_t>
-void pack_im2col_phased(const ConvShape& s, const acc_t* xq, int64_t Hq, int64_t Wq, int64_t j0, int nr, int64_t k0,
-                        int64_t kc, acc_t* dst, int NR) {
-  const int64_t taps = s.KH * s.KW;
+// Per row k = (c, kh, kw) of im2col: where it reads in the phases of x (ktab[3k]: the phase plane's offset
+// from the group's first, ktab[3k + 1], ktab[3k + 2]: row and column offsets within it).
+inline std::vector<int64_t> phase_table(const ConvShape& s, int64_t Hq, int64_t Wq) {
   auto floor_mod = [](int64_t v, int64_t m) { return ((v % m) + m) % m; };
+  std::vector<int64_t> tab(3 * s.Cg * s.KH * s.KW);
+  for (int64_t c = 0, k = 0; c < s.Cg; ++c) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      for (int64_t kw = 0; kw < s.KW; ++kw, ++k) {
+        const int64_t eh = kh * s.dh - s.ph, ew = kw * s.dw - s.pw;
+        const int64_t a = floor_mod(eh, s.sh), b = floor_mod(ew, s.sw);
+        tab[3 * k] = ((c * s.sh + a) * s.sw + b) * Hq * Wq;
+        tab[3 * k + 1] = (eh - a) / s.sh;
+        tab[3 * k + 2] = (ew - b) / s.sw;
+      }
+    }
+  }
+  return tab;
+}
+
+template <typename acc_t>
+void pack_im2col_phased(const ConvShape& s, const acc_t* xq, const int64_t* ktab, int64_t Hq, int64_t Wq, int64_t j0,
+                        int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
   for (int64_t k = k0; k < k0 + kc; ++k) {
-    const int64_t c = k / taps, kh = (k % taps) / s.KW, kw = k % s.KW;
-    const int64_t eh = kh * s.dh - s.ph, ew = kw * s.dw - s.pw;
-    const int64_t a = floor_mod(eh, s.sh), b = floor_mod(ew, s.sw);
-    const int64_t dr = (eh - a) / s.sh, dc = (ew - b) / s.sw;  // row and column offsets within the phase
-    const acc_t* plane = xq + ((c * s.sh + a) * s.sw + b) * Hq * Wq;
+    const int64_t dr = ktab[3 * k + 1], dc = ktab[3 * k + 2];  // row and column offsets within the phase
+    const acc_t* plane = xq + ktab[3 * k];
     acc_t* d = dst + (k - k0) * NR;
     int64_t oh = j0 / s.OW, ow = j0 % s.OW;
     for (int jj = 0; jj < nr;) {
@@ -220,6 +234,7 @@ struct Conv2dForwardGemm {
   bool relu, has_post;
   const Post& post_fn;
   const acc_t* xq = nullptr;  // x split into phases (see phase_split) when the stride along W is not 1
+  const int64_t* ktab = nullptr;
   int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t b) const { return b % s.groups; }
@@ -236,7 +251,7 @@ struct Conv2dForwardGemm {
     if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
       pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
     } else if (xq) {
-      pack_im2col_phased(s, xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq, Hq, Wq, j0, nr, k0, kc, dst, NR);
+      pack_im2col_phased(s, xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
     } else {
       pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
     }
@@ -259,10 +274,13 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
   Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
                                    relu,           has_post, post};
   at::Tensor xq;
+  std::vector<int64_t> ktab;
   if (s.sw > 1 && !conv2d_is_pointwise(s)) {
     xq = phase_split<acc_t>(s, x);
     g.xq = xq.const_data_ptr<acc_t>();
     g.Hq = xq.size(4), g.Wq = xq.size(5);
+    ktab = phase_table(s, g.Hq, g.Wq);
+    g.ktab = ktab.data();
   }
   gemm_run<acc_t>(g);
 }

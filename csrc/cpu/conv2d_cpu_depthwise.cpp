@@ -101,6 +101,20 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias
 
 template <typename T>
 void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
+  if (s.sh == 1 && s.sw == 1 && s.Kg == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1)) {
+    // Stride 1, one output per channel: grad_x is the forward depthwise convolution of gz with the flipped
+    // kernel (padding dilation * (kernel - 1) - padding), whose blocked loops run more FMAs at once.
+    ConvShape t = s;
+    t.H = s.OH, t.W = s.OW, t.OH = s.H, t.OW = s.W;
+    t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
+    const int64_t taps = s.KH * s.KW;
+    std::vector<T> flipped(static_cast<size_t>(s.K * taps));
+    for (int64_t k = 0; k < s.K; ++k) {
+      for (int64_t i = 0; i < taps; ++i) flipped[k * taps + i] = w[k * taps + taps - 1 - i];
+    }
+    depthwise_forward<T>(t, gz, flipped.data(), nullptr, gx, false);
+    return;
+  }
   const DwGeom g = geometry(s);
   const auto& k = dw_kernels<T>();
   parallel_planes<T>(s.N * s.C, g.gx_scratch, s.Kg * s.OH * s.OW * s.KH * s.KW,

@@ -12,30 +12,50 @@
 // Requires: cpu/conv2d_cpu_depthwise.h (DwGeom) and common/op_args.h (ConvShape) included before.
 
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
-// off[tap]: where tap (kh, kw) starts reading in P, relative to the output row's first position.
-template <class VO, int U>
-DLK_ALWAYS_INLINE void dw_fwd_chunk(const ConvShape& s, const int64_t* off, const typename VO::T* P,
+// R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
+// vectors at once give the FMAs independent chains (one chain waits out the latency of each FMA).
+// off[tap]: where tap (kh, kw) starts reading in P, relative to the output row's first position; P: the
+// first row's; rs: P's step from one output row to the next.
+template <class VO, int R, int U>
+DLK_ALWAYS_INLINE void dw_fwd_block(const ConvShape& s, const int64_t* off, const typename VO::T* P, int64_t rs,
                                     const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, int64_t ow0,
                                     bool relu) {
   using V = typename VO::V;
   constexpr int L = VO::L;
-  V acc[U];
-  for (int u = 0; u < U; ++u) acc[u] = VO::set1(bk);
+  V acc[R][U];
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = VO::set1(bk);
+  }
   const int64_t taps = s.KH * s.KW;
   for (int64_t tap = 0; tap < taps; ++tap) {
     const typename VO::T* src = P + off[tap] + ow0;
     const V wv = VO::set1(wk[tap]);
-    for (int u = 0; u < U; ++u) acc[u] = VO::fma(wv, VO::load(src + u * L), acc[u]);
-  }
-  for (int u = 0; u < U; ++u) {
-    const V r = relu ? VO::relu(acc[u]) : acc[u];
-    const int64_t n = s.OW - (ow0 + u * L);
-    if (n >= L) {
-      VO::store(zrow + ow0 + u * L, r);
-    } else if (n > 0) {
-      VO::storen(zrow + ow0 + u * L, r, static_cast<int>(n));
+    for (int r = 0; r < R; ++r) {
+      for (int u = 0; u < U; ++u) acc[r][u] = VO::fma(wv, VO::load(src + r * rs + u * L), acc[r][u]);
     }
   }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) {
+      const V v = relu ? VO::relu(acc[r][u]) : acc[r][u];
+      const int64_t n = s.OW - (ow0 + u * L);
+      if (n >= L) {
+        VO::store(zrow + r * s.OW + ow0 + u * L, v);
+      } else if (n > 0) {
+        VO::storen(zrow + r * s.OW + ow0 + u * L, v, static_cast<int>(n));
+      }
+    }
+  }
+}
+
+// One block of R output rows of a plane, along the row in blocks of vectors.
+template <class VO, int R>
+DLK_ALWAYS_INLINE void dw_fwd_rows(const ConvShape& s, const int64_t* off, const typename VO::T* P, int64_t rs,
+                                   const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, bool relu) {
+  constexpr int L = VO::L;
+  constexpr int U = R >= 4 ? 2 : 4;
+  int64_t ow0 = 0;
+  for (; ow0 + U * L <= s.OW; ow0 += U * L) dw_fwd_block<VO, R, U>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+  for (; ow0 < s.OW; ow0 += L) dw_fwd_block<VO, R, 1>(s, off, P, rs, wk, bk, zrow, ow0, relu);
 }
 
 // Copies plane (n, c) of x into the phase buffer P (whose padding is already zero).
@@ -64,7 +84,6 @@ template <class VO>
 void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T* x, const typename VO::T* w,
                        const typename VO::T* bias, typename VO::T* z, bool relu, int64_t p0, int64_t p1,
                        typename VO::T* buf) {
-  constexpr int L = VO::L;
   const int64_t taps = s.KH * s.KW;
   std::vector<int64_t> off(taps);
   for (int64_t kh = 0; kh < s.KH; ++kh) {
@@ -82,14 +101,11 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
     }
     const typename VO::T* wk = w + k * s.KH * s.KW;
     const typename VO::T bk = bias ? bias[k] : typename VO::T(0);
-    for (int64_t oh = 0; oh < s.OH; ++oh) {
-      typename VO::T* zrow = z + (p * s.OH + oh) * s.OW;
-      const typename VO::T* prow = buf + oh * s.sh * g.RS;
-      int64_t ow0 = 0;
-      for (; ow0 + 4 * L <= s.OW; ow0 += 4 * L) dw_fwd_chunk<VO, 4>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
-      for (; ow0 + 2 * L <= s.OW; ow0 += 2 * L) dw_fwd_chunk<VO, 2>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
-      for (; ow0 < s.OW; ow0 += L) dw_fwd_chunk<VO, 1>(s, off.data(), prow, wk, bk, zrow, ow0, relu);
-    }
+    typename VO::T* zp = z + p * s.OH * s.OW;
+    const int64_t rs = s.sh * g.RS;
+    int64_t oh = 0;
+    for (; oh + 4 <= s.OH; oh += 4) dw_fwd_rows<VO, 4>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
+    for (; oh < s.OH; ++oh) dw_fwd_rows<VO, 1>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
   }
 }
 
