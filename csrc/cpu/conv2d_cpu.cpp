@@ -312,6 +312,9 @@ struct Conv2dGradWeightGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
+  const acc_t* xq = nullptr;  // x split into phases (phase_split) when the stride along W is not 1
+  const int64_t* ktab = nullptr;
+  int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t g) const { return g; }
   const acc_t* a_rows(int64_t*) const { return nullptr; }  // gz is read down its columns
@@ -336,6 +339,10 @@ struct Conv2dGradWeightGemm {
     }
     int64_t n = k0 / P, p = k0 % P;
     int64_t oh = p / s.OW, ow = p % s.OW;
+    // With phases, column j reads phase plane ktab[3j] at (oh + ktab[3j + 1], ow + ktab[3j + 2] + t): runs
+    // of step 1 whatever the stride.
+    const bool phased = xq != nullptr;
+    const int64_t Hx = phased ? Hq : s.H, Wx = phased ? Wq : s.W, step = phased ? 1 : s.sw;
     for (int64_t kk = 0; kk < kc;) {
       const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
       acc_t* d = dst + kk * NR;
@@ -347,19 +354,22 @@ struct Conv2dGradWeightGemm {
         int64_t lo[8], hi[8], all_lo = 0, all_hi = seg;
         for (int i = 0; i < width; ++i) {
           const int j = jb + i;
-          const int64_t ih = oh * s.sh - s.ph + col_kh[j] * s.dh, iw0 = ow * s.sw - s.pw + col_kw[j] * s.dw;
+          const int64_t* e = phased ? ktab + 3 * (j0 + j) : nullptr;
+          const int64_t ih = phased ? oh + e[1] : oh * s.sh - s.ph + col_kh[j] * s.dh;
+          const int64_t iw0 = phased ? ow + e[2] : ow * s.sw - s.pw + col_kw[j] * s.dw;
           lo[i] = hi[i] = seg;
-          if (ih >= 0 && ih < s.H) {
-            lo[i] = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + s.sw - 1) / s.sw);
-            hi[i] = iw0 > s.W - 1 ? lo[i] : std::clamp<int64_t>((s.W - 1 - iw0) / s.sw + 1, lo[i], seg);
+          if (ih >= 0 && ih < Hx) {
+            lo[i] = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + step - 1) / step);
+            hi[i] = iw0 > Wx - 1 ? lo[i] : std::clamp<int64_t>((Wx - 1 - iw0) / step + 1, lo[i], seg);
           }
-          src[i] = x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
+          src[i] = phased ? xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq + e[0] + ih * Wq + iw0
+                          : x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
           all_lo = std::max(all_lo, lo[i]);
           all_hi = std::min(all_hi, hi[i]);
         }
         bool block = false;
         if constexpr (std::is_same_v<acc_t, float>) {
-          if (s.sw == 1 && width == 8 && all_hi - all_lo >= 8) {
+          if (step == 1 && width == 8 && all_hi - all_lo >= 8) {
             const float* run[8];
             for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
             block = pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
@@ -370,7 +380,7 @@ struct Conv2dGradWeightGemm {
           for (int64_t t = 0; t < seg; ++t) {
             if (block && t == all_lo) t = all_hi;
             if (t >= seg) break;
-            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * s.sw] : acc_t(0);
+            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * step] : acc_t(0);
           }
         }
       }
@@ -434,6 +444,15 @@ void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t*
   const int64_t cols = s.Cg * s.KH * s.KW;
   Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols,  s.N * s.OH * s.OW, s.groups, s, gz, x,
                                       gw,       cols, false, has_post,          post};
+  at::Tensor xq;
+  std::vector<int64_t> ktab;
+  if (s.sw > 1) {
+    xq = phase_split<acc_t>(s, x);
+    g.xq = xq.const_data_ptr<acc_t>();
+    g.Hq = xq.size(4), g.Wq = xq.size(5);
+    ktab = phase_table(s, g.Hq, g.Wq);
+    g.ktab = ktab.data();
+  }
   gemm_run<acc_t>(g);
 }
 
@@ -546,35 +565,8 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
   }
 
-  // Step 2b, strides, no dilation: phase by phase. The taps of one phase (kh = a + ph (mod sh), ...) read
-  // only the input pixels (a + sh * u, b + sw * v): their gradient is the stride-1 weight gradient of that
-  // gathered phase image, whose packing reads contiguous runs.
-  if (grad_w.defined() && grad_w.numel() > 0 && (s.sh > 1 || s.sw > 1) && s.dh == 1 && s.dw == 1) {
-    at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
-    for (int64_t a = 0; a < s.sh; ++a) {
-      for (int64_t b = 0; b < s.sw; ++b) {
-        const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
-        if (ph.taps == 0 || pw.taps == 0) continue;
-        at::Tensor dst = gwa.slice(2, ph.first, c10::nullopt, s.sh).slice(3, pw.first, c10::nullopt, s.sw);
-        if (ph.size == 0 || pw.size == 0) {  // the taps read only padding
-          dst.zero_();
-          continue;
-        }
-        const at::Tensor xab = xa.slice(2, a, c10::nullopt, s.sh).slice(3, b, c10::nullopt, s.sw).contiguous();
-        ConvShape t = s;
-        t.H = ph.size, t.W = pw.size, t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
-        t.ph = ph.shift, t.pw = pw.shift;  // tap `first` reads phase row oh - shift
-        at::Tensor sub = empty_output({s.K, s.Cg, t.KH, t.KW}, opts);
-        conv2d_grad_weight_kernel<acc_t>(t, gz_p, xab.const_data_ptr<acc_t>(), sub.mutable_data_ptr<acc_t>(), false,
-                                         NoPost{});
-        dst.copy_(sub);
-      }
-    }
-    if (!direct) grad_w.copy_(gwa);
-    return;
-  }
-
-  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
+  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions; for strides along W, packed
+  // from the phases of x).
   if (grad_w.defined() && grad_w.numel() > 0) {
     const int64_t cols = s.Cg * s.KH * s.KW;
     at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
