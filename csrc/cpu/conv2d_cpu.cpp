@@ -275,7 +275,9 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
                                    relu,           has_post, post};
   at::Tensor xq;
   std::vector<int64_t> ktab;
-  if (s.sw > 1 && !conv2d_is_pointwise(s)) {
+  // Phases pay where the taps overlap (kernel wider than the stride: each pixel is packed KW / sw times);
+  // grouped convs and patchify kernels (kernel == stride) pack faster from x itself.
+  if (s.sw > 1 && s.KW > s.sw && s.groups == 1 && !conv2d_is_pointwise(s)) {
     xq = phase_split<acc_t>(s, x);
     g.xq = xq.const_data_ptr<acc_t>();
     g.Hq = xq.size(4), g.Wq = xq.size(5);
