@@ -5,8 +5,8 @@ import torch
 
 import dlkernels
 from dlkernels import reference
-from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
-                      device_dtype_params, device_params, make_input, require_backend)
+from conftest import (BACKENDS, BASE_ACTIVATIONS, DTYPES, NEW_ACTIVATION_CASES, NEW_ACTIVATIONS,
+                      assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend)
 
 CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
@@ -131,7 +131,8 @@ def test_gradients(backend, device, dtype, activation, case, channels_last):
     grads64 = torch.autograd.grad(reference.conv2d(*leaves64, *args), leaves64, as64(grad_out))
     for grad, torch_grad, grad64 in zip(grads, torch_grads, grads64):
         assert_close_to_reference(grad, grad64, dtype, torch_grad)
-    assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    if case[0][1] > 1:  # with one channel both layouts are the same strides
+        assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
 @pytest.mark.parametrize("backend,activation,params",
@@ -168,3 +169,73 @@ def test_native_ten_row_gemm_kernel(channels):
     x, w = make_input(channels, 37, seed=5), make_input(19, 37, seed=6)
     torch.testing.assert_close(dlkernels.ops.linear_act(x, w, None, "relu", backend="native"),
                                torch.relu(as64(x) @ as64(w).T).float())
+
+
+# Shapes of real models that the CPU kernels treat apart: depthwise (the direct kernel), 1x1 (a plain GEMM;
+# strided ones on the gathered pixels), strided convolutions (the backward by phases), few input channels,
+# batch 1 with a small image and many channels.
+MODEL_CASES = [
+    pytest.param(((2, 8, 9, 11), (8, 3, 3), 1, 1, 1, 8), id="dw3x3"),
+    pytest.param(((1, 6, 12, 10), (12, 3, 3), 2, 1, 1, 6), id="dw3x3s2-mult2"),
+    pytest.param(((2, 5, 13, 19), (5, 5, 5), 2, 2, 1, 5), id="dw5x5s2"),
+    pytest.param(((1, 4, 9, 9), (4, 7, 7), 1, 3, 1, 4), id="dw7x7"),
+    pytest.param(((1, 3, 11, 10), (3, 3, 3), (2, 1), (0, 2), (2, 1), 3), id="dw-dilated"),
+    pytest.param(((1, 20, 37, 35), (20, 3, 3), 1, 1, 1, 20), id="dw-wide-rows"),
+    pytest.param(((2, 1, 12, 12), (5, 3, 3), 1, 1, 1, 1), id="one-channel"),
+    pytest.param(((1, 6, 11, 9), (4, 1, 1), 2, 0, 1, 1), id="1x1s2"),
+    pytest.param(((2, 8, 7, 7), (12, 1, 1), 1, 0, 1, 2), id="1x1-groups"),
+    pytest.param(((1, 40, 6, 6), (24, 1, 1), 1, 0, 1, 1), id="1x1-shrink"),
+    pytest.param(((1, 3, 23, 21), (8, 7, 7), 2, 3, 1, 1), id="stem7x7s2"),
+    pytest.param(((2, 6, 9, 10), (4, 3, 3), 2, 1, 1, 2), id="3x3s2-groups"),
+    pytest.param(((1, 4, 10, 10), (6, 2, 2), 2, 0, 1, 1), id="2x2s2"),
+    pytest.param(((1, 3, 16, 16), (5, 4, 4), 4, 0, 1, 1), id="patchify4x4s4"),
+    pytest.param(((1, 4, 9, 8), (4, 3, 3), 3, 1, 1, 1), id="3x3s3"),
+    pytest.param(((1, 16, 7, 7), (24, 3, 3), 1, 1, 1, 1), id="batch1-7x7"),
+]
+
+
+def check_case_gradients(case, dtype, activation, channels_last, params=None):
+    leaves, out, args = run_case(case, dtype, "cpu", activation, "native", channels_last=channels_last,
+                                 requires_grad=True, params=params)
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    out64 = reference.conv2d(*leaves64, *args)
+    assert_close_to_reference(out, out64, dtype, reference.conv2d(*leaves, *args))
+    grad_out = make_input(*out.shape, dtype=dtype, seed=4)
+    grads = torch.autograd.grad(out, leaves, grad_out)
+    torch_grads = torch.autograd.grad(reference.conv2d(*leaves, *args), leaves, grad_out)
+    for grad, torch_grad, grad64 in zip(grads, torch_grads, torch.autograd.grad(out64, leaves64, as64(grad_out))):
+        assert_close_to_reference(grad, grad64, dtype, torch_grad)
+    if case[0][1] > 1:  # with one channel both layouts are the same strides
+        assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dtype", DTYPES["cpu"])
+@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_model_shapes_native(case, channels_last, activation, dtype):
+    require_backend("native", "cpu")
+    check_case_gradients(case, dtype, activation, channels_last)
+
+
+@pytest.mark.parametrize("activation,params", [pytest.param(a, None, id=a) for a in NEW_ACTIVATIONS]
+                         + NEW_ACTIVATION_CASES[len(NEW_ACTIVATIONS):])
+@pytest.mark.parametrize("case", [MODEL_CASES[1], MODEL_CASES[7], MODEL_CASES[10]])
+def test_model_shapes_native_new_activations(case, activation, params):
+    require_backend("native", "cpu")
+    check_case_gradients(case, torch.float32, activation, False, params)
+
+
+def test_model_shapes_gradcheck_float64():
+    require_backend("native", "cpu")
+    for (n, c, h, w), (k, kh, kw), stride, padding, groups in [
+        ((2, 3, 7, 6), (6, 3, 3), 2, 1, 3),  # depthwise, multiplier 2
+        ((1, 4, 7, 5), (3, 1, 1), 2, 0, 1),  # 1x1 strided
+        ((1, 2, 9, 8), (3, 5, 5), 2, 2, 1),  # stem-like
+    ]:
+        x = make_input(n, c, h, w, dtype=torch.float64).requires_grad_()
+        weight = make_input(k, c // groups, kh, kw, dtype=torch.float64, seed=1).requires_grad_()
+        bias = make_input(k, dtype=torch.float64, seed=2).requires_grad_()
+        assert torch.autograd.gradcheck(
+            lambda *a: dlkernels.ops.conv2d(*a, stride=stride, padding=padding, groups=groups, activation="silu",
+                                            backend="native"), (x, weight, bias))

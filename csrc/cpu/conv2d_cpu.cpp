@@ -31,6 +31,7 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
+#include "cpu/conv2d_cpu_depthwise.h"
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -117,6 +118,110 @@ void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, i
   pack_im2col(s, xg, j0, nr, k0, kc, dst, NR);
 }
 
+// A 1x1 convolution with stride 1 and no padding: a plain GEMM per image and group.
+inline bool conv2d_is_pointwise(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.OH == s.H && s.OW == s.W;
+}
+
+// A strided 1x1 convolution without padding reads only the pixels (oh * sh, ow * sw): it is the pointwise
+// convolution of those pixels, gathered once (x[:, :, ::sh, ::sw]); its grad_x is zero elsewhere.
+inline bool conv2d_is_strided_pointwise(const ConvShape& s) {
+  return s.KH == 1 && s.KW == 1 && (s.sh > 1 || s.sw > 1) && s.ph == 0 && s.pw == 0;
+}
+inline ConvShape strided_pointwise_as_pointwise(const ConvShape& s) {
+  ConvShape t = s;
+  t.H = s.OH, t.W = s.OW, t.sh = t.sw = 1, t.dh = t.dw = 1;
+  return t;
+}
+inline at::Tensor strided_pixels(const ConvShape& s, const at::Tensor& t) {  // a view
+  return t.slice(2, 0, c10::nullopt, s.sh).slice(3, 0, c10::nullopt, s.sw);
+}
+inline at::Tensor gather_strided_pointwise(const ConvShape& s, const at::Tensor& x) {
+  return strided_pixels(s, x).contiguous();
+}
+
+// x [N, C, H, W] split into phases: xq[n, c, a, b, u, v] = x[n, c, a + sh * u, b + sw * v] for
+// u < Hq = ceil(H / sh), v < Wq = ceil(W / sw), zero past the image. Tap (kh, kw) of output (oh, ow) reads
+// phase ((kh * dh - ph) mod sh, (kw * dw - pw) mod sw) at (oh + floor((kh * dh - ph) / sh), ow + floor(...)):
+// along an output row, a contiguous run, whatever the stride.
+template <typename acc_t>
+at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
+  const int64_t Hq = (s.H + s.sh - 1) / s.sh, Wq = (s.W + s.sw - 1) / s.sw;
+  at::Tensor xq =
+      empty_output({s.N, s.C, s.sh, s.sw, Hq, Wq}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  acc_t* q = xq.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.N * s.C, std::max<int64_t>(1, 16384 / (s.H * s.W)), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const acc_t* src = x + p * s.H * s.W;
+      for (int64_t a = 0; a < s.sh; ++a) {
+        for (int64_t b = 0; b < s.sw; ++b) {
+          acc_t* dst = q + ((p * s.sh + a) * s.sw + b) * Hq * Wq;
+          for (int64_t u = 0; u < Hq; ++u) {
+            const int64_t ih = a + s.sh * u;
+            for (int64_t v = 0; v < Wq; ++v) {
+              const int64_t iw = b + s.sw * v;
+              dst[u * Wq + v] = ih < s.H && iw < s.W ? src[ih * s.W + iw] : acc_t(0);
+            }
+          }
+        }
+      }
+    }
+  });
+  return xq;
+}
+
+// pack_im2col from the phases of x (xq: the image-group's first channel of phase_split's result): each
+// output-row segment of a panel row is one contiguous run of a phase row (strided convs, where reading x
+// itself takes one element at a time).
+// Per row k = (c, kh, kw) of im2col: where it reads in the phases of x (ktab[3k]: the phase plane's offset
+// from the group's first, ktab[3k + 1], ktab[3k + 2]: row and column offsets within it).
+inline std::vector<int64_t> phase_table(const ConvShape& s, int64_t Hq, int64_t Wq) {
+  auto floor_mod = [](int64_t v, int64_t m) { return ((v % m) + m) % m; };
+  std::vector<int64_t> tab(3 * s.Cg * s.KH * s.KW);
+  for (int64_t c = 0, k = 0; c < s.Cg; ++c) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      for (int64_t kw = 0; kw < s.KW; ++kw, ++k) {
+        const int64_t eh = kh * s.dh - s.ph, ew = kw * s.dw - s.pw;
+        const int64_t a = floor_mod(eh, s.sh), b = floor_mod(ew, s.sw);
+        tab[3 * k] = ((c * s.sh + a) * s.sw + b) * Hq * Wq;
+        tab[3 * k + 1] = (eh - a) / s.sh;
+        tab[3 * k + 2] = (ew - b) / s.sw;
+      }
+    }
+  }
+  return tab;
+}
+
+template <typename acc_t>
+void pack_im2col_phased(const ConvShape& s, const acc_t* xq, const int64_t* ktab, int64_t Hq, int64_t Wq, int64_t j0,
+                        int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
+  for (int64_t k = k0; k < k0 + kc; ++k) {
+    const int64_t dr = ktab[3 * k + 1], dc = ktab[3 * k + 2];  // row and column offsets within the phase
+    const acc_t* plane = xq + ktab[3 * k];
+    acc_t* d = dst + (k - k0) * NR;
+    int64_t oh = j0 / s.OW, ow = j0 % s.OW;
+    for (int jj = 0; jj < nr;) {
+      const int seg = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));
+      const int64_t ih = oh + dr;
+      if (ih < 0 || ih >= Hq) {
+        std::fill(d + jj, d + jj + seg, acc_t(0));
+      } else {
+        const acc_t* row = plane + ih * Wq + ow + dc;
+        const int lo = static_cast<int>(std::clamp<int64_t>(-(ow + dc), 0, seg));
+        const int hi = static_cast<int>(std::clamp<int64_t>(Wq - (ow + dc), lo, seg));
+        acc_t* o = d + jj;
+        for (int t = 0; t < lo; ++t) o[t] = acc_t(0);
+        for (int t = lo; t < hi; ++t) o[t] = row[t];
+        for (int t = hi; t < seg; ++t) o[t] = acc_t(0);
+      }
+      jj += seg;
+      ow = 0;
+      ++oh;
+    }
+    std::fill(d + nr, d + NR, acc_t(0));
+  }
+}
+
 template <typename acc_t, typename Post>
 struct Conv2dForwardGemm {
   int64_t batch, M, N, K, num_a;
@@ -128,6 +233,9 @@ struct Conv2dForwardGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
+  const acc_t* xq = nullptr;  // x split into phases (see phase_split) when the stride along W is not 1
+  const int64_t* ktab = nullptr;
+  int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t b) const { return b % s.groups; }
   void pack_a(int64_t g, int64_t i0, int mr, acc_t* dst, int MR) const {
@@ -139,7 +247,14 @@ struct Conv2dForwardGemm {
   }
   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const int64_t n = b / s.groups, g = b % s.groups;
-    pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
+    const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
+    if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
+      pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
+    } else if (xq) {
+      pack_im2col_phased(s, xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
+    } else {
+      pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
+    }
   }
   acc_t* c(int64_t b) const { return out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N; }
   const acc_t* bias_m(int64_t b) const { return bias ? bias + (b % s.groups) * s.Kg : nullptr; }
@@ -158,6 +273,17 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
   const int64_t P = s.OH * s.OW;
   Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
                                    relu,           has_post, post};
+  at::Tensor xq;
+  std::vector<int64_t> ktab;
+  // Phases pay where the taps overlap (kernel wider than the stride: each pixel is packed KW / sw times);
+  // grouped convs and patchify kernels (kernel == stride) pack faster from x itself.
+  if (s.sw > 1 && s.KW > s.sw && s.groups == 1 && !conv2d_is_pointwise(s)) {
+    xq = phase_split<acc_t>(s, x);
+    g.xq = xq.const_data_ptr<acc_t>();
+    g.Hq = xq.size(4), g.Wq = xq.size(5);
+    ktab = phase_table(s, g.Hq, g.Wq);
+    g.ktab = ktab.data();
+  }
   gemm_run<acc_t>(g);
 }
 
@@ -165,6 +291,16 @@ struct NoPost {
   template <typename T>
   void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
 };
+
+// z = conv(x, w) + bias in acc_t, no activation: the direct kernel for depthwise shapes, else the GEMM.
+template <typename acc_t>
+void conv2d_z(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
+  if (conv2d_is_depthwise(s)) {
+    depthwise_forward<acc_t>(s, x, w, bias, z, false);
+  } else {
+    conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
+  }
+}
 
 // grad_w[g] [Kg, Cg*KH*KW] = sum over n of gz[n, g] [Kg, P] @ col(x[n, g])^T [P, Cg*KH*KW]: one GEMM per
 // group whose K runs over (n, position), so the batch sum is accumulated in registers in a fixed order.
@@ -178,6 +314,9 @@ struct Conv2dGradWeightGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
+  const acc_t* xq = nullptr;  // x split into phases (phase_split) when the stride along W is not 1
+  const int64_t* ktab = nullptr;
+  int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t g) const { return g; }
   const acc_t* a_rows(int64_t*) const { return nullptr; }  // gz is read down its columns
@@ -202,6 +341,10 @@ struct Conv2dGradWeightGemm {
     }
     int64_t n = k0 / P, p = k0 % P;
     int64_t oh = p / s.OW, ow = p % s.OW;
+    // With phases, column j reads phase plane ktab[3j] at (oh + ktab[3j + 1], ow + ktab[3j + 2] + t): runs
+    // of step 1 whatever the stride.
+    const bool phased = xq != nullptr;
+    const int64_t Hx = phased ? Hq : s.H, Wx = phased ? Wq : s.W, step = phased ? 1 : s.sw;
     for (int64_t kk = 0; kk < kc;) {
       const int64_t seg = std::min<int64_t>(kc - kk, s.OW - ow);  // rest of this output row
       acc_t* d = dst + kk * NR;
@@ -213,19 +356,22 @@ struct Conv2dGradWeightGemm {
         int64_t lo[8], hi[8], all_lo = 0, all_hi = seg;
         for (int i = 0; i < width; ++i) {
           const int j = jb + i;
-          const int64_t ih = oh * s.sh - s.ph + col_kh[j] * s.dh, iw0 = ow * s.sw - s.pw + col_kw[j] * s.dw;
+          const int64_t* e = phased ? ktab + 3 * (j0 + j) : nullptr;
+          const int64_t ih = phased ? oh + e[1] : oh * s.sh - s.ph + col_kh[j] * s.dh;
+          const int64_t iw0 = phased ? ow + e[2] : ow * s.sw - s.pw + col_kw[j] * s.dw;
           lo[i] = hi[i] = seg;
-          if (ih >= 0 && ih < s.H) {
-            lo[i] = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + s.sw - 1) / s.sw);
-            hi[i] = iw0 > s.W - 1 ? lo[i] : std::clamp<int64_t>((s.W - 1 - iw0) / s.sw + 1, lo[i], seg);
+          if (ih >= 0 && ih < Hx) {
+            lo[i] = iw0 >= 0 ? 0 : std::min(seg, (-iw0 + step - 1) / step);
+            hi[i] = iw0 > Wx - 1 ? lo[i] : std::clamp<int64_t>((Wx - 1 - iw0) / step + 1, lo[i], seg);
           }
-          src[i] = x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
+          src[i] = phased ? xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq + e[0] + ih * Wq + iw0
+                          : x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
           all_lo = std::max(all_lo, lo[i]);
           all_hi = std::min(all_hi, hi[i]);
         }
         bool block = false;
         if constexpr (std::is_same_v<acc_t, float>) {
-          if (s.sw == 1 && width == 8 && all_hi - all_lo >= 8) {
+          if (step == 1 && width == 8 && all_hi - all_lo >= 8) {
             const float* run[8];
             for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
             block = pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
@@ -236,7 +382,7 @@ struct Conv2dGradWeightGemm {
           for (int64_t t = 0; t < seg; ++t) {
             if (block && t == all_lo) t = all_hi;
             if (t >= seg) break;
-            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * s.sw] : acc_t(0);
+            col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * step] : acc_t(0);
           }
         }
       }
@@ -300,7 +446,31 @@ void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t*
   const int64_t cols = s.Cg * s.KH * s.KW;
   Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols,  s.N * s.OH * s.OW, s.groups, s, gz, x,
                                       gw,       cols, false, has_post,          post};
+  at::Tensor xq;
+  std::vector<int64_t> ktab;
+  if (s.sw > 1) {
+    xq = phase_split<acc_t>(s, x);
+    g.xq = xq.const_data_ptr<acc_t>();
+    g.Hq = xq.size(4), g.Wq = xq.size(5);
+    ktab = phase_table(s, g.Hq, g.Wq);
+    g.ktab = ktab.data();
+  }
   gemm_run<acc_t>(g);
+}
+
+// One phase r of a strided dimension (input positions r + stride * u): `size` positions u, and the taps
+// that read them, `taps` of them from `first` on, every stride-th one; tap `first` reads input r + stride * u
+// for output u + shift.
+struct Phase {
+  int64_t size, first, taps, shift;
+};
+inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, int64_t in) {
+  Phase p;
+  p.size = in > r ? (in - r + stride - 1) / stride : 0;
+  p.first = (r + pad) % stride;
+  p.taps = p.first < kernel ? (kernel - 1 - p.first) / stride + 1 : 0;
+  p.shift = (r + pad - p.first) / stride;
+  return p;
 }
 
 // Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
@@ -325,6 +495,23 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     };
   };
   constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+
+  if (conv2d_is_depthwise(s)) {  // the direct kernels, into acc_t, rounded once
+    auto round_into = [](const at::Tensor& acc, const at::Tensor& dst) {
+      if (!direct) dst.copy_(acc);
+    };
+    if (grad_x.defined() && grad_x.numel() > 0) {
+      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
+      depthwise_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
+      round_into(gxa, grad_x);
+    }
+    if (grad_w.defined() && grad_w.numel() > 0) {
+      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+      depthwise_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
+      round_into(gwa, grad_w);
+    }
+    return;
+  }
 
   // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
   // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
@@ -352,12 +539,47 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
                                  !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
   }
 
-  // Step 2a, other strides: the direct scatter.
-  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm) {
+  // Step 2a, other strides, no dilation: phase by phase. The input pixels (a + sh * u, b + sw * v) of one
+  // phase receive gradient only from the taps kh = a + ph (mod sh), kw = b + pw (mod sw), from gz rows
+  // u + (a + ph - kh) / sh: a stride-1 convolution of gz with those taps (flipped, k and c swapped), the
+  // forward implicit GEMM; no zeros are scattered or multiplied.
+  const bool x_by_phases = !x_by_gemm && s.dh == 1 && s.dw == 1;
+  if (grad_x.defined() && grad_x.numel() > 0 && x_by_phases) {
+    for (int64_t a = 0; a < s.sh; ++a) {
+      for (int64_t b = 0; b < s.sw; ++b) {
+        const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
+        if (ph.size == 0 || pw.size == 0) continue;
+        at::Tensor dst = grad_x.slice(2, a, c10::nullopt, s.sh).slice(3, b, c10::nullopt, s.sw);
+        if (ph.taps == 0 || pw.taps == 0) {
+          dst.zero_();
+          continue;
+        }
+        ConvShape t = s;
+        t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = ph.size, t.OW = pw.size;
+        t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
+        t.ph = ph.taps - 1 - ph.shift, t.pw = pw.taps - 1 - pw.shift;
+        t.Cg = s.Kg, t.Kg = s.Cg;
+        const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW})
+                                  .slice(3, ph.first, c10::nullopt, s.sh)
+                                  .slice(4, pw.first, c10::nullopt, s.sw)
+                                  .flip({3, 4})
+                                  .transpose(1, 2)
+                                  .contiguous();
+        at::Tensor out = empty_output({s.N, s.C, t.OH, t.OW}, opts);
+        conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, out.mutable_data_ptr<acc_t>(), false,
+                                     false, NoPost{});
+        dst.copy_(out);
+      }
+    }
+  }
+
+  // Step 2a, other strides and dilations: the direct scatter.
+  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm && !x_by_phases) {
     conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
   }
 
-  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions).
+  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions; for strides along W, packed
+  // from the phases of x).
   if (grad_w.defined() && grad_w.numel() > 0) {
     const int64_t cols = s.Cg * s.KH * s.KW;
     at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
@@ -380,7 +602,10 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
-    const at::Tensor xa = as_acc(x, acc_type);
+    // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads.
+    const bool spw = conv2d_is_strided_pointwise(s);
+    const ConvShape se = spw ? strided_pointwise_as_pointwise(s) : s;
+    const at::Tensor xa = spw ? gather_strided_pointwise(s, x).to(acc_type) : as_acc(x, acc_type);
     const at::Tensor wa = as_acc(weight, acc_type);
     const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
@@ -401,9 +626,22 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
           }
         }
       };
-      conv2d_forward_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                                   ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, cbuf.mutable_data_ptr<acc_t>(),
-                                   A == Activation::ReLU, !(direct && in_kernel), post);
+      const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
+      if (conv2d_is_depthwise(s)) {
+        // The direct kernel, then the activation and rounding plane by plane.
+        depthwise_forward<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                 cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU);
+        if (!(direct && in_kernel)) {
+          acc_t* c = cbuf.mutable_data_ptr<acc_t>();
+          at::parallel_for(0, s.N * s.K, std::max<int64_t>(1, 16384 / plane), [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) post(p, 0, 1, static_cast<int>(plane), c + p * plane, plane);
+          });
+        }
+      } else {
+        conv2d_forward_kernel<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                     cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU, !(direct && in_kernel),
+                                     post);
+      }
     });
   });
   return out.contiguous(memory_format);
@@ -438,7 +676,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
     // x and weight are read only where needed: autograd passes expanded stand-ins for the others.
     const bool recompute = grad_needs_preactivation(act);
-    const at::Tensor xa = need_w || recompute ? as_acc(x, acc_type) : at::Tensor();
+    // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads (grad_x: zero elsewhere).
+    const bool spw = conv2d_is_strided_pointwise(s);
+    const ConvShape se = spw ? strided_pointwise_as_pointwise(s) : s;
+    const at::Tensor xa =
+        need_w || recompute ? (spw ? gather_strided_pointwise(s, x).to(acc_type) : as_acc(x, acc_type)) : at::Tensor();
     const at::Tensor wa = need_x || recompute ? as_acc(weight, acc_type) : at::Tensor();
     const acc_t* x_p = xa.defined() ? xa.const_data_ptr<acc_t>() : nullptr;
     const acc_t* w_p = wa.defined() ? wa.const_data_ptr<acc_t>() : nullptr;
@@ -476,8 +718,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
         const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
         at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
         const acc_t* z_p = z.mutable_data_ptr<acc_t>();
-        conv2d_forward_kernel<acc_t>(s, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr,
-                                     z.mutable_data_ptr<acc_t>(), false, false, NoPost{});
+        conv2d_z<acc_t>(se, x_p, w_p, ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, z.mutable_data_ptr<acc_t>());
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) {
             const acc_t* zp = z_p + p * plane;
@@ -511,8 +752,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     }
 
     // Steps 2a and 2b.
-    conv2d_input_weight_grads<scalar_t>(s, gz_p, xa, wa, need_x ? grad_x : at::Tensor(),
-                                        need_w ? grad_w : at::Tensor());
+    at::Tensor gx = need_x && spw ? empty_output({s.N, s.C, s.OH, s.OW}, opts) : grad_x;
+    conv2d_input_weight_grads<scalar_t>(se, gz_p, xa, wa, need_x ? gx : at::Tensor(), need_w ? grad_w : at::Tensor());
+    if (need_x && spw) {
+      grad_x.zero_();
+      strided_pixels(s, grad_x).copy_(gx);
+    }
   });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());
   return {grad_x, grad_w, grad_b};
@@ -530,7 +775,7 @@ template void conv2d_pack_im2col<double>(const ConvShape&, const double*, int64_
 
 template <typename acc_t>
 void conv2d_preactivation_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
-  conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
+  conv2d_z<acc_t>(s, x, w, bias, z);
 }
 template void conv2d_preactivation_kernel<float>(const ConvShape&, const float*, const float*, const float*, float*);
 template void conv2d_preactivation_kernel<double>(const ConvShape&, const double*, const double*, const double*,

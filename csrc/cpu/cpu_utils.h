@@ -22,6 +22,8 @@ template <Activation A, typename T>
 inline T grad_times(T grad_out, T saved, const ActivationParams& p) {
   if constexpr (A == Activation::ReLU) {
     return saved <= T(0) ? T(0) : grad_out;
+  } else if constexpr (A == Activation::ReLU6) {  // as hardtanh_backward, a select too (NaN passes)
+    return saved <= T(0) || saved >= T(6) ? T(0) : grad_out;
   } else {
     return grad_out * ActivationFn<A>::grad(saved, p);
   }

@@ -1,0 +1,140 @@
+// The glue of the direct depthwise convolution: buffer geometry, per-thread scratch, the split of the planes
+// over threads and the choice of ISA; the loops are in conv2d_cpu_depthwise_kernels.h, compiled here once
+// for the portable path (one lane) and in conv2d_cpu_depthwise_x86.cpp for AVX-512 and AVX2.
+#include "cpu/conv2d_cpu_depthwise.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/conv2d_cpu_depthwise_x86.h"
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+namespace dw_base {
+
+template <typename E>
+struct Scalar {
+  using T = E;
+  using V = E;
+  static constexpr int L = 1;
+  static DLK_ALWAYS_INLINE V zero() { return V(0); }
+  static DLK_ALWAYS_INLINE V set1(T v) { return v; }
+  static DLK_ALWAYS_INLINE V load(const T* p) { return *p; }
+  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return n > 0 ? *p : V(0); }
+  static DLK_ALWAYS_INLINE void store(T* p, V v) { *p = v; }
+  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
+    if (n > 0) *p = v;
+  }
+  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return a * b + c; }
+  static DLK_ALWAYS_INLINE V relu(V v) { return v < V(0) ? V(0) : v; }  // NaN passes, as torch.relu
+  static DLK_ALWAYS_INLINE T sum(V v) { return v; }
+};
+
+#include "cpu/conv2d_cpu_depthwise_kernels.h"
+
+}  // namespace dw_base
+
+namespace {
+
+template <typename T>
+const DwKernels<T>& dw_kernels() {
+  static const DwKernels<T> base{dw_base::dw_forward_planes<dw_base::Scalar<T>>,
+                                 dw_base::dw_grad_input_planes<dw_base::Scalar<T>>,
+                                 dw_base::dw_grad_weight_rows<dw_base::Scalar<T>>};
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512:
+      if constexpr (std::is_same_v<T, float>) return dw_kernels_f32_avx512();
+      else return dw_kernels_f64_avx512();
+    case Isa::Avx2:
+      if constexpr (std::is_same_v<T, float>) return dw_kernels_f32_avx2();
+      else return dw_kernels_f64_avx2();
+    default: break;
+  }
+#endif
+  return base;
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+DwGeom geometry(const ConvShape& s) {
+  constexpr int64_t kLanes = 16;  // the widest vector; every row has room for one more past its end
+  DwGeom g;
+  const int64_t qmax = (s.KW - 1) * s.dw / s.sw;         // the furthest tap offset within a phase
+  const int64_t J = (s.W + 2 * s.pw + s.sw - 1) / s.sw;  // positions of a phase row
+  g.RS = round_up(std::max(round_up(s.OW, kLanes) + qmax, J) + kLanes, kLanes);
+  g.plane = (s.H + 2 * s.ph) * g.RS;
+  g.QL = qmax;
+  g.RSz = round_up(g.QL + J + kLanes, kLanes);
+  g.fwd_scratch = s.sw * g.plane;
+  g.gx_scratch = s.Kg * s.OH * g.RSz;
+  g.gw_scratch = g.fwd_scratch + s.KH * s.KW * kLanes;
+  return g;
+}
+
+// Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
+// elements (zeroed once: the kernels only overwrite the positions they fill, so padding stays zero).
+// `work` is the cost of one item, in multiply-adds, to keep small problems on one thread.
+template <typename T, typename Fn>
+void parallel_planes(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
+    fn(i0, i1, buf.data());
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu) {
+  const DwGeom g = geometry(s);
+  const auto& k = dw_kernels<T>();
+  parallel_planes<T>(s.N * s.K, g.fwd_scratch, s.OH * s.OW * s.KH * s.KW,
+                     [&](int64_t p0, int64_t p1, T* buf) { k.forward(s, g, x, w, bias, z, relu, p0, p1, buf); });
+}
+
+template <typename T>
+void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
+  if (s.sh == 1 && s.sw == 1 && s.Kg == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1)) {
+    // Stride 1, one output per channel: grad_x is the forward depthwise convolution of gz with the flipped
+    // kernel (padding dilation * (kernel - 1) - padding), whose blocked loops run more FMAs at once.
+    ConvShape t = s;
+    t.H = s.OH, t.W = s.OW, t.OH = s.H, t.OW = s.W;
+    t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
+    const int64_t taps = s.KH * s.KW;
+    std::vector<T> flipped(static_cast<size_t>(s.K * taps));
+    for (int64_t k = 0; k < s.K; ++k) {
+      for (int64_t i = 0; i < taps; ++i) flipped[k * taps + i] = w[k * taps + taps - 1 - i];
+    }
+    depthwise_forward<T>(t, gz, flipped.data(), nullptr, gx, false);
+    return;
+  }
+  const DwGeom g = geometry(s);
+  const auto& k = dw_kernels<T>();
+  parallel_planes<T>(s.N * s.C, g.gx_scratch, s.Kg * s.OH * s.OW * s.KH * s.KW,
+                     [&](int64_t p0, int64_t p1, T* buf) { k.grad_input(s, g, gz, w, gx, p0, p1, buf); });
+}
+
+template <typename T>
+void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
+  const DwGeom g = geometry(s);
+  const auto& k = dw_kernels<T>();
+  parallel_planes<T>(s.K, g.gw_scratch, s.N * s.OH * s.OW * s.KH * s.KW,
+                     [&](int64_t k0, int64_t k1, T* buf) { k.grad_weight(s, g, gz, x, gw, k0, k1, buf); });
+}
+
+template void depthwise_forward<float>(const ConvShape&, const float*, const float*, const float*, float*, bool);
+template void depthwise_forward<double>(const ConvShape&, const double*, const double*, const double*, double*, bool);
+template void depthwise_grad_input<float>(const ConvShape&, const float*, const float*, float*);
+template void depthwise_grad_input<double>(const ConvShape&, const double*, const double*, double*);
+template void depthwise_grad_weight<float>(const ConvShape&, const float*, const float*, float*);
+template void depthwise_grad_weight<double>(const ConvShape&, const double*, const double*, double*);
+
+}  // namespace cpu
+}  // namespace dlkernels

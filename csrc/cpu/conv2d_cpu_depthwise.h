@@ -1,0 +1,35 @@
+// The direct depthwise convolution on the CPU (conv2d_cpu_depthwise.cpp): convolutions whose groups each
+// have one input channel (groups == C_in, C_out a multiple of it; also a single-channel input with
+// groups == 1), forward and backward, without a GEMM. conv2d_cpu.cpp sends such shapes here: as a GEMM
+// each group's product has K = kH * kW (9 for a 3x3), far too short for the micro-kernel's packing to pay.
+#pragma once
+
+#include <cstdint>
+
+#include "common/op_args.h"
+
+namespace dlkernels {
+namespace cpu {
+
+inline bool conv2d_is_depthwise(const ConvShape& s) { return s.Cg == 1 && s.groups == s.C; }
+
+// The buffer geometry of the kernels (see conv2d_cpu_depthwise_kernels.h): a zero-padded input plane split
+// into sw phases of Hp rows of RS elements, and for grad_x each gz plane with QL zeros on the left in rows
+// of RSz. Row lengths are multiples of 16 with room for a vector read past the last element.
+struct DwGeom {
+  int64_t RS, plane, RSz, QL, fwd_scratch, gx_scratch, gw_scratch;
+};
+
+// z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null. T: float or double;
+// all buffers NCHW-contiguous.
+template <typename T>
+void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu);
+// gx [N, C, H, W] from gz = dL/d(pre-activation) [N, K, OH, OW]; every element written.
+template <typename T>
+void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx);
+// gw [K, 1, KH, KW] from gz and x; every element written.
+template <typename T>
+void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw);
+
+}  // namespace cpu
+}  // namespace dlkernels

@@ -1,0 +1,230 @@
+// The loops of the direct depthwise convolution (conv2d_cpu_depthwise.cpp), written once over a vector-ops
+// type VO and included (deliberately without an include guard) once per ISA: inside a target("avx512...")
+// or target("avx2...") region of conv2d_cpu_depthwise_x86.cpp and, for the portable path, in
+// conv2d_cpu_depthwise.cpp, each time in its own namespace. VO provides T, V, L (lanes) and zero, set1,
+// load, loadn (the first n lanes, the others 0), store, storen, fma(a, b, c) = a * b + c, relu and sum.
+//
+// Every plane of the input is first copied into a zero-padded buffer split into `sw` phases along W
+// (column iwp of the padded row goes to phase iwp % sw, position iwp / sw), so that for any stride a tap
+// reads a contiguous run of its phase: the inner loops are plain vector loads with no bounds tests. The
+// buffers are zeroed once per thread; later planes only overwrite the image positions.
+//
+// Requires: cpu/conv2d_cpu_depthwise.h (DwGeom) and common/op_args.h (ConvShape) included before.
+
+// One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
+// R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
+// vectors at once give the FMAs independent chains (one chain waits out the latency of each FMA).
+// off[tap]: where tap (kh, kw) starts reading in P, relative to the output row's first position; P: the
+// first row's; rs: P's step from one output row to the next.
+template <class VO, int R, int U>
+DLK_ALWAYS_INLINE void dw_fwd_block(const ConvShape& s, const int64_t* off, const typename VO::T* P, int64_t rs,
+                                    const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, int64_t ow0,
+                                    bool relu) {
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  V acc[R][U];
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) acc[r][u] = VO::set1(bk);
+  }
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const typename VO::T* src = P + off[tap] + ow0;
+    const V wv = VO::set1(wk[tap]);
+    for (int r = 0; r < R; ++r) {
+      for (int u = 0; u < U; ++u) acc[r][u] = VO::fma(wv, VO::load(src + r * rs + u * L), acc[r][u]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int u = 0; u < U; ++u) {
+      const V v = relu ? VO::relu(acc[r][u]) : acc[r][u];
+      const int64_t n = s.OW - (ow0 + u * L);
+      if (n >= L) {
+        VO::store(zrow + r * s.OW + ow0 + u * L, v);
+      } else if (n > 0) {
+        VO::storen(zrow + r * s.OW + ow0 + u * L, v, static_cast<int>(n));
+      }
+    }
+  }
+}
+
+// One block of R output rows of a plane, along the row in blocks of vectors.
+template <class VO, int R>
+DLK_ALWAYS_INLINE void dw_fwd_rows(const ConvShape& s, const int64_t* off, const typename VO::T* P, int64_t rs,
+                                   const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, bool relu) {
+  constexpr int L = VO::L;
+  constexpr int U = R >= 4 ? 2 : 4;
+  int64_t ow0 = 0;
+  for (; ow0 + U * L <= s.OW; ow0 += U * L) dw_fwd_block<VO, R, U>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+  for (; ow0 < s.OW; ow0 += L) dw_fwd_block<VO, R, 1>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+}
+
+// Copies plane (n, c) of x into the phase buffer P (whose padding is already zero).
+template <class VO>
+DLK_ALWAYS_INLINE void dw_fill_phases(const ConvShape& s, const DwGeom& g, const typename VO::T* xc,
+                                      typename VO::T* P) {
+  using T = typename VO::T;
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    const T* src = xc + ih * s.W;
+    T* dst = P + (ih + s.ph) * g.RS;
+    if (s.sw == 1) {
+      for (int64_t iw = 0; iw < s.W; ++iw) dst[iw + s.pw] = src[iw];
+    } else {
+      for (int64_t r = 0; r < s.sw; ++r) {  // padded column iwp = j * sw + r holds x column iwp - pw
+        T* d = dst + r * g.plane;
+        const int64_t jlo = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
+        for (int64_t j = jlo, iw = jlo * s.sw + r - s.pw; iw < s.W; ++j, iw += s.sw) d[j] = src[iw];
+      }
+    }
+  }
+}
+
+// z planes [p0, p1) (p = n * K + k) of the forward, bias added, relu if asked. buf: g.fwd_scratch elements,
+// zeroed.
+template <class VO>
+void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T* x, const typename VO::T* w,
+                       const typename VO::T* bias, typename VO::T* z, bool relu, int64_t p0, int64_t p1,
+                       typename VO::T* buf) {
+  const int64_t taps = s.KH * s.KW;
+  std::vector<int64_t> off(taps);
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t t = kw * s.dw;
+      off[kh * s.KW + kw] = kh * s.dh * g.RS + (t % s.sw) * g.plane + t / s.sw;
+    }
+  }
+  int64_t built = -1;  // the (n, c) plane now in buf
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / s.K, k = p % s.K, c = k / s.Kg;
+    if (n * s.C + c != built) {
+      built = n * s.C + c;
+      dw_fill_phases<VO>(s, g, x + built * s.H * s.W, buf);
+    }
+    const typename VO::T* wk = w + k * s.KH * s.KW;
+    const typename VO::T bk = bias ? bias[k] : typename VO::T(0);
+    typename VO::T* zp = z + p * s.OH * s.OW;
+    const int64_t rs = s.sh * g.RS;
+    int64_t oh = 0;
+    for (; oh + 4 <= s.OH; oh += 4) dw_fwd_rows<VO, 4>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
+    for (; oh < s.OH; ++oh) dw_fwd_rows<VO, 1>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
+  }
+}
+
+// grad_x planes [p0, p1) (p = n * C + c): gx[ih, iw] = sum over the channel's outputs k and the taps with
+// ih + ph = oh * sh + kh * dh and iw + pw = ow * sw + kw * dw of w * gz[k, oh, ow]. Gathered, not scattered:
+// the padded input columns of one phase r (iwp % sw == r) receive, from tap kw with (kw * dw) % sw == r,
+// gz[oh, j - (kw * dw) / sw] at position j = iwp / sw, a contiguous run of a gz row. Each gz plane is first
+// copied into buf with g.QL zeros on the left and zeros past OW, so the runs need no bounds tests. buf:
+// g.gx_scratch elements, zeroed.
+template <class VO>
+void dw_grad_input_planes(const ConvShape& s, const DwGeom& g, const typename VO::T* gz, const typename VO::T* w,
+                          typename VO::T* gx, int64_t p0, int64_t p1, typename VO::T* buf) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t taps = s.KH * s.KW;
+  // Per input row ih and phase r, the taps that reach it: their weight index and where they read in Z
+  // (the same for every plane; worked out once, as it takes divisions).
+  std::vector<int64_t> tap_count(s.H * s.sw, 0), tap_w(s.H * s.sw * taps), tap_off(s.H * s.sw * taps);
+  for (int64_t ih = 0; ih < s.H; ++ih) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const int64_t num = ih + s.ph - kh * s.dh;
+      if (num < 0 || num % s.sh != 0 || num / s.sh >= s.OH) continue;
+      for (int64_t kw = 0; kw < s.KW; ++kw) {
+        const int64_t t = kw * s.dw, r = t % s.sw, i = (ih * s.sw + r) * taps + tap_count[ih * s.sw + r]++;
+        tap_w[i] = kh * s.KW + kw;
+        tap_off[i] = (num / s.sh) * g.RSz - t / s.sw;
+      }
+    }
+  }
+  // Positions j of phase r inside the image: pw <= j * sw + r < pw + W.
+  std::vector<int64_t> jlos(s.sw), jhis(s.sw);
+  for (int64_t r = 0; r < s.sw; ++r) {
+    jlos[r] = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
+    jhis[r] = s.pw + s.W - 1 - r >= 0 ? (s.pw + s.W - 1 - r) / s.sw + 1 : 0;
+  }
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t n = p / s.C, c = p % s.C;
+    for (int64_t j = 0; j < s.Kg; ++j) {
+      const T* src = gz + (n * s.K + c * s.Kg + j) * s.OH * s.OW;
+      T* dst = buf + j * s.OH * g.RSz + g.QL;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        for (int64_t ow = 0; ow < s.OW; ++ow) dst[oh * g.RSz + ow] = src[oh * s.OW + ow];
+      }
+    }
+    const T* wc = w + c * s.Kg * s.KH * s.KW;
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      T* gxrow = gx + (p * s.H + ih) * s.W;
+      for (int64_t r = 0; r < s.sw; ++r) {
+        const int64_t jlo = jlos[r], jhi = jhis[r];
+        const int64_t* tw = tap_w.data() + (ih * s.sw + r) * taps;
+        const int64_t* to = tap_off.data() + (ih * s.sw + r) * taps;
+        const int64_t count = tap_count[ih * s.sw + r];
+        for (int64_t j0 = jlo; j0 < jhi; j0 += L) {
+          V acc = VO::zero();
+          for (int64_t m = 0; m < s.Kg; ++m) {
+            const T* Z = buf + m * s.OH * g.RSz + g.QL + j0;
+            const T* wm = wc + m * taps;
+            for (int64_t i = 0; i < count; ++i) acc = VO::fma(VO::set1(wm[tw[i]]), VO::load(Z + to[i]), acc);
+          }
+          const int64_t cnt = jhi - j0 < L ? jhi - j0 : L;
+          if (s.sw == 1) {
+            if (cnt == L) {
+              VO::store(gxrow + j0 - s.pw, acc);
+            } else {
+              VO::storen(gxrow + j0 - s.pw, acc, static_cast<int>(cnt));
+            }
+          } else {
+            T tmp[L];
+            VO::store(tmp, acc);
+            for (int64_t l = 0; l < cnt; ++l) gxrow[(j0 + l) * s.sw + r - s.pw] = tmp[l];
+          }
+        }
+      }
+    }
+  }
+}
+
+// grad_w rows [k0, k1): gw[k, kh, kw] = sum over n, oh, ow of gz[n, k, oh, ow] * x[n, c, ...], summed in
+// L lanes per tap in a fixed order (batch, row, chunk), then across the lanes: deterministic. buf:
+// g.gw_scratch elements, zeroed.
+template <class VO>
+void dw_grad_weight_rows(const ConvShape& s, const DwGeom& g, const typename VO::T* gz, const typename VO::T* x,
+                         typename VO::T* gw, int64_t k0, int64_t k1, typename VO::T* buf) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t taps = s.KH * s.KW;
+  T* P = buf;
+  T* acc = P + g.fwd_scratch;  // taps x L
+  const int64_t chunks = (s.OW + L - 1) / L, tail = s.OW - (chunks - 1) * L;
+  std::vector<int64_t> off(taps);
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const int64_t t = kw * s.dw;
+      off[kh * s.KW + kw] = kh * s.dh * g.RS + (t % s.sw) * g.plane + t / s.sw;
+    }
+  }
+  for (int64_t k = k0; k < k1; ++k) {
+    const int64_t c = k / s.Kg;
+    for (int64_t t = 0; t < taps; ++t) VO::store(acc + t * L, VO::zero());
+    for (int64_t n = 0; n < s.N; ++n) {
+      dw_fill_phases<VO>(s, g, x + (n * s.C + c) * s.H * s.W, P);
+      const T* gzk = gz + (n * s.K + k) * s.OH * s.OW;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* grow = gzk + oh * s.OW;
+        const T* prow = P + oh * s.sh * g.RS;
+        for (int64_t tap = 0; tap < taps; ++tap) {
+          const T* src = prow + off[tap];
+          V a = VO::load(acc + tap * L);
+          int64_t q = 0;
+          for (; q + 1 < chunks; ++q) a = VO::fma(VO::load(grow + q * L), VO::load(src + q * L), a);
+          // The last chunk: lanes past OW load as 0 on both sides (an inf there must not make 0 * inf).
+          a = VO::fma(VO::loadn(grow + q * L, static_cast<int>(tail)), VO::loadn(src + q * L, static_cast<int>(tail)),
+                      a);
+          VO::store(acc + tap * L, a);
+        }
+      }
+    }
+    for (int64_t t = 0; t < taps; ++t) gw[k * taps + t] = VO::sum(VO::load(acc + t * L));
+  }
+}

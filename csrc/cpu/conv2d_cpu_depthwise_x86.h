@@ -1,0 +1,34 @@
+// The x86 kernels of the direct depthwise convolution (conv2d_cpu_depthwise_x86.cpp), called by the glue in
+// conv2d_cpu_depthwise.cpp: the loops of conv2d_cpu_depthwise_kernels.h compiled for AVX-512 and AVX2+FMA.
+#pragma once
+
+#include <cstdint>
+
+#include "common/op_args.h"
+#include "cpu/conv2d_cpu_depthwise.h"
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+
+// One ISA's kernels for element type T; each runs the planes (or weight rows) [p0, p1) with `buf` as its
+// zeroed scratch (DwGeom's sizes).
+template <typename T>
+struct DwKernels {
+  void (*forward)(const ConvShape& s, const DwGeom& g, const T* x, const T* w, const T* bias, T* z, bool relu,
+                  int64_t p0, int64_t p1, T* buf);
+  void (*grad_input)(const ConvShape& s, const DwGeom& g, const T* gz, const T* w, T* gx, int64_t p0, int64_t p1,
+                     T* buf);
+  void (*grad_weight)(const ConvShape& s, const DwGeom& g, const T* gz, const T* x, T* gw, int64_t k0, int64_t k1,
+                      T* buf);
+};
+
+#if defined(__x86_64__)
+DLK_INTERNAL const DwKernels<float>& dw_kernels_f32_avx512();
+DLK_INTERNAL const DwKernels<double>& dw_kernels_f64_avx512();
+DLK_INTERNAL const DwKernels<float>& dw_kernels_f32_avx2();
+DLK_INTERNAL const DwKernels<double>& dw_kernels_f64_avx2();
+#endif
+
+}  // namespace cpu
+}  // namespace dlkernels
