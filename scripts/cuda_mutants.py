@@ -49,7 +49,7 @@ MUTANTS = [
      "if (ih < 0 || ih >= g.H) continue;\n        for (int64_t s = 0; s < g.KW; ++s) {\n          const int64_t iw = "
      "iw0 + s * g.dw;\n          if (iw < 0 || iw > g.W) continue;",
      "the forward reads one column past the input's right edge (padding)"),
-    ("pool-write-past-end", "cuda/max_pool2d_cuda.cu",
+    ("pool-write-past-end", "cuda/max_pool2d_kernels.cuh",
      "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {\n"
      "    int64_t n, c, oh, ow;",
      "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i <= total; i += step) {\n"
