@@ -260,7 +260,8 @@ def test_cuda_conv_epilogue_activations(target, config, channels_last, activatio
 
 def test_cuda_conv_emulated_main_loop_is_conflict_free(monkeypatch):
     """The emulator's counters for the channels_last implicit GEMMs (16-byte gathers along channels): ldmatrix
-    and cp.async without shared-memory bank conflicts, for the forward and the transposed grad_input gather."""
+    and cp.async without shared-memory bank conflicts and global reads in full 32-byte sectors, for the forward, the transposed grad_input gather and the
+    weight gradient's MN-major gathers."""
     require_backend("cuda_emu", "cpu")
     from dlkernels import cuda_emu
 
@@ -270,18 +271,22 @@ def test_cuda_conv_emulated_main_loop_is_conflict_free(monkeypatch):
         x = make_input(2, 64, 6, 6, dtype=torch.bfloat16, seed=1).to(memory_format=torch.channels_last)
         weight = make_input(64, 64, 3, 3, dtype=torch.bfloat16, seed=2)
         x.requires_grad_()
+        weight.requires_grad_()
         out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="none", backend="cuda_emu")
-        (gx,) = torch.autograd.grad(out, x, make_input(*out.shape, dtype=torch.bfloat16, seed=3))
+        torch.autograd.grad(out, (x, weight), make_input(*out.shape, dtype=torch.bfloat16, seed=3))
         # Named conv::conv2d_..._kernel<...> (the kernels' namespace).
         counters = {k: v for k, v in cuda_emu.counters().items() if k.split("<")[0].startswith("conv::conv2d_")}
         kinds = {k.split("<")[0].split("::")[-1] for k, c in counters.items() if c["mma"] > 0}
-        assert kinds == {"conv2d_forward_kernel", "conv2d_grad_input_kernel"}, (config, sorted(counters))
+        assert kinds == {"conv2d_forward_kernel", "conv2d_grad_input_kernel", "conv2d_grad_weight_kernel"}, (
+            config, sorted(counters))
         for name, c in counters.items():
             if c["mma"] == 0:
                 continue
             assert c["ldmatrix"] > 0 and c["cp_async"] > 0, name
             assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (config, name, c)
             assert c["cp_async_wavefronts"] == c["cp_async_ideal_wavefronts"], (config, name, c)
+            # 64 channels: the 16-byte gathers of a tap's row fill whole 32-byte sectors.
+            assert c["cp_async_global_sectors"] * 32 == c["cp_async_global_bytes"], (config, name, c)
 
 
 @pytest.mark.parametrize("value", ["huge", "large:2", "Direct"])
