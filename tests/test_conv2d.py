@@ -285,8 +285,13 @@ def test_cuda_conv_emulated_main_loop_is_conflict_free(monkeypatch):
             assert c["ldmatrix"] > 0 and c["cp_async"] > 0, name
             assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (config, name, c)
             assert c["cp_async_wavefronts"] == c["cp_async_ideal_wavefronts"], (config, name, c)
-            # 64 channels: the 16-byte gathers of a tap's row fill whole 32-byte sectors.
-            assert c["cp_async_global_sectors"] * 32 == c["cp_async_global_bytes"], (config, name, c)
+            # 64 channels: the 16-byte gathers of a tap's row fill whole 32-byte sectors. The weight gradient's
+            # 128-wide B tile spans two taps, whose rows share pixels (im2col's reuse): a warp may read a sector
+            # twice, but never a sector in part.
+            if "grad_weight" in name:
+                assert c["cp_async_global_sectors"] * 32 <= c["cp_async_global_bytes"], (config, name, c)
+            else:
+                assert c["cp_async_global_sectors"] * 32 == c["cp_async_global_bytes"], (config, name, c)
 
 
 @pytest.mark.parametrize("value", ["huge", "large:2", "Direct"])
