@@ -260,8 +260,8 @@ def test_cuda_conv_epilogue_activations(target, config, channels_last, activatio
 
 def test_cuda_conv_emulated_main_loop_is_conflict_free(monkeypatch):
     """The emulator's counters for the channels_last implicit GEMMs (16-byte gathers along channels): ldmatrix
-    and cp.async without shared-memory bank conflicts and global reads in full 32-byte sectors, for the forward, the transposed grad_input gather and the
-    weight gradient's MN-major gathers."""
+    and cp.async without shared-memory bank conflicts and global reads in full 32-byte sectors, for the
+    forward, the transposed grad_input gather and the weight gradient's MN-major gathers."""
     require_backend("cuda_emu", "cpu")
     from dlkernels import cuda_emu
 
