@@ -417,15 +417,37 @@ CUDA_EXPECTATIONS = (
                                  "loop) in the float64 instantiations of every activation but gelu; float64 "
                                  "is the gradcheck dtype, not a speed path; fixing it means editing "
                                  "csrc/cuda/linear_act_cuda.cu"),
-    # conv2d_cuda.cu: direct convolution, one output (or input-gradient) element per thread in a grid-stride
-    # loop; grad_weight reduces one weight element per block.
-    CudaExpectation("conv2d_forward_kernel", threads=256, max_registers=128, max_shared=0),
-    CudaExpectation("conv2d_grad_input_kernel", threads=256, max_registers=128, max_shared=0),
-    CudaExpectation("conv2d_grad_weight_kernel", threads=256, max_registers=128, max_shared=4 * 1024),
-    # max_pool2d_cuda.cu: bandwidth kernels, one output (input) element per thread. At most 64 registers
+    # conv2d_kernels.cuh, direct kernels (float64, float32 without TF32, depthwise): one output (or
+    # input-gradient) element per thread in a grid-stride loop; grad_weight reduces one weight element per block.
+    CudaExpectation("conv2d_direct_forward_kernel", threads=256, max_registers=128, max_shared=0),
+    CudaExpectation("conv2d_direct_grad_input_kernel", threads=256, max_registers=128, max_shared=0),
+    CudaExpectation("conv2d_direct_grad_weight_kernel", threads=256, max_registers=128, max_shared=4 * 1024),
+    # conv2d_kernels.cuh, the implicit GEMMs on gemm_core.cuh (4 warps per CTA, as linear_act's): the im2col
+    # gather of A and the dense B staged with cp.async (LDGSTS), K-major fragments from ldmatrix, mma.sync.
+    CudaExpectation("conv2d_forward_kernel", threads=128, max_registers=255, max_shared=0,
+                    required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared),
+    CudaExpectation("conv2d_grad_input_kernel", threads=128, max_registers=255, max_shared=0,
+                    required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared),
+    # The weight gradient: both operands MN-major (ldmatrix.trans for 16-bit, shared loads for TF32); its
+    # element gathers of 16-bit types are plain loads (cp.async has no 2-byte form), so only its 16-byte and
+    # float32 instantiations hold LDGSTS.
+    CudaExpectation("conv2d_grad_weight_kernel", threads=128, max_registers=255, max_shared=0,
+                    dtypes=("float16", "bfloat16"), required=("HMMA", "LDSM"), dynamic_shared=gemm_core_shared),
+    CudaExpectation("conv2d_grad_weight_kernel", threads=128, max_registers=255, max_shared=0,
+                    dtypes=("float32",), required=("HMMA", "LDGSTS"), dynamic_shared=gemm_core_shared),
+    CudaExpectation("conv2d_grad_weight_reduce_kernel", threads=256, max_registers=64, max_shared=0),
+    # max_pool2d_kernels.cuh: bandwidth kernels, one output (input) element per thread. At most 64 registers
     # keeps 4 blocks of 256 (half the SM's warps) in flight to cover memory latency.
     CudaExpectation("max_pool2d_forward_kernel", threads=256, max_registers=64, max_shared=0),
-    CudaExpectation("max_pool2d_grad_input_kernel", threads=256, max_registers=64, max_shared=0),
+    CudaExpectation("max_pool2d_backward_kernel", threads=256, max_registers=64, max_shared=0),
+    # The 16-byte kernels: each thread keeps one running max (and index) per lane, so up to 8 lanes of
+    # float + int64 state; 128 registers still keep 2 blocks of 256 per SM.
+    CudaExpectation("max_pool2d_forward_nhwc_vec_kernel", threads=256, max_registers=128, max_shared=0,
+                    required=("LDG.128", "STG.128")),
+    CudaExpectation("max_pool2d_forward_nchw_vec_kernel", threads=256, max_registers=128, max_shared=0,
+                    required=("STG.128",)),
+    CudaExpectation("max_pool2d_backward_nhwc_vec_kernel", threads=256, max_registers=128, max_shared=0,
+                    required=("LDG.128", "STG.128")),
     # linear_act_cuda.cu's tensor-core GEMMs on gemm_core.cuh: 4 warps per CTA (warp tiles of 64x64, 32x32 or
     # 16x32 accumulators), mma.sync on 16-bit or TF32 operands, 16-byte cp.async staging, ldmatrix fragments;
     # TF32 operands stored MN-major (both of grad_weight's) come from shared loads instead. 255 registers at

@@ -6,7 +6,8 @@ import torch
 import dlkernels
 from dlkernels import reference
 from conftest import (BACKENDS, BASE_ACTIVATIONS, DTYPES, NEW_ACTIVATION_CASES, NEW_ACTIVATIONS,
-                      assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend)
+                      assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend,
+                      tf32_flags)
 
 CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
@@ -239,3 +240,136 @@ def test_model_shapes_gradcheck_float64():
         assert torch.autograd.gradcheck(
             lambda *a: dlkernels.ops.conv2d(*a, stride=stride, padding=padding, groups=groups, activation="silu",
                                             backend="native"), (x, weight, bias))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The CUDA implicit GEMM (csrc/cuda/conv2d_kernels.cuh), each tile forced with DLKERNELS_CUDA_CONV_CONFIG: in
+# the CUDA emulator on CPU tensors, and on the GPU when there is one.
+
+CUDA_TARGETS = [pytest.param(("cuda_emu", "cpu"), id="emu")] + (
+    [pytest.param(("native", "cuda"), id="gpu", marks=pytest.mark.cuda)] if torch.cuda.is_available() else [])
+CONV_CONFIGS = ["direct", "large", "medium"]
+IGEMM_CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
+    ((2, 16, 7, 9), (24, 3, 3), 1, 1, 1, 1),  # channels multiples of 8: 16-byte gathers for channels_last
+    ((1, 6, 9, 7), (5, 3, 2), 2, (1, 0), (2, 1), 1),  # odd channels: element gathers, stride and dilation
+    ((2, 32, 6, 5), (16, 1, 1), 1, 0, 1, 2),  # 1x1, two groups of 16 channels
+    ((1, 12, 11, 10), (9, 3, 3), (2, 3), 2, 2, 3),  # groups of 4 channels, strides that skip positions
+    ((1, 72, 5, 6), (40, 2, 2), 1, 1, 1, 1),  # a reduction of more than one k-tile, N past one 32-wide warp
+]
+
+
+def tf32_conv_bound(x64, w64, b64, args):
+    """The error bound of a float32 conv whose operands are rounded to TF32 (unit roundoff 2^-11) and summed in
+    float32: |x| (*) |w| + |b| times a few units of TF32's rounding."""
+    mag = reference.conv2d(x64.abs(), w64.abs(), None if b64 is None else b64.abs(), *args[:4], "none", None)
+    return 8 * 2.0**-11 * mag + 1e-6
+
+
+def check_conv_result(out, expected64, dtype, torch_out, bound):
+    if dtype == torch.float32:
+        error = (out.detach().double() - expected64).abs()
+        assert (error <= bound).all(), error.max()
+    else:
+        assert_close_to_reference(out, expected64, dtype, torch_out)
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("config", CONV_CONFIGS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", IGEMM_CASES)
+def test_cuda_conv_configurations(target, config, dtype, channels_last, case, monkeypatch):
+    """Forward (bias and silu in the epilogue) and the three gradients of each tile, both layouts; float32
+    as TF32 (torch.backends.cudnn.allow_tf32)."""
+    backend, device = target
+    require_backend(backend, device)
+    monkeypatch.setenv("DLKERNELS_CUDA_CONV_CONFIG", config)
+    with tf32_flags(cudnn=True):
+        leaves, out, args = run_case(case, dtype, device, "silu", backend, channels_last=channels_last,
+                                     requires_grad=True)
+        grad_out = make_input(*out.shape, dtype=dtype, device=device, seed=4)
+        grads = torch.autograd.grad(out, leaves, grad_out)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    out64 = reference.conv2d(*leaves64, *args)
+    grads64 = torch.autograd.grad(out64, leaves64, as64(grad_out))
+    leaves_t = [t.detach().cpu().requires_grad_() for t in leaves]
+    torch_out = reference.conv2d(*leaves_t, *args)
+    torch_grads = torch.autograd.grad(torch_out, leaves_t, grad_out.cpu())
+    x64, w64, b64 = (t.detach() for t in leaves64)
+    check_conv_result(out.cpu(), out64.detach(), dtype, torch_out.detach(), tf32_conv_bound(x64, w64, b64, args))
+    # |gz| <= 1.1 |grad_out| (silu' lies in [-0.1, 1.1]).
+    gz_mag = 1.1 * as64(grad_out).abs()
+    stride, padding, dilation, groups = args[:4]
+    grad_bounds = [
+        8 * 2.0**-11 * torch.nn.grad.conv2d_input(x64.shape, w64.abs(), gz_mag, stride, padding, dilation,
+                                                   groups) + 1e-5,
+        8 * 2.0**-11 * torch.nn.grad.conv2d_weight(x64.abs(), w64.shape, gz_mag, stride, padding, dilation,
+                                                    groups) + 1e-5,
+        8 * 2.0**-11 * gz_mag.sum((0, 2, 3)) + 1e-5,
+    ]
+    for grad, torch_grad, grad64, bound in zip(grads, torch_grads, grads64, grad_bounds):
+        check_conv_result(grad.cpu(), grad64, dtype, torch_grad, bound)
+
+
+@pytest.mark.parametrize("target", CUDA_TARGETS)
+@pytest.mark.parametrize("config", ["large", "medium"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("activation", dlkernels.ACTIVATIONS)
+def test_cuda_conv_epilogue_activations(target, config, channels_last, activation, monkeypatch):
+    """Every activation fused in the implicit GEMM's epilogue, in both output layouts."""
+    backend, device = target
+    require_backend(backend, device)
+    monkeypatch.setenv("DLKERNELS_CUDA_CONV_CONFIG", config)
+    case = IGEMM_CASES[0]
+    (x, weight, bias), out, args = run_case(case, torch.bfloat16, device, activation, backend,
+                                            channels_last=channels_last)
+    expected = reference.conv2d(as64(x), as64(weight), as64(bias), *args)
+    assert_close_to_reference(out.cpu(), expected, torch.bfloat16, reference.conv2d(x.cpu(), weight.cpu(),
+                                                                                    bias.cpu(), *args))
+
+
+def test_cuda_conv_emulated_main_loop_is_conflict_free(monkeypatch):
+    """The emulator's counters for the channels_last implicit GEMMs (16-byte gathers along channels): ldmatrix
+    and cp.async without shared-memory bank conflicts and global reads in full 32-byte sectors, for the
+    forward, the transposed grad_input gather and the weight gradient's MN-major gathers."""
+    require_backend("cuda_emu", "cpu")
+    from dlkernels import cuda_emu
+
+    for config in ("large", "medium"):
+        monkeypatch.setenv("DLKERNELS_CUDA_CONV_CONFIG", config)
+        cuda_emu.reset_counters()
+        x = make_input(2, 64, 6, 6, dtype=torch.bfloat16, seed=1).to(memory_format=torch.channels_last)
+        weight = make_input(64, 64, 3, 3, dtype=torch.bfloat16, seed=2)
+        x.requires_grad_()
+        weight.requires_grad_()
+        out = dlkernels.ops.conv2d(x, weight, None, padding=1, activation="none", backend="cuda_emu")
+        torch.autograd.grad(out, (x, weight), make_input(*out.shape, dtype=torch.bfloat16, seed=3))
+        # Named conv::conv2d_..._kernel<...> (the kernels' namespace).
+        counters = {k: v for k, v in cuda_emu.counters().items() if k.split("<")[0].startswith("conv::conv2d_")}
+        kinds = {k.split("<")[0].split("::")[-1] for k, c in counters.items() if c["mma"] > 0}
+        assert kinds == {"conv2d_forward_kernel", "conv2d_grad_input_kernel", "conv2d_grad_weight_kernel"}, (
+            config, sorted(counters))
+        for name, c in counters.items():
+            if c["mma"] == 0:
+                continue
+            assert c["ldmatrix"] > 0 and c["cp_async"] > 0, name
+            assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (config, name, c)
+            assert c["cp_async_wavefronts"] == c["cp_async_ideal_wavefronts"], (config, name, c)
+            # 64 channels: the 16-byte gathers of a tap's row fill whole 32-byte sectors. The weight gradient's
+            # 128-wide B tile spans two taps, whose rows share pixels (im2col's reuse): a warp may read a sector
+            # twice, but never a sector in part.
+            if "grad_weight" in name:
+                assert c["cp_async_global_sectors"] * 32 <= c["cp_async_global_bytes"], (config, name, c)
+            else:
+                assert c["cp_async_global_sectors"] * 32 == c["cp_async_global_bytes"], (config, name, c)
+
+
+@pytest.mark.parametrize("value", ["huge", "large:2", "Direct"])
+def test_cuda_conv_config_variable_is_checked_emulated(value, monkeypatch):
+    require_backend("cuda_emu", "cpu")
+    monkeypatch.setenv("DLKERNELS_CUDA_CONV_CONFIG", value)
+    x, weight = make_input(1, 8, 5, 5, dtype=torch.bfloat16), make_input(8, 8, 3, 3, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="DLKERNELS_CUDA_CONV_CONFIG"):
+        dlkernels.ops.conv2d(x, weight, None, backend="cuda_emu")

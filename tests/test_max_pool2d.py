@@ -27,6 +27,10 @@ CASES = [  # (N, C, H, W), kernel_size, stride, padding, dilation, ceil_mode
     ((2, 21, 9, 37), 3, 2, 1, 1, True),
     ((1, 19, 6, 40), 2, 2, 0, 1, False),
     ((2, 70, 7, 9), 3, 2, 1, 1, False),  # more channels than one call keeps in registers
+    # whole 16-byte vectors of every dtype for the CUDA kernels: channels (channels_last) and output columns
+    # (NCHW) multiples of 8
+    ((2, 24, 9, 16), 3, 1, 1, 1, False),
+    ((1, 32, 11, 31), 3, 2, 1, (2, 1), True),
 ]
 
 
@@ -65,7 +69,7 @@ def test_nans_and_ties(backend, device, channels_last):
     require_backend(backend, device)
     g = torch.Generator().manual_seed(0)
     # vector lanes and remainders in both layouts; more channels than one call keeps in registers
-    for shape in [(2, 19, 9, 37), (1, 70, 9, 8)]:
+    for shape in [(2, 19, 9, 37), (1, 70, 9, 8), (1, 16, 9, 16)]:
         values = torch.randint(-2, 3, shape, generator=g).float()  # many ties
         values[values == 2] = float("nan")
         values[0, 0] = float("-inf")  # a plane of -inf: index is the first valid position of each window
@@ -87,7 +91,7 @@ def test_unbatched_and_empty(backend, device):
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5]])
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5], CASES[11], CASES[12]])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients_match_torch(backend, device, dtype, channels_last, case):
     require_backend(backend, device)
@@ -149,3 +153,32 @@ def test_gradcheck_float64(backend):
     x = make_input(2, 3, 7, 6, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(
         lambda t: dlkernels.ops.max_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend), (x,))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cuda_vector_kernels_emulated(dtype, channels_last):
+    """The CUDA kernels with 16-byte vectors (csrc/cuda/max_pool2d_kernels.cuh) run where their vectors are whole
+    (channels_last: C a multiple of 16 bytes of elements; NCHW forward: OW one), the scalar ones elsewhere; both
+    bit-exact with torch."""
+    require_backend("cuda_emu", "cpu")
+    from dlkernels import cuda_emu
+
+    for case, vectors in [(CASES[12], True), (CASES[8], False)]:
+        cuda_emu.reset_counters()
+        x = check_pool(case, dtype, "cpu", "cuda_emu", channels_last)
+        x.requires_grad_()
+        out = dlkernels.ops.max_pool2d(x, *case[1:], backend="cuda_emu")
+        grad_out = make_input(*out.shape, dtype=dtype, seed=3)
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+        (torch_grad,) = torch.autograd.grad(F.max_pool2d(x, *case[1:]), x, grad_out)
+        if dtype != torch.bfloat16:
+            assert torch.equal(grad, torch_grad)
+        names = {k.split("<")[0].split("::")[-1] for k in cuda_emu.counters()}
+        layout = "nhwc" if channels_last else "nchw"
+        if vectors:
+            expected = {f"max_pool2d_forward_{layout}_vec_kernel",
+                        "max_pool2d_backward_nhwc_vec_kernel" if channels_last else "max_pool2d_backward_kernel"}
+        else:
+            expected = {"max_pool2d_forward_kernel", "max_pool2d_backward_kernel"}
+        assert names == expected, (case, names)

@@ -8,11 +8,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include "common/activation.h"
 #include "cuda/runtime.cuh"
@@ -34,6 +36,13 @@ inline unsigned int grid_size(int64_t n, int threads = kThreads) {
 // Blocks for a grid-stride loop that gives each of n items a whole block (n > 0).
 inline unsigned int grid_size_blocks(int64_t n) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min(n, kMaxBlocks)));
+}
+
+// f(std::true_type{}) or f(std::false_type{}): a runtime flag as a template parameter of the kernel f launches.
+template <class F>
+decltype(auto) dispatch_bool(bool flag, F&& f) {
+  if (flag) return f(std::true_type{});
+  return f(std::false_type{});
 }
 
 __host__ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -71,13 +80,15 @@ __global__ void activation_grad_kernel(const scalar_t* __restrict__ grad_out, co
   }
 }
 
-// The gradient before the activation, for contiguous grad_out and saved of the same shape and dtype.
+// The gradient before the activation, for grad_out and saved of the same shape and dtype, both contiguous in
+// the same memory format.
 // `saved` is the output or the pre-activation (see grad_needs_output / grad_needs_preactivation). Returns a
-// contiguous tensor (grad_out itself for "none").
+// tensor in that format (grad_out itself for "none").
 inline at::Tensor activation_grad_cuda(const at::Tensor& grad_out, const at::Tensor& saved, Activation act,
                                        const ActivationParams& params) {
   if (act == Activation::None) return grad_out;
-  at::Tensor gz = at::empty(grad_out.sizes(), grad_out.options());
+  // In grad_out's memory format: both operands are dense in the same layout, read elementwise.
+  at::Tensor gz = at::empty_like(grad_out);
   const int64_t n = gz.numel();
   if (n == 0) return gz;
   const auto stream = current_stream();

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -109,27 +110,41 @@ struct Core {
   static_assert((kAElems / kVec) % kThreads == 0 && (kBElems / kVec) % kThreads == 0, "copies split evenly");
   static_assert(NI % 2 == 0, "B fragments are loaded two mma tiles at a time");
 
+  // Starts the copies of k-tile [k0, k0 + BK) of one dense operand (kRowElems elements per tile row, kElems in
+  // all) whose output rows (A) or columns (B) o0.. lie in [0, extent): element (o, k) at g[o * ld + k]
+  // (K-major) or g[k * ld + o] (MN-major).
+  template <Major M, int kRowElems, int kElems>
+  static __device__ __forceinline__ void load_dense(T* s, const T* g, int64_t ld, int64_t extent, int64_t o0,
+                                                    int64_t k0, int64_t k_end) {
+    constexpr int kChunksPerRow = kRowElems / kVec;
+#pragma unroll
+    for (int i = threadIdx.x; i < kElems / kVec; i += kThreads) {
+      const int row = i / kChunksPerRow, col = (i % kChunksPerRow) * kVec;
+      const int64_t go = M == Major::kK ? o0 + row : o0 + col;
+      const int64_t gk = M == Major::kK ? k0 + col : k0 + row;
+      const bool ok = go < extent && gk < k_end;
+      const int64_t at = !ok ? 0 : M == Major::kK ? go * ld + gk : gk * ld + go;
+      ptx::cp_async<16, true>(s + S::offset(row, col, kRowElems), g + at, ok ? 16 : 0);
+    }
+  }
+
   // Starts the copies of k-tile [k0, k0 + BK) of A (rows m0..) and B (columns n0..) into one stage.
   static __device__ __forceinline__ void load(const Problem<T>& p, T* sa, T* sb, int64_t m0, int64_t n0, int64_t k0,
                                               int64_t k_end) {
-    constexpr int kAChunksPerRow = kARow / kVec, kBChunksPerRow = kBRow / kVec;
-#pragma unroll
-    for (int i = threadIdx.x; i < kAElems / kVec; i += kThreads) {
-      const int row = i / kAChunksPerRow, col = (i % kAChunksPerRow) * kVec;
-      const int64_t gm = AMajor == Major::kK ? m0 + row : m0 + col;
-      const int64_t gk = AMajor == Major::kK ? k0 + col : k0 + row;
-      const bool ok = gm < p.M && gk < k_end;
-      const int64_t at = !ok ? 0 : AMajor == Major::kK ? gm * p.lda + gk : gk * p.lda + gm;
-      ptx::cp_async<16, true>(sa + S::offset(row, col, kARow), p.a + at, ok ? 16 : 0);
-    }
-#pragma unroll
-    for (int i = threadIdx.x; i < kBElems / kVec; i += kThreads) {
-      const int row = i / kBChunksPerRow, col = (i % kBChunksPerRow) * kVec;
-      const int64_t gn = BMajor == Major::kK ? n0 + row : n0 + col;
-      const int64_t gk = BMajor == Major::kK ? k0 + col : k0 + row;
-      const bool ok = gn < p.N && gk < k_end;
-      const int64_t at = !ok ? 0 : BMajor == Major::kK ? gn * p.ldb + gk : gk * p.ldb + gn;
-      ptx::cp_async<16, true>(sb + S::offset(row, col, kBRow), p.b + at, ok ? 16 : 0);
+    load_dense<AMajor, kARow, kAElems>(sa, p.a, p.lda, p.M, m0, k0, k_end);
+    load_dense<BMajor, kBRow, kBElems>(sb, p.b, p.ldb, p.N, n0, k0, k_end);
+  }
+
+  // One stage of the pipeline from a dense Problem, or from any source with a
+  // `template <class Core> load(sa, sb, m0, n0, k0, k_end) const` (the conv2d implicit GEMM's im2col gather,
+  // csrc/cuda/conv2d_kernels.cuh), which must leave zeros wherever the operands have no element.
+  template <class P>
+  static __device__ __forceinline__ void stage(const P& p, T* sa, T* sb, int64_t m0, int64_t n0, int64_t k0,
+                                               int64_t k_end) {
+    if constexpr (std::is_same_v<P, Problem<T>>) {
+      load(p, sa, sb, m0, n0, k0, k_end);
+    } else {
+      p.template load<Core>(sa, sb, m0, n0, k0, k_end);
     }
   }
 
@@ -200,7 +215,8 @@ struct Core {
 
   // acc (this warp's WM x WN tile) = A[m0.., k_begin:k_end] . B[k_begin:k_end, n0..]. Ends with every copy
   // landed and a barrier, so the caller may reuse shared memory.
-  static __device__ void mainloop(const Problem<T>& p, T* smem, int64_t m0, int64_t n0, int64_t k_begin, int64_t k_end,
+  template <class P>
+  static __device__ void mainloop(const P& p, T* smem, int64_t m0, int64_t n0, int64_t k_begin, int64_t k_end,
                                   float (&acc)[MI][NI][4]) {
     const int warp = threadIdx.x / 32;
     const int wm0 = (warp / TileT::kWarpsN) * TileT::WM, wn0 = (warp % TileT::kWarpsN) * TileT::WN;
@@ -214,7 +230,7 @@ struct Core {
     const int64_t tiles = k_end > k_begin ? (k_end - k_begin + BK - 1) / BK : 0;
 #pragma unroll
     for (int s = 0; s < TileT::kStages - 1; ++s) {
-      if (s < tiles) load(p, sa + s * kAElems, sb + s * kBElems, m0, n0, k_begin + s * BK, k_end);
+      if (s < tiles) stage(p, sa + s * kAElems, sb + s * kBElems, m0, n0, k_begin + s * BK, k_end);
       ptx::cp_async_commit();
     }
     for (int64_t kt = 0; kt < tiles; ++kt) {
@@ -225,7 +241,7 @@ struct Core {
       const int64_t next = kt + TileT::kStages - 1;
       if (next < tiles) {
         const int s = static_cast<int>(next % TileT::kStages);
-        load(p, sa + s * kAElems, sb + s * kBElems, m0, n0, k_begin + next * BK, k_end);
+        stage(p, sa + s * kAElems, sb + s * kBElems, m0, n0, k_begin + next * BK, k_end);
       }
       ptx::cp_async_commit();
       const int s = static_cast<int>(kt % TileT::kStages);
@@ -235,12 +251,14 @@ struct Core {
     __syncthreads();
   }
 
-  // C = act(acc + bias) for the CTA's tile, through shared memory so that the global stores are 16-byte
-  // vectors along rows (when N keeps rows 16-byte aligned) and the output is written once.
+  // The epilogue's first half: act(acc + bias) as T for the CTA's tile into shared memory, rows of
+  // kEpilogueLd elements (one chunk of padding), for the caller to copy out in whatever layout its output has.
+  // Columns n0.. of [0, N) take bias[n] (bias may be null). Ends with a barrier.
+  static constexpr int kEpilogueLd = BN + kVec;
   template <Activation A>
-  static __device__ void store(const float (&acc)[MI][NI][4], T* smem, T* c, int64_t M, int64_t N, int64_t m0,
-                               int64_t n0, const T* bias, const ActivationParams& ap) {
-    constexpr int ld = BN + kVec;  // one chunk of padding per row
+  static __device__ void stage_tile(const float (&acc)[MI][NI][4], T* smem, int64_t N, int64_t n0, const T* bias,
+                                    const ActivationParams& ap) {
+    constexpr int ld = kEpilogueLd;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
     const int wm0 = (warp / TileT::kWarpsN) * TileT::WM, wn0 = (warp % TileT::kWarpsN) * TileT::WN;
 #pragma unroll
@@ -264,17 +282,32 @@ struct Core {
       }
     }
     __syncthreads();
-    const bool vectors = N % kVec == 0;  // then every row of C starts on 16 bytes
+  }
+
+  // The epilogue's second half for a row-major C (row gm at c + gm * ldc): 16-byte vectors along rows when
+  // ldc and N keep every row's columns 16-byte aligned (c itself must be).
+  static __device__ void store_rows(const T* smem, T* c, int64_t ldc, int64_t M, int64_t N, int64_t m0, int64_t n0) {
+    constexpr int ld = kEpilogueLd;
+    const bool vectors = N % kVec == 0 && ldc % kVec == 0;
     for (int i = threadIdx.x; i < BM * BN / kVec; i += kThreads) {
       const int row = i / (BN / kVec), col = (i % (BN / kVec)) * kVec;
       const int64_t gm = m0 + row, gn = n0 + col;
       if (gm >= M || gn >= N) continue;
       if (vectors) {
-        *reinterpret_cast<uint4*>(c + gm * N + gn) = *reinterpret_cast<const uint4*>(smem + row * ld + col);
+        *reinterpret_cast<uint4*>(c + gm * ldc + gn) = *reinterpret_cast<const uint4*>(smem + row * ld + col);
       } else {
-        for (int e = 0; e < kVec && gn + e < N; ++e) c[gm * N + gn + e] = smem[row * ld + col + e];
+        for (int e = 0; e < kVec && gn + e < N; ++e) c[gm * ldc + gn + e] = smem[row * ld + col + e];
       }
     }
+  }
+
+  // C = act(acc + bias) for the CTA's tile, through shared memory so that the global stores are 16-byte
+  // vectors along rows (when N keeps rows 16-byte aligned) and the output is written once.
+  template <Activation A>
+  static __device__ void store(const float (&acc)[MI][NI][4], T* smem, T* c, int64_t M, int64_t N, int64_t m0,
+                               int64_t n0, const T* bias, const ActivationParams& ap) {
+    stage_tile<A>(acc, smem, N, n0, bias, ap);
+    store_rows(smem, c, N, M, N, m0, n0);
   }
 
   // The split-K partial sums of the CTA's tile, as float, into partial[M][N] (its blockIdx.z slice).

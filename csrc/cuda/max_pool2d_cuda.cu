@@ -1,10 +1,9 @@
-// MaxPool2d on CUDA: forward (with or without indices) and backward, NCHW and channels_last.
+// MaxPool2d on CUDA: forward (with or without indices) and backward, NCHW and channels_last; the op-level
+// glue (checks, allocation, the choice of kernel). The kernels and their semantics (PyTorch's, bit-exact) are
+// in cuda/max_pool2d_kernels.cuh. Results come in x.suggest_memory_format().
 //
-// Simple, correct kernels: one thread per output element for the forward, one thread per input element for
-// the backward (a gather over the windows that can contain it: deterministic, no atomics). The semantics are
-// PyTorch's, as in csrc/cpu/max_pool2d_cpu.cpp: the search starts at the first in-bounds position of the
-// window with max = -inf, and takes a value when (val > max || isnan(val)); indices are flat offsets
-// h*W + w into the input plane; results come in x.suggest_memory_format().
+// The 16-byte kernels run where their vectors are whole and aligned: channels_last with C a multiple of the
+// lanes (16 bytes of elements), NCHW forwards with OW a multiple of the lanes; the scalar kernels elsewhere.
 #include <cmath>
 #include <cstdint>
 #include <tuple>
@@ -18,97 +17,13 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cuda/cuda_utils.cuh"
+#include "cuda/max_pool2d_kernels.cuh"
 
 namespace dlkernels {
 namespace cuda {
 namespace {
 
-// Element `i` of an [N, C, Hs, Ws] tensor stored contiguously in NCHW (ChannelsLast = false) or NHWC order.
-template <bool ChannelsLast>
-__device__ __forceinline__ void decode(int64_t i, int64_t C, int64_t Hs, int64_t Ws, int64_t& n, int64_t& c, int64_t& h,
-                                       int64_t& w) {
-  if (ChannelsLast) {
-    c = i % C;
-    i /= C;
-    w = i % Ws;
-    i /= Ws;
-    h = i % Hs;
-    n = i / Hs;
-  } else {
-    w = i % Ws;
-    i /= Ws;
-    h = i % Hs;
-    i /= Hs;
-    c = i % C;
-    n = i / C;
-  }
-}
-
-// Offset of (n, c, h, w) in an [N, C, Hs, Ws] tensor in the given layout.
-template <bool ChannelsLast>
-__device__ __forceinline__ int64_t offset(int64_t n, int64_t c, int64_t h, int64_t w, int64_t C, int64_t Hs,
-                                          int64_t Ws) {
-  return ChannelsLast ? ((n * Hs + h) * Ws + w) * C + c : ((n * C + c) * Hs + h) * Ws + w;
-}
-
-template <typename scalar_t, bool WithIndices, bool ChannelsLast>
-__global__ void max_pool2d_forward_kernel(const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
-                                          int64_t* __restrict__ ind, PoolShape g, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    int64_t n, c, oh, ow;
-    decode<ChannelsLast>(i, g.C, g.OH, g.OW, n, c, oh, ow);
-    int64_t h0 = oh * g.sh - g.ph;
-    int64_t w0 = ow * g.sw - g.pw;
-    const int64_t h1 = min64(h0 + (g.kh - 1) * g.dh + 1, g.H);
-    const int64_t w1 = min64(w0 + (g.kw - 1) * g.dw + 1, g.W);
-    while (h0 < 0) h0 += g.dh;
-    while (w0 < 0) w0 += g.dw;
-    acc_t maxval = -static_cast<acc_t>(INFINITY);  // INFINITY (a float constant) needs no constexpr host call
-    int64_t maxidx = h0 * g.W + w0;
-    for (int64_t h = h0; h < h1; h += g.dh) {
-      for (int64_t w = w0; w < w1; w += g.dw) {
-        const acc_t val = static_cast<acc_t>(in[offset<ChannelsLast>(n, c, h, w, g.C, g.H, g.W)]);
-        if (val > maxval || val != val) {  // val != val: NaN propagates
-          maxval = val;
-          maxidx = h * g.W + w;
-        }
-      }
-    }
-    // Output element i sits at offset i in the output's layout (the same as the input's).
-    out[i] = static_cast<scalar_t>(maxval);
-    if (WithIndices) ind[i] = maxidx;
-  }
-}
-
-// One thread per input element: sums grad_out over the windows that picked it, in output order.
-template <typename scalar_t, bool ChannelsLast>
-__global__ void max_pool2d_grad_input_kernel(const scalar_t* __restrict__ grad_out, const int64_t* __restrict__ ind,
-                                             scalar_t* __restrict__ grad_in, PoolShape g, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t span_h = (g.kh - 1) * g.dh + 1;
-  const int64_t span_w = (g.kw - 1) * g.dw + 1;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
-    int64_t n, c, h, w;
-    decode<ChannelsLast>(i, g.C, g.H, g.W, n, c, h, w);
-    // Windows oh whose span [oh*sh - ph, oh*sh - ph + span_h) contains h.
-    const int64_t oh0 = (h + g.ph < span_h) ? 0 : (h + g.ph - span_h) / g.sh + 1;
-    const int64_t oh1 = min64((h + g.ph) / g.sh + 1, g.OH);
-    const int64_t ow0 = (w + g.pw < span_w) ? 0 : (w + g.pw - span_w) / g.sw + 1;
-    const int64_t ow1 = min64((w + g.pw) / g.sw + 1, g.OW);
-    const int64_t target = h * g.W + w;
-    acc_t acc = 0;
-    for (int64_t oh = oh0; oh < oh1; ++oh) {
-      for (int64_t ow = ow0; ow < ow1; ++ow) {
-        const int64_t o = offset<ChannelsLast>(n, c, oh, ow, g.C, g.OH, g.OW);
-        if (ind[o] == target) acc += static_cast<acc_t>(grad_out[o]);
-      }
-    }
-    grad_in[i] = static_cast<scalar_t>(acc);
-  }
-}
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <bool WithIndices>
 std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_in, c10::IntArrayRef kernel_size,
@@ -129,12 +44,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_forward_impl(const at::Tensor& x_i
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     int64_t* idx = WithIndices ? ind.mutable_data_ptr<int64_t>() : nullptr;
-    if (fmt == at::MemoryFormat::ChannelsLast) {
-      launch<max_pool2d_forward_kernel<scalar_t, WithIndices, true>>(grid_size(total), kThreads, 0, stream, src, dst,
-                                                                     idx, g, total);
+    constexpr int L = pool::Pack<scalar_t>::kLanes;
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    if (cl && g.C % L == 0 && aligned16(src)) {
+      launch<pool::max_pool2d_forward_nhwc_vec_kernel<scalar_t, WithIndices>>(grid_size(total / L), kThreads, 0, stream,
+                                                                              src, dst, idx, g, total / L);
+    } else if (!cl && g.OW % L == 0) {
+      launch<pool::max_pool2d_forward_nchw_vec_kernel<scalar_t, WithIndices>>(grid_size(total / L), kThreads, 0, stream,
+                                                                              src, dst, idx, g, total / L);
     } else {
-      launch<max_pool2d_forward_kernel<scalar_t, WithIndices, false>>(grid_size(total), kThreads, 0, stream, src, dst,
-                                                                      idx, g, total);
+      dispatch_bool(cl, [&](auto cl_tag) {
+        launch<pool::max_pool2d_forward_kernel<scalar_t, WithIndices, decltype(cl_tag)::value>>(
+            grid_size(total), kThreads, 0, stream, src, dst, idx, g, total);
+      });
     }
   });
   return {out, ind};
@@ -171,11 +93,16 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_out_in, const at::Tensor& 
     const scalar_t* go = grad_out.const_data_ptr<scalar_t>();
     const int64_t* id = indices.const_data_ptr<int64_t>();
     scalar_t* gi = grad_in.mutable_data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::ChannelsLast) {
-      launch<max_pool2d_grad_input_kernel<scalar_t, true>>(grid_size(total), kThreads, 0, stream, go, id, gi, g, total);
+    constexpr int L = pool::Pack<scalar_t>::kLanes;
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    if (cl && g.C % L == 0 && aligned16(go) && aligned16(id)) {
+      launch<pool::max_pool2d_backward_nhwc_vec_kernel<scalar_t>>(grid_size(total / L), kThreads, 0, stream, go, id, gi,
+                                                                  g, total / L);
     } else {
-      launch<max_pool2d_grad_input_kernel<scalar_t, false>>(grid_size(total), kThreads, 0, stream, go, id, gi, g,
-                                                            total);
+      dispatch_bool(cl, [&](auto cl_tag) {
+        launch<pool::max_pool2d_backward_kernel<scalar_t, decltype(cl_tag)::value>>(grid_size(total), kThreads, 0,
+                                                                                    stream, go, id, gi, g, total);
+      });
     }
   });
   return grad_in;
