@@ -289,7 +289,8 @@ def _custom_ops(backend):
 
 def available_backends():
     """What this install can run now: {device: {op: [backend, ...]}} for the CPU and, when a GPU is
-    visible, CUDA. "auto" picks the first backend of each list."""
+    visible, CUDA. "auto" measures them per call signature (dlkernels.autotune); without measuring it
+    picks the first backend of each list."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     result = {}
     for device in devices:
