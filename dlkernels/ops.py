@@ -407,7 +407,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 
 
 def _conv2d_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, layer=None):
-    """auto's backend for a conv2d call with normalised arguments (a 4-D x, pairs)."""
+    """auto's backend for a conv2d call with normalised arguments (a 4-D x, pairs). The static rule (used
+    without measuring) runs grouped convolutions that are not depthwise with the reference on the CPU: the
+    native kernels lose on most of them (benchmarks --suite layers), depthwise ones have their own kernel."""
+    if (static == "native" and groups != 1 and x.device.type == "cpu" and type(weight) in _PLAIN_TENSORS
+            and weight.dim() == 4 and weight.shape[1] > 1):
+        static = "reference"
     return _auto("conv2d", static, x, weight, bias, (*stride, *padding, *dilation, groups, activation, alpha, beta),
                  lambda b, x, w, bias: conv2d(x, w, bias, stride, padding, dilation, groups, activation, b,
                                               activation_params=contract.activation_params_of(activation, alpha,

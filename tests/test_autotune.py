@@ -231,3 +231,20 @@ def test_bad_input_is_reported_as_without_measuring(tuning):
     with pytest.raises(TypeError, match="'kernel_size' to be an int"):
         dlkernels.ops.max_pool2d(x, 2.5)
     assert autotune.entries() == {}
+
+
+@needs_native
+@pytest.mark.parametrize("groups,expected", [(1, "native"), (4, "reference"), (8, "native")])
+def test_static_rule_without_measuring(monkeypatch, tmp_path, groups, expected):
+    """DLKERNELS_AUTOTUNE=0: native, except CPU grouped convolutions that are not depthwise (the reference);
+    nothing is measured or written."""
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "0")
+    monkeypatch.setenv(autotune.ENV_CACHE_DIR, str(tmp_path))
+    monkeypatch.setattr(autotune, "_choices", {})
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=groups))
+    converted, report = dlkernels.convert(model, return_report=True)
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(converted(x), model(x))
+    assert report.implementations() == {"0": {"inference": expected}}
+    assert list(tmp_path.iterdir()) == []
