@@ -33,6 +33,10 @@ def test_timm_model_trains_converted_like_the_original(name, size):
         loss_t, grads_t = training_step(original, x)
         torch.testing.assert_close(loss, loss_t, rtol=1e-9, atol=1e-12)
         assert grads.keys() == grads_t.keys()
+        # A gradient that is zero in exact arithmetic (a BatchNorm bias whose output's gradient sums to zero)
+        # comes out as float64 rounding noise, whose value depends on the summation order: its tolerance is
+        # relative to the model's gradients, not to its own size.
+        floor = 1e-6 * max(g.abs().max().item() for g in grads_t.values())
         for key, grad in grads_t.items():
-            scale = max(grad.abs().max().item(), 1e-6)
+            scale = max(grad.abs().max().item(), floor)
             torch.testing.assert_close(grads[key], grad, rtol=1e-6, atol=1e-9 * scale, msg=lambda m: f"{key}: {m}")
