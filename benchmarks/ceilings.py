@@ -4,9 +4,10 @@ All numbers are stored in SI base units: bytes per second and FLOP per second (1
 1 TFLOP/s = 1e12 FLOP/s, decimal, as the datasheets use them). Only display code converts.
 """
 import os
-import platform
 
 import torch
+
+from dlkernels.autotune import cpu_model
 
 from . import timing
 
@@ -81,14 +82,7 @@ def datasheet_for(device_name, device_type, cores=None):
 
 
 def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def device_name(device):

@@ -74,7 +74,8 @@ def cache_dir():
     return os.path.join(base, "dlkernels")
 
 
-def _cpu_model():
+def cpu_model():
+    """The CPU's model name (the benchmarks' results name their machine by it too)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -91,7 +92,7 @@ def machine():
     from . import __version__
 
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_isa": _ext._C.cpu_isa() if _ext.loaded() else None,
         "dlkernels": __version__,
         "torch": torch.__version__,
