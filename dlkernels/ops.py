@@ -19,7 +19,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from . import _ext, autotune, contract, cuda_emu, reference
+from . import _ext, autotune, contract, cuda_emu, mixed, reference
 
 try:
     _triton = importlib.import_module("dlkernels.triton_ops")
@@ -221,11 +221,17 @@ def _synthetic(t, generator, requires_grad):
     return out.requires_grad_(requires_grad)
 
 
-def _auto(op, static, x, weight, bias, signature, call, layer=None):
+# auto's training choice "native forward, PyTorch backward" (dlkernels.mixed), for the ops and activations
+# it covers.
+MIXED = "native+reference"
+
+
+def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=False):
     """The backend auto runs for this call (static: what it runs without a measurement). x, weight, bias: the
     call's tensors (weight and bias may be None); signature: the rest of what decides the speed, hashable
-    plain data; call(backend, x, weight, bias): one call of the op with that backend, returning the
-    differentiable output. layer: a dlkernels.nn layer, which keeps what it ran (ConversionReport).
+    plain data; call(backend, x, weight, bias): one call of the op with that backend (MIXED included when
+    mixed_ok), returning the differentiable output. layer: a dlkernels.nn layer, which keeps what it ran
+    (ConversionReport). mixed_ok: MIXED is a candidate of training calls (where native is one).
 
     Called on every auto call, so the key is the least that identifies a signature: the tensors' shapes,
     x's strides (its layout), dtype and device, the signature, the thread count and which inputs autograd
@@ -247,6 +253,8 @@ def _auto(op, static, x, weight, bias, signature, call, layer=None):
         candidates = _candidates(op, x.device)
         if static not in candidates:  # the static choice (e.g. the emulator) is not auto's to replace
             return static
+        if mixed_ok and flags and "native" in candidates:
+            candidates += (MIXED,)  # last: a tie keeps a whole backend
         tensors = (x, weight, bias)
         chosen = autotune.choose(key, tensors, static, candidates, lambda backend: _step(backend, tensors, flags,
                                                                                           call))
@@ -319,6 +327,8 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
     chosen = _linear_act_backend(backend, x, weight, bias, activation, alpha, beta)
     if chosen == "native":  # the C++ op checks its arguments
         return _native.linear_act(x, weight, bias, activation, alpha, beta)
+    if chosen == MIXED:
+        return mixed.linear_act(_native.linear_act, x, weight, bias, activation, alpha, beta)
     _check_linear_args(x, weight, bias)
     if chosen == "reference":
         return reference.linear_act(x, weight, bias, activation, contract.activation_params_of(activation, alpha, beta))
@@ -329,9 +339,13 @@ def _linear_act_backend(backend, x, weight, bias, activation, alpha, beta, layer
     chosen = _backend_for("linear_act", backend, x)
     if backend != "auto":
         return chosen
-    return _auto("linear_act", chosen, x, weight, bias, (activation, alpha, beta),
-                 lambda b, x, w, bias: linear_act(x, w, bias, activation, b, activation_params=contract.
-                                                  activation_params_of(activation, alpha, beta)), layer)
+    def call(b, x, w, bias):
+        if b == MIXED:
+            return mixed.linear_act(_native.linear_act, x, w, bias, activation, alpha, beta)
+        return linear_act(x, w, bias, activation, b, activation_params=contract.activation_params_of(activation,
+                                                                                                     alpha, beta))
+    return _auto("linear_act", chosen, x, weight, bias, (activation, alpha, beta), call, layer,
+                 activation in mixed.ACTIVATIONS)
 
 
 def _check_linear_args(x, weight, bias):
@@ -395,6 +409,9 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         chosen = _conv2d_auto(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
     if chosen == "native":  # the C++ op checks its arguments
         out = _native.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
+    elif chosen == MIXED:
+        out = mixed.conv2d(_native.conv2d, x, weight, bias, stride, padding, dilation, groups, activation, alpha,
+                           beta)
     else:
         _check_conv_args(x, weight, bias, groups, stride, padding, dilation)
         if chosen == "reference":
@@ -413,10 +430,14 @@ def _conv2d_auto(static, x, weight, bias, stride, padding, dilation, groups, act
     if (static == "native" and groups != 1 and x.device.type == "cpu" and type(weight) in _PLAIN_TENSORS
             and weight.dim() == 4 and weight.shape[1] > 1):
         static = "reference"
+    def call(b, x, w, bias):
+        if b == MIXED:
+            return mixed.conv2d(_native.conv2d, x, w, bias, stride, padding, dilation, groups, activation, alpha,
+                                beta)
+        return conv2d(x, w, bias, stride, padding, dilation, groups, activation, b,
+                      activation_params=contract.activation_params_of(activation, alpha, beta))
     return _auto("conv2d", static, x, weight, bias, (*stride, *padding, *dilation, groups, activation, alpha, beta),
-                 lambda b, x, w, bias: conv2d(x, w, bias, stride, padding, dilation, groups, activation, b,
-                                              activation_params=contract.activation_params_of(activation, alpha,
-                                                                                              beta)), layer)
+                 call, layer, activation in mixed.ACTIVATIONS)
 
 
 def _check_conv_args(x, weight, bias, groups, stride, padding, dilation, op="conv2d"):

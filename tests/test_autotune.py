@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import _ext, autotune
-from dlkernels.ops import _auto
+from dlkernels.ops import MIXED, _auto
 
 needs_native = pytest.mark.skipif(not _ext.has_kernel("conv2d", "cpu"), reason="needs the native CPU kernels")
 
@@ -127,8 +127,10 @@ def test_auto_measures_per_signature_and_direction_without_touching_the_rng(tuni
     names = sorted(autotune.entries())
     assert len(names) == 3
     assert sum(name.endswith("(False, True, False)") for name in names) == 1
-    for entry in autotune.entries().values():
-        assert set(entry["us"]) == {"native", "reference"} and entry["choice"] in entry["us"]
+    for name, entry in autotune.entries().items():
+        # Training calls also time the native forward with PyTorch's backward (dlkernels.mixed).
+        expected = {"native", "reference"} | ({MIXED} if name.endswith("(False, True, False)") else set())
+        assert set(entry["us"]) == expected and entry["choice"] in entry["us"]
 
 
 @needs_native
@@ -150,6 +152,63 @@ def test_each_choice_computes_the_same(tuning, one_thread):
             out = dlkernels.ops.conv2d(x, w, b, stride=2, activation="silu")
         assert key_of, "auto did not ask the autotuner"
         torch.testing.assert_close(out, expected)
+
+
+def forcing(choice, asked):
+    """A stand-in for autotune.choose that returns `choice` where it is a candidate (else the static rule) and
+    records the candidates of each key."""
+    def force(key, tensors, static, candidates, make_step):
+        asked[key] = candidates
+        chosen = choice if choice in candidates else static
+        make_step(chosen)()  # the step auto would time runs too
+        autotune._choices[key] = chosen
+        return chosen
+    return force
+
+
+@needs_native
+@pytest.mark.parametrize("activation", ["none", "relu", "sigmoid", "tanh"])
+def test_native_forward_with_torch_backward(tuning, one_thread, monkeypatch, activation):
+    """The training choice MIXED: results and the gradients of every input as the reference computes them, for
+    conv2d (strided, dilated, grouped) and linear_act (3-D input), functional and in a converted model; never a
+    candidate of inference calls or of activations whose derivative needs the pre-activation."""
+    asked = {}
+    monkeypatch.setattr(autotune, "choose", forcing(MIXED, asked))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 9, 11, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(6, 2, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, generator=g, requires_grad=True)
+    xl = torch.randn(3, 5, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    wl = torch.randn(4, 7, dtype=torch.float64, generator=g, requires_grad=True)
+    cases = [
+        (lambda: dlkernels.ops.conv2d(x, w, b, stride=(2, 1), padding=1, dilation=(1, 2), groups=2,
+                                      activation=activation),
+         lambda: dlkernels.reference.conv2d(x, w, b, (2, 1), 1, (1, 2), 2, activation), (x, w, b)),
+        (lambda: dlkernels.ops.linear_act(xl, wl, None, activation),
+         lambda: dlkernels.reference.linear_act(xl, wl, None, activation), (xl, wl)),
+    ]
+    for run, ref, inputs in cases:
+        out, expected = run(), ref()
+        grad = torch.randn(expected.shape, dtype=expected.dtype, generator=g)
+        torch.testing.assert_close(out, expected)
+        for got, want in zip(torch.autograd.grad(out, inputs, grad), torch.autograd.grad(expected, inputs, grad)):
+            torch.testing.assert_close(got, want)
+    assert len(asked) == 2 and all(MIXED in candidates for candidates in asked.values())
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    converted, report = dlkernels.convert(model, return_report=True)
+    xm = torch.randn(2, 3, 4, 4)
+    converted(xm).sum().backward()
+    model(xm).sum().backward()
+    for (name, p), q in zip(converted.named_parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert {ran["training"] for ran in report.implementations().values()} == {MIXED}
+
+    asked.clear()
+    with torch.no_grad():
+        dlkernels.ops.conv2d(x, w, b, groups=2, activation=activation)
+    dlkernels.ops.conv2d(x, w, b, groups=2, activation="silu")
+    assert len(asked) == 2 and not any(MIXED in candidates for candidates in asked.values())
 
 
 @needs_native
