@@ -29,6 +29,7 @@ from torch import nn
 import dlkernels
 
 from . import model_suite
+from .timing import in_turn, ratio_stats
 
 PROVIDERS = ("torch_eager", "dlk_native", "dlk_auto")
 BACKENDS = {"dlk_native": "native", "dlk_auto": "auto"}
@@ -214,13 +215,6 @@ def timed_call(fn, tensors, mode):
     return call_bwd
 
 
-def _per_call(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
 def run_shape(shape, mode, rounds, budget):
     """Rows for one shape in one mode, one per provider; the providers timed in turn."""
     base = {"op": shape["op"], "kind": kind(shape), "case": describe(shape), "batch": shape["x"][0], "mode": mode,
@@ -260,13 +254,7 @@ def run_shape(shape, mode, rounds, budget):
             row.update(status="error", reason=f"{type(error).__name__}: {error}".splitlines()[0][:200])
     if not calls:
         return rows
-    per = max(_per_call(c, 1) for c in calls.values())
-    n = max(1, int(budget / per))
-    times = {p: [] for p in calls}
-    order = list(calls)
-    for r in range(rounds):
-        for p in order[r % len(order):] + order[:r % len(order)]:
-            times[p].append(_per_call(calls[p], n))
+    times, n = in_turn(calls, rounds, budget)
     for row in rows:
         t = times.get(row["provider"])
         if not t:
@@ -275,8 +263,7 @@ def run_shape(shape, mode, rounds, budget):
         row.update(status="ok", median_s=med, min_s=min(t), max_s=max(t), calls_per_round=n, rounds=rounds,
                    gflops=row["flops"] / med / 1e9)
         if "torch_eager" in times:
-            ratios = [b / a for b, a in zip(times["torch_eager"], t)]
-            row.update(speedup=statistics.median(ratios), speedup_min=min(ratios), speedup_max=max(ratios))
+            row.update(zip(("speedup", "speedup_min", "speedup_max"), ratio_stats(times["torch_eager"], t)))
     return rows
 
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import dlkernels
 
 from .models import TinyVGG
+from .timing import in_turn, ratio_stats
 
 PROVIDERS = ("torch_eager", "torch_compile", "dlk_auto", "dlk_native")
 BACKENDS = {"dlk_auto": "auto", "dlk_native": "native"}
@@ -150,13 +151,6 @@ def _callable(model, mode, x, y):
     return step
 
 
-def _per_call(fn, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
 def _build_provider(provider, spec, mode, torch_model):
     """(model, report, reason): the model the provider runs, a copy of torch_model."""
     model = copy.deepcopy(torch_model)
@@ -214,15 +208,7 @@ def run_model(spec, mode, providers, rounds, budget, log=print):
         for row in rows:
             log(_line(row))
         return rows
-    # One more warm-up each, and the loop size: the slowest provider's call fills the budget.
-    per = max(_per_call(fn, 1) for fn in fns.values())
-    calls = max(1, int(budget / per))
-    times = {p: [] for p in fns}
-    order = list(fns)
-    for r in range(rounds):
-        turn = order[r % len(order):] + order[:r % len(order)]  # rotate who goes first
-        for p in turn:
-            times[p].append(_per_call(fns[p], calls))
+    times, calls = in_turn(fns, rounds, budget)
     for row in rows:
         p = row["provider"]
         if p not in times:
@@ -232,8 +218,7 @@ def run_model(spec, mode, providers, rounds, budget, log=print):
                    rounds=rounds)
         for base, key in (("torch_eager", "vs_eager"), ("torch_compile", "vs_compile")):
             if base in times:
-                ratios = [b / a for b, a in zip(times[base], t)]
-                row.update({key: statistics.median(ratios), key + "_min": min(ratios), key + "_max": max(ratios)})
+                row.update(zip((key, key + "_min", key + "_max"), ratio_stats(times[base], t)))
     for row in rows:
         log(_line(row))
     return rows

@@ -101,3 +101,31 @@ def measure(fn, device, budget=0.2, warmup=2):
     times = list(m.times)  # per-call times, one per block of m.number_per_run calls
     return Timing(m.median, _quantile(times, 0.2), _quantile(times, 0.8), len(times) * m.number_per_run,
                   "torch.utils.benchmark")
+
+
+def per_call(fn, calls):
+    """Seconds per call of fn over `calls` calls in a row (CPU: the suites of whole models and layers)."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def in_turn(fns, rounds, budget):
+    """({name: [seconds per call, one per round]}, calls per round): the functions of `fns` (name -> function,
+    each warmed up) timed in turn, `rounds` times, the first of a round rotating, so that a load that comes and
+    goes falls on all of them; each measurement a loop of calls as long as the slowest function's call fits
+    in `budget` seconds (at least one)."""
+    calls = max(1, int(budget / max(per_call(fn, 1) for fn in fns.values())))
+    times = {name: [] for name in fns}
+    order = list(fns)
+    for r in range(rounds):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            times[name].append(per_call(fns[name], calls))
+    return times, calls
+
+
+def ratio_stats(base, times):
+    """(median, min, max) of the per-round ratios base / times (a speedup over `base`, round by round)."""
+    ratios = [b / t for b, t in zip(base, times)]
+    return statistics.median(ratios), min(ratios), max(ratios)
