@@ -132,7 +132,7 @@ def test_gradients(backend, device, dtype, activation, case, channels_last):
     grads64 = torch.autograd.grad(reference.conv2d(*leaves64, *args), leaves64, as64(grad_out))
     for grad, torch_grad, grad64 in zip(grads, torch_grads, grads64):
         assert_close_to_reference(grad, grad64, dtype, torch_grad)
-    if case[0][1] > 1:  # with one channel both layouts are the same strides
+    if case[0][1] > 1 and case[0][2] * case[0][3] > 1:  # with one channel or pixel the layouts are the same
         assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
@@ -192,6 +192,8 @@ MODEL_CASES = [
     pytest.param(((1, 3, 16, 16), (5, 4, 4), 4, 0, 1, 1), id="patchify4x4s4"),
     pytest.param(((1, 4, 9, 8), (4, 3, 3), 3, 1, 1, 1), id="3x3s3"),
     pytest.param(((1, 16, 7, 7), (24, 3, 3), 1, 1, 1, 1), id="batch1-7x7"),
+    pytest.param(((6, 40, 1, 1), (10, 1, 1), 1, 0, 1, 1), id="1x1-images"),  # squeeze-and-excitation
+    pytest.param(((3, 10, 1, 1), (33, 1, 1), 2, 0, 3, 1), id="1x1-images-s2"),
 ]
 
 
@@ -206,7 +208,7 @@ def check_case_gradients(case, dtype, activation, channels_last, params=None):
     torch_grads = torch.autograd.grad(reference.conv2d(*leaves, *args), leaves, grad_out)
     for grad, torch_grad, grad64 in zip(grads, torch_grads, torch.autograd.grad(out64, leaves64, as64(grad_out))):
         assert_close_to_reference(grad, grad64, dtype, torch_grad)
-    if case[0][1] > 1:  # with one channel both layouts are the same strides
+    if case[0][1] > 1 and case[0][2] * case[0][3] > 1:  # with one channel or pixel the layouts are the same
         assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 

@@ -35,6 +35,7 @@
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
+#include "cpu/linear_act_cpu.h"
 #include "cpu/memory.h"
 #include "cpu/simd.h"
 
@@ -121,6 +122,17 @@ void pack_im2col_fast(const ConvShape& s, const acc_t* xg, int64_t j0, int nr, i
 // A 1x1 convolution with stride 1 and no padding: a plain GEMM per image and group.
 inline bool conv2d_is_pointwise(const ConvShape& s) {
   return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0 && s.OH == s.H && s.OW == s.W;
+}
+
+// A 1x1 convolution of 1x1 images (squeeze-and-excitation blocks) is a linear layer over the batch: one GEMM
+// with the images as its rows (linear_act's kernels) instead of a matrix-vector product per image. x [N, C,
+// 1, 1] is an [N, C] matrix in either memory format.
+inline bool conv2d_is_linear(const ConvShape& s) {
+  return s.groups == 1 && s.KH == 1 && s.KW == 1 && s.H == 1 && s.W == 1 && s.ph == 0 && s.pw == 0;
+}
+inline at::Tensor as_rows(const at::Tensor& t) { return t.reshape({t.size(0), t.size(1)}); }
+inline at::Tensor as_images(const at::Tensor& t, const at::Tensor& like) {
+  return t.view({t.size(0), t.size(1), 1, 1}).contiguous(like.suggest_memory_format());
 }
 
 // A strided 1x1 convolution without padding reads only the pixels (oh * sh, ow * sw): it is the pointwise
@@ -595,6 +607,8 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, kOp);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
+  if (conv2d_is_linear(s))
+    return as_images(linear_act_forward(as_rows(x), as_rows(weight), bias, activation, alpha, beta), x);
   const auto memory_format = x.suggest_memory_format();
   at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out.contiguous(memory_format);
@@ -661,6 +675,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   const std::array<int64_t, 4> y_shape = {s.N, s.K, s.OH, s.OW};
   check_output_like(x, grad_out, "grad_out", y_shape, kOpBwd);
   check_saved_output(x, out, grad_needs_output(act), activation, y_shape, kOpBwd);
+  if (conv2d_is_linear(s)) {
+    const std::optional<at::Tensor> out_rows = out.has_value() && out->defined() ? std::optional(as_rows(*out)) : out;
+    auto [gx, gw, gb] = linear_act_backward(as_rows(grad_out), as_rows(x), as_rows(weight), bias, out_rows, activation,
+                                            alpha, beta, output_mask);
+    return {gx.defined() ? as_images(gx, x) : gx, gw.defined() ? as_images(gw, weight) : gw, gb};
+  }
 
   const bool need_x = output_mask[0];
   const bool need_w = output_mask[1];

@@ -25,6 +25,7 @@
 #include "common/op_args.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
+#include "cpu/linear_act_cpu.h"
 #include "cpu/memory.h"
 #include "cpu/skinny_gemm.h"
 
@@ -104,6 +105,8 @@ struct NoPost {
   template <typename T>
   void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
 };
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward.
@@ -273,7 +276,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
   return {grad_x, grad_w, grad_b};
 }
 
-}  // namespace
 }  // namespace cpu
 }  // namespace dlkernels
 
