@@ -1,6 +1,7 @@
 """The documented CPU switches: DLKERNELS_CPU_ISA=avx512|avx2|base forces the instruction set the kernels use
 (and `python -m dlkernels info` shows the one in use), and DLKERNELS_CPU_HUGE_PAGES=0 turns the huge-page
-advice off. Each runs in a fresh process (both are read once per process) that must pass the op tests.
+advice off, DLKERNELS_CPU_WINOGRAD=0 sends 3x3 convolutions to the implicit GEMM. Each runs in a fresh process
+(all are read once per process) that must pass the op tests.
 
 The op runs select the cases that reach every vector path, forward and backward of every op: float32 and
 float64 (bfloat16 runs the float32 GEMM kernels, and pools with the scalar loops), activations none and relu
@@ -30,7 +31,8 @@ pytestmark = pytest.mark.skipif(not _ext.loaded(), reason="dlkernels._C is not b
 
 def _env(**switches):
     """This process's environment without the switches under test, plus `switches`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DLKERNELS_CPU_ISA", "DLKERNELS_CPU_HUGE_PAGES")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DLKERNELS_CPU_ISA", "DLKERNELS_CPU_HUGE_PAGES", "DLKERNELS_CPU_WINOGRAD")}
     env.update(switches)
     return env
 
@@ -94,3 +96,29 @@ def test_huge_pages_off_and_ops_pass():
     out = _info(DLKERNELS_CPU_HUGE_PAGES="0")
     assert re.search(r"huge pages\s+off\b", out), out
     _op_tests_pass(DLKERNELS_CPU_HUGE_PAGES="0")
+
+
+# Prints whether a batch of 3x3 convolutions equals, bit for bit, the same convolutions one image at a time:
+# an image alone has too few pixels for Winograd (conv2d_winograd_applies) and takes the implicit GEMM, whose
+# result per image does not depend on the batch; the batch takes Winograd unless it is switched off.
+_WINOGRAD_PROBE = """
+import torch, dlkernels
+g = torch.Generator().manual_seed(0)
+x, w = torch.randn(4, 16, 24, 24, generator=g), torch.randn(16, 16, 3, 3, generator=g)
+batch = dlkernels.ops.conv2d(x, w, padding=1, backend="native")
+alone = torch.cat([dlkernels.ops.conv2d(x[i:i + 1], w, padding=1, backend="native") for i in range(4)])
+torch.testing.assert_close(batch, alone, rtol=0, atol=1e-5 * alone.abs().max().item())
+print("equal" if torch.equal(batch, alone) else "different")
+"""
+
+
+def test_winograd_off_takes_the_implicit_gemm():
+    on, _ = _run(["-c", _WINOGRAD_PROBE], _env())
+    off, _ = _run(["-c", _WINOGRAD_PROBE], _env(DLKERNELS_CPU_WINOGRAD="0"))
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    assert (on.stdout.split(), off.stdout.split()) == (["different"], ["equal"])
+
+
+@pytest.mark.slow
+def test_winograd_off_and_ops_pass():
+    _op_tests_pass(DLKERNELS_CPU_WINOGRAD="0")

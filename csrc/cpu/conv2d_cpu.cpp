@@ -32,6 +32,7 @@
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_depthwise.h"
+#include "cpu/conv2d_cpu_winograd.h"
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -489,6 +490,18 @@ inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, in
 // not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
 // NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
 // (conv2d_backward_from_grad_preactivation).
+// The forward kernels that are no implicit GEMM: the direct depthwise one, and Winograd for 3x3 convolutions
+// in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu if asked).
+template <typename acc_t>
+bool conv2d_forward_without_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z,
+                                 bool relu) {
+  if (conv2d_is_depthwise(s)) {
+    depthwise_forward<acc_t>(s, x, w, bias, z, relu);
+    return true;
+  }
+  return try_winograd_forward<acc_t>(s, x, w, bias, z, relu);
+}
+
 template <typename scalar_t>
 void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_t>* gz_p, const at::Tensor& xa,
                                const at::Tensor& wa, const at::Tensor& grad_x, const at::Tensor& grad_w) {
@@ -547,8 +560,13 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
       }
     }
     at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
-    conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
-                                 !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+    if (!conv2d_forward_without_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(),
+                                            false)) {
+      conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
+                                   !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+    } else if (!direct) {
+      grad_x.copy_(gxa);
+    }
   }
 
   // Step 2a, other strides, no dilation: phase by phase. The input pixels (a + sh * u, b + sw * v) of one
@@ -641,10 +659,9 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
         }
       };
       const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
-      if (conv2d_is_depthwise(s)) {
-        // The direct kernel, then the activation and rounding plane by plane.
-        depthwise_forward<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
-                                 cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU);
+      if (conv2d_forward_without_gemm<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                             cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU)) {
+        // The activation and rounding plane by plane.
         if (!(direct && in_kernel)) {
           acc_t* c = cbuf.mutable_data_ptr<acc_t>();
           at::parallel_for(0, s.N * s.K, std::max<int64_t>(1, 16384 / plane), [&](int64_t p0, int64_t p1) {

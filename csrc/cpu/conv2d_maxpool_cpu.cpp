@@ -6,7 +6,9 @@
 // per-thread buffer (bias and relu in the micro-kernel's epilogue, other activations and the rounding of
 // half types right after), pools each strip of channels as soon as its last K slice is done, while it is
 // still in cache, and writes only the pooled output and the window index. The conv output never reaches
-// memory. Where windows overlap (kernel > stride), the conv row two bands share is computed by both.
+// memory. Where windows overlap (kernel > stride), the conv row two bands share is computed by both. The 3x3
+// convolutions that conv2d runs with Winograd (conv2d_cpu_winograd.h) are the exception: the block runs them
+// the same way, through a conv-output buffer pooled plane by plane.
 // Pooling follows PyTorch bit for bit: the running max starts at -inf with the window's first in-bounds
 // position, and is replaced when (val > max || isnan(val)), so ties keep the first maximum and NaN
 // propagates (the last NaN of a window wins); values are compared after the activation and after the
@@ -43,6 +45,7 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
+#include "cpu/conv2d_cpu_winograd.h"
 #include "cpu/conv2d_maxpool_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -308,9 +311,22 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
             std::memcpy(index32 + offset, mi.data(), count * sizeof(int32_t));
           }
         };
-        conv2d_maxpool_forward_kernel<acc_t>(b, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                                             ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, A == Activation::ReLU,
-                                             finish);
+        const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
+        if (std::is_same_v<acc_t, float> && conv2d_winograd_applies(s)) {
+          // The 3x3 convolutions conv2d runs with Winograd, the block runs the same way (so that it computes
+          // what conv2d + max_pool2d compute, bit for bit): the conv output goes once through a buffer and is
+          // pooled plane by plane. Its one write and read cost little next to the products Winograd saves.
+          at::Tensor z = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+          acc_t* z_p = z.mutable_data_ptr<acc_t>();
+          try_winograd_forward<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p, z_p,
+                                      A == Activation::ReLU);
+          at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
+            for (int64_t p = p0; p < p1; ++p) finish(p / s.K, p % s.K, z_p + p * s.OH * s.OW, s.OW, 0, 0, b.PH);
+          });
+          return;
+        }
+        conv2d_maxpool_forward_kernel<acc_t>(b, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                             A == Activation::ReLU, finish);
       });
     });
   }

@@ -1,0 +1,318 @@
+// The Winograd convolution F(2x2, 3x3) (see conv2d_cpu_winograd.h).
+//
+// Layout. The filter is transformed once per call into 16 A operands (one per entry xi of the 4x4
+// transformed tile), each [K x C], packed in the micro-kernel's MR-row panels. The work is split into tasks
+// of (image, block of whole tile rows); a task transforms its input tiles into 16 B operands [C x tiles],
+// stored as the micro-kernel's NR-column panels (the tile index is the column), then for each panel of NR
+// tiles and each MR-row panel of output channels runs the 16 products into a small L1 buffer and transforms
+// them straight into output pixels (bias and relu there). The block is sized so that its 16 B operands stay
+// in L2 while every output-channel panel sweeps them.
+//
+// Input transform B^T d B of a tile d (4x4) at input rows 2th - ph + a and columns 2tw - pw + b. Along a
+// tile row the 4 input rows are split once into their even and odd columns (E, O: E[t] is column 2t - pw),
+// the row transform (d0 - d2, d1 + d2, d2 - d1, d1 - d3) is applied to E and O, and the column transform is
+// then u0 = E[t] - E[t+1], u1 = O[t] + E[t+1], u2 = E[t+1] - O[t], u3 = O[t] - O[t+1]: contiguous loops over
+// the tiles of the row, which the compiler vectorises for the target of the calling function.
+#include "cpu/conv2d_cpu_winograd.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/gemm.h"
+#include "cpu/memory.h"
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+namespace {
+
+constexpr int kXi = 16;  // entries of a transformed 4x4 tile
+
+struct WinogradGeom {
+  int64_t TH, TW;  // tiles per image (2x2 output pixels each)
+  int64_t R;       // tile rows per task
+  int64_t blocks;  // tasks per image
+  int64_t Tpad;    // columns of a task's B operands (R * TW tiles rounded up to whole panels)
+  int64_t KP;      // output-channel panels
+  int MR, NR;
+  int64_t LDM;  // row stride of the product tiles: NR rounded up to whole 16-float vectors
+};
+
+WinogradGeom geometry(const ConvShape& s, const MicroKernel<float>& uk) {
+  WinogradGeom g{};
+  g.MR = uk.mr, g.NR = uk.nr;
+  g.TH = (s.OH + 1) / 2, g.TW = (s.OW + 1) / 2;
+  // 16 B operands of C x tiles floats: about 512 KiB, and at least one panel of tiles.
+  const int64_t target = std::max<int64_t>(g.NR, 8192 / s.C);
+  g.R = std::clamp<int64_t>(target / g.TW, 1, g.TH);
+  g.blocks = (g.TH + g.R - 1) / g.R;
+  g.Tpad = (g.R * g.TW + g.NR - 1) / g.NR * g.NR;
+  g.KP = (s.K + g.MR - 1) / g.MR;
+  g.LDM = (g.NR + 15) / 16 * 16;
+  return g;
+}
+
+// U: for xi, for output-channel panel kp, the panel [C][MR] (k-major for the micro-kernel, zero rows past K).
+void transform_filter(const ConvShape& s, const WinogradGeom& g, const float* w, float* U) {
+  const int64_t panel = s.C * g.MR;
+  std::memset(U, 0, sizeof(float) * kXi * g.KP * panel);
+  at::parallel_for(0, s.K, 16, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      const int64_t kp = k / g.MR, i = k % g.MR;
+      for (int64_t c = 0; c < s.C; ++c) {
+        const float* f = w + (k * s.C + c) * 9;
+        float gg[4][3];  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+        for (int b = 0; b < 3; ++b) {
+          gg[0][b] = f[b];
+          gg[1][b] = 0.5f * (f[b] + f[3 + b] + f[6 + b]);
+          gg[2][b] = 0.5f * (f[b] - f[3 + b] + f[6 + b]);
+          gg[3][b] = f[6 + b];
+        }
+        for (int a = 0; a < 4; ++a) {  // (G g) G^T: the same along the columns
+          const float u[4] = {gg[a][0], 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]),
+                              0.5f * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
+          for (int b = 0; b < 4; ++b) U[((a * 4 + b) * g.KP + kp) * panel + c * g.MR + i] = u[b];
+        }
+      }
+    }
+  });
+}
+
+// 16 floats as one GCC vector: one AVX-512 register, two AVX2 ones, or four SSE ones, depending on the target
+// the calling function is compiled for.
+typedef float vf __attribute__((vector_size(64), aligned(4)));
+constexpr int kL = 16;
+DLK_ALWAYS_INLINE vf ld(const float* p) { return *reinterpret_cast<const vf*>(p); }
+DLK_ALWAYS_INLINE void st(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+
+// e[t] = src[2t], o[t] = src[2t + 1] for t < n (src[0 .. 2n) readable): the even / odd split of a row.
+DLK_ALWAYS_INLINE void split_even_odd(const float* __restrict src, int64_t n, float* __restrict e,
+                                      float* __restrict o) {
+  int64_t t = 0;
+  for (; t + kL <= n; t += kL) {
+    const vf a = ld(src + 2 * t), b = ld(src + 2 * t + kL);
+    st(e + t, __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30));
+    st(o + t, __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31));
+  }
+  for (; t < n; ++t) e[t] = src[2 * t], o[t] = src[2 * t + 1];
+}
+
+// One task: image n, tile rows [th0, th0 + rows). V: 16 B operands of Tpad columns (panel p of xi at
+// V + (xi * P + p) * C * NR); M: the 16 product tiles of one panel (MR x LDM each); row: scratch of
+// row_floats(g) floats.
+int64_t row_stride(const WinogradGeom& g) { return (g.TW + 1 + kL) / kL * kL; }
+int64_t row_floats(const WinogradGeom& g) {
+  return std::max<int64_t>(8 * row_stride(g), 4 * g.LDM) + 2 * (2 * g.TW + 2 + 2 * kL);
+}
+
+DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
+                                     const float* x, const float* U, const float* bias, float* z, bool relu, int64_t n,
+                                     int64_t th0, int64_t rows, float* V, float* M, float* row) {
+  const int64_t TW = g.TW, NR = g.NR, MR = g.MR, C = s.C;
+  const int64_t P = g.Tpad / NR;
+  const int64_t tiles = rows * TW;
+  const int64_t E1 = TW + 1;  // the length of each even / odd row
+  const int64_t RS = row_stride(g);
+  float* E[4];
+  float* O[4];
+  for (int a = 0; a < 4; ++a) E[a] = row + a * 2 * RS, O[a] = row + (a * 2 + 1) * RS;
+  // One input row with the padding as zeros: column col of the image at padded[col + pw]; 2 * E1 columns.
+  float* padded = row + std::max<int64_t>(8 * RS, 4 * g.LDM);
+  std::fill(padded, padded + 2 * E1 + 2 * kL, 0.f);
+  const int64_t pw = s.pw, W = s.W;
+  const int64_t wcopy = std::min(W, 2 * E1 - pw);  // the image columns a tile row reads
+  // The columns of the last panel past the tiles are zeroed: the micro-kernel reads whole panels and drops
+  // those columns' products, which scratch memory left from other work could make slow (denormals).
+  if (tiles % NR != 0) {
+    for (int xi = 0; xi < kXi; ++xi) {
+      float* last = V + (xi * P + tiles / NR) * C * NR;
+      for (int64_t c = 0; c < C; ++c) std::fill(last + c * NR + tiles % NR, last + (c + 1) * NR, 0.f);
+    }
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const float* xc = x + (n * C + c) * s.H * W;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t th = th0 + r;
+      for (int a = 0; a < 4; ++a) {
+        const int64_t y = 2 * th - s.ph + a;
+        if (y < 0 || y >= s.H) {
+          std::fill(E[a], E[a] + RS, 0.f);
+          std::fill(O[a], O[a] + RS, 0.f);
+          continue;
+        }
+        std::memcpy(padded + pw, xc + y * W, sizeof(float) * wcopy);
+        split_even_odd(padded, E1, E[a], O[a]);
+      }
+      // Row transform in place: rows 0..3 become d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+      for (float** h : {E, O}) {
+        for (int64_t t = 0; t < E1; t += kL) {
+          const vf d0 = ld(h[0] + t), d1 = ld(h[1] + t), d2 = ld(h[2] + t), d3 = ld(h[3] + t);
+          st(h[0] + t, d0 - d2), st(h[1] + t, d1 + d2), st(h[2] + t, d2 - d1), st(h[3] + t, d1 - d3);
+        }
+      }
+      // Column transform into the B operands, tile index j = r * TW + t, in runs that stay in one panel.
+      for (int a = 0; a < 4; ++a) {
+        const float* __restrict e = E[a];
+        const float* __restrict o = O[a];
+        int64_t t = 0;
+        while (t < TW) {
+          const int64_t j = r * TW + t, p = j / NR, jj = j % NR;
+          const int64_t len = std::min(TW - t, NR - jj);
+          float* __restrict v0 = V + ((a * 4 + 0) * P + p) * C * NR + c * NR + jj;
+          float* __restrict v1 = V + ((a * 4 + 1) * P + p) * C * NR + c * NR + jj;
+          float* __restrict v2 = V + ((a * 4 + 2) * P + p) * C * NR + c * NR + jj;
+          float* __restrict v3 = V + ((a * 4 + 3) * P + p) * C * NR + c * NR + jj;
+          int64_t q = 0;
+          for (; q + kL <= len; q += kL) {
+            const vf e0 = ld(e + t + q), e1 = ld(e + t + q + 1), o0 = ld(o + t + q), o1 = ld(o + t + q + 1);
+            st(v0 + q, e0 - e1), st(v1 + q, o0 + e1), st(v2 + q, e1 - o0), st(v3 + q, o0 - o1);
+          }
+          for (; q < len; ++q) {
+            const float e0 = e[t + q], e1 = e[t + q + 1], o0 = o[t + q], o1 = o[t + q + 1];
+            v0[q] = e0 - e1, v1[q] = o0 + e1, v2[q] = e1 - o0, v3[q] = o0 - o1;
+          }
+          t += len;
+        }
+      }
+    }
+  }
+
+  // Products and the output transform, panel by panel.
+  const int64_t OH = s.OH, OW = s.OW;
+  const int64_t LDM = g.LDM;
+  float* __restrict y00 = row;  // reuses the row buffer: 4 rows of LDM results
+  float* __restrict y01 = row + LDM;
+  float* __restrict y10 = row + 2 * LDM;
+  float* __restrict y11 = row + 3 * LDM;
+  const vf zero = {};
+  for (int64_t p = 0; p < P; ++p) {
+    const int64_t j0 = p * NR;
+    if (j0 >= tiles) break;
+    const int nt = static_cast<int>(std::min<int64_t>(NR, tiles - j0));
+    const MicroKernelFn<float> run = 2 * nt <= NR ? uk.run_half : uk.run;
+    for (int64_t kp = 0; kp < g.KP; ++kp) {
+      const int m = static_cast<int>(std::min<int64_t>(MR, s.K - kp * MR));
+      for (int xi = 0; xi < kXi; ++xi) {
+        run(C, U + (xi * g.KP + kp) * C * MR, 0, V + (xi * P + p) * C * NR, M + xi * MR * LDM, LDM, m, nt, false,
+            nullptr, nullptr, false);
+      }
+      for (int i = 0; i < m; ++i) {
+        const int64_t k = kp * MR + i;
+        const vf b = zero + (bias ? bias[k] : 0.f);
+        const float* mi = M + i * LDM;
+        const int64_t sx = MR * LDM;        // between xi
+        for (int q = 0; q < nt; q += kL) {  // whole vectors (LDM columns, the last ones unused)
+          vf sa[4], sb[4];                  // A^T m: rows m0 + m1 + m2 and m1 - m2 - m3, per column
+          for (int col = 0; col < 4; ++col) {
+            const vf m0 = ld(mi + (0 * 4 + col) * sx + q), m1 = ld(mi + (1 * 4 + col) * sx + q);
+            const vf m2 = ld(mi + (2 * 4 + col) * sx + q), m3 = ld(mi + (3 * 4 + col) * sx + q);
+            sa[col] = m0 + m1 + m2, sb[col] = m1 - m2 - m3;
+          }
+          vf v00 = sa[0] + sa[1] + sa[2] + b, v01 = sa[1] - sa[2] - sa[3] + b;
+          vf v10 = sb[0] + sb[1] + sb[2] + b, v11 = sb[1] - sb[2] - sb[3] + b;
+          if (relu) {  // NaN passes, as torch.relu: a select on v < 0
+            v00 = v00 < zero ? zero : v00, v01 = v01 < zero ? zero : v01;
+            v10 = v10 < zero ? zero : v10, v11 = v11 < zero ? zero : v11;
+          }
+          st(y00 + q, v00), st(y01 + q, v01), st(y10 + q, v10), st(y11 + q, v11);
+        }
+        // The tiles of the panel, tile row by tile row, into the output rows 2 th and 2 th + 1.
+        float* zk = z + (n * s.K + k) * OH * OW;
+        for (int q = 0; q < nt;) {
+          const int64_t j = j0 + q, th = th0 + j / TW, tw0 = j % TW;
+          const int len = static_cast<int>(std::min<int64_t>(nt - q, TW - tw0));
+          const int64_t oh = 2 * th;
+          // Whole tiles (both columns inside the output), then a last half tile where OW is odd.
+          const int full = static_cast<int>(std::min<int64_t>(len, OW / 2 - tw0));
+          float* __restrict top = zk + oh * OW + 2 * tw0;
+          for (int u = 0; u < full; ++u) top[2 * u] = y00[q + u], top[2 * u + 1] = y01[q + u];
+          if (full < len) top[2 * full] = y00[q + full];
+          if (oh + 1 < OH) {
+            float* __restrict bottom = top + OW;
+            for (int u = 0; u < full; ++u) bottom[2 * u] = y10[q + u], bottom[2 * u + 1] = y11[q + u];
+            if (full < len) bottom[2 * full] = y10[q + full];
+          }
+          q += len;
+        }
+      }
+    }
+  }
+}
+
+using TaskFn = void (*)(const ConvShape&, const WinogradGeom&, const MicroKernel<float>&, const float*, const float*,
+                        const float*, float*, bool, int64_t, int64_t, int64_t, float*, float*, float*);
+
+#if defined(__x86_64__)
+DLK_TARGET_AVX512 void winograd_task_avx512(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
+                                            const float* x, const float* U, const float* bias, float* z, bool relu,
+                                            int64_t n, int64_t th0, int64_t rows, float* V, float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+}
+DLK_TARGET_AVX2 void winograd_task_avx2(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
+                                        const float* x, const float* U, const float* bias, float* z, bool relu,
+                                        int64_t n, int64_t th0, int64_t rows, float* V, float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+}
+#endif
+void winograd_task_base(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk, const float* x,
+                        const float* U, const float* bias, float* z, bool relu, int64_t n, int64_t th0, int64_t rows,
+                        float* V, float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+}
+
+TaskFn task_for_isa() {
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512: return winograd_task_avx512;
+    case Isa::Avx2: return winograd_task_avx2;
+    case Isa::Base: break;
+  }
+#endif
+  return winograd_task_base;
+}
+
+}  // namespace
+
+bool winograd_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("DLKERNELS_CPU_WINOGRAD");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
+}
+
+bool conv2d_winograd_applies(const ConvShape& s) {
+  // At least a panel of tiles per image (a task covers one image), and enough pixels in the batch that the
+  // filter transform, paid per call and per channel pair, stays small next to the products.
+  const int64_t tiles = (s.OH + 1) / 2 * ((s.OW + 1) / 2);
+  return winograd_enabled() && s.KH == 3 && s.KW == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
+         s.groups == 1 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16 && tiles >= 32 && s.N * s.OH * s.OW >= 1536;
+}
+
+void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu) {
+  const MicroKernel<float>& uk = micro_kernel<float>();
+  const WinogradGeom g = geometry(s, uk);
+  std::vector<float> U(static_cast<size_t>(kXi) * g.KP * s.C * g.MR);
+  transform_filter(s, g, w, U.data());
+  const TaskFn task = task_for_isa();
+  const int64_t rowf = row_floats(g);
+  const size_t v_floats = static_cast<size_t>(kXi) * g.Tpad * s.C;
+  at::parallel_for(0, s.N * g.blocks, 1, [&](int64_t t0, int64_t t1) {
+    Scratch v(1, sizeof(float) * v_floats);
+    std::vector<float> m(static_cast<size_t>(kXi) * g.MR * g.LDM), row(rowf);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / g.blocks, th0 = t % g.blocks * g.R;
+      task(s, g, uk, x, U.data(), bias, z, relu, n, th0, std::min(g.R, g.TH - th0), static_cast<float*>(v.get()),
+           m.data(), row.data());
+    }
+  });
+}
+
+}  // namespace cpu
+}  // namespace dlkernels
