@@ -242,10 +242,11 @@ def test_model_shapes_gradcheck_float64():
                                             backend="native"), (x, weight, bias))
 
 
-# Few-channel convolutions (groups 1, stride 1 along W, at most 16 input and output channels), which the CPU
-# runs with the direct kernels of csrc/cpu/conv2d_cpu_small*: TinyVGG's layers, 1, 3, 10 and 16 channels,
-# kernels 1, 3 and 5, padding 0 and 1, dilation 2, a row stride, widths that are not a multiple of the vector
-# (and wider than two), output-channel tiles of 2 to 16 with the last one partial.
+# Few-channel convolutions (groups 1, stride 1 along W, kernels larger than 1x1, up to 16 outputs from 64
+# inputs or 32 from 16), which the CPU runs with the direct kernels of csrc/cpu/conv2d_cpu_small*: TinyVGG's
+# layers, 1 to 40 channels, kernels 2, 3 and 5 (and 1x1, which stays a GEMM), padding 0 and 1, dilation 2, a
+# row stride, widths that are not a multiple of the vector (and wider than two), output-channel tiles of 2
+# to 16 with the last one partial.
 SMALL_CASES = [
     pytest.param(((2, 1, 28, 28), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-1to10"),
     pytest.param(((3, 10, 14, 14), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-10to10"),
@@ -255,6 +256,8 @@ SMALL_CASES = [
     pytest.param(((2, 16, 9, 11), (3, 3, 3), (2, 1), 1, 1, 1), id="row-stride"),
     pytest.param(((1, 16, 6, 40), (14, 3, 3), 1, 1, 1, 1), id="16to14-wide"),
     pytest.param(((2, 12, 8, 7), (2, 3, 3), 1, 1, 1, 1), id="two-outputs"),
+    pytest.param(((2, 8, 7, 9), (32, 3, 3), 1, 1, 1, 1), id="8to32"),
+    pytest.param(((1, 40, 6, 19), (12, 2, 2), 1, 0, 1, 1), id="40to12-2x2"),
 ]
 
 

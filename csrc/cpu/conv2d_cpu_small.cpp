@@ -55,14 +55,10 @@ SmallGeom geometry(const ConvShape& s) {
   const int64_t kmax = cpu_isa() == Isa::Avx512 ? 16 : 12;
   g.tiles = (s.K + kmax - 1) / kmax;
   g.KB = std::min<int64_t>(16, round_up((s.K + g.tiles - 1) / g.tiles, 2));
-  // grad_w: a 3x3's nine taps per task (reading each gz vector once for all of them), for as many output
-  // channels as the registers hold; 1x1 kernels take more channels instead.
-  const bool wide = cpu_isa() == Isa::Avx512;
-  if (s.KH * s.KW == 1) {
-    g.GT = 1, g.GK = wide ? 8 : 4;
-  } else {
-    g.GT = 9, g.GK = wide ? 2 : 1;
-  }
+  // grad_w: a 3x3's nine taps per register tile (each gz vector loaded once for all of them), for as many
+  // output channels as the registers hold.
+  g.GT = 9;
+  g.GK = cpu_isa() == Isa::Avx512 ? 2 : 1;
   return g;
 }
 

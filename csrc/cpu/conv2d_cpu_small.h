@@ -17,18 +17,21 @@
 namespace dlkernels {
 namespace cpu {
 
-// Shapes the direct kernels take: where they beat the implicit GEMM (beyond these channel counts the GEMM's
-// register tile is full and its packing cost is spread over enough multiply-adds; with one output channel
-// half of the smallest register tile would be padding).
+// Shapes the direct kernels take: where they measured faster than the implicit GEMM, forward and backward
+// (up to 16 outputs from up to 64 inputs, or 32 from up to 16; at 32 x 32 the two are even, beyond it the
+// GEMM's register tile is full and its packing is spread over enough multiply-adds). 1x1 kernels are a
+// plain GEMM without packing, and with one output channel half of the smallest register tile would be
+// padding.
 inline bool conv2d_is_small(const ConvShape& s) {
-  return s.groups == 1 && s.sw == 1 && s.K >= 2 && s.K <= 16 && s.C <= 16;
+  return s.groups == 1 && s.sw == 1 && s.KH * s.KW > 1 && s.K >= 2 &&
+         ((s.K <= 16 && s.C <= 64) || (s.K <= 32 && s.C <= 16));
 }
 
 // The buffer geometry of the kernels (see conv2d_cpu_small_kernels.h): each input plane zero-padded into
 // rows of RS elements (a multiple of 16 with room for the vector reads past the row's last output), `plane`
 // elements apart; the output channels in `tiles` tiles of KB (the forward's register tile; the packed
-// weights are zero past K); a grad_w task takes one input channel and GT taps, in register tiles of GK
-// output channels x GT taps.
+// weights are zero past K); a grad_w task takes one input channel and GT taps (9; fewer taps are padded),
+// in register tiles of GK output channels x GT taps.
 struct SmallGeom {
   int64_t RS, plane, KB, tiles, GK, GT;
 };

@@ -184,13 +184,7 @@ void sc_grad_weight(const ConvShape& s, const SmallGeom& g, const typename VO::T
   typename VO::T* part = buf + g.plane;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t c = i / tblocks, t0 = i % tblocks * g.GT;
-    if (g.GT == 1) {
-      if (g.GK == 8) {
-        sc_grad_weight_tile<VO, 8, 1>(s, g, gz, x, gw, c, t0, buf, part);
-      } else {
-        sc_grad_weight_tile<VO, 4, 1>(s, g, gz, x, gw, c, t0, buf, part);
-      }
-    } else if (g.GK == 2) {
+    if (g.GK == 2) {
       sc_grad_weight_tile<VO, 2, 9>(s, g, gz, x, gw, c, t0, buf, part);
     } else {
       sc_grad_weight_tile<VO, 1, 9>(s, g, gz, x, gw, c, t0, buf, part);
