@@ -250,6 +250,43 @@ def test_model_shapes_gradcheck_float64():
                                             backend="native"), (x, weight, bias))
 
 
+# Few-channel convolutions (groups 1, stride 1 along W, kernels larger than 1x1, up to 16 outputs from 64
+# inputs or 32 from 16), which the CPU runs with the direct kernels of csrc/cpu/conv2d_cpu_small*: TinyVGG's
+# layers, 1 to 40 channels, kernels 2, 3 and 5 (and 1x1, which stays a GEMM), padding 0 and 1, dilation 2, a
+# row stride, widths that are not a multiple of the vector (and wider than two), output-channel tiles of 2
+# to 16 with the last one partial.
+SMALL_CASES = [
+    pytest.param(((2, 1, 28, 28), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-1to10"),
+    pytest.param(((3, 10, 14, 14), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-10to10"),
+    pytest.param(((1, 3, 13, 37), (16, 5, 5), 1, 2, 1, 1), id="3to16-5x5"),
+    pytest.param(((2, 10, 9, 23), (16, 1, 1), 1, 0, 1, 1), id="10to16-1x1"),
+    pytest.param(((1, 3, 12, 21), (10, 3, 3), 1, 0, 2, 1), id="dilated-valid"),
+    pytest.param(((2, 16, 9, 11), (3, 3, 3), (2, 1), 1, 1, 1), id="row-stride"),
+    pytest.param(((1, 16, 6, 40), (14, 3, 3), 1, 1, 1, 1), id="16to14-wide"),
+    pytest.param(((2, 12, 8, 7), (2, 3, 3), 1, 1, 1, 1), id="two-outputs"),
+    pytest.param(((2, 8, 7, 9), (32, 3, 3), 1, 1, 1, 1), id="8to32"),
+    pytest.param(((1, 40, 6, 19), (12, 2, 2), 1, 0, 1, 1), id="40to12-2x2"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES["cpu"])
+@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", SMALL_CASES)
+def test_small_channels_native(case, channels_last, activation, dtype):
+    require_backend("native", "cpu")
+    check_case_gradients(case, dtype, activation, channels_last)
+
+
+def test_small_channels_gradcheck_float64():
+    require_backend("native", "cpu")
+    x = make_input(2, 3, 6, 7, dtype=torch.float64).requires_grad_()
+    weight = make_input(5, 3, 3, 3, dtype=torch.float64, seed=1).requires_grad_()
+    bias = make_input(5, dtype=torch.float64, seed=2).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda *a: dlkernels.ops.conv2d(*a, padding=1, activation="gelu", backend="native"), (x, weight, bias))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The CUDA implicit GEMM (csrc/cuda/conv2d_kernels.cuh), each tile forced with DLKERNELS_CUDA_CONV_CONFIG: in
 # the CUDA emulator on CPU tensors, and on the GPU when there is one.

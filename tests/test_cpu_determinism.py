@@ -36,10 +36,15 @@ CASES = {
     # batch 1 on a 14x14 image: few tasks (balanced grid), 196 = 6 x 32 + 4 columns (half-width kernel)
     "conv_14x14": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
                    [(1, 32, 14, 14), (48, 32, 3, 3), (48,)]),
+    # few channels (the direct kernels): grad_w's tasks are (input channel, output channels, taps)
+    "conv_small": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
+                   [(5, 10, 28, 28), (10, 10, 3, 3), (10,)]),
     "pool_overlapping": (lambda x: dlkernels.ops.max_pool2d(x, 3, 2, 1, backend="native"), [(2, 24, 15, 17)]),
     # the fused block: its bands and channel blocks depend on the thread count, its results must not
     "conv_maxpool_2x2": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, backend="native"),
                          [(2, 16, 30, 33), (40, 16, 3, 3), (40,)]),
+    "conv_maxpool_small": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, backend="native"),
+                           [(3, 3, 28, 30), (10, 3, 3, 3), (10,)]),
     "conv_maxpool_3x3s2": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, activation="gelu",
                                                                         pool_kernel_size=3, pool_stride=2,
                                                                         pool_padding=1, backend="native"),

@@ -9,6 +9,9 @@
 // the batch sum happens inside the register accumulators in a fixed order; grad_x for stride 1 is the
 // forward convolution of gz with the flipped, transposed weights (padding dilation*(k-1) - padding), the
 // same implicit GEMM; other strides use the direct scatter loop below.
+// Few-channel convolutions (conv2d_is_small) and depthwise ones run direct kernels instead, forward and
+// backward (conv2d_cpu_small.cpp, conv2d_cpu_depthwise.cpp): there the GEMM's packing costs as much as its
+// multiply-adds.
 //
 // The kernels work on NCHW-contiguous copies in the accumulation type (float for bf16/fp16, double for
 // double): half inputs are converted once, and every result is rounded once, on its write. A channels_last
@@ -32,6 +35,7 @@
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_depthwise.h"
+#include "cpu/conv2d_cpu_small.h"
 #include "cpu/conv2d_cpu_winograd.h"
 #include "cpu/conv2d_cpu_x86.h"
 #include "cpu/cpu_utils.h"
@@ -305,10 +309,13 @@ struct NoPost {
   void operator()(int64_t, int64_t, int, int, T*, int64_t) const {}
 };
 
-// z = conv(x, w) + bias in acc_t, no activation: the direct kernel for depthwise shapes, else the GEMM.
+// z = conv(x, w) + bias in acc_t, no activation: the direct kernels for few channels and depthwise shapes,
+// else the GEMM.
 template <typename acc_t>
 void conv2d_z(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z) {
-  if (conv2d_is_depthwise(s)) {
+  if (conv2d_is_small(s)) {
+    small_forward<acc_t>(s, x, w, bias, z, false, nullptr);
+  } else if (conv2d_is_depthwise(s)) {
     depthwise_forward<acc_t>(s, x, w, bias, z, false);
   } else {
     conv2d_forward_kernel<acc_t>(s, x, w, bias, z, false, false, NoPost{});
@@ -521,10 +528,24 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   };
   constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
 
-  if (conv2d_is_depthwise(s)) {  // the direct kernels, into acc_t, rounded once
-    auto round_into = [](const at::Tensor& acc, const at::Tensor& dst) {
-      if (!direct) dst.copy_(acc);
-    };
+  auto round_into = [](const at::Tensor& acc, const at::Tensor& dst) {
+    if (!direct) dst.copy_(acc);
+  };
+  bool x_done = !(grad_x.defined() && grad_x.numel() > 0), w_done = !(grad_w.defined() && grad_w.numel() > 0);
+  if (conv2d_is_small(s)) {  // the direct kernels, into acc_t, rounded once; grad_x of strides > 1 below
+    if (!x_done && small_grad_input_applies(s)) {
+      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
+      small_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
+      round_into(gxa, grad_x);
+      x_done = true;
+    }
+    if (!w_done) {
+      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+      small_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
+      round_into(gwa, grad_w);
+      w_done = true;
+    }
+  } else if (conv2d_is_depthwise(s)) {  // the direct kernels, into acc_t, rounded once
     if (grad_x.defined() && grad_x.numel() > 0) {
       at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
       depthwise_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
@@ -541,7 +562,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
   // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
   const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
-  if (grad_x.defined() && grad_x.numel() > 0 && x_by_gemm) {
+  if (!x_done && x_by_gemm) {
     ConvShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
@@ -574,7 +595,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   // u + (a + ph - kh) / sh: a stride-1 convolution of gz with those taps (flipped, k and c swapped), the
   // forward implicit GEMM; no zeros are scattered or multiplied.
   const bool x_by_phases = !x_by_gemm && s.dh == 1 && s.dw == 1;
-  if (grad_x.defined() && grad_x.numel() > 0 && x_by_phases) {
+  if (!x_done && x_by_phases) {
     for (int64_t a = 0; a < s.sh; ++a) {
       for (int64_t b = 0; b < s.sw; ++b) {
         const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
@@ -604,13 +625,13 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
 
   // Step 2a, other strides and dilations: the direct scatter.
-  if (grad_x.defined() && grad_x.numel() > 0 && !x_by_gemm && !x_by_phases) {
+  if (!x_done && !x_by_gemm && !x_by_phases) {
     conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
   }
 
   // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions; for strides along W, packed
   // from the phases of x).
-  if (grad_w.defined() && grad_w.numel() > 0) {
+  if (!w_done) {
     const int64_t cols = s.Cg * s.KH * s.KW;
     at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
     conv2d_grad_weight_kernel<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>(), !direct,
@@ -659,8 +680,13 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
         }
       };
       const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
-      if (conv2d_forward_without_gemm<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
-                                             cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU)) {
+      if (conv2d_is_small(se)) {
+        // The direct kernel, with the activation and rounding on each finished block of rows.
+        const SmallPost<acc_t> p = post;
+        small_forward<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                             cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU, direct && in_kernel ? nullptr : &p);
+      } else if (conv2d_forward_without_gemm<acc_t>(se, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                                    cbuf.mutable_data_ptr<acc_t>(), A == Activation::ReLU)) {
         // The activation and rounding plane by plane.
         if (!(direct && in_kernel)) {
           acc_t* c = cbuf.mutable_data_ptr<acc_t>();

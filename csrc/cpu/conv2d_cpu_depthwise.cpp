@@ -12,28 +12,11 @@
 
 #include "cpu/conv2d_cpu_depthwise_x86.h"
 #include "cpu/simd.h"
+#include "cpu/vector_ops.h"
 
 namespace dlkernels {
 namespace cpu {
 namespace dw_base {
-
-template <typename E>
-struct Scalar {
-  using T = E;
-  using V = E;
-  static constexpr int L = 1;
-  static DLK_ALWAYS_INLINE V zero() { return V(0); }
-  static DLK_ALWAYS_INLINE V set1(T v) { return v; }
-  static DLK_ALWAYS_INLINE V load(const T* p) { return *p; }
-  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return n > 0 ? *p : V(0); }
-  static DLK_ALWAYS_INLINE void store(T* p, V v) { *p = v; }
-  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
-    if (n > 0) *p = v;
-  }
-  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return a * b + c; }
-  static DLK_ALWAYS_INLINE V relu(V v) { return v < V(0) ? V(0) : v; }  // NaN passes, as torch.relu
-  static DLK_ALWAYS_INLINE T sum(V v) { return v; }
-};
 
 #include "cpu/conv2d_cpu_depthwise_kernels.h"
 
@@ -43,9 +26,8 @@ namespace {
 
 template <typename T>
 const DwKernels<T>& dw_kernels() {
-  static const DwKernels<T> base{dw_base::dw_forward_planes<dw_base::Scalar<T>>,
-                                 dw_base::dw_grad_input_planes<dw_base::Scalar<T>>,
-                                 dw_base::dw_grad_weight_rows<dw_base::Scalar<T>>};
+  static const DwKernels<T> base{dw_base::dw_forward_planes<ScalarOps<T>>, dw_base::dw_grad_input_planes<ScalarOps<T>>,
+                                 dw_base::dw_grad_weight_rows<ScalarOps<T>>};
 #if defined(__x86_64__)
   switch (cpu_isa()) {
     case Isa::Avx512:

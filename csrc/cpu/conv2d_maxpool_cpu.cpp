@@ -6,9 +6,11 @@
 // per-thread buffer (bias and relu in the micro-kernel's epilogue, other activations and the rounding of
 // half types right after), pools each strip of channels as soon as its last K slice is done, while it is
 // still in cache, and writes only the pooled output and the window index. The conv output never reaches
-// memory. Where windows overlap (kernel > stride), the conv row two bands share is computed by both. The 3x3
-// convolutions that conv2d runs with Winograd (conv2d_cpu_winograd.h) are the exception: the block runs them
-// the same way, through a conv-output buffer pooled plane by plane.
+// memory. Where windows overlap (kernel > stride), the conv row two bands share is computed by both.
+// Few-channel convolutions (conv2d_is_small) compute their bands with conv2d_cpu_small.h's direct kernel
+// instead, all output channels of a band at once, then pool them the same way. The 3x3 convolutions that
+// conv2d runs with Winograd (conv2d_cpu_winograd.h) run the same way in the block, through a conv-output
+// buffer pooled plane by plane.
 // Pooling follows PyTorch bit for bit: the running max starts at -inf with the window's first in-bounds
 // position, and is replaced when (val > max || isnan(val)), so ties keep the first maximum and NaN
 // propagates (the last NaN of a window wins); values are compared after the activation and after the
@@ -45,6 +47,7 @@
 #include "common/op_args.h"
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
+#include "cpu/conv2d_cpu_small.h"
 #include "cpu/conv2d_cpu_winograd.h"
 #include "cpu/conv2d_maxpool_cpu_x86.h"
 #include "cpu/cpu_utils.h"
@@ -231,6 +234,44 @@ void conv2d_maxpool_forward_kernel(const BlockShape& b, const acc_t* x, const ac
   });
 }
 
+// The forward for few channels (conv2d_is_small): a task (image, band of pooled rows) computes the band's conv
+// rows of every output channel with the direct kernel of conv2d_cpu_small.h into a per-thread buffer (bias
+// and relu in its epilogue), then finishes each channel as above. A thread copies its image into its padded
+// input buffer once for the consecutive bands of that image.
+template <typename acc_t>
+void conv2d_maxpool_small_forward_kernel(const BlockShape& b, const acc_t* x, const acc_t* w, const acc_t* bias,
+                                         bool relu, FinishFn<acc_t> finish) {
+  const ConvShape& s = b.conv;
+  const SmallConv<acc_t> sc = small_conv<acc_t>(s, w, bias);
+  // Bands: as many pooled rows as keep their conv rows of all channels at about kBandBytes (in cache for the
+  // pooling), then fewer while the tasks are too few for the threads.
+  constexpr int64_t kBandBytes = 128 * 1024;
+  const auto conv_rows = [&](int64_t rows) { return (rows - 1) * b.sh + b.kh; };  // at most, for `rows` pooled rows
+  const int64_t row_bytes = s.OW * s.K * static_cast<int64_t>(sizeof(acc_t));
+  int64_t band = 1;
+  while (band < b.PH && conv_rows(band + 1) * row_bytes <= kBandBytes) ++band;
+  const int64_t threads = at::get_num_threads();
+  while (band > 1 && s.N * ((b.PH + band - 1) / band) < 4 * threads) band = (band + 1) / 2;
+  const int64_t bands = (b.PH + band - 1) / band;
+  const int64_t max_cols = std::min(conv_rows(band), s.OH) * s.OW;
+  const int64_t work = max_cols * s.K * s.C * s.KH * s.KW;
+  at::parallel_for(0, s.N * bands, std::max<int64_t>(1, (int64_t(1) << 16) / work), [&](int64_t t0, int64_t t1) {
+    std::vector<acc_t> scratch(static_cast<size_t>(sc.scratch() + s.K * max_cols), acc_t(0));
+    acc_t* image = scratch.data();
+    acc_t* cbuf = image + sc.scratch();
+    int64_t built = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / bands, band_index = t % bands;
+      const int64_t q0 = band_index * band, q1 = std::min(b.PH, q0 + band);
+      const int64_t r0 = std::max<int64_t>(0, q0 * b.sh - b.ph);
+      const int64_t r1 = std::min(s.OH, (q1 - 1) * b.sh - b.ph + b.kh);
+      if (n != built) sc.fill(x + n * s.C * s.H * s.W, image), built = n;
+      sc.rows(image, r0, r1, cbuf, max_cols, relu);
+      for (int64_t k = 0; k < s.K; ++k) finish(n, k, cbuf + k * max_cols, s.OW, r0, q0, q1);
+    }
+  });
+}
+
 // The sum of a plane in 16 fixed lanes, then the lanes and the rest in order: conv2d_cpu.cpp's grad_bias sum
 // (a single running sum may not be reordered, so it would run one add at a time).
 template <typename acc_t>
@@ -312,7 +353,10 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
           }
         };
         const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
-        if (std::is_same_v<acc_t, float> && conv2d_winograd_applies(s)) {
+        if (conv2d_is_small(s)) {
+          conv2d_maxpool_small_forward_kernel<acc_t>(b, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                                     A == Activation::ReLU, finish);
+        } else if (std::is_same_v<acc_t, float> && conv2d_winograd_applies(s)) {
           // The 3x3 convolutions conv2d runs with Winograd, the block runs the same way (so that it computes
           // what conv2d + max_pool2d compute, bit for bit): the conv output goes once through a buffer and is
           // pooled plane by plane. Its one write and read cost little next to the products Winograd saves.
@@ -323,10 +367,10 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
           at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
             for (int64_t p = p0; p < p1; ++p) finish(p / s.K, p % s.K, z_p + p * s.OH * s.OW, s.OW, 0, 0, b.PH);
           });
-          return;
+        } else {
+          conv2d_maxpool_forward_kernel<acc_t>(b, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
+                                               A == Activation::ReLU, finish);
         }
-        conv2d_maxpool_forward_kernel<acc_t>(b, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p,
-                                             A == Activation::ReLU, finish);
       });
     });
   }

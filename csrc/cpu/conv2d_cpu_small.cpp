@@ -1,0 +1,186 @@
+// The glue of the direct few-channel convolution: buffer geometry, weight packing, per-thread scratch, the
+// split of the work over threads and the choice of ISA; the loops are in conv2d_cpu_small_kernels.h,
+// compiled here once for the portable path (one lane) and in conv2d_cpu_small_x86.cpp for AVX-512 and AVX2.
+#include "cpu/conv2d_cpu_small.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/conv2d_cpu_small_x86.h"
+#include "cpu/simd.h"
+#include "cpu/vector_ops.h"
+
+namespace dlkernels {
+namespace cpu {
+namespace sc_base {
+
+#include "cpu/conv2d_cpu_small_kernels.h"
+
+}  // namespace sc_base
+
+namespace {
+
+template <typename T>
+const SmallKernels<T>& small_kernels() {
+  static const SmallKernels<T> base{sc_base::sc_fill<ScalarOps<T>>, sc_base::sc_rows<ScalarOps<T>>,
+                                    sc_base::sc_grad_weight<ScalarOps<T>>};
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512:
+      if constexpr (std::is_same_v<T, float>) return small_kernels_f32_avx512();
+      else return small_kernels_f64_avx512();
+    case Isa::Avx2:
+      if constexpr (std::is_same_v<T, float>) return small_kernels_f32_avx2();
+      else return small_kernels_f64_avx2();
+    default: break;
+  }
+#endif
+  return base;
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+SmallGeom geometry(const ConvShape& s) {
+  constexpr int64_t kLanes = 16;  // the widest vector
+  SmallGeom g;
+  // A block's last vector starts before OW and reads up to a vector past it, shifted by the widest tap.
+  g.RS = round_up(std::max(s.OW + kLanes + (s.KW - 1) * s.dw, s.W + 2 * s.pw), kLanes);
+  g.plane = (s.H + 2 * s.ph) * g.RS;
+  // Output-channel tiles of at most 16 accumulator rows with 32 vector registers, 12 with 16; even sizes
+  // (the kernels are instantiated for those), as equal as the count allows.
+  const int64_t kmax = cpu_isa() == Isa::Avx512 ? 16 : 12;
+  g.tiles = (s.K + kmax - 1) / kmax;
+  g.KB = std::min<int64_t>(16, round_up((s.K + g.tiles - 1) / g.tiles, 2));
+  // grad_w: a 3x3's nine taps per register tile (each gz vector loaded once for all of them), for as many
+  // output channels as the registers hold.
+  g.GT = 9;
+  g.GK = cpu_isa() == Isa::Avx512 ? 2 : 1;
+  return g;
+}
+
+// Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
+// elements (zeroed once: the kernels only overwrite the image positions, so the padding stays zero).
+// `work`: the cost of one item in multiply-adds, to keep small problems on one thread.
+template <typename T, typename Fn>
+void parallel_items(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
+    fn(i0, i1, buf.data());
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void SmallConv<T>::fill(const T* xn, T* buf) const {
+  small_kernels<T>().fill(s, g, xn, s.C, buf);
+}
+
+template <typename T>
+void SmallConv<T>::rows(const T* buf, int64_t oh0, int64_t oh1, T* out, int64_t ldk, bool relu) const {
+  small_kernels<T>().rows(s, g, buf, wp.data(), bp.data(), out, ldk, oh0, oh1, relu);
+}
+
+template <typename T>
+SmallConv<T> small_conv(const ConvShape& s, const T* w, const T* bias) {
+  SmallConv<T> sc;
+  sc.s = s;
+  sc.g = geometry(s);
+  const int64_t taps = s.KH * s.KW, KB = sc.g.KB;
+  sc.wp.assign(static_cast<size_t>(sc.g.tiles * s.C * taps * KB), T(0));
+  sc.bp.assign(static_cast<size_t>(sc.g.tiles * KB), T(0));
+  for (int64_t k = 0; k < s.K; ++k) {
+    const int64_t tile = k / KB, kk = k % KB;
+    for (int64_t c = 0; c < s.C; ++c) {
+      for (int64_t t = 0; t < taps; ++t) sc.wp[((tile * s.C + c) * taps + t) * KB + kk] = w[(k * s.C + c) * taps + t];
+    }
+    if (bias) sc.bp[k] = bias[k];
+  }
+  return sc;
+}
+
+template <typename T>
+void small_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu,
+                   const SmallPost<T>* post) {
+  const SmallConv<T> sc = small_conv<T>(s, w, bias);
+  // Work items: (image, block of output rows); one block per image unless the images are too few for the
+  // threads. A thread copies an image into its buffer once for the consecutive items of that image.
+  const int64_t threads = at::get_num_threads();
+  const int64_t blocks = s.N >= threads ? 1 : std::min(s.OH, (2 * threads + s.N - 1) / s.N);
+  const int64_t rows = (s.OH + blocks - 1) / blocks, plane = s.OH * s.OW;
+  parallel_items<T>(
+      s.N * blocks, sc.scratch(), rows * s.OW * s.K * s.C * s.KH * s.KW, [&](int64_t i0, int64_t i1, T* buf) {
+        int64_t built = -1;
+        for (int64_t i = i0; i < i1; ++i) {
+          const int64_t n = i / blocks, oh0 = i % blocks * rows, oh1 = std::min(s.OH, oh0 + rows);
+          if (oh0 >= oh1) continue;
+          if (n != built) sc.fill(x + n * s.C * s.H * s.W, buf), built = n;
+          T* out = z + n * s.K * plane + oh0 * s.OW;
+          sc.rows(buf, oh0, oh1, out, plane, relu);
+          if (post) {
+            (*post)(n* s.K, oh0* s.OW, static_cast<int>(s.K), static_cast<int>((oh1 - oh0) * s.OW), out, plane);
+          }
+        }
+      });
+}
+
+namespace {
+ConvShape transposed(const ConvShape& s) {
+  ConvShape t = s;
+  t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
+  t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
+  t.Cg = s.K, t.Kg = s.C;
+  return t;
+}
+}  // namespace
+
+bool small_grad_input_applies(const ConvShape& s) {
+  return s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1) &&
+         conv2d_is_small(transposed(s));
+}
+
+template <typename T>
+void small_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
+  // wt[c, k, i, j] = w[k, c, KH-1-i, KW-1-j].
+  const int64_t taps = s.KH * s.KW;
+  std::vector<T> wt(static_cast<size_t>(s.C * s.K * taps));
+  for (int64_t k = 0; k < s.K; ++k) {
+    for (int64_t c = 0; c < s.C; ++c) {
+      for (int64_t i = 0; i < taps; ++i) wt[(c * s.K + k) * taps + i] = w[(k * s.C + c) * taps + taps - 1 - i];
+    }
+  }
+  small_forward<T>(transposed(s), gz, wt.data(), nullptr, gx, false, nullptr);
+}
+
+template <typename T>
+void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
+  const SmallGeom g = geometry(s);
+  const auto& k = small_kernels<T>();
+  const int64_t taps = s.KH * s.KW;
+  const int64_t items = s.C * ((taps + g.GT - 1) / g.GT);
+  constexpr int64_t kLanes = 16;  // the widest vector
+  const int64_t part = (s.K + g.GK - 1) / g.GK * g.GK * g.GT * kLanes;
+  parallel_items<T>(items, g.plane + part, s.N * s.OH * s.OW * s.K * g.GT,
+                    [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight(s, g, gz, x, gw, i0, i1, buf); });
+}
+
+template struct SmallConv<float>;
+template struct SmallConv<double>;
+template SmallConv<float> small_conv<float>(const ConvShape&, const float*, const float*);
+template SmallConv<double> small_conv<double>(const ConvShape&, const double*, const double*);
+template void small_forward<float>(const ConvShape&, const float*, const float*, const float*, float*, bool,
+                                   const SmallPost<float>*);
+template void small_forward<double>(const ConvShape&, const double*, const double*, const double*, double*, bool,
+                                    const SmallPost<double>*);
+template void small_grad_input<float>(const ConvShape&, const float*, const float*, float*);
+template void small_grad_input<double>(const ConvShape&, const double*, const double*, double*);
+template void small_grad_weight<float>(const ConvShape&, const float*, const float*, float*);
+template void small_grad_weight<double>(const ConvShape&, const double*, const double*, double*);
+
+}  // namespace cpu
+}  // namespace dlkernels

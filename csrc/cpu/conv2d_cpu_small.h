@@ -1,0 +1,79 @@
+// The direct convolution for few channels on the CPU (conv2d_cpu_small.cpp): groups == 1, stride 1 along W,
+// few input and output channels (conv2d_is_small), forward and backward without a GEMM. conv2d_cpu.cpp and
+// the conv2d_maxpool block send such shapes here: as a GEMM their reduction is C * KH * KW long (9 for a
+// 3x3 on one channel, 90 on ten) and there are only K rows of weights, so packing the im2col panels costs
+// as much as the multiply-adds. Here each output row is computed in place from a zero-padded copy of the
+// image, vectorised along the width, with the accumulators of a tile of output channels in registers and
+// the weights broadcast.
+#pragma once
+
+#include <c10/util/FunctionRef.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "common/op_args.h"
+
+namespace dlkernels {
+namespace cpu {
+
+// Shapes the direct kernels take: where they measured faster than the implicit GEMM, forward and backward
+// (up to 16 outputs from up to 64 inputs, or 32 from up to 16; at 32 x 32 the two are even, beyond it the
+// GEMM's register tile is full and its packing is spread over enough multiply-adds). 1x1 kernels are a
+// plain GEMM without packing, and with one output channel half of the smallest register tile would be
+// padding.
+inline bool conv2d_is_small(const ConvShape& s) {
+  return s.groups == 1 && s.sw == 1 && s.KH * s.KW > 1 && s.K >= 2 &&
+         ((s.K <= 16 && s.C <= 64) || (s.K <= 32 && s.C <= 16));
+}
+
+// The buffer geometry of the kernels (see conv2d_cpu_small_kernels.h): each input plane zero-padded into
+// rows of RS elements (a multiple of 16 with room for the vector reads past the row's last output), `plane`
+// elements apart; the output channels in `tiles` tiles of KB (the forward's register tile; the packed
+// weights are zero past K); a grad_w task takes one input channel and GT taps (9; fewer taps are padded),
+// in register tiles of GK output channels x GT taps.
+struct SmallGeom {
+  int64_t RS, plane, KB, tiles, GK, GT;
+};
+
+// The post-processing of finished output rows, as conv2d_cpu.cpp's tile epilogue: post(p0, j0, m, n, c, ld)
+// for the m output planes from p0 (= n * K + k), positions [j0, j0 + n) of each, at c + i * ld.
+template <typename T>
+using SmallPost = c10::function_ref<void(int64_t, int64_t, int, int, T*, int64_t)>;
+
+// A convolution prepared for the direct forward: the geometry and the weights packed per tile as
+// [tile][c][kh][kw][KB] (zeros past K), the bias as [tiles * KB]. T: float or double.
+template <typename T>
+struct SmallConv {
+  ConvShape s;
+  SmallGeom g;
+  std::vector<T> wp, bp;
+  // Elements of the per-thread input buffer of fill(); zero it once: fill writes only the image positions.
+  int64_t scratch() const { return s.C * g.plane; }
+  // Copies image xn [C, H, W] into buf.
+  void fill(const T* xn, T* buf) const;
+  // Output rows [oh0, oh1) of every output channel from the image in buf, bias added (relu if asked):
+  // channel k's row oh at out + k * ldk + (oh - oh0) * OW.
+  void rows(const T* buf, int64_t oh0, int64_t oh1, T* out, int64_t ldk, bool relu) const;
+};
+template <typename T>
+SmallConv<T> small_conv(const ConvShape& s, const T* w, const T* bias);
+
+// z [N, K, OH, OW] = conv(x, w) + bias (relu if asked), then *post on each finished block of rows when post is
+// given; bias may be null. NCHW-contiguous buffers.
+template <typename T>
+void small_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu,
+                   const SmallPost<T>* post);
+// Whether small_grad_input takes s: stride 1, the padding at most the dilated kernel's reach, and the
+// transposed convolution (K input channels, C outputs) small too.
+bool small_grad_input_applies(const ConvShape& s);
+// gx [N, C, H, W] from gz = dL/d(pre-activation) [N, K, OH, OW]: the forward of gz with the flipped,
+// transposed kernel (padding dilation * (kernel - 1) - padding). Every element written.
+template <typename T>
+void small_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx);
+// gw [K, C, KH, KW] from gz and x; every element written, in an order that does not depend on the threads.
+template <typename T>
+void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw);
+
+}  // namespace cpu
+}  // namespace dlkernels

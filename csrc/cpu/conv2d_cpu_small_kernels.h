@@ -1,0 +1,193 @@
+// The loops of the direct few-channel convolution (conv2d_cpu_small.cpp), written once over a vector-ops
+// type VO (cpu/vector_ops.h) and included (deliberately without an include guard) once per ISA: inside a
+// target("avx512...") or target("avx2...") region of conv2d_cpu_small_x86.cpp and, for the portable path,
+// in conv2d_cpu_small.cpp, each time in its own namespace.
+//
+// The input planes are first copied into zero-padded rows (SmallGeom), so that tap (kh, kw) of the outputs
+// [ow0, ow0 + L) of row oh reads the contiguous run at (oh * sh + kh * dh, ow0 + kw * dw): the inner loops
+// are plain vector loads with no bounds tests. The buffers are zeroed once per thread; later images only
+// overwrite the image positions.
+//
+// Requires: cpu/conv2d_cpu_small.h (SmallGeom) and common/op_args.h (ConvShape) included before.
+
+// Copies the planes [c0, c0 + count) of one image (xc: plane c0) into buf, plane by plane.
+template <class VO>
+void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xc, int64_t count, typename VO::T* buf) {
+  for (int64_t c = 0; c < count; ++c) {
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      const typename VO::T* src = xc + (c * s.H + ih) * s.W;
+      std::copy(src, src + s.W, buf + c * g.plane + (ih + s.ph) * g.RS + s.pw);
+    }
+  }
+}
+
+// KB output channels x U vectors of one output row from ow0: acc = bias + sum over (c, kh, kw) of the
+// broadcast weight times the input run, each input vector used by KB FMAs. P: the padded input at the
+// output row's first input row; wt: the tile's packed weights; out: channel 0's output row; nk: the tile's
+// real channels (the rest are padding of the packed weights and are not stored).
+template <class VO, int KB, int U>
+DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const typename VO::T* P,
+                                const typename VO::T* wt, const typename VO::T* bt, typename VO::T* out, int64_t ldk,
+                                int64_t ow0, int nk, bool relu) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  V acc[KB][U];
+  for (int k = 0; k < KB; ++k) {
+    const V b = VO::set1(bt[k]);
+    for (int u = 0; u < U; ++u) acc[k][u] = b;
+  }
+  const T* wv = wt;
+  for (int64_t c = 0; c < s.C; ++c) {
+    for (int64_t kh = 0; kh < s.KH; ++kh) {
+      const T* row = P + c * g.plane + kh * s.dh * g.RS + ow0;
+      for (int64_t kw = 0; kw < s.KW; ++kw, wv += KB) {
+        const T* src = row + kw * s.dw;
+        V xv[U];
+        for (int u = 0; u < U; ++u) xv[u] = VO::load(src + u * L);
+        for (int k = 0; k < KB; ++k) {
+          const V b = VO::set1(wv[k]);
+          for (int u = 0; u < U; ++u) acc[k][u] = VO::fma(b, xv[u], acc[k][u]);
+        }
+      }
+    }
+  }
+  for (int k = 0; k < KB; ++k) {
+    if (k >= nk) break;
+    for (int u = 0; u < U; ++u) {
+      const V v = relu ? VO::relu(acc[k][u]) : acc[k][u];
+      const int64_t n = s.OW - (ow0 + u * L);
+      if (n >= L) {
+        VO::store(out + k * ldk + ow0 + u * L, v);
+      } else if (n > 0) {
+        VO::storen(out + k * ldk + ow0 + u * L, v, static_cast<int>(n));
+      }
+    }
+  }
+}
+
+// Output rows [oh0, oh1) of every output channel, tile by tile (see SmallConv::rows).
+template <class VO, int KB>
+void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
+                const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
+  constexpr int L = VO::L;
+  // As many vectors along the row as leave registers for the input vectors and a broadcast weight.
+  constexpr int U0 = (VO::R - 4) / KB;
+  constexpr int U = U0 < 1 ? 1 : (U0 > 4 ? 4 : U0);
+  const int64_t taps = s.KH * s.KW;
+  for (int64_t tile = 0; tile < g.tiles; ++tile) {
+    const typename VO::T* wt = wp + tile * s.C * taps * KB;
+    const typename VO::T* bt = bp + tile * KB;
+    const int nk = static_cast<int>(std::min<int64_t>(KB, s.K - tile * KB));
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const typename VO::T* P = buf + oh * s.sh * g.RS;
+      typename VO::T* o = out + tile * KB * ldk + (oh - oh0) * s.OW;
+      int64_t ow0 = 0;
+      // Blocks whose last vector still starts inside the row (its lanes past OW are computed from the
+      // padding and not stored).
+      for (; ow0 + (U - 1) * L < s.OW; ow0 += U * L) sc_block<VO, KB, U>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+    }
+  }
+}
+
+template <class VO>
+void sc_rows(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
+             const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
+  switch (g.KB) {
+    case 2: return sc_rows_kb<VO, 2>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 4: return sc_rows_kb<VO, 4>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 6: return sc_rows_kb<VO, 6>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 8: return sc_rows_kb<VO, 8>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 10: return sc_rows_kb<VO, 10>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 12: return sc_rows_kb<VO, 12>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 14: return sc_rows_kb<VO, 14>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    default: return sc_rows_kb<VO, 16>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+  }
+}
+
+// One chunk of L outputs of one row for grad_w's tile: acc[k][t] += gz[k] * x at tap t. MASKED: the last chunk
+// of n lanes, whose lanes past OW load as 0 on both sides (an inf there must not make 0 * inf).
+template <class VO, int GK, int GT, bool MASKED>
+DLK_ALWAYS_INLINE void sc_gw_chunk(const typename VO::T* const* gzr, const typename VO::T* xr, const int64_t* off,
+                                   int n, typename VO::V (&acc)[GK][GT]) {
+  using V = typename VO::V;
+  V gv[GK];
+  for (int k = 0; k < GK; ++k) gv[k] = MASKED ? VO::loadn(gzr[k], n) : VO::load(gzr[k]);
+  for (int t = 0; t < GT; ++t) {
+    const V xv = MASKED ? VO::loadn(xr + off[t], n) : VO::load(xr + off[t]);
+    for (int k = 0; k < GK; ++k) acc[k][t] = VO::fma(gv[k], xv, acc[k][t]);
+  }
+}
+
+// grad_w of one input channel c and taps [t0, t0 + GT): gw[k, c, tap] = sum over n, oh, ow of gz[n, k, oh, ow]
+// * x_padded[n, c, oh * sh + kh * dh, ow + kw * dw] for every k, in register tiles of GK channels x GT taps
+// whose L-lane sums are kept in `part` between images. Each sum runs in a fixed order (image, row, chunk),
+// then across the lanes: deterministic. Channels and taps past the real ones repeat the last real one and
+// are not written. P: a padded plane buffer (zeroed once); part: kblocks * GK * GT * L elements.
+template <class VO, int GK, int GT>
+void sc_grad_weight_tile(const ConvShape& s, const SmallGeom& g, const typename VO::T* gz, const typename VO::T* x,
+                         typename VO::T* gw, int64_t c, int64_t t0, typename VO::T* P, typename VO::T* part) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t taps = s.KH * s.KW, plane_z = s.OH * s.OW;
+  const int64_t full = s.OW / L;
+  const int tail = static_cast<int>(s.OW - full * L);
+  const int64_t kblocks = (s.K + GK - 1) / GK;
+  int64_t off[GT];
+  for (int t = 0; t < GT; ++t) {
+    const int64_t tap = std::min(t0 + t, taps - 1);
+    off[t] = (tap / s.KW) * s.dh * g.RS + (tap % s.KW) * s.dw;
+  }
+  for (int64_t i = 0; i < kblocks * GK * GT; ++i) VO::store(part + i * L, VO::zero());
+  for (int64_t n = 0; n < s.N; ++n) {
+    sc_fill<VO>(s, g, x + (n * s.C + c) * s.H * s.W, 1, P);
+    for (int64_t kb = 0; kb < kblocks; ++kb) {
+      T* pk = part + kb * GK * GT * L;
+      V acc[GK][GT];
+      for (int k = 0; k < GK; ++k) {
+        for (int t = 0; t < GT; ++t) acc[k][t] = VO::load(pk + (k * GT + t) * L);
+      }
+      const T* gzn[GK];
+      for (int k = 0; k < GK; ++k) gzn[k] = gz + (n * s.K + std::min(kb * GK + k, s.K - 1)) * plane_z;
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* xr = P + oh * s.sh * g.RS;
+        const T* gzr[GK];
+        for (int k = 0; k < GK; ++k) gzr[k] = gzn[k] + oh * s.OW;
+        for (int64_t q = 0; q < full; ++q) {
+          sc_gw_chunk<VO, GK, GT, false>(gzr, xr, off, L, acc);
+          for (int k = 0; k < GK; ++k) gzr[k] += L;
+          xr += L;
+        }
+        if (tail > 0) sc_gw_chunk<VO, GK, GT, true>(gzr, xr, off, tail, acc);
+      }
+      for (int k = 0; k < GK; ++k) {
+        for (int t = 0; t < GT; ++t) VO::store(pk + (k * GT + t) * L, acc[k][t]);
+      }
+    }
+  }
+  for (int64_t k = 0; k < s.K; ++k) {
+    for (int t = 0; t < GT && t0 + t < taps; ++t) {
+      gw[(k * s.C + c) * taps + t0 + t] = VO::sum(VO::load(part + (k * GT + t) * L));
+    }
+  }
+}
+
+// grad_w tasks [i0, i1): task i = (c, block of GT taps), in that order. buf: g.plane + kblocks * GK * GT * L
+// elements.
+template <class VO>
+void sc_grad_weight(const ConvShape& s, const SmallGeom& g, const typename VO::T* gz, const typename VO::T* x,
+                    typename VO::T* gw, int64_t i0, int64_t i1, typename VO::T* buf) {
+  const int64_t taps = s.KH * s.KW;
+  const int64_t tblocks = (taps + g.GT - 1) / g.GT;
+  typename VO::T* part = buf + g.plane;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t c = i / tblocks, t0 = i % tblocks * g.GT;
+    if (g.GK == 2) {
+      sc_grad_weight_tile<VO, 2, 9>(s, g, gz, x, gw, c, t0, buf, part);
+    } else {
+      sc_grad_weight_tile<VO, 1, 9>(s, g, gz, x, gw, c, t0, buf, part);
+    }
+  }
+}

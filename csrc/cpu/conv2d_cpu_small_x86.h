@@ -1,0 +1,34 @@
+// The x86 kernels of the direct few-channel convolution (conv2d_cpu_small_x86.cpp), called by the glue in
+// conv2d_cpu_small.cpp: the loops of conv2d_cpu_small_kernels.h compiled for AVX-512 and AVX2+FMA.
+#pragma once
+
+#include <cstdint>
+
+#include "common/op_args.h"
+#include "cpu/conv2d_cpu_small.h"
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+
+// One ISA's kernels for element type T (see conv2d_cpu_small_kernels.h): fill copies `count` planes of an
+// image into a padded buffer, rows computes output rows of every channel, grad_weight runs the grad_w tasks
+// [i0, i1) with `buf` (zeroed: g.plane elements, then room for the partial sums) as its scratch.
+template <typename T>
+struct SmallKernels {
+  void (*fill)(const ConvShape& s, const SmallGeom& g, const T* xc, int64_t count, T* buf);
+  void (*rows)(const ConvShape& s, const SmallGeom& g, const T* buf, const T* wp, const T* bp, T* out, int64_t ldk,
+               int64_t oh0, int64_t oh1, bool relu);
+  void (*grad_weight)(const ConvShape& s, const SmallGeom& g, const T* gz, const T* x, T* gw, int64_t i0, int64_t i1,
+                      T* buf);
+};
+
+#if defined(__x86_64__)
+DLK_INTERNAL const SmallKernels<float>& small_kernels_f32_avx512();
+DLK_INTERNAL const SmallKernels<double>& small_kernels_f64_avx512();
+DLK_INTERNAL const SmallKernels<float>& small_kernels_f32_avx2();
+DLK_INTERNAL const SmallKernels<double>& small_kernels_f64_avx2();
+#endif
+
+}  // namespace cpu
+}  // namespace dlkernels
