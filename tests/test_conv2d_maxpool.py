@@ -290,11 +290,13 @@ def test_native_large_shapes(activation, pool):
 
 @pytest.mark.parametrize("activation", ["none", "relu"])
 @pytest.mark.parametrize("pool", [(2, None, 0, False), (3, 2, 1, True)], ids=["2x2", "3x3s2p1"])
-@pytest.mark.parametrize("shape", [((3, 10, 14, 13), 10), ((2, 16, 34, 30), 16)], ids=["gemm", "winograd"])
+@pytest.mark.parametrize("shape", [((3, 10, 14, 13), 10), ((1, 40, 14, 13), 40), ((2, 32, 34, 30), 32)],
+                         ids=["direct", "gemm", "winograd"])
 def test_native_block_is_bitwise_conv2d_then_max_pool2d(activation, pool, shape):
     """The native block computes exactly what the native conv2d followed by max_pool2d computes, gradients
-    included (the same GEMM or Winograd, the same sums): a model trains the same with the block as with the
-    three layers, where a last-bit difference could flip a near-tie of some window and send the runs apart."""
+    included (the same direct, GEMM or Winograd kernel, the same sums): a model trains the same with the block
+    as with the three layers, where a last-bit difference could flip a near-tie of some window and send the
+    runs apart."""
     require_backend("native", "cpu")
     (x_shape, channels) = shape
     case = (x_shape, (channels, 3, 3), 1, 1, 1, 1, pool)

@@ -104,7 +104,7 @@ def test_huge_pages_off_and_ops_pass():
 _WINOGRAD_PROBE = """
 import torch, dlkernels
 g = torch.Generator().manual_seed(0)
-x, w = torch.randn(4, 16, 24, 24, generator=g), torch.randn(16, 16, 3, 3, generator=g)
+x, w = torch.randn(4, 32, 24, 24, generator=g), torch.randn(32, 32, 3, 3, generator=g)
 batch = dlkernels.ops.conv2d(x, w, padding=1, backend="native")
 alone = torch.cat([dlkernels.ops.conv2d(x[i:i + 1], w, padding=1, backend="native") for i in range(4)])
 torch.testing.assert_close(batch, alone, rtol=0, atol=1e-5 * alone.abs().max().item())
