@@ -185,12 +185,15 @@ __global__ void conv2d_maxpool_route_kernel(const scalar_t* __restrict__ grad_ou
     const int64_t r0 = w + b.pw < b.kw ? 0 : (w + b.pw - b.kw) / b.sw + 1;
     const int64_t r1 = min64((w + b.pw) / b.sw + 1, b.PW);
     const acc_t z = grad_needs_preactivation(A) ? static_cast<acc_t>(gz[i]) : acc_t(0);
+    // Pooled output (q, r) of this plane at first + (q * PW + r) * along.
+    const int64_t first = ChannelsLast ? n * b.PH * b.PW * K + k : (n * K + k) * b.PH * b.PW;
+    const int64_t along = ChannelsLast ? K : 1;
     acc_t acc = 0;
     for (int64_t q = q0; q < q1; ++q) {
+      const int64_t row = first + q * b.PW * along, code_h = (h + b.ph - q * b.sh) * b.kw;
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t o = pool::offset<ChannelsLast>(n, k, q, r, K, b.PH, b.PW);
-        const int64_t code = (h - (q * b.sh - b.ph)) * b.kw + (w - (r * b.sw - b.pw));
-        if (load_code(index, index8, o) != code) continue;
+        const int64_t o = row + r * along;
+        if (load_code(index, index8, o) != code_h + (w + b.pw - r * b.sw)) continue;
         // act' from z, from the pooled output, or 1 ("none").
         const acc_t from = grad_needs_output(A) ? static_cast<acc_t>(out[o]) : z;
         acc += static_cast<acc_t>(grad_out[o]) * ActivationFn<A>::grad(from, p);
