@@ -141,7 +141,7 @@ SCHEMAS = {
 CUSTOM_OPS = tuple(SCHEMAS)
 # Native ops that have no CUDA kernel yet (a CUDA build registers every other op for CUDA): on CUDA,
 # backend="native" says so and "auto" runs them with Triton or the reference.
-NATIVE_CUDA_PENDING = ("conv2d_maxpool", "conv2d_maxpool_backward")
+NATIVE_CUDA_PENDING = ()
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -44,10 +44,10 @@ MUTANTS = [
      "    if (tid < s) smem[tid] += smem[tid + s];",
      "the block reduction reads partial sums before they are written"),
     ("conv-bounds-off-by-one", "cuda/conv2d_kernels.cuh",
-     "if (ih < 0 || ih >= g.H) continue;\n        for (int64_t s = 0; s < g.KW; ++s) {\n          const int64_t iw = "
-     "iw0 + s * g.dw;\n          if (iw < 0 || iw >= g.W) continue;",
-     "if (ih < 0 || ih >= g.H) continue;\n        for (int64_t s = 0; s < g.KW; ++s) {\n          const int64_t iw = "
-     "iw0 + s * g.dw;\n          if (iw < 0 || iw > g.W) continue;",
+     "if (ih < 0 || ih >= g.H) continue;\n      for (int64_t s = 0; s < g.KW; ++s) {\n        const int64_t iw = "
+     "iw0 + s * g.dw;\n        if (iw < 0 || iw >= g.W) continue;",
+     "if (ih < 0 || ih >= g.H) continue;\n      for (int64_t s = 0; s < g.KW; ++s) {\n        const int64_t iw = "
+     "iw0 + s * g.dw;\n        if (iw < 0 || iw > g.W) continue;",
      "the forward reads one column past the input's right edge (padding)"),
     ("pool-write-past-end", "cuda/max_pool2d_kernels.cuh",
      "for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {\n"
@@ -88,6 +88,13 @@ MUTANTS = [
     ("pool-vec-drop-nan", "cuda/max_pool2d_kernels.cuh",
      "if (val > maxval[l] || val != val) {", "if (val > maxval[l]) {",
      "the 16-byte channels_last forward lets NaN lose to later values"),
+    ("block-pool-window-past-edge", "cuda/conv2d_maxpool_kernels.cuh",
+     "dw1 = min64(b.kw, b.conv.OW - w0);", "dw1 = min64(b.kw, b.conv.OW - w0 + 1);",
+     "the block's pooling window reads one column past the conv output's right edge (ceil_mode, padding)"),
+    ("block-route-drop-act-grad", "cuda/conv2d_maxpool_kernels.cuh",
+     "acc += static_cast<acc_t>(grad_out[o]) * ActivationFn<A>::grad(from, p);",
+     "acc += static_cast<acc_t>(grad_out[o]);",
+     "the block's backward routes grad_out to the maxima without the activation's derivative"),
     ("mma-swap-fragment-registers", "cuda/ptx_probe_cuda.cu",
      "for (int i = 0; i < 4; ++i) ra[i] = a[lane * 4 + i];", "for (int i = 0; i < 4; ++i) ra[i ^ 1] = a[lane * 4 + i];",
      "the A fragment's registers 0/1 and 2/3 are swapped"),
@@ -99,8 +106,8 @@ MUTANTS = [
      "the emulator's own model: .trans returns the untransposed element"),
 ]
 
-TESTS = ["tests/test_linear_act.py", "tests/test_conv2d.py", "tests/test_max_pool2d.py", "tests/test_ptx.py",
-         "tests/test_cuda_emu.py"]
+TESTS = ["tests/test_linear_act.py", "tests/test_conv2d.py", "tests/test_max_pool2d.py", "tests/test_conv2d_maxpool.py",
+         "tests/test_conv2d_maxpool_cuda.py", "tests/test_ptx.py", "tests/test_cuda_emu.py"]
 
 
 def build_emulator(src_root, build_dir):

@@ -436,6 +436,16 @@ CUDA_EXPECTATIONS = (
     CudaExpectation("conv2d_grad_weight_kernel", threads=128, max_registers=255, max_shared=0,
                     dtypes=("float32",), required=("HMMA", "LDGSTS"), dynamic_shared=gemm_core_shared),
     CudaExpectation("conv2d_grad_weight_reduce_kernel", threads=256, max_registers=64, max_shared=0),
+    # conv2d_maxpool_kernels.cuh: the fused block's forward is conv2d's implicit GEMM (the same core, the same
+    # gathers) whose epilogue pools in shared memory; the direct forward computes a window's conv values per
+    # thread (conv2d's direct kernel, one window at a time); the backward's routing kernel is a gather over
+    # the windows of each conv position (a bandwidth kernel, as max_pool2d's backward).
+    CudaExpectation("conv2d_maxpool_forward_kernel", threads=128, max_registers=255, max_shared=0,
+                    required=("HMMA", "LDGSTS", "LDSM"), dynamic_shared=gemm_core_shared),
+    CudaExpectation("conv2d_maxpool_direct_forward_kernel", threads=256, max_registers=128, max_shared=0),
+    # Its 70-80 registers (three blocks of 256 per SM) are the int64 coordinates and offsets of a conv position
+    # and of each window that may hold it; max_pool2d's backward gathers over one tensor and fits in 64.
+    CudaExpectation("conv2d_maxpool_route_kernel", threads=256, max_registers=80, max_shared=0),
     # max_pool2d_kernels.cuh: bandwidth kernels, one output (input) element per thread. At most 64 registers
     # keeps 4 blocks of 256 (half the SM's warps) in flight to cover memory latency.
     CudaExpectation("max_pool2d_forward_kernel", threads=256, max_registers=64, max_shared=0),

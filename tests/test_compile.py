@@ -23,10 +23,8 @@ class TinyNet(torch.nn.Module):
 
     def forward(self, x):
         b = self.backend
-        # The block has no CUDA kernel yet: under the CUDA emulator it runs natively.
         block = dlkernels.ops.conv2d_maxpool(x, self.w5, self.b5, padding=1, activation="silu", pool_kernel_size=3,
-                                             pool_stride=2, pool_padding=1, pool_ceil_mode=True,
-                                             backend="native" if b == "cuda_emu" else b)
+                                             pool_stride=2, pool_padding=1, pool_ceil_mode=True, backend=b)
         x = dlkernels.ops.conv2d(x, self.w1, self.b1, padding=1, activation="relu", backend=b)
         x = dlkernels.ops.max_pool2d(x, 2, backend=b)
         x = dlkernels.ops.conv2d(x, self.w2, self.b2, padding="same", groups=2, activation="gelu", backend=b)

@@ -11,9 +11,6 @@ from dlkernels import contract, reference
 from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
                       device_dtype_params, device_params, make_input, require_backend)
 
-# The block has no CUDA kernel yet, so none in the CUDA emulator either.
-BACKENDS = [backend for backend in BACKENDS if backend != "cuda_emu"]
-
 # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups, (pool kernel, stride, padding, ceil_mode)
 CASES = [
     ((2, 3, 9, 11), (5, 3, 3), 1, 1, 1, 1, (2, None, 0, False)),  # odd sizes: the last row and column dropped
@@ -325,11 +322,6 @@ def test_keeps_only_the_pooled_output_and_a_small_index(backend):
     shapes = sorted((tuple(t.shape), str(t.dtype)) for t in saved)
     assert shapes == sorted([(tuple(x.shape), str(x.dtype)), (tuple(weight.shape), str(weight.dtype)),
                              (tuple(out.shape), str(out.dtype)), (tuple(out.shape), str(torch.int8))]), shapes
-
-
-def test_native_on_cuda_says_it_is_not_implemented_yet():
-    with pytest.raises(RuntimeError, match="no CUDA kernel yet"):
-        dlkernels.ops.select_backend("conv2d_maxpool", "native", torch.device("cuda"))
 
 
 x4, w4, b4 = torch.randn(2, 4, 8, 8), torch.randn(6, 4, 3, 3), torch.randn(6)

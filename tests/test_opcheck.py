@@ -26,8 +26,7 @@ def samples(namespace, device):
     block = ([1, 1], [1, 1], [1, 1], 2)
     pool3, pool2 = ([3, 3], [2, 2], [1, 1], True), ([2, 2], [2, 2], [0, 0], False)
     x_block, w_block, b_block = t(2, 4, 7, 6, seed=7), t(6, 2, 3, 3, seed=8), t(6, seed=9)
-    # The block has no CUDA kernel yet, so the emulator's samples of its backward come from the native op.
-    block_ops = getattr(torch.ops, "dlkernels" if namespace == cuda_emu.NAMESPACE else namespace)
+    block_ops = getattr(torch.ops, namespace)
     out_block, index_block = block_ops.conv2d_maxpool(x_block, w_block, b_block, *block, "relu", *p0, *pool3)
     out_gelu, index_gelu = block_ops.conv2d_maxpool(x_block, w_block, None, *block, "gelu", *p0, *pool2)
     return {

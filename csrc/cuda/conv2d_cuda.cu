@@ -38,19 +38,14 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cuda/conv2d_cuda.cuh"
 #include "cuda/conv2d_kernels.cuh"
 #include "cuda/cuda_utils.cuh"
 
 namespace dlkernels {
 namespace cuda {
-namespace {
 
 using conv::ConvGemm;
-
-enum class ConvConfig { kDirect, kLarge, kMedium };
-
-using ConvLargeTile = gemm::Tile<128, 128, 64, 64, 3>;
-using ConvMediumTile = gemm::Tile<64, 64, 32, 32, 4>;
 
 // DLKERNELS_CUDA_CONV_CONFIG, read on every call (tests change it between calls).
 std::optional<ConvConfig> forced_conv_config() {
@@ -62,6 +57,8 @@ std::optional<ConvConfig> forced_conv_config() {
   if (name == "medium") return ConvConfig::kMedium;
   TORCH_CHECK(false, "DLKERNELS_CUDA_CONV_CONFIG must be direct, large or medium, got '", name, "'");
 }
+
+namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -90,6 +87,17 @@ at::Tensor pack_b(const at::Tensor& w3, int64_t vec) {
   b.narrow(2, 0, K).copy_(w3);
   return b;
 }
+
+}  // namespace
+
+at::Tensor conv2d_forward_b(const at::Tensor& weight, const ConvShape& g, bool channels_last, int64_t vec) {
+  // [groups, K/groups, reduction] in the gather's order: (r, s, c) for channels_last, (c, r, s) for NCHW.
+  const at::Tensor w3 =
+      (channels_last ? weight.permute({0, 2, 3, 1}) : weight).reshape({g.groups, g.Kg, g.Cg * g.KH * g.KW});
+  return pack_b(w3, vec);
+}
+
+namespace {
 
 // out (allocated in the source's layout) = act(implicit GEMM + bias) per group, on tile TileT.
 template <typename T, class TileT, bool Transposed>
@@ -137,16 +145,15 @@ void run_implicit_gemm(const ConvGemm<T>& p, int64_t groups, bool channels_last,
   }
 }
 
-template <typename scalar_t>
-using GemmType = std::conditional_t<std::is_same_v<scalar_t, at::Half>, c10::Half,
-                                    std::conditional_t<std::is_same_v<scalar_t, at::BFloat16>, c10::BFloat16, float>>;
+}  // namespace
 
-// Whether the implicit GEMM runs this call (the tensor cores can, and it is not forced off).
 bool use_implicit_gemm(at::ScalarType dtype, const ConvShape& g) {
   if (!implicit_gemm_ok(dtype, g)) return false;
   const auto forced = forced_conv_config();
   return !forced || *forced != ConvConfig::kDirect;
 }
+
+namespace {
 
 // act(conv(x, w) + bias) on the implicit GEMM: x contiguous in `fmt`, the result in `fmt`.
 at::Tensor conv2d_forward_implicit(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& b,
@@ -155,35 +162,14 @@ at::Tensor conv2d_forward_implicit(const at::Tensor& x, const at::Tensor& weight
   const bool cl = fmt == at::MemoryFormat::ChannelsLast;
   at::Tensor out = at::empty({g.N, g.K, g.OH, g.OW}, x.options().memory_format(fmt));
   if (out.numel() == 0) return out;
-  // B [groups, K/groups, reduction] in the gather's order: (r, s, c) for channels_last, (c, r, s) for NCHW.
-  const at::Tensor w3 = (cl ? weight.permute({0, 2, 3, 1}) : weight).reshape({g.groups, g.Kg, g.Cg * g.KH * g.KW});
   DLK_DISPATCH_FLOAT_TYPES(x.scalar_type(), "dlkernels_conv2d_cuda", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
       using T = GemmType<scalar_t>;
-      const at::Tensor bp = pack_b(w3, gemm::Smem<T>::kVec);
-      const ConvGemm<T> p{reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()),
-                          reinterpret_cast<const T*>(bp.const_data_ptr<scalar_t>()),
-                          bp.size(2),
-                          b.defined() ? reinterpret_cast<const T*>(b.const_data_ptr<scalar_t>()) : nullptr,
-                          reinterpret_cast<T*>(out.mutable_data_ptr<scalar_t>()),
-                          g.N * g.OH * g.OW,
-                          g.Kg,
-                          g.Cg * g.KH * g.KW,
-                          g.C,
-                          g.H,
-                          g.W,
-                          g.Cg,
-                          g.OH,
-                          g.OW,
-                          g.K,
-                          g.KH,
-                          g.KW,
-                          g.sh,
-                          g.sw,
-                          g.ph,
-                          g.pw,
-                          g.dh,
-                          g.dw};
+      const at::Tensor bp = conv2d_forward_b(weight, g, cl, gemm::Smem<T>::kVec);
+      const ConvGemm<T> p =
+          conv2d_forward_gemm(reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()), bp,
+                              b.defined() ? reinterpret_cast<const T*>(b.const_data_ptr<scalar_t>()) : nullptr,
+                              reinterpret_cast<T*>(out.mutable_data_ptr<scalar_t>()), g);
       run_implicit_gemm<T, false>(p, g.groups, cl, act, params);
     }
   });
@@ -285,29 +271,8 @@ at::Tensor conv2d_grad_weight_implicit(const at::Tensor& gz, const at::Tensor& x
     if constexpr (!std::is_same_v<scalar_t, double>) {
       using T = GemmType<scalar_t>;
       // The forward's geometry, x as the source (its out and B unused).
-      const ConvGemm<T> p{reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()),
-                          nullptr,
-                          0,
-                          nullptr,
-                          nullptr,
-                          g.N * g.OH * g.OW,
-                          g.Kg,
-                          g.Cg * g.KH * g.KW,
-                          g.C,
-                          g.H,
-                          g.W,
-                          g.Cg,
-                          g.OH,
-                          g.OW,
-                          g.K,
-                          g.KH,
-                          g.KW,
-                          g.sh,
-                          g.sw,
-                          g.ph,
-                          g.pw,
-                          g.dh,
-                          g.dw};
+      const ConvGemm<T> p = conv2d_forward_gemm<T>(reinterpret_cast<const T*>(x.const_data_ptr<scalar_t>()),
+                                                   at::Tensor(), nullptr, nullptr, g);
       const T* gz_ptr = reinterpret_cast<const T*>(gz.const_data_ptr<scalar_t>());
       T* out = reinterpret_cast<T*>(grad_w.mutable_data_ptr<scalar_t>());
       const int64_t large = ceil_div(g.Kg, ConvLargeTile::BM) * ceil_div(p.K, ConvLargeTile::BN) * g.groups;
@@ -341,12 +306,12 @@ at::Tensor conv2d_forward_nchw(const at::Tensor& x, const at::Tensor& w, const a
   return out;
 }
 
-// An NCHW-contiguous result in the memory format the caller asked for.
+}  // namespace
+
 at::Tensor in_format(const at::Tensor& t, at::MemoryFormat fmt) {
   return fmt == at::MemoryFormat::ChannelsLast ? t.contiguous(fmt) : t;
 }
 
-// act(conv(x, w) + bias) in memory format fmt: the implicit GEMM where it runs, else the direct kernel.
 at::Tensor conv2d_forward_in(const at::Tensor& x_in, const at::Tensor& weight, const at::Tensor& b, const ConvShape& g,
                              at::MemoryFormat fmt, Activation act, const ActivationParams& params) {
   if (use_implicit_gemm(x_in.scalar_type(), g)) {
@@ -355,52 +320,17 @@ at::Tensor conv2d_forward_in(const at::Tensor& x_in, const at::Tensor& weight, c
   return in_format(conv2d_forward_nchw(x_in.contiguous(), weight.contiguous(), b, g, act, params), fmt);
 }
 
-at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
-                          c10::string_view activation, double alpha, double beta) {
-  constexpr const char* op = "conv2d";
-  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
-  const Activation act = parse_activation(activation);
-  const ActivationParams params{alpha, beta};
-  check_activation_params(act, params, op);
-  const DeviceGuard guard(x_in.device());
-  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
-  return conv2d_forward_in(x_in, weight, b, g, x_in.suggest_memory_format(), act, params);
+at::MemoryFormat conv2d_grad_format(const at::Tensor& x, const ConvShape& g) {
+  // gz lives in x's format when the implicit GEMM computes grad_x, NCHW for the direct kernels.
+  return use_implicit_gemm(x.scalar_type(), g) ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
-    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& out_in, c10::IntArrayRef stride,
-    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
-    double beta, std::array<bool, 3> output_mask) {
-  constexpr const char* op = "conv2d_backward";
-  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
-  const Activation act = parse_activation(activation);
-  const ActivationParams params{alpha, beta};
-  check_activation_params(act, params, op);
-  const std::array<int64_t, 4> out_shape{g.N, g.K, g.OH, g.OW};
-  check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
-  check_saved_output(x_in, out_in, grad_needs_output(act), activation, out_shape, op);
-  const bool with_bias = has_bias(bias);
-  const DeviceGuard guard(x_in.device());
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward_from_gz(const at::Tensor& gz, const at::Tensor& x_in,
+                                                                       const at::Tensor& weight, const ConvShape& g,
+                                                                       std::array<bool, 3> output_mask) {
   const auto fmt = x_in.suggest_memory_format();
-  // gz lives in x's format when the implicit GEMM computes grad_x, NCHW for the direct kernels.
   const bool implicit = use_implicit_gemm(x_in.scalar_type(), g);
-  const auto gz_fmt = implicit ? fmt : at::MemoryFormat::Contiguous;
-  const bool gz_cl = gz_fmt == at::MemoryFormat::ChannelsLast;
-  // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
-  const bool recompute = grad_needs_preactivation(act);
-  const at::Tensor b = with_bias && recompute ? bias->contiguous() : at::Tensor();
-  const at::Tensor grad_out = grad_out_in.contiguous(gz_fmt);
-
-  // gz = grad_out * act'(saved), contiguous in gz_fmt.
-  at::Tensor gz = grad_out;
-  if (act != Activation::None && grad_out.numel() > 0) {
-    const at::Tensor saved = recompute ? conv2d_forward_in(x_in, weight, b, g, gz_fmt, Activation::None, params)
-                                       : out_in->contiguous(gz_fmt);
-    gz = activation_grad_cuda(grad_out, saved, act, params);
-  }
-
+  const bool gz_cl = conv2d_grad_format(x_in, g) == at::MemoryFormat::ChannelsLast;
   const auto stream = current_stream();
   at::Tensor grad_x, grad_w, grad_b;
   if (output_mask[0]) {
@@ -436,10 +366,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
       }
     }
   }
-  if (output_mask[2] && with_bias) {
+  if (output_mask[2]) {
     grad_b = gz_cl ? channel_sum_cuda(gz, g.N * g.OH * g.OW, g.K, 1) : channel_sum_cuda(gz, g.N, g.K, g.OH * g.OW);
   }
   return {grad_x, grad_w, grad_b};
+}
+
+namespace {
+
+at::Tensor conv2d_forward(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups,
+                          c10::string_view activation, double alpha, double beta) {
+  constexpr const char* op = "conv2d";
+  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
+  const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
+  const DeviceGuard guard(x_in.device());
+  const at::Tensor b = (bias.has_value() && bias->defined()) ? bias->contiguous() : at::Tensor();
+  return conv2d_forward_in(x_in, weight, b, g, x_in.suggest_memory_format(), act, params);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
+    const at::Tensor& grad_out_in, const at::Tensor& x_in, const at::Tensor& weight,
+    const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& out_in, c10::IntArrayRef stride,
+    c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, c10::string_view activation, double alpha,
+    double beta, std::array<bool, 3> output_mask) {
+  constexpr const char* op = "conv2d_backward";
+  const ConvShape g = check_conv_args(x_in, weight, bias, stride, padding, dilation, groups, op, kDeviceType);
+  const Activation act = parse_activation(activation);
+  const ActivationParams params{alpha, beta};
+  check_activation_params(act, params, op);
+  const std::array<int64_t, 4> out_shape{g.N, g.K, g.OH, g.OW};
+  check_output_like(x_in, grad_out_in, "grad_out", out_shape, op);
+  check_saved_output(x_in, out_in, grad_needs_output(act), activation, out_shape, op);
+  const bool with_bias = has_bias(bias);
+  const DeviceGuard guard(x_in.device());
+  const auto gz_fmt = conv2d_grad_format(x_in, g);
+  // x, weight and bias are read only where needed: autograd passes expanded stand-ins for the others.
+  const bool recompute = grad_needs_preactivation(act);
+  const at::Tensor b = with_bias && recompute ? bias->contiguous() : at::Tensor();
+  const at::Tensor grad_out = grad_out_in.contiguous(gz_fmt);
+
+  // gz = grad_out * act'(saved), contiguous in gz_fmt.
+  at::Tensor gz = grad_out;
+  if (act != Activation::None && grad_out.numel() > 0) {
+    const at::Tensor saved = recompute ? conv2d_forward_in(x_in, weight, b, g, gz_fmt, Activation::None, params)
+                                       : out_in->contiguous(gz_fmt);
+    gz = activation_grad_cuda(grad_out, saved, act, params);
+  }
+  return conv2d_backward_from_gz(gz, x_in, weight, g, {output_mask[0], output_mask[1], output_mask[2] && with_bias});
 }
 
 }  // namespace

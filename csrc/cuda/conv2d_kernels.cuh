@@ -37,37 +37,48 @@ namespace dlkernels {
 namespace cuda {
 namespace conv {
 
-// out[n, k, oh, ow] = act(bias[k] + sum_{c, r, s} x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] * w[k, c, r, s])
+// bias[k] + sum_{c, r, s} x[n, g*Cg + c, oh*sh - ph + r*dh, ow*sw - pw + s*dw] * w[k, c, r, s] (x and w
+// NCHW-contiguous, bias may be null): one output of the direct kernels, in opmath.
+template <typename scalar_t>
+__device__ __forceinline__ at::opmath_type<scalar_t> direct_conv_at(const scalar_t* __restrict__ x,
+                                                                    const scalar_t* __restrict__ w,
+                                                                    const scalar_t* __restrict__ bias,
+                                                                    const ConvShape& g, int64_t n, int64_t k,
+                                                                    int64_t oh, int64_t ow) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t group = k / g.Kg;
+  const int64_t ih0 = oh * g.sh - g.ph;
+  const int64_t iw0 = ow * g.sw - g.pw;
+  acc_t acc = 0;
+  for (int64_t c = 0; c < g.Cg; ++c) {
+    const scalar_t* xc = x + ((n * g.C + group * g.Cg + c) * g.H) * g.W;
+    const scalar_t* wc = w + ((k * g.Cg + c) * g.KH) * g.KW;
+    for (int64_t r = 0; r < g.KH; ++r) {
+      const int64_t ih = ih0 + r * g.dh;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t s = 0; s < g.KW; ++s) {
+        const int64_t iw = iw0 + s * g.dw;
+        if (iw < 0 || iw >= g.W) continue;
+        acc += static_cast<acc_t>(xc[ih * g.W + iw]) * static_cast<acc_t>(wc[r * g.KW + s]);
+      }
+    }
+  }
+  if (bias != nullptr) acc += static_cast<acc_t>(bias[k]);
+  return acc;
+}
+
+// out[n, k, oh, ow] = act(direct_conv_at(n, k, oh, ow))
 template <typename scalar_t, Activation A>
 __global__ void conv2d_direct_forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ w,
                                              const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, ConvShape g,
                                              int64_t total, ActivationParams p) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += step) {
     const int64_t ow = i % g.OW;
     const int64_t oh = (i / g.OW) % g.OH;
     const int64_t k = (i / (g.OW * g.OH)) % g.K;
     const int64_t n = i / (g.OW * g.OH * g.K);
-    const int64_t group = k / g.Kg;
-    const int64_t ih0 = oh * g.sh - g.ph;
-    const int64_t iw0 = ow * g.sw - g.pw;
-    acc_t acc = 0;
-    for (int64_t c = 0; c < g.Cg; ++c) {
-      const scalar_t* xc = x + ((n * g.C + group * g.Cg + c) * g.H) * g.W;
-      const scalar_t* wc = w + ((k * g.Cg + c) * g.KH) * g.KW;
-      for (int64_t r = 0; r < g.KH; ++r) {
-        const int64_t ih = ih0 + r * g.dh;
-        if (ih < 0 || ih >= g.H) continue;
-        for (int64_t s = 0; s < g.KW; ++s) {
-          const int64_t iw = iw0 + s * g.dw;
-          if (iw < 0 || iw >= g.W) continue;
-          acc += static_cast<acc_t>(xc[ih * g.W + iw]) * static_cast<acc_t>(wc[r * g.KW + s]);
-        }
-      }
-    }
-    if (bias != nullptr) acc += static_cast<acc_t>(bias[k]);
-    out[i] = static_cast<scalar_t>(ActivationFn<A>::forward(acc, p));
+    out[i] = static_cast<scalar_t>(ActivationFn<A>::forward(direct_conv_at(x, w, bias, g, n, k, oh, ow), p));
   }
 }
 
@@ -157,11 +168,22 @@ struct ConvGemm {
   int64_t KH, KW, sh, sw, ph, pw, dh, dw;
 };
 
+// Which output position each row of a CTA's A tile is: rows m0, m0 + 1, .. of the M positions (the conv
+// GEMMs), or -1 past them. (The fused conv + max-pool block maps its rows to a 2-D patch of positions
+// instead: cuda/conv2d_maxpool_kernels.cuh.)
+struct LinearRows {
+  template <typename T>
+  __device__ __forceinline__ int64_t position(const ConvGemm<T>& p, int64_t m0, int row) const {
+    return m0 + row < p.M ? m0 + row : -1;
+  }
+};
+
 // The implicit-im2col A operand and the dense B operand of one group's GEMM: the source for Core::mainloop.
-template <typename T, bool ChannelsLast, bool Vec, bool Transposed>
+template <typename T, bool ChannelsLast, bool Vec, bool Transposed, class Rows = LinearRows>
 struct Im2colSource {
   ConvGemm<T> p;
   int64_t group;
+  Rows rows = {};
 
   // The source element of A(m, k) (m < M, k < K), or null where the tap reads padding or, transposed, lands
   // off the stride grid.
@@ -209,8 +231,8 @@ struct Im2colSource {
 #pragma unroll
       for (int i = threadIdx.x; i < Core::kAElems / kVec; i += Core::kThreads) {
         const int row = i / (BK / kVec), col = (i % (BK / kVec)) * kVec;
-        const int64_t gm = m0 + row, gk = k0 + col;
-        const T* at = gm < p.M && gk < k_end ? tap(gm, gk) : nullptr;
+        const int64_t gm = rows.position(p, m0, row), gk = k0 + col;
+        const T* at = gm >= 0 && gk < k_end ? tap(gm, gk) : nullptr;
         ptx::cp_async<16, true>(sa + S::offset(row, col, BK), at != nullptr ? at : p.src, at != nullptr ? 16 : 0);
       }
     } else {
@@ -218,8 +240,8 @@ struct Im2colSource {
       // are neighbours in memory along W for NCHW).
       for (int i = threadIdx.x; i < Core::kAElems; i += Core::kThreads) {
         const int row = i % Core::BM, col = i / Core::BM;
-        const int64_t gm = m0 + row, gk = k0 + col;
-        const T* at = gm < p.M && gk < k_end ? tap(gm, gk) : nullptr;
+        const int64_t gm = rows.position(p, m0, row), gk = k0 + col;
+        const T* at = gm >= 0 && gk < k_end ? tap(gm, gk) : nullptr;
         T* dst = sa + S::offset(row, col, BK);
         if constexpr (sizeof(T) == 4) {
           ptx::cp_async<4>(dst, at != nullptr ? at : p.src, at != nullptr ? 4 : 0);
