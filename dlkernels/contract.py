@@ -139,9 +139,6 @@ SCHEMAS = {
 }
 # The one list that opcheck and the build tests run over, so that no op is forgotten.
 CUSTOM_OPS = tuple(SCHEMAS)
-# Native ops that have no CUDA kernel yet (a CUDA build registers every other op for CUDA): on CUDA,
-# backend="native" says so and "auto" runs them with Triton or the reference.
-NATIVE_CUDA_PENDING = ()
 
 
 # ---------------------------------------------------------------------------------------------------------

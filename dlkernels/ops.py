@@ -136,8 +136,6 @@ def select_backend(op, backend, device):
         return "triton"
     if backend == "cuda_emu":
         reason = cuda_emu.unavailable_reason(device)
-        if reason is None and op in contract.NATIVE_CUDA_PENDING:
-            reason = "the op has no CUDA kernel yet"
         if reason:
             raise RuntimeError(f"dlkernels.{op}: backend='cuda_emu' cannot run here: {reason}")
         return "cuda_emu"
@@ -150,9 +148,6 @@ def select_backend(op, backend, device):
                 f"dlkernels.{op}: backend='native' needs the compiled extension dlkernels._C, which did not load "
                 f"({_ext.LOAD_ERROR}); {_ext.BUILD_HINT}"
             )
-        if device.type == "cuda" and op in contract.NATIVE_CUDA_PENDING:
-            raise RuntimeError(f"dlkernels.{op}: backend='native' has no CUDA kernel yet (not implemented); "
-                               "backend='auto' runs it with Triton (or the PyTorch reference) on CUDA")
         raise RuntimeError(
             f"dlkernels.{op}: backend='native' has no kernel for device '{device.type}' in this build "
             "(see `python -m dlkernels info`)"

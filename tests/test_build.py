@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import _ext, cuda_emu
-from dlkernels.contract import CUSTOM_OPS, NATIVE_CUDA_PENDING, conv_output_size, pool_output_size
+from dlkernels.contract import CUSTOM_OPS, conv_output_size, pool_output_size
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +39,7 @@ def test_cuda_kernels_registered_when_built_with_cuda():
         pytest.skip("CPU-only build")
     assert _ext.build_info()["cuda_archs"], "a CUDA build must record its archs"
     for op in CUSTOM_OPS:
-        if op not in NATIVE_CUDA_PENDING:
-            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", "CUDA"), op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dlkernels::{op}", "CUDA"), op
 
 
 def test_cuda_emulator_built_when_required():
@@ -50,8 +49,7 @@ def test_cuda_emulator_built_when_required():
     if not cuda_emu.loaded():
         pytest.skip(f"the CUDA emulator is not built: {cuda_emu.LOAD_ERROR}")
     for op in CUSTOM_OPS:
-        if op not in NATIVE_CUDA_PENDING:  # no CUDA kernel yet, so none in the emulator
-            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{cuda_emu.NAMESPACE}::{op}", "CPU"), op
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"{cuda_emu.NAMESPACE}::{op}", "CPU"), op
 
 
 @pytest.mark.parametrize("value,expected", [("1", "the CUDA emulator dlkernels._cuda_emu"), ("0", None),

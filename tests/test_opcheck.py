@@ -3,8 +3,7 @@ so none is forgotten), and the schemas each namespace registered against the con
 import pytest
 import torch
 
-from dlkernels import cuda_emu
-from dlkernels.contract import CUSTOM_OPS, NATIVE_CUDA_PENDING, SCHEMAS
+from dlkernels.contract import CUSTOM_OPS, SCHEMAS
 from conftest import NAMESPACES, device_params, make_input, namespace_device, namespace_params, require_namespace
 
 
@@ -106,7 +105,5 @@ def test_registered_schemas_are_the_contract(namespace):
 @pytest.mark.parametrize("namespace", namespace_params())
 def test_opcheck(namespace, op, device):
     require_namespace(namespace, device)
-    if namespace == cuda_emu.NAMESPACE and op in NATIVE_CUDA_PENDING:
-        pytest.skip(f"{op} has no CUDA kernel yet, so none in the emulator either")
     for args in samples(namespace, device)[op]:
         torch.library.opcheck(getattr(getattr(torch.ops, namespace), op).default, args)
