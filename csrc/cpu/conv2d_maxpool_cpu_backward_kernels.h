@@ -8,8 +8,10 @@
 // Both gradients are one loop, a gathered axpy: dst[0, len) += sum_i g[i] * src[off[i] + j], j in [0, len),
 // with len a run of channels (grad_w: the runs are the input patches at the pooling windows' maxima, dst a row
 // of grad_w; grad_x: the runs are weight rows, dst the input patch). The sum over i runs in registers, in the
-// order of i (two interleaved chains, even and odd i, added at the end, where a run is a few vectors and one
-// chain would wait on each FMA's latency), and reaches dst once: the same order for every thread count.
+// order of i, and reaches dst once: the same order for every thread count. Where one run is a few vectors, one
+// chain of FMAs would wait on each FMA's latency: short runs (up to three of at most four vectors, a few-channel
+// conv) are summed all at once, one chain per vector; a run's last block of up to four vectors in two chains,
+// the even and the odd i, added at the end.
 
 // U vectors of the run (the last of them `tail` lanes) at dst, from the sources at src + off[i].
 template <class VO, int U>
