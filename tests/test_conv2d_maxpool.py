@@ -20,8 +20,17 @@ CASES = [
     ((1, 3, 9, 8), (4, 4, 2), 1, "same", (2, 1), 1, (2, 1, 1, False)),  # "same" (asymmetric), pool stride 1
     ((2, 9, 6, 21), (7, 3, 3), 1, 1, 1, 1, (2, 2, 0, True)),  # 2x2/2 with ceil_mode: vector and scalar windows
     ((1, 2, 40, 37), (3, 3, 3), 1, 1, 1, 1, (2, 2, 0, False)),  # rows long enough for full 16-window vectors
+    # The native backward's sparse path with runs of one tap's channels (groups, dilation along W), overlapping
+    # windows (positions that receive several values), padding, ceil_mode:
+    ((2, 16, 12, 14), (16, 3, 3), 1, 2, (1, 2), 2, (3, 2, 1, True)),
+    # and with runs of a kernel row's channels, a strided conv, rectangular windows with padding:
+    ((2, 5, 15, 13), (7, 3, 2), (2, 1), (1, 0), 1, 1, ((2, 3), 2, 1, True)),
 ]
-CASE_IDS = ["2x2-odd", "3x3s2p1-ceil", "depthwise-rect", "1x1-pad2", "same-s1", "2x2-ceil-wide", "2x2-long-rows"]
+CASE_IDS = ["2x2-odd", "3x3s2p1-ceil", "depthwise-rect", "1x1-pad2", "same-s1", "2x2-ceil-wide", "2x2-long-rows",
+            "sparse-groups-dilated", "sparse-strided-rect"]
+# The native backward takes its sparse path (from the routed values) in 2x2-odd, 2x2-ceil-wide and the sparse-*
+# cases: the maxima are at most half of the conv positions and a run of channels (KW * C without groups or
+# dilation along W, else C / groups) is at least 8; the dense one (conv2d's own passes) in the others.
 
 
 def as64(t):
@@ -137,7 +146,7 @@ def routed_reference(x, weight, bias, args, index):
 
 @pytest.mark.parametrize("device,dtype", device_dtype_params())
 @pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("case", [CASES[0], CASES[1], CASES[2], CASES[5]], ids=[CASE_IDS[i] for i in (0, 1, 2, 5)])
+@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 5, 7, 8)], ids=[CASE_IDS[i] for i in (0, 1, 2, 5, 7, 8)])
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradients(backend, device, dtype, activation, case, channels_last):
@@ -285,27 +294,54 @@ def test_native_large_shapes(activation, pool):
         torch.testing.assert_close(grad.double(), grad64, atol=2e-3, rtol=1e-3)
 
 
+def unfused_native(leaves, case, activation):
+    _, _, stride, padding, dilation, groups, (kernel, pool_stride, pool_padding, ceil_mode) = case
+    conv = dlkernels.ops.conv2d(*leaves, stride, padding, dilation, groups, activation=activation, backend="native")
+    return dlkernels.ops.max_pool2d(conv, kernel, pool_stride, pool_padding, ceil_mode=ceil_mode, backend="native")
+
+
 @pytest.mark.parametrize("activation", ["none", "relu"])
-@pytest.mark.parametrize("pool", [(2, None, 0, False), (3, 2, 1, True)], ids=["2x2", "3x3s2p1"])
-@pytest.mark.parametrize("shape", [((3, 10, 14, 13), 10), ((1, 40, 14, 13), 40), ((2, 32, 34, 30), 32)],
-                         ids=["direct", "gemm", "winograd"])
-def test_native_block_is_bitwise_conv2d_then_max_pool2d(activation, pool, shape):
-    """The native block computes exactly what the native conv2d followed by max_pool2d computes, gradients
-    included (the same direct, GEMM or Winograd kernel, the same sums): a model trains the same with the block
-    as with the three layers, where a last-bit difference could flip a near-tie of some window and send the
-    runs apart."""
+@pytest.mark.parametrize("case", [
+    ((3, 10, 14, 13), (10, 3, 3), 1, 1, 1, 1, (3, 1, 1, False)),  # windows at stride 1: most positions are maxima
+    ((3, 10, 14, 13), (10, 3, 3), 1, 1, 1, 1, (2, 1, 0, False)),
+    ((3, 2, 14, 13), (10, 3, 3), 1, 1, 1, 1, (3, 2, 1, True)),  # two input channels: runs of 6
+], ids=["3x3s1", "2x2s1", "2ch-3x3s2p1"])
+def test_native_dense_backward_is_bitwise_conv2d_then_max_pool2d(activation, case):
+    """Where the native block's backward takes the dense path (conv2d's own passes over the full-size dL/dz) it
+    computes exactly what the native conv2d followed by max_pool2d computes (the same GEMM, the same sums), as its
+    forward always does: a model trains the same with the block as with the three layers, where a last-bit
+    difference could flip a near-tie of some window and send the runs apart."""
     require_backend("native", "cpu")
-    (x_shape, channels) = shape
-    case = (x_shape, (channels, 3, 3), 1, 1, 1, 1, pool)
     leaves, out, args = run_case(case, torch.float32, "cpu", activation, "native", requires_grad=True)
-    kernel, stride, padding, ceil_mode = pool
-    unfused = dlkernels.ops.max_pool2d(dlkernels.ops.conv2d(*leaves, 1, 1, activation=activation, backend="native"),
-                                       kernel, stride, padding, ceil_mode=ceil_mode, backend="native")
+    unfused = unfused_native(leaves, case, activation)
     assert torch.equal(out, unfused)
     grad_out = make_input(*out.shape, seed=4)
     expected_grads = torch.autograd.grad(unfused, leaves, grad_out)
     for grad, expected in zip(torch.autograd.grad(out, leaves, grad_out), expected_grads):
         assert torch.equal(grad, expected)
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
+@pytest.mark.parametrize("pool", [(2, None, 0, False), (3, 2, 1, True)], ids=["2x2", "3x3s2p1"])
+@pytest.mark.parametrize("shape", [((3, 10, 14, 13), 10), ((1, 40, 14, 13), 40), ((2, 32, 34, 30), 32)],
+                         ids=["direct", "gemm", "winograd"])
+def test_native_sparse_backward_matches_conv2d_then_max_pool2d(activation, pool, shape):
+    """Where the native block's backward takes the sparse path (the gradients from the routed values alone) its
+    forward is still bit for bit the unfused layers' (the same direct, GEMM or Winograd kernel), and its
+    gradients are theirs up to the summation order: within rounding of them and of the float64 reference."""
+    require_backend("native", "cpu")
+    x_shape, channels = shape
+    case = (x_shape, (channels, 3, 3), 1, 1, 1, 1, pool)
+    leaves, out, args = run_case(case, torch.float32, "cpu", activation, "native", requires_grad=True)
+    unfused = unfused_native(leaves, case, activation)
+    assert torch.equal(out, unfused)
+    grad_out = make_input(*out.shape, seed=4)
+    leaves64 = [as64(t).requires_grad_() for t in leaves]
+    grads64 = torch.autograd.grad(reference.conv2d_maxpool(*leaves64, *ref_args(args)), leaves64, as64(grad_out))
+    unfused_grads = torch.autograd.grad(unfused, leaves, grad_out)
+    for grad, unfused_grad, grad64 in zip(torch.autograd.grad(out, leaves, grad_out), unfused_grads, grads64):
+        assert_close_to_reference(grad, grad64, torch.float32)
+        torch.testing.assert_close(grad, unfused_grad)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -18,11 +18,18 @@
 // The window index of an output is (h - h0) * KW + (w - w0) for its maximum at conv position (h, w) and the
 // window's corner (h0, w0) (padding included): int8 for windows of up to 128 positions (pool_index_dtype).
 //
-// Backward: gz = dL/dz (z the pre-activation, the conv output before the activation) is zero except at each
+// Backward: dL/dz (z the pre-activation, the conv output before the activation) is zero except at each
 // window's maximum, which receives grad_out * act'(.): the derivative from the pooled output (relu, sigmoid,
-// ...), from z recomputed by the conv GEMM (gelu, silu, ...: conv2d's rule), or 1 ("none"). grad_bias sums
-// the routed values; grad_x and grad_w are conv2d's own passes over gz. gz is the one full-size buffer, the
-// same one conv2d's backward needs.
+// ...), from z (gelu, silu, ...: conv2d's rule), or 1 ("none"). grad_bias sums the routed values. Two paths
+// compute grad_x and grad_w from them:
+// - sparse (conv2d_maxpool_cpu_backward.cpp), where the maxima are at most half of the conv positions and the
+//   conv's channel runs fill a vector: the gradients directly from the routed (position, value) pairs, z
+//   recomputed only at the maxima, about 1 / window of the dense work. Deterministic (the same bits for every
+//   thread count), but summed in another order than conv2d's backward: within rounding of the unfused
+//   conv2d + max_pool2d gradients, not equal to them bit for bit.
+// - dense, elsewhere (heavily overlapping windows, depthwise and few-channel convs): gz, the full-size dL/dz,
+//   then conv2d's own passes over it (z recomputed by the conv GEMM), so the gradients are bit for bit those
+//   of the unfused conv2d + max_pool2d.
 //
 // NCHW inside; a channels_last input gets channels_last results (converted once at the end, as conv2d).
 #include <ATen/Dispatch.h>
@@ -49,6 +56,7 @@
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_small.h"
 #include "cpu/conv2d_cpu_winograd.h"
+#include "cpu/conv2d_maxpool_cpu_backward.h"
 #include "cpu/conv2d_maxpool_cpu_x86.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm.h"
@@ -404,19 +412,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_maxpool_backward(
   at::Tensor grad_b = need_b ? empty_output({s.K}, opts) : at::Tensor();
   if (!need_x && !need_w && !need_b) return {grad_x, grad_w, grad_b};
 
+  const bool sparse = conv2d_maxpool_sparse_backward_wins(b);
   AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_maxpool_backward_cpu", [&] {
         using acc_t = at::opmath_type<scalar_t>;
         const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+        constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
         const int64_t plane = s.OH * s.OW, pooled = b.PH * b.PW, window = b.kh * b.kw;
-        at::Tensor gz = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
-        acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
         const bool recompute = grad_needs_preactivation(act);
-        if (recompute) {  // z into gz: each plane is read at its maxima, then overwritten
-          const at::Tensor xa = as_acc(x, acc_type), wa = as_acc(weight, acc_type);
-          const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
-          conv2d_preactivation_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(),
-                                             ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, gz_p);
+        const at::Tensor xa = recompute || (sparse && need_w) ? as_acc(x, acc_type) : at::Tensor();
+        const at::Tensor wa = recompute || (sparse && need_x) ? as_acc(weight, acc_type) : at::Tensor();
+        const at::Tensor ba = recompute && has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
+        const acc_t* bias_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
+        // The sparse path's padded channels-last input (grad_w, z) and weight rows (grad_x, z).
+        std::optional<SparseBlockBackward<acc_t>> sp;
+        if (sparse) {
+          sp.emplace(b, xa.defined() ? xa.const_data_ptr<acc_t>() : nullptr,
+                     wa.defined() ? wa.const_data_ptr<acc_t>() : nullptr, recompute || need_w, recompute || need_x);
+        }
+        // The dense path's gz; z first, where act' reads it: each plane is read at its maxima, then overwritten.
+        at::Tensor gz = sparse ? at::Tensor() : empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+        acc_t* gz_p = sparse ? nullptr : gz.mutable_data_ptr<acc_t>();
+        if (recompute && !sparse) {
+          conv2d_preactivation_kernel<acc_t>(s, xa.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), bias_p, gz_p);
         }
         const at::Tensor go = grad_out.contiguous();
         const scalar_t* go_p = go.const_data_ptr<scalar_t>();
@@ -427,42 +445,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_maxpool_backward(
         const int8_t* idx8 = is8 ? idx.const_data_ptr<int8_t>() : nullptr;
         const int32_t* idx32 = is8 ? nullptr : idx.const_data_ptr<int32_t>();
         std::vector<acc_t> plane_sums(s.N * s.K, acc_t(0));
+        // The routed values: per (n, k) plane and pooled position, the conv position of the window's maximum
+        // (-1 where the index is not the forward's) and dL/dz there.
+        std::vector<int32_t> position(s.N * s.K * pooled);
+        std::vector<acc_t> value(s.N * s.K * pooled);
 
         dispatch_activation(act, [&](auto act_tag) {
           constexpr Activation A = decltype(act_tag)::value;
-          // One (n, k) plane per work item: the routed values in pooled order, then the plane of gz zeroed and
-          // the values added at their positions (overlapping windows may share one), then the plane's share of
-          // grad_bias summed over the plane as conv2d's backward sums it (in 16 fixed lanes), so that the block's
-          // gradients are bit for bit those of conv2d + max_pool2d: training the block and the unfused layers
-          // takes the same path (a rounding difference can flip a near-tie of a later window, after which
-          // the two runs part).
+          // One (n, k) plane per work item: the routed values in pooled order. Dense path: then the plane of gz
+          // zeroed and the values added at their positions (overlapping windows may share one), then the plane's
+          // share of grad_bias summed over the plane as conv2d's backward sums it (in 16 fixed lanes), so that
+          // the block's gradients are bit for bit those of conv2d + max_pool2d. Sparse path: grad_bias sums the
+          // values in pooled order.
           at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
-            std::vector<acc_t> value(pooled);
-            std::vector<int64_t> position(pooled);
             for (int64_t p = p0; p < p1; ++p) {
-              acc_t* gzp = gz_p + p * plane;
+              acc_t* gzp = sparse ? nullptr : gz_p + p * plane;
+              int32_t* pos = position.data() + p * pooled;
+              acc_t* val = value.data() + p * pooled;
               for (int64_t q = 0; q < b.PH; ++q) {
                 for (int64_t pw = 0; pw < b.PW; ++pw) {
                   const int64_t o = q * b.PW + pw, e = p * pooled + o;
                   const int64_t i = is8 ? idx8[e] : idx32[e];
                   const int64_t h = q * b.sh - b.ph + i / b.kw, w = pw * b.sw - b.pw + i % b.kw;
                   if (i < 0 || i >= window || h < 0 || h >= s.OH || w < 0 || w >= s.OW) {  // not the forward's index
-                    position[o] = -1;
+                    pos[o] = -1;
+                    val[o] = acc_t(0);
                     continue;
                   }
-                  position[o] = h * s.OW + w;
+                  pos[o] = static_cast<int32_t>(h * s.OW + w);
                   acc_t from = acc_t(0);  // what act' reads: z, the pooled output, or nothing ("none")
                   if constexpr (grad_needs_preactivation(A)) {
-                    from = gzp[h * s.OW + w];
+                    if (sparse) {
+                      const int64_t k = p % s.K;
+                      from = sp->preactivation(p / s.K, k, h, w) + (bias_p ? bias_p[k] : acc_t(0));
+                    } else {
+                      from = gzp[h * s.OW + w];
+                    }
                   } else if constexpr (grad_needs_output(A)) {
                     from = static_cast<acc_t>(saved_p[e]);
                   }
-                  value[o] = grad_times<A>(static_cast<acc_t>(go_p[e]), from, params);
+                  val[o] = grad_times<A>(static_cast<acc_t>(go_p[e]), from, params);
                 }
+              }
+              if (sparse) {
+                if (need_b) {
+                  acc_t sum = acc_t(0);
+                  for (int64_t o = 0; o < pooled; ++o) sum += val[o];
+                  plane_sums[p] = sum;
+                }
+                continue;
               }
               zero_fill(gzp, plane * sizeof(acc_t));
               for (int64_t o = 0; o < pooled; ++o) {
-                if (position[o] >= 0) gzp[position[o]] += value[o];
+                if (pos[o] >= 0) gzp[pos[o]] += val[o];
               }
               if (need_b) plane_sums[p] = plane_sum(gzp, plane);
             }
@@ -477,7 +512,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_maxpool_backward(
             gb[k] = static_cast<scalar_t>(sum);
           }
         }
-        conv2d_backward_from_grad_preactivation(s, gz, x, weight, grad_x, grad_w);
+        if (!sparse) {
+          conv2d_backward_from_grad_preactivation(s, gz, x, weight, grad_x, grad_w);
+          return;
+        }
+        // Into acc_t, rounded once for the half types.
+        const auto into = [&](const at::Tensor& dst, auto&& compute) {
+          if (!dst.defined() || dst.numel() == 0) return;
+          at::Tensor acc = direct ? dst : empty_output(dst.sizes(), opts.dtype(acc_type));
+          compute(acc.mutable_data_ptr<acc_t>());
+          if (!direct) dst.copy_(acc);
+        };
+        into(grad_w, [&](acc_t* gw) { sp->grad_weight(position.data(), value.data(), gw); });
+        into(grad_x, [&](acc_t* gx) { sp->grad_input(position.data(), value.data(), gx); });
       });
   if (grad_x.defined()) grad_x = grad_x.contiguous(x.suggest_memory_format());
   return {grad_x, grad_w, grad_b};
