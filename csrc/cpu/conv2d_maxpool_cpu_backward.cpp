@@ -11,28 +11,11 @@
 #include <vector>
 
 #include "cpu/simd.h"
+#include "cpu/vector_ops.h"
 
 namespace dlkernels {
 namespace cpu {
 namespace sp_base {
-
-template <typename E>
-struct Scalar {
-  using T = E;
-  using V = E;
-  static constexpr int L = 1;
-  static DLK_ALWAYS_INLINE V zero() { return V(0); }
-  static DLK_ALWAYS_INLINE V set1(T v) { return v; }
-  static DLK_ALWAYS_INLINE V load(const T* p) { return *p; }
-  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return n > 0 ? *p : V(0); }
-  static DLK_ALWAYS_INLINE void store(T* p, V v) { *p = v; }
-  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
-    if (n > 0) *p = v;
-  }
-  static DLK_ALWAYS_INLINE V add(V a, V b) { return a + b; }
-  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return a * b + c; }
-  static DLK_ALWAYS_INLINE T sum(V v) { return v; }
-};
 
 #include "cpu/conv2d_maxpool_cpu_backward_kernels.h"
 
@@ -42,8 +25,7 @@ namespace {
 
 template <typename T>
 const SparseBlockKernels<T>& sparse_block_kernels() {
-  static const SparseBlockKernels<T> base{sp_base::sp_gather_lists<sp_base::Scalar<T>>,
-                                          sp_base::sp_patch_dot<sp_base::Scalar<T>>};
+  static const SparseBlockKernels<T> base{sp_base::sp_gather_lists<ScalarOps<T>>, sp_base::sp_patch_dot<ScalarOps<T>>};
 #if defined(__x86_64__)
   switch (cpu_isa()) {
     case Isa::Avx512:

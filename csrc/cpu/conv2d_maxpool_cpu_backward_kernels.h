@@ -67,7 +67,8 @@ DLK_ALWAYS_INLINE void sp_gather_axpy(int64_t len, int64_t count, const typename
     case 4: return sp_gather_block<VO, 4>(count, src + j, off, g, dst + j, tail);
     case 5: return sp_gather_block<VO, 5>(count, src + j, off, g, dst + j, tail);
     case 6: return sp_gather_block<VO, 6>(count, src + j, off, g, dst + j, tail);
-    default: return sp_gather_block<VO, 7>(count, src + j, off, g, dst + j, tail);
+    case 7: return sp_gather_block<VO, 7>(count, src + j, off, g, dst + j, tail);
+    default: return sp_gather_block<VO, 8>(count, src + j, off, g, dst + j, tail);  // 7 vectors and a part
   }
 }
 

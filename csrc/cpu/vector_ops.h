@@ -1,8 +1,9 @@
 // The vector ops of the direct convolution kernels (conv2d_cpu_depthwise_kernels.h,
-// conv2d_cpu_small_kernels.h): per ISA, a type per element type with T, V, L (lanes), R (vector registers)
-// and zero, set1, load, loadn (the first n lanes, the others 0), store, storen, fma(a, b, c) = a * b + c,
-// relu and sum. ScalarOps is the portable one-lane set; the x86 sets are each defined in a target region of
-// their own, so their functions get that ISA, and the kernels that use them are compiled in the same region.
+// conv2d_cpu_small_kernels.h, conv2d_maxpool_cpu_backward_kernels.h): per ISA, a type per element type with T, V, L
+// (lanes), R (vector registers) and zero, set1, load, loadn (the first n lanes, the others 0), store, storen, add,
+// fma(a, b, c) = a * b + c, relu and sum. ScalarOps is the portable one-lane set; the x86 sets are each defined in a
+// target region of their own, so their functions get that ISA, and the kernels that use them are compiled in the same
+// region.
 #pragma once
 
 #include "cpu/simd.h"
@@ -24,6 +25,7 @@ struct ScalarOps {
   static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
     if (n > 0) *p = v;
   }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return a + b; }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return a * b + c; }
   static DLK_ALWAYS_INLINE V relu(V v) { return v < V(0) ? V(0) : v; }  // NaN passes, as torch.relu
   static DLK_ALWAYS_INLINE T sum(V v) { return v; }
@@ -53,6 +55,7 @@ struct F32 {
   static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm512_storeu_ps(p, v); }
   static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }  // NaN and -0 pass
   static DLK_ALWAYS_INLINE T sum(V v) { return _mm512_reduce_add_ps(v); }
@@ -70,6 +73,7 @@ struct F64 {
   static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm512_storeu_pd(p, v); }
   static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm512_mask_storeu_pd(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm512_add_pd(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm512_max_pd(_mm512_setzero_pd(), v); }
   static DLK_ALWAYS_INLINE T sum(V v) { return _mm512_reduce_add_pd(v); }
@@ -94,6 +98,7 @@ struct F32 {
   static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm256_storeu_ps(p, v); }
   static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }  // NaN and -0 pass
   static DLK_ALWAYS_INLINE T sum(V v) {
@@ -117,6 +122,7 @@ struct F64 {
   static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm256_maskload_pd(p, mask(n)); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm256_storeu_pd(p, v); }
   static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_pd(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm256_max_pd(_mm256_setzero_pd(), v); }
   static DLK_ALWAYS_INLINE T sum(V v) {
