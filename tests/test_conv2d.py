@@ -218,15 +218,6 @@ def check_case_gradients(case, dtype, activation, channels_last, params=None):
         assert grads[0].is_contiguous(memory_format=torch.channels_last) == channels_last
 
 
-@pytest.mark.parametrize("dtype", DTYPES["cpu"])
-@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", MODEL_CASES)
-def test_model_shapes_native(case, channels_last, activation, dtype):
-    require_backend("native", "cpu")
-    check_case_gradients(case, dtype, activation, channels_last)
-
-
 @pytest.mark.parametrize("activation,params", [pytest.param(a, None, id=a) for a in NEW_ACTIVATIONS]
                          + NEW_ACTIVATION_CASES[len(NEW_ACTIVATIONS):])
 @pytest.mark.parametrize("case", [MODEL_CASES[1], MODEL_CASES[7], MODEL_CASES[10]])
@@ -272,8 +263,8 @@ SMALL_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES["cpu"])
 @pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", SMALL_CASES)
-def test_small_channels_native(case, channels_last, activation, dtype):
+@pytest.mark.parametrize("case", MODEL_CASES + SMALL_CASES)
+def test_model_shapes_native(case, channels_last, activation, dtype):
     require_backend("native", "cpu")
     check_case_gradients(case, dtype, activation, channels_last)
 
