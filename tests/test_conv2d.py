@@ -182,6 +182,12 @@ MODEL_CASES = [
     pytest.param(((1, 4, 9, 9), (4, 7, 7), 1, 3, 1, 4), id="dw7x7"),
     pytest.param(((1, 3, 11, 10), (3, 3, 3), (2, 1), (0, 2), (2, 1), 3), id="dw-dilated"),
     pytest.param(((1, 20, 37, 35), (20, 3, 3), 1, 1, 1, 20), id="dw-wide-rows"),
+    # Depthwise with output rows of fewer than 8, which the CPU computes channels-last (64-channel blocks, the
+    # last partial; 4- and 1-pixel runs of a row; strides and dilations).
+    pytest.param(((3, 40, 7, 7), (40, 7, 7), 1, 3, 1, 40), id="dw7x7-small-plane"),
+    pytest.param(((2, 70, 4, 4), (70, 5, 5), 1, 2, 1, 70), id="dw5x5-4x4"),
+    pytest.param(((2, 20, 8, 8), (20, 3, 3), 2, 1, 1, 20), id="dw3x3s2-small-plane"),
+    pytest.param(((1, 16, 9, 7), (16, 3, 3), (1, 2), (0, 1), (2, 1), 16), id="dw-small-plane-dilated"),
     pytest.param(((2, 1, 12, 12), (5, 3, 3), 1, 1, 1, 1), id="one-channel"),
     pytest.param(((1, 6, 11, 9), (4, 1, 1), 2, 0, 1, 1), id="1x1s2"),
     pytest.param(((2, 8, 7, 7), (12, 1, 1), 1, 0, 1, 2), id="1x1-groups"),
@@ -200,6 +206,13 @@ MODEL_CASES = [
     pytest.param(((1, 64, 46, 46), (20, 3, 3), 1, 1, 1, 1), id="winograd-blocks"),
     pytest.param(((6, 40, 1, 1), (10, 1, 1), 1, 0, 1, 1), id="1x1-images"),  # squeeze-and-excitation
     pytest.param(((3, 10, 1, 1), (33, 1, 1), 2, 0, 3, 1), id="1x1-images-s2"),
+    # Batches of small planes, which the CPU's GEMM takes as one product over the images side by side (its
+    # column panels straddle images): 7x7, strided (packed from the phases), 1x1, grouped, 4x4.
+    pytest.param(((3, 40, 7, 7), (72, 3, 3), 1, 1, 1, 1), id="batched-7x7"),
+    pytest.param(((4, 36, 9, 9), (40, 3, 3), 2, 1, 1, 1), id="batched-3x3s2"),
+    pytest.param(((3, 48, 4, 4), (40, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
+    pytest.param(((2, 32, 5, 5), (48, 3, 3), 1, 1, 1, 2), id="batched-groups"),
+    pytest.param(((5, 34, 4, 4), (36, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
 ]
 
 
@@ -220,7 +233,7 @@ def check_case_gradients(case, dtype, activation, channels_last, params=None):
 
 @pytest.mark.parametrize("activation,params", [pytest.param(a, None, id=a) for a in NEW_ACTIVATIONS]
                          + NEW_ACTIVATION_CASES[len(NEW_ACTIVATIONS):])
-@pytest.mark.parametrize("case", [MODEL_CASES[1], MODEL_CASES[7], MODEL_CASES[10]])
+@pytest.mark.parametrize("case", [c for c in MODEL_CASES if c.id in ("dw3x3s2-mult2", "1x1s2", "stem7x7s2")])
 def test_model_shapes_native_new_activations(case, activation, params):
     require_backend("native", "cpu")
     check_case_gradients(case, torch.float32, activation, False, params)

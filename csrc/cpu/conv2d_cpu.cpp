@@ -250,6 +250,7 @@ struct Conv2dForwardGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
+  bool user_post = has_post;  // has_post is also set for the folded GEMM's moves
   const acc_t* xq = nullptr;  // x split into phases (see phase_split) when the stride along W is not 1
   const int64_t* ktab = nullptr;
   int64_t Hq = 0, Wq = 0;
@@ -262,8 +263,29 @@ struct Conv2dForwardGemm {
     *lda = K;
     return w;
   }
+  // Folded (see conv2d_forward_kernel): batch entry b is group b, the columns are (image, position) and C is
+  // `cbuf` [K, N * P], moved into `out` tile by tile.
+  bool folded = false;
+  acc_t* cbuf = nullptr;
+  int64_t P = 0;
+
   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    const int64_t n = b / s.groups, g = b % s.groups;
+    if (!folded) return pack_image(b / s.groups, b % s.groups, j0, nr, k0, kc, dst, NR);
+    int64_t n = j0 / P, p0 = j0 % P;
+    if (p0 + nr <= P) return pack_image(n, b, p0, nr, k0, kc, dst, NR);
+    // A panel across images: each image's part packed on its own (the packers fill their panel rows to NR
+    // with zeros), then moved into place.
+    thread_local std::vector<acc_t> part;
+    part.resize(static_cast<size_t>(kc * NR));
+    for (int jj = 0; jj < nr; ++n, p0 = 0) {
+      const int seg = static_cast<int>(std::min<int64_t>(nr - jj, P - p0));
+      pack_image(n, b, p0, seg, k0, kc, part.data(), NR);
+      for (int64_t k = 0; k < kc; ++k) std::copy_n(part.data() + k * NR, seg, dst + k * NR + jj);
+      jj += seg;
+    }
+    for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * NR + nr, dst + (k + 1) * NR, acc_t(0));
+  }
+  void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
     if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
       pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
@@ -273,12 +295,24 @@ struct Conv2dForwardGemm {
       pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
     }
   }
-  acc_t* c(int64_t b) const { return out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N; }
+  acc_t* c(int64_t b) const {
+    return folded ? cbuf + b * s.Kg * ldc : out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N;
+  }
   const acc_t* bias_m(int64_t b) const { return bias ? bias + (b % s.groups) * s.Kg : nullptr; }
   const acc_t* bias_n(int64_t) const { return nullptr; }
   void post(int64_t b, int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ld) const {
     // Output plane index of the tile's first row, and the tile.
-    post_fn((b / s.groups) * s.K + (b % s.groups) * s.Kg + i0, j0, m, n, c, ld);
+    if (!folded) return post_fn((b / s.groups) * s.K + (b % s.groups) * s.Kg + i0, j0, m, n, c, ld);
+    // Folded: each image's part of the tile moves to its planes in `out`, where post_fn finds it.
+    for (int jj = 0; jj < n;) {
+      const int64_t img = (j0 + jj) / P, p0 = (j0 + jj) % P;
+      const int seg = static_cast<int>(std::min<int64_t>(n - jj, P - p0));
+      const int64_t plane = img * s.K + b * s.Kg + i0;
+      acc_t* o = out + plane * P + p0;
+      for (int i = 0; i < m; ++i) std::copy_n(c + i * ld + jj, seg, o + i * P);
+      if (user_post) post_fn(plane, p0, m, seg, o, P);
+      jj += seg;
+    }
   }
 };
 
@@ -290,6 +324,15 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
   const int64_t P = s.OH * s.OW;
   Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
                                    relu,           has_post, post};
+  // Small planes: one GEMM per group over all the images side by side rather than one per image. Per image,
+  // each weight is used by fewer columns than a column block holds (49 at 7x7), so the GEMM streams the
+  // whole weight matrix from memory once per image and pads its last column panel.
+  at::Tensor cbuf;
+  if (s.N > 1 && P < GemmBlocking<acc_t>::NC) {
+    cbuf = empty_output({s.K, s.N * P}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
+    g.folded = true, g.cbuf = cbuf.mutable_data_ptr<acc_t>(), g.P = P;
+    g.batch = s.groups, g.N = s.N * P, g.ldc = s.N * P, g.has_post = true;
+  }
   at::Tensor xq;
   std::vector<int64_t> ktab;
   // Phases pay where the taps overlap (kernel wider than the stride: each pixel is packed KW / sw times);

@@ -26,8 +26,10 @@ namespace {
 
 template <typename T>
 const DwKernels<T>& dw_kernels() {
-  static const DwKernels<T> base{dw_base::dw_forward_planes<ScalarOps<T>>, dw_base::dw_grad_input_planes<ScalarOps<T>>,
-                                 dw_base::dw_grad_weight_rows<ScalarOps<T>>};
+  static const DwKernels<T> base{
+      dw_base::dw_forward_planes<ScalarOps<T>>,   dw_base::dw_grad_input_planes<ScalarOps<T>>,
+      dw_base::dw_grad_weight_rows<ScalarOps<T>>, dw_base::dw_forward_cl<ScalarOps<T>>,
+      dw_base::dw_grad_input_cl<ScalarOps<T>>,    dw_base::dw_grad_weight_cl<ScalarOps<T>>};
 #if defined(__x86_64__)
   switch (cpu_isa()) {
     case Isa::Avx512:
@@ -56,6 +58,8 @@ DwGeom geometry(const ConvShape& s) {
   g.fwd_scratch = s.sw * g.plane;
   g.gx_scratch = s.Kg * s.OH * g.RSz;
   g.gw_scratch = g.fwd_scratch + s.KH * s.KW * kLanes;
+  g.CB = 4 * kLanes;
+  g.cl_scratch = ((s.H + 2 * s.ph) * (s.W + 2 * s.pw) + s.OH * s.OW + s.KH * s.KW) * g.CB;
   return g;
 }
 
@@ -71,12 +75,35 @@ void parallel_planes(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
   });
 }
 
+// The channel blocks of the channels-last kernels, and their weights as [taps][Cp] (Cp: C rounded up to
+// whole blocks, zeros past C): one vector per tap and channel block.
+int64_t cl_blocks(const ConvShape& s, const DwGeom& g) { return (s.C + g.CB - 1) / g.CB; }
+template <typename T>
+std::vector<T> cl_weights(const ConvShape& s, const DwGeom& g, const T* w) {
+  const int64_t taps = s.KH * s.KW, Cp = cl_blocks(s, g) * g.CB;
+  std::vector<T> wt(static_cast<size_t>(taps * Cp), T(0));
+  for (int64_t c = 0; c < s.C; ++c) {
+    for (int64_t t = 0; t < taps; ++t) wt[t * Cp + c] = w[c * taps + t];
+  }
+  return wt;
+}
+
 }  // namespace
 
 template <typename T>
 void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu) {
   const DwGeom g = geometry(s);
   const auto& k = dw_kernels<T>();
+  if (dw_channels_last(s)) {
+    const std::vector<T> wt = cl_weights(s, g, w);
+    std::vector<T> bt(bias ? wt.size() / (s.KH * s.KW) : 0, T(0));
+    if (bias) std::copy(bias, bias + s.C, bt.begin());
+    parallel_planes<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
+                       [&](int64_t i0, int64_t i1, T* buf) {
+                         k.forward_cl(s, g, x, wt.data(), bias ? bt.data() : nullptr, z, relu, i0, i1, buf);
+                       });
+    return;
+  }
   parallel_planes<T>(s.N * s.K, g.fwd_scratch, s.OH * s.OW * s.KH * s.KW,
                      [&](int64_t p0, int64_t p1, T* buf) { k.forward(s, g, x, w, bias, z, relu, p0, p1, buf); });
 }
@@ -99,6 +126,12 @@ void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
   }
   const DwGeom g = geometry(s);
   const auto& k = dw_kernels<T>();
+  if (dw_channels_last(s)) {
+    const std::vector<T> wt = cl_weights(s, g, w);
+    parallel_planes<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
+                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_input_cl(s, g, gz, wt.data(), gx, i0, i1, buf); });
+    return;
+  }
   parallel_planes<T>(s.N * s.C, g.gx_scratch, s.Kg * s.OH * s.OW * s.KH * s.KW,
                      [&](int64_t p0, int64_t p1, T* buf) { k.grad_input(s, g, gz, w, gx, p0, p1, buf); });
 }
@@ -107,6 +140,11 @@ template <typename T>
 void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
   const DwGeom g = geometry(s);
   const auto& k = dw_kernels<T>();
+  if (dw_channels_last(s)) {
+    parallel_planes<T>(cl_blocks(s, g), g.cl_scratch, s.N * g.CB * s.OH * s.OW * s.KH * s.KW,
+                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight_cl(s, g, gz, x, gw, i0, i1, buf); });
+    return;
+  }
   parallel_planes<T>(s.K, g.gw_scratch, s.N * s.OH * s.OW * s.KH * s.KW,
                      [&](int64_t k0, int64_t k1, T* buf) { k.grad_weight(s, g, gz, x, gw, k0, k1, buf); });
 }

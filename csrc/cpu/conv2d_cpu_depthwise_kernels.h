@@ -109,6 +109,182 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
   }
 }
 
+// Channels-last moves of the small-plane kernels: cn planes of rows x cols elements, `plane` apart, to and from
+// CB-channel pixels, rows `ld` pixels apart (padded buffers). Each pixel's channels are written (read) as one
+// contiguous run: the planes of a block fit in L1, the scattered side is the cheap one.
+template <class VO>
+DLK_ALWAYS_INLINE void dw_to_cl(const typename VO::T* src, int64_t plane, int64_t rows, int64_t cols, int64_t cn,
+                                typename VO::T* dst, int64_t ld, int64_t CB) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t col = 0; col < cols; ++col) {
+      typename VO::T* d = dst + (r * ld + col) * CB;
+      const typename VO::T* sp = src + r * cols + col;
+      for (int64_t c = 0; c < cn; ++c) d[c] = sp[c * plane];
+    }
+  }
+}
+template <class VO>
+DLK_ALWAYS_INLINE void dw_from_cl(const typename VO::T* src, int64_t ld, int64_t CB, int64_t rows, int64_t cols,
+                                  int64_t cn, typename VO::T* dst, int64_t plane) {
+  for (int64_t c = 0; c < cn; ++c) {
+    typename VO::T* d = dst + c * plane;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t col = 0; col < cols; ++col) d[r * cols + col] = src[(r * ld + col) * CB + c];
+    }
+  }
+}
+
+// RB output pixels of a row, one vector of channels, of the channels-last forward: acc = bias + sum over taps
+// of w[tap] * the pixel the tap reads, L channels per FMA. xs: the block's first pixel's first input pixel
+// (padded coordinates), ws: the vector's weights of tap 0, taps Cp apart.
+template <class VO, int RB>
+DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, int64_t Cp, const typename VO::T* xs,
+                                    const typename VO::T* ws, const typename VO::T* bs, typename VO::T* zs, bool relu) {
+  using V = typename VO::V;
+  V acc[RB];
+  for (int r = 0; r < RB; ++r) acc[r] = bs ? VO::load(bs) : VO::zero();
+  const int64_t step = s.sw * CB;
+  for (int64_t kh = 0; kh < s.KH; ++kh) {
+    for (int64_t kw = 0; kw < s.KW; ++kw) {
+      const V wv = VO::load(ws + (kh * s.KW + kw) * Cp);
+      const typename VO::T* src = xs + (kh * s.dh * Wp + kw * s.dw) * CB;
+      for (int r = 0; r < RB; ++r) acc[r] = VO::fma(wv, VO::load(src + r * step), acc[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) VO::store(zs + r * CB, relu ? VO::relu(acc[r]) : acc[r]);
+}
+
+// The forward for small planes (dw_channels_last), items [i0, i1) = (image n, block of g.CB channels):
+// the block's planes are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the
+// padding, zeroed once, stays zero), every output pixel is computed L channels per FMA (the weights wt
+// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), 4 pixels of a row at once,
+// into a channels-last output block, which is then moved to the NCHW planes. Lanes past C compute from
+// whatever the buffer holds there and are never stored.
+template <class VO>
+void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x, const typename VO::T* wt,
+                   const typename VO::T* bias, typename VO::T* z, bool relu, int64_t i0, int64_t i1,
+                   typename VO::T* buf) {
+  using T = typename VO::T;
+  constexpr int L = VO::L;
+  const int64_t CB = g.CB, Cp = (s.C + CB - 1) / CB * CB, blocks = Cp / CB;
+  const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, P = s.OH * s.OW;
+  T* xt = buf;
+  T* zt = buf + Hp * Wp * CB;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
+    dw_to_cl<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      const T* xrow = xt + oh * s.sh * Wp * CB;
+      T* zrow = zt + oh * s.OW * CB;
+      for (int64_t v = 0; v < CB; v += L) {
+        const T* ws = wt + c0 + v;
+        const T* bs = bias ? bias + c0 + v : nullptr;
+        int64_t ow = 0;
+        for (; ow + 4 <= s.OW; ow += 4) {
+          dw_cl_pixels<VO, 4>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu);
+        }
+        for (; ow < s.OW; ++ow) {
+          dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu);
+        }
+      }
+    }
+    dw_from_cl<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+  }
+}
+
+// grad_x of the small planes (dw_channels_last), items as dw_forward_cl's: gz's block moved channels-last,
+// each output pixel's gradient scattered to the inputs its taps read (w * gz added in a zeroed padded
+// channels-last buffer: pixels in order, taps in order, so every element sums in a fixed order), the
+// image part moved to the NCHW planes of gx.
+template <class VO>
+void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* gz, const typename VO::T* wt,
+                      typename VO::T* gx, int64_t i0, int64_t i1, typename VO::T* buf) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t CB = g.CB, Cp = (s.C + CB - 1) / CB * CB, blocks = Cp / CB;
+  const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, P = s.OH * s.OW;
+  T* gxt = buf;
+  T* gzt = buf + Hp * Wp * CB;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
+    dw_to_cl<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+    std::fill(gxt, gxt + Hp * Wp * CB, T(0));
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        T* dst = gxt + (oh * s.sh * Wp + ow * s.sw) * CB;
+        for (int64_t v = 0; v < CB; v += L) {
+          const V gv = VO::load(gzt + (oh * s.OW + ow) * CB + v);
+          for (int64_t kh = 0; kh < s.KH; ++kh) {
+            for (int64_t kw = 0; kw < s.KW; ++kw) {
+              T* d = dst + (kh * s.dh * Wp + kw * s.dw) * CB + v;
+              VO::store(d, VO::fma(VO::load(wt + (kh * s.KW + kw) * Cp + c0 + v), gv, VO::load(d)));
+            }
+          }
+        }
+      }
+    }
+    dw_from_cl<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + (n * s.C + c0) * s.H * s.W, s.H * s.W);
+  }
+}
+
+// NT taps of the channels-last grad_w, one vector of channels, over one image: acc[j] += gz(p) * x(p + tap
+// tap0 + j) over the output pixels p in order. off[t]: tap t's offset in the padded channels-last x.
+template <class VO, int NT>
+DLK_ALWAYS_INLINE void dw_gw_cl_taps(const ConvShape& s, int64_t Wp, int64_t CB, const int64_t* off,
+                                     const typename VO::T* xt, const typename VO::T* gzt, typename VO::T* acc) {
+  using V = typename VO::V;
+  V a[NT];
+  for (int j = 0; j < NT; ++j) a[j] = VO::load(acc + j * CB);
+  for (int64_t oh = 0; oh < s.OH; ++oh) {
+    for (int64_t ow = 0; ow < s.OW; ++ow) {
+      const V gv = VO::load(gzt + (oh * s.OW + ow) * CB);
+      const typename VO::T* src = xt + (oh * s.sh * Wp + ow * s.sw) * CB;
+      for (int j = 0; j < NT; ++j) a[j] = VO::fma(gv, VO::load(src + off[j]), a[j]);
+    }
+  }
+  for (int j = 0; j < NT; ++j) VO::store(acc + j * CB, a[j]);
+}
+
+// grad_w of the small planes (dw_channels_last), items [i0, i1) = blocks of g.CB channels over the whole
+// batch: per image, x and gz moved channels-last, then per tap the sum of gz * x over the output pixels, L
+// channels per FMA, in [taps][CB] accumulators (images in order, pixels in order: a fixed order whatever
+// the thread count), several taps at once for independent FMA chains.
+template <class VO>
+void dw_grad_weight_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* gz, const typename VO::T* x,
+                       typename VO::T* gw, int64_t i0, int64_t i1, typename VO::T* buf) {
+  using T = typename VO::T;
+  constexpr int L = VO::L;
+  const int64_t CB = g.CB, taps = s.KH * s.KW;
+  const int64_t Hp = s.H + 2 * s.ph, Wp = s.W + 2 * s.pw, P = s.OH * s.OW;
+  T* xt = buf;
+  T* gzt = buf + Hp * Wp * CB;
+  T* acc = gzt + P * CB;
+  std::vector<int64_t> off(static_cast<size_t>(taps));
+  for (int64_t t = 0; t < taps; ++t) off[t] = ((t / s.KW) * s.dh * Wp + (t % s.KW) * s.dw) * CB;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t c0 = i * CB, cn = std::min(CB, s.C - c0);
+    std::fill(acc, acc + taps * CB, T(0));
+    for (int64_t n = 0; n < s.N; ++n) {
+      dw_to_cl<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+      dw_to_cl<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+      for (int64_t v = 0; v < CB; v += L) {
+        int64_t t = 0;
+        for (; taps - t == 9; t += 9)
+          dw_gw_cl_taps<VO, 9>(s, Wp, CB, off.data() + t, xt + v, gzt + v, acc + t * CB + v);
+        for (; t + 8 <= taps; t += 8)
+          dw_gw_cl_taps<VO, 8>(s, Wp, CB, off.data() + t, xt + v, gzt + v, acc + t * CB + v);
+        for (; t + 4 <= taps; t += 4)
+          dw_gw_cl_taps<VO, 4>(s, Wp, CB, off.data() + t, xt + v, gzt + v, acc + t * CB + v);
+        for (; t < taps; ++t) dw_gw_cl_taps<VO, 1>(s, Wp, CB, off.data() + t, xt + v, gzt + v, acc + t * CB + v);
+      }
+    }
+    for (int64_t c = 0; c < cn; ++c) {
+      for (int64_t t = 0; t < taps; ++t) gw[(c0 + c) * taps + t] = acc[t * CB + c];
+    }
+  }
+}
+
 // grad_x planes [p0, p1) (p = n * C + c): gx[ih, iw] = sum over the channel's outputs k and the taps with
 // ih + ph = oh * sh + kh * dh and iw + pw = ow * sw + kw * dw of w * gz[k, oh, ow]. Gathered, not scattered:
 // the padded input columns of one phase r (iwp % sw == r) receive, from tap kw with (kw * dw) % sw == r,

@@ -25,7 +25,8 @@ using F64 = vo_avx512::F64;
 
 template <class VO>
 const DwKernels<typename VO::T>& kernels() {
-  static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>};
+  static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>,
+                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>};
   return k;
 }
 
@@ -43,7 +44,8 @@ using F64 = vo_avx2::F64;
 
 template <class VO>
 const DwKernels<typename VO::T>& kernels() {
-  static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>};
+  static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>,
+                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>};
   return k;
 }
 

@@ -21,6 +21,14 @@ struct DwKernels {
                      T* buf);
   void (*grad_weight)(const ConvShape& s, const DwGeom& g, const T* gz, const T* x, T* gw, int64_t k0, int64_t k1,
                       T* buf);
+  // The channels-last kernels of small planes (dw_channels_last): items (image, block of channels) [i0, i1)
+  // of the forward and grad_x, blocks of channels [i0, i1) of grad_w; wt: the weights as [taps][Cp].
+  void (*forward_cl)(const ConvShape& s, const DwGeom& g, const T* x, const T* wt, const T* bias, T* z, bool relu,
+                     int64_t i0, int64_t i1, T* buf);
+  void (*grad_input_cl)(const ConvShape& s, const DwGeom& g, const T* gz, const T* wt, T* gx, int64_t i0, int64_t i1,
+                        T* buf);
+  void (*grad_weight_cl)(const ConvShape& s, const DwGeom& g, const T* gz, const T* x, T* gw, int64_t i0, int64_t i1,
+                         T* buf);
 };
 
 #if defined(__x86_64__)
