@@ -206,13 +206,14 @@ MODEL_CASES = [
     pytest.param(((1, 64, 46, 46), (20, 3, 3), 1, 1, 1, 1), id="winograd-blocks"),
     pytest.param(((6, 40, 1, 1), (10, 1, 1), 1, 0, 1, 1), id="1x1-images"),  # squeeze-and-excitation
     pytest.param(((3, 10, 1, 1), (33, 1, 1), 2, 0, 3, 1), id="1x1-images-s2"),
-    # Batches of small planes, which the CPU's GEMM takes as one product over the images side by side (its
-    # column panels straddle images): 7x7, strided (packed from the phases), 1x1, grouped, 4x4.
-    pytest.param(((3, 40, 7, 7), (72, 3, 3), 1, 1, 1, 1), id="batched-7x7"),
-    pytest.param(((4, 36, 9, 9), (40, 3, 3), 2, 1, 1, 1), id="batched-3x3s2"),
-    pytest.param(((3, 48, 4, 4), (40, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
-    pytest.param(((2, 32, 5, 5), (48, 3, 3), 1, 1, 1, 2), id="batched-groups"),
-    pytest.param(((5, 34, 4, 4), (36, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
+    # Batches of small planes with 1 MiB of weights or more, which the CPU's GEMM takes as one product over
+    # the images side by side (its column panels straddle images): 7x7, strided (packed from the phases),
+    # 1x1, grouped, 4x4.
+    pytest.param(((3, 256, 7, 7), (130, 3, 3), 1, 1, 1, 1), id="batched-7x7"),
+    pytest.param(((3, 256, 9, 9), (120, 3, 3), 2, 1, 1, 1), id="batched-3x3s2"),
+    pytest.param(((3, 520, 4, 4), (520, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
+    pytest.param(((2, 512, 5, 5), (256, 3, 3), 1, 1, 1, 2), id="batched-groups"),
+    pytest.param(((5, 256, 4, 4), (128, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
 ]
 
 

@@ -30,18 +30,7 @@ const DwKernels<T>& dw_kernels() {
       dw_base::dw_forward_planes<ScalarOps<T>>,   dw_base::dw_grad_input_planes<ScalarOps<T>>,
       dw_base::dw_grad_weight_rows<ScalarOps<T>>, dw_base::dw_forward_cl<ScalarOps<T>>,
       dw_base::dw_grad_input_cl<ScalarOps<T>>,    dw_base::dw_grad_weight_cl<ScalarOps<T>>};
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512:
-      if constexpr (std::is_same_v<T, float>) return dw_kernels_f32_avx512();
-      else return dw_kernels_f64_avx512();
-    case Isa::Avx2:
-      if constexpr (std::is_same_v<T, float>) return dw_kernels_f32_avx2();
-      else return dw_kernels_f64_avx2();
-    default: break;
-  }
-#endif
-  return base;
+  return kernels_for_isa(base, DLK_X86_KERNELS(dw_kernels_avx512<T>), DLK_X86_KERNELS(dw_kernels_avx2<T>));
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

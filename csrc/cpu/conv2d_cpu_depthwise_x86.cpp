@@ -52,10 +52,22 @@ const DwKernels<typename VO::T>& kernels() {
 }  // namespace dw_avx2
 #pragma GCC pop_options
 
-const DwKernels<float>& dw_kernels_f32_avx512() { return dw_avx512::kernels<dw_avx512::F32>(); }
-const DwKernels<double>& dw_kernels_f64_avx512() { return dw_avx512::kernels<dw_avx512::F64>(); }
-const DwKernels<float>& dw_kernels_f32_avx2() { return dw_avx2::kernels<dw_avx2::F32>(); }
-const DwKernels<double>& dw_kernels_f64_avx2() { return dw_avx2::kernels<dw_avx2::F64>(); }
+template <>
+const DwKernels<float>& dw_kernels_avx512<float>() {
+  return dw_avx512::kernels<dw_avx512::F32>();
+}
+template <>
+const DwKernels<double>& dw_kernels_avx512<double>() {
+  return dw_avx512::kernels<dw_avx512::F64>();
+}
+template <>
+const DwKernels<float>& dw_kernels_avx2<float>() {
+  return dw_avx2::kernels<dw_avx2::F32>();
+}
+template <>
+const DwKernels<double>& dw_kernels_avx2<double>() {
+  return dw_avx2::kernels<dw_avx2::F64>();
+}
 
 }  // namespace cpu
 }  // namespace dlkernels

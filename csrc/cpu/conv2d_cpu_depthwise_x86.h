@@ -31,12 +31,11 @@ struct DwKernels {
                          T* buf);
 };
 
-#if defined(__x86_64__)
-DLK_INTERNAL const DwKernels<float>& dw_kernels_f32_avx512();
-DLK_INTERNAL const DwKernels<double>& dw_kernels_f64_avx512();
-DLK_INTERNAL const DwKernels<float>& dw_kernels_f32_avx2();
-DLK_INTERNAL const DwKernels<double>& dw_kernels_f64_avx2();
-#endif
+// The AVX-512 and AVX2 sets for float and double (defined where x86 code is built; see kernels_for_isa).
+template <typename T>
+DLK_INTERNAL const DwKernels<T>& dw_kernels_avx512();
+template <typename T>
+DLK_INTERNAL const DwKernels<T>& dw_kernels_avx2();
 
 }  // namespace cpu
 }  // namespace dlkernels

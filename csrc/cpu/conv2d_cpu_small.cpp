@@ -28,18 +28,7 @@ template <typename T>
 const SmallKernels<T>& small_kernels() {
   static const SmallKernels<T> base{sc_base::sc_fill<ScalarOps<T>>, sc_base::sc_rows<ScalarOps<T>>,
                                     sc_base::sc_grad_weight<ScalarOps<T>>};
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512:
-      if constexpr (std::is_same_v<T, float>) return small_kernels_f32_avx512();
-      else return small_kernels_f64_avx512();
-    case Isa::Avx2:
-      if constexpr (std::is_same_v<T, float>) return small_kernels_f32_avx2();
-      else return small_kernels_f64_avx2();
-    default: break;
-  }
-#endif
-  return base;
+  return kernels_for_isa(base, DLK_X86_KERNELS(small_kernels_avx512<T>), DLK_X86_KERNELS(small_kernels_avx2<T>));
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

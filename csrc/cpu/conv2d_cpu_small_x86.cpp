@@ -42,10 +42,22 @@ const SmallKernels<typename VO::T>& kernels() {
 }  // namespace sc_avx2
 #pragma GCC pop_options
 
-const SmallKernels<float>& small_kernels_f32_avx512() { return sc_avx512::kernels<vo_avx512::F32>(); }
-const SmallKernels<double>& small_kernels_f64_avx512() { return sc_avx512::kernels<vo_avx512::F64>(); }
-const SmallKernels<float>& small_kernels_f32_avx2() { return sc_avx2::kernels<vo_avx2::F32>(); }
-const SmallKernels<double>& small_kernels_f64_avx2() { return sc_avx2::kernels<vo_avx2::F64>(); }
+template <>
+const SmallKernels<float>& small_kernels_avx512<float>() {
+  return sc_avx512::kernels<vo_avx512::F32>();
+}
+template <>
+const SmallKernels<double>& small_kernels_avx512<double>() {
+  return sc_avx512::kernels<vo_avx512::F64>();
+}
+template <>
+const SmallKernels<float>& small_kernels_avx2<float>() {
+  return sc_avx2::kernels<vo_avx2::F32>();
+}
+template <>
+const SmallKernels<double>& small_kernels_avx2<double>() {
+  return sc_avx2::kernels<vo_avx2::F64>();
+}
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -23,12 +23,11 @@ struct SmallKernels {
                       T* buf);
 };
 
-#if defined(__x86_64__)
-DLK_INTERNAL const SmallKernels<float>& small_kernels_f32_avx512();
-DLK_INTERNAL const SmallKernels<double>& small_kernels_f64_avx512();
-DLK_INTERNAL const SmallKernels<float>& small_kernels_f32_avx2();
-DLK_INTERNAL const SmallKernels<double>& small_kernels_f64_avx2();
-#endif
+// The AVX-512 and AVX2 sets for float and double (defined where x86 code is built; see kernels_for_isa).
+template <typename T>
+DLK_INTERNAL const SmallKernels<T>& small_kernels_avx512();
+template <typename T>
+DLK_INTERNAL const SmallKernels<T>& small_kernels_avx2();
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -26,18 +26,8 @@ namespace {
 template <typename T>
 const SparseBlockKernels<T>& sparse_block_kernels() {
   static const SparseBlockKernels<T> base{sp_base::sp_gather_lists<ScalarOps<T>>, sp_base::sp_patch_dot<ScalarOps<T>>};
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512:
-      if constexpr (std::is_same_v<T, float>) return sparse_block_kernels_f32_avx512();
-      else return sparse_block_kernels_f64_avx512();
-    case Isa::Avx2:
-      if constexpr (std::is_same_v<T, float>) return sparse_block_kernels_f32_avx2();
-      else return sparse_block_kernels_f64_avx2();
-    default: break;
-  }
-#endif
-  return base;
+  return kernels_for_isa(base, DLK_X86_KERNELS(sparse_block_kernels_avx512<T>),
+                         DLK_X86_KERNELS(sparse_block_kernels_avx2<T>));
 }
 
 // A run is KW * C channels (the kernel row's taps are adjacent in the channels-last input) without groups or

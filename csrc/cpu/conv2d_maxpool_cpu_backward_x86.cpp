@@ -42,10 +42,22 @@ const SparseBlockKernels<typename VO::T>& kernels() {
 }  // namespace sp_avx2
 #pragma GCC pop_options
 
-const SparseBlockKernels<float>& sparse_block_kernels_f32_avx512() { return sp_avx512::kernels<vo_avx512::F32>(); }
-const SparseBlockKernels<double>& sparse_block_kernels_f64_avx512() { return sp_avx512::kernels<vo_avx512::F64>(); }
-const SparseBlockKernels<float>& sparse_block_kernels_f32_avx2() { return sp_avx2::kernels<vo_avx2::F32>(); }
-const SparseBlockKernels<double>& sparse_block_kernels_f64_avx2() { return sp_avx2::kernels<vo_avx2::F64>(); }
+template <>
+const SparseBlockKernels<float>& sparse_block_kernels_avx512<float>() {
+  return sp_avx512::kernels<vo_avx512::F32>();
+}
+template <>
+const SparseBlockKernels<double>& sparse_block_kernels_avx512<double>() {
+  return sp_avx512::kernels<vo_avx512::F64>();
+}
+template <>
+const SparseBlockKernels<float>& sparse_block_kernels_avx2<float>() {
+  return sp_avx2::kernels<vo_avx2::F32>();
+}
+template <>
+const SparseBlockKernels<double>& sparse_block_kernels_avx2<double>() {
+  return sp_avx2::kernels<vo_avx2::F64>();
+}
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -19,12 +19,11 @@ struct SparseBlockKernels {
   T (*patch_dot)(int64_t len, int64_t runs, const T* a, const int64_t* a_off, const T* b, const int64_t* b_off);
 };
 
-#if defined(__x86_64__)
-DLK_INTERNAL const SparseBlockKernels<float>& sparse_block_kernels_f32_avx512();
-DLK_INTERNAL const SparseBlockKernels<double>& sparse_block_kernels_f64_avx512();
-DLK_INTERNAL const SparseBlockKernels<float>& sparse_block_kernels_f32_avx2();
-DLK_INTERNAL const SparseBlockKernels<double>& sparse_block_kernels_f64_avx2();
-#endif
+// The AVX-512 and AVX2 sets for float and double (defined where x86 code is built; see kernels_for_isa).
+template <typename T>
+DLK_INTERNAL const SparseBlockKernels<T>& sparse_block_kernels_avx512();
+template <typename T>
+DLK_INTERNAL const SparseBlockKernels<T>& sparse_block_kernels_avx2();
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -48,6 +48,22 @@ Isa cpu_isa();
 // "avx512", "avx2" or "base", as DLKERNELS_CPU_ISA spells them (what `python -m dlkernels info` shows).
 const char* isa_name(Isa isa);
 
+// The kernel set for cpu_isa() among one per level: the AVX-512 and AVX2 sets from an x86 file's getters
+// (DLK_X86_KERNELS(getter): null where x86 code is not built) or the portable `base`.
+template <typename K>
+const K& kernels_for_isa(const K& base, const K& (*avx512)(), const K& (*avx2)()) {
+  switch (cpu_isa()) {
+    case Isa::Avx512: return avx512 ? avx512() : base;
+    case Isa::Avx2: return avx2 ? avx2() : base;
+    default: return base;
+  }
+}
+#if defined(__x86_64__)
+#define DLK_X86_KERNELS(getter) (getter)
+#else
+#define DLK_X86_KERNELS(getter) nullptr
+#endif
+
 // Zeroes `bytes` bytes with plain vector stores. memset / std::fill of a large freshly allocated buffer
 // goes to glibc's `rep stosb`, and the page faults of new memory taken inside it cost more than inside
 // ordinary stores (profiled in max_pool2d's backward).
