@@ -16,15 +16,16 @@ inline bool conv2d_is_depthwise(const ConvShape& s) { return s.Cg == 1 && s.grou
 // The buffer geometry of the kernels (see conv2d_cpu_depthwise_kernels.h): a zero-padded input plane split
 // into sw phases of Hp rows of RS elements, and for grad_x each gz plane with QL zeros on the left in rows
 // of RSz. Row lengths are multiples of 16 with room for a vector read past the last element.
-// The channels-last forward takes CB channels of an image at a time (cl_scratch elements of buffer).
+// The channels-last kernels (dw_channels_last) take CB channels at a time (cl_scratch elements of buffer).
 struct DwGeom {
   int64_t RS, plane, RSz, QL, fwd_scratch, gx_scratch, gw_scratch, CB, cl_scratch;
 };
 
-// Whether the forward runs channels-last, vectorised across channels rather than along the output row:
-// one output channel per input channel and rows of fewer than 8 outputs (7x7, 4x4, 3x3 planes, and the
-// strided convolutions that give them), which fill less than half a vector; at 8 the two measured even, and
-// from 14 on the row kernel wins.
+// Whether the forward, grad_input and grad_weight run channels-last, vectorised across channels rather than
+// along the output row: one output channel per input channel and rows of fewer than 8 outputs (7x7, 4x4, 3x3
+// planes, and the strided convolutions that give them), which fill less than half a vector; at 8 the two
+// forwards measured even, and from 14 on the row kernel wins. (grad_input of stride 1 is the forward of the
+// flipped kernel, channels-last where that forward's rows are short.)
 inline bool dw_channels_last(const ConvShape& s) { return s.Kg == 1 && s.OW < 8; }
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null. T: float or double;
