@@ -182,12 +182,15 @@ MODEL_CASES = [
     pytest.param(((1, 4, 9, 9), (4, 7, 7), 1, 3, 1, 4), id="dw7x7"),
     pytest.param(((1, 3, 11, 10), (3, 3, 3), (2, 1), (0, 2), (2, 1), 3), id="dw-dilated"),
     pytest.param(((1, 20, 37, 35), (20, 3, 3), 1, 1, 1, 20), id="dw-wide-rows"),
-    # Depthwise with output rows of fewer than 8, which the CPU computes channels-last (64-channel blocks, the
-    # last partial; 4- and 1-pixel runs of a row; strides and dilations).
+    # Depthwise with output rows of at most 8 (or under 16 with 7-wide kernels), which the CPU computes
+    # channels-last (64-channel blocks, the last partial; 4- and 1-pixel runs of a row; padding taps skipped;
+    # strides and dilations).
     pytest.param(((3, 40, 7, 7), (40, 7, 7), 1, 3, 1, 40), id="dw7x7-small-plane"),
     pytest.param(((2, 70, 4, 4), (70, 5, 5), 1, 2, 1, 70), id="dw5x5-4x4"),
     pytest.param(((2, 20, 8, 8), (20, 3, 3), 2, 1, 1, 20), id="dw3x3s2-small-plane"),
     pytest.param(((1, 16, 9, 7), (16, 3, 3), (1, 2), (0, 1), (2, 1), 16), id="dw-small-plane-dilated"),
+    pytest.param(((2, 24, 8, 8), (24, 3, 3), 1, 1, 1, 24), id="dw3x3-8x8"),
+    pytest.param(((2, 20, 12, 11), (20, 7, 7), 1, 3, 1, 20), id="dw7x7-12x11"),
     pytest.param(((2, 1, 12, 12), (5, 3, 3), 1, 1, 1, 1), id="one-channel"),
     pytest.param(((1, 6, 11, 9), (4, 1, 1), 2, 0, 1, 1), id="1x1s2"),
     pytest.param(((2, 8, 7, 7), (12, 1, 1), 1, 0, 1, 2), id="1x1-groups"),

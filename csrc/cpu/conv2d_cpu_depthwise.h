@@ -22,11 +22,12 @@ struct DwGeom {
 };
 
 // Whether the forward, grad_input and grad_weight run channels-last, vectorised across channels rather than
-// along the output row: one output channel per input channel and rows of fewer than 8 outputs (7x7, 4x4, 3x3
-// planes, and the strided convolutions that give them), which fill less than half a vector; at 8 the two
-// forwards measured even, and from 14 on the row kernel wins. (grad_input of stride 1 is the forward of the
-// flipped kernel, channels-last where that forward's rows are short.)
-inline bool dw_channels_last(const ConvShape& s) { return s.Kg == 1 && s.OW < 8; }
+// along the output row: one output channel per input channel and rows of at most 8 outputs (7x7, 4x4, 8x8
+// planes, and the strided convolutions that give them), which fill at most half a vector, or rows under 16
+// with kernels 7 or more wide, most of whose taps read padding (the channels-last kernel skips those). With
+// rows of 14 or 16 and smaller kernels the row kernel measured faster. (grad_input of stride 1 is the forward
+// of the flipped kernel, channels-last where that forward's rows qualify.)
+inline bool dw_channels_last(const ConvShape& s) { return s.Kg == 1 && (s.OW <= 8 || (s.OW < 16 && s.KW >= 7)); }
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null. T: float or double;
 // all buffers NCHW-contiguous.

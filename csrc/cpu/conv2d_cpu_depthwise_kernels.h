@@ -9,7 +9,7 @@
 // reads a contiguous run of its phase: the inner loops are plain vector loads with no bounds tests. The
 // buffers are zeroed once per thread; later planes only overwrite the image positions.
 //
-// Requires: cpu/conv2d_cpu_depthwise.h (DwGeom) and common/op_args.h (ConvShape) included before.
+// Requires: cpu/conv2d_cpu_depthwise.h (DwGeom), common/op_args.h (ConvShape) and <utility> included before.
 
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
 // R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
@@ -109,43 +109,99 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
   }
 }
 
+// In-register transpose of L vectors of L lanes (r[i] lane j -> r[j] lane i): stages h = L/2, ..., 1, each
+// swapping the off-diagonal h x h blocks of every 2h x 2h block with two-source shuffles.
+template <class VO, int H, size_t... J>
+DLK_ALWAYS_INLINE void dw_swap_blocks(typename VO::V& a, typename VO::V& b, std::index_sequence<J...>) {
+  constexpr int L = VO::L;
+  const typename VO::V lo = __builtin_shufflevector(a, b, ((J & H) ? L + J - H : J)...);
+  const typename VO::V hi = __builtin_shufflevector(a, b, ((J & H) ? L + J : J + H)...);
+  a = lo, b = hi;
+}
+template <class VO, int H>
+DLK_ALWAYS_INLINE void dw_transpose_stage(typename VO::V* r) {
+  if constexpr (H >= 1) {
+    for (int i = 0; i < VO::L; ++i) {
+      if ((i & H) == 0) dw_swap_blocks<VO, H>(r[i], r[i + H], std::make_index_sequence<VO::L>{});
+    }
+    dw_transpose_stage<VO, H / 2>(r);
+  }
+}
+
 // Channels-last moves of the small-plane kernels: cn planes of rows x cols elements, `plane` apart, to and from
-// CB-channel pixels, rows `ld` pixels apart (padded buffers). Each pixel's channels are written (read) as one
-// contiguous run: the planes of a block fit in L1, the scattered side is the cheap one.
+// CB-channel pixels, rows `ld` pixels apart (padded buffers). L channels x L consecutive plane positions at a
+// time through an in-register transpose (positions may span rows: each pixel's L channels are one vector
+// wherever the pixel lies; the last group of positions masked), the channels past the last L element by
+// element.
 template <class VO>
 DLK_ALWAYS_INLINE void dw_to_cl(const typename VO::T* src, int64_t plane, int64_t rows, int64_t cols, int64_t cn,
                                 typename VO::T* dst, int64_t ld, int64_t CB) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t col = 0; col < cols; ++col) {
-      typename VO::T* d = dst + (r * ld + col) * CB;
-      const typename VO::T* sp = src + r * cols + col;
-      for (int64_t c = 0; c < cn; ++c) d[c] = sp[c * plane];
+  constexpr int L = VO::L;
+  const int64_t P = rows * cols;
+  int64_t c0 = 0;
+  if constexpr (L > 1) {
+    for (; c0 + L <= cn; c0 += L) {
+      for (int64_t p = 0; p < P; p += L) {
+        const int n = static_cast<int>(std::min<int64_t>(L, P - p));  // the last group may be partial
+        typename VO::V r[L];
+        for (int i = 0; i < L; ++i) r[i] = VO::loadn(src + (c0 + i) * plane + p, n);
+        dw_transpose_stage<VO, L / 2>(r);
+        for (int j = 0; j < n; ++j) VO::store(dst + ((p + j) / cols * ld + (p + j) % cols) * CB + c0, r[j]);
+      }
     }
+  }
+  for (int64_t p = 0; p < P && c0 < cn; ++p) {
+    for (int64_t c = c0; c < cn; ++c) dst[(p / cols * ld + p % cols) * CB + c] = src[c * plane + p];
   }
 }
 template <class VO>
 DLK_ALWAYS_INLINE void dw_from_cl(const typename VO::T* src, int64_t ld, int64_t CB, int64_t rows, int64_t cols,
                                   int64_t cn, typename VO::T* dst, int64_t plane) {
-  for (int64_t c = 0; c < cn; ++c) {
-    typename VO::T* d = dst + c * plane;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t col = 0; col < cols; ++col) d[r * cols + col] = src[(r * ld + col) * CB + c];
+  constexpr int L = VO::L;
+  const int64_t P = rows * cols;
+  int64_t c0 = 0;
+  if constexpr (L > 1) {
+    for (; c0 + L <= cn; c0 += L) {
+      for (int64_t p = 0; p < P; p += L) {
+        const int n = static_cast<int>(std::min<int64_t>(L, P - p));
+        typename VO::V r[L];
+        for (int j = 0; j < L; ++j) {
+          r[j] = j < n ? VO::load(src + ((p + j) / cols * ld + (p + j) % cols) * CB + c0) : VO::zero();
+        }
+        dw_transpose_stage<VO, L / 2>(r);
+        for (int i = 0; i < L; ++i) VO::storen(dst + (c0 + i) * plane + p, r[i], n);
+      }
     }
   }
+  for (int64_t p = 0; p < P && c0 < cn; ++p) {
+    for (int64_t c = c0; c < cn; ++c) dst[c * plane + p] = src[(p / cols * ld + p % cols) * CB + c];
+  }
+}
+
+// The taps [*lo, *hi) of one kernel dimension that read inside the image for output position o (input
+// o * stride - pad + tap * dilation in [0, in)).
+DLK_ALWAYS_INLINE void dw_inside_taps(int64_t o, int64_t stride, int64_t dilation, int64_t pad, int64_t in,
+                                      int64_t taps, int64_t* lo, int64_t* hi) {
+  const int64_t first = o * stride - pad;
+  *lo = first >= 0 ? 0 : std::min(taps, (-first + dilation - 1) / dilation);
+  *hi = first >= in ? *lo : std::clamp((in - 1 - first) / dilation + 1, *lo, taps);
 }
 
 // RB output pixels of a row, one vector of channels, of the channels-last forward: acc = bias + sum over taps
 // of w[tap] * the pixel the tap reads, L channels per FMA. xs: the block's first pixel's first input pixel
 // (padded coordinates), ws: the vector's weights of tap 0, taps Cp apart.
+// Taps [kh0, kh1) x [kw0, kw1): the others read only padding for every pixel of the block (their terms are
+// zeros, which the sums skip; on 3x3-7x7 planes with 5x5 and 7x7 kernels that is a third to most of them).
 template <class VO, int RB>
 DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, int64_t Cp, const typename VO::T* xs,
-                                    const typename VO::T* ws, const typename VO::T* bs, typename VO::T* zs, bool relu) {
+                                    const typename VO::T* ws, const typename VO::T* bs, typename VO::T* zs, bool relu,
+                                    int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1) {
   using V = typename VO::V;
   V acc[RB];
   for (int r = 0; r < RB; ++r) acc[r] = bs ? VO::load(bs) : VO::zero();
   const int64_t step = s.sw * CB;
-  for (int64_t kh = 0; kh < s.KH; ++kh) {
-    for (int64_t kw = 0; kw < s.KW; ++kw) {
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    for (int64_t kw = kw0; kw < kw1; ++kw) {
       const V wv = VO::load(ws + (kh * s.KW + kw) * Cp);
       const typename VO::T* src = xs + (kh * s.dh * Wp + kw * s.dw) * CB;
       for (int r = 0; r < RB; ++r) acc[r] = VO::fma(wv, VO::load(src + r * step), acc[r]);
@@ -176,15 +232,22 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       const T* xrow = xt + oh * s.sh * Wp * CB;
       T* zrow = zt + oh * s.OW * CB;
+      int64_t kh0, kh1, kw0, kw1, unused;
+      dw_inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
       for (int64_t v = 0; v < CB; v += L) {
         const T* ws = wt + c0 + v;
         const T* bs = bias ? bias + c0 + v : nullptr;
         int64_t ow = 0;
-        for (; ow + 4 <= s.OW; ow += 4) {
-          dw_cl_pixels<VO, 4>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu);
+        for (; ow + 4 <= s.OW; ow += 4) {  // the taps inside for any of the 4 pixels
+          dw_inside_taps(ow + 3, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
+          dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &unused, &kw1);
+          dw_cl_pixels<VO, 4>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
+                              std::max(kw0, kw1));
         }
         for (; ow < s.OW; ++ow) {
-          dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu);
+          dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
+          dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
+                              kw1);
         }
       }
     }
@@ -213,10 +276,13 @@ void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T*
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       for (int64_t ow = 0; ow < s.OW; ++ow) {
         T* dst = gxt + (oh * s.sh * Wp + ow * s.sw) * CB;
+        int64_t kh0, kh1, kw0, kw1;  // the taps that reach the image (the others land in the padding)
+        dw_inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
+        dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
         for (int64_t v = 0; v < CB; v += L) {
           const V gv = VO::load(gzt + (oh * s.OW + ow) * CB + v);
-          for (int64_t kh = 0; kh < s.KH; ++kh) {
-            for (int64_t kw = 0; kw < s.KW; ++kw) {
+          for (int64_t kh = kh0; kh < kh1; ++kh) {
+            for (int64_t kw = kw0; kw < kw1; ++kw) {
               T* d = dst + (kh * s.dh * Wp + kw * s.dw) * CB + v;
               VO::store(d, VO::fma(VO::load(wt + (kh * s.KW + kw) * Cp + c0 + v), gv, VO::load(d)));
             }

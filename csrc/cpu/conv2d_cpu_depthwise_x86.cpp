@@ -4,6 +4,7 @@
 #include "cpu/conv2d_cpu_depthwise_x86.h"
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__)
