@@ -217,6 +217,17 @@ MODEL_CASES = [
     pytest.param(((3, 520, 4, 4), (520, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
     pytest.param(((2, 512, 5, 5), (256, 3, 3), 1, 1, 1, 2), id="batched-groups"),
     pytest.param(((5, 256, 4, 4), (128, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
+    # Groups of 8 or 16 channels (RegNet, ResNeXt), which the CPU computes directly, groups in blocks of 64
+    # channels (the last partial): strides 1, 2 and 3 along W (the last not a compile-time constant), runs of
+    # 16, 8, 4 and 1 pixels, 8 in and 16 out and the reverse, dilation, 1x1.
+    pytest.param(((2, 48, 13, 11), (48, 3, 3), 2, 1, 1, 6), id="grouped8-s2"),
+    pytest.param(((2, 80, 9, 7), (80, 3, 3), 1, 1, 1, 10), id="grouped8-blocks"),
+    pytest.param(((1, 32, 6, 29), (32, 3, 3), 1, 1, 1, 2), id="grouped16-wide-rows"),
+    pytest.param(((2, 24, 9, 9), (48, 3, 3), 2, 1, 1, 3), id="grouped8-to-16"),
+    pytest.param(((1, 48, 8, 7), (24, 3, 3), 1, 1, 1, 3), id="grouped16-to-8"),
+    pytest.param(((1, 16, 11, 12), (16, 3, 3), (3, 2), (2, 1), (2, 1), 2), id="grouped-dilated"),
+    pytest.param(((1, 16, 10, 13), (16, 5, 5), (1, 3), 2, 1, 2), id="grouped-sw3"),
+    pytest.param(((2, 32, 5, 6), (32, 1, 1), 1, 0, 1, 4), id="grouped-1x1"),
 ]
 
 
@@ -249,6 +260,7 @@ def test_model_shapes_gradcheck_float64():
         ((2, 3, 7, 6), (6, 3, 3), 2, 1, 3),  # depthwise, multiplier 2
         ((1, 4, 7, 5), (3, 1, 1), 2, 0, 1),  # 1x1 strided
         ((1, 2, 9, 8), (3, 5, 5), 2, 2, 1),  # stem-like
+        ((1, 16, 6, 5), (16, 3, 3), 2, 1, 2),  # groups of 8 channels
     ]:
         x = make_input(n, c, h, w, dtype=torch.float64).requires_grad_()
         weight = make_input(k, c // groups, kh, kw, dtype=torch.float64, seed=1).requires_grad_()

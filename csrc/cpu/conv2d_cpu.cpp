@@ -9,9 +9,9 @@
 // the batch sum happens inside the register accumulators in a fixed order; grad_x for stride 1 is the
 // forward convolution of gz with the flipped, transposed weights (padding dilation*(k-1) - padding), the
 // same implicit GEMM; other strides use the direct scatter loop below.
-// Few-channel convolutions (conv2d_is_small) and depthwise ones run direct kernels instead, forward and
-// backward (conv2d_cpu_small.cpp, conv2d_cpu_depthwise.cpp): there the GEMM's packing costs as much as its
-// multiply-adds.
+// Few-channel convolutions (conv2d_is_small), depthwise ones and those with narrow groups run direct
+// kernels instead, forward and backward (conv2d_cpu_small.cpp, conv2d_cpu_depthwise.cpp,
+// conv2d_cpu_grouped.cpp): there the GEMM's packing costs as much as its multiply-adds.
 //
 // The kernels work on NCHW-contiguous copies in the accumulation type (float for bf16/fp16, double for
 // double): half inputs are converted once, and every result is rounded once, on its write. A channels_last
@@ -35,6 +35,7 @@
 #include "common/shapes.h"
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_depthwise.h"
+#include "cpu/conv2d_cpu_grouped.h"
 #include "cpu/conv2d_cpu_small.h"
 #include "cpu/conv2d_cpu_winograd.h"
 #include "cpu/conv2d_cpu_x86.h"
@@ -543,13 +544,17 @@ inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, in
 // not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
 // NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
 // (conv2d_backward_from_grad_preactivation).
-// The forward kernels that are no implicit GEMM: the direct depthwise one, and Winograd for 3x3 convolutions
-// in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu if asked).
+// The forward kernels that are no implicit GEMM: the direct depthwise and grouped ones, and Winograd for 3x3
+// convolutions in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu if asked).
 template <typename acc_t>
 bool conv2d_forward_without_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z,
                                  bool relu) {
   if (conv2d_is_depthwise(s)) {
     depthwise_forward<acc_t>(s, x, w, bias, z, relu);
+    return true;
+  }
+  if (conv2d_is_grouped(s)) {
+    grouped_forward<acc_t>(s, x, w, bias, z, relu);
     return true;
   }
   return try_winograd_forward<acc_t>(s, x, w, bias, z, relu);
@@ -606,8 +611,23 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
 
   // Step 2a, stride 1: grad_x = conv(gz, w flipped in (kh, kw) with k and c swapped) with padding
-  // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM.
+  // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM (or a forward
+  // without one: for narrow groups, the direct grouped kernel).
   const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
+  if (conv2d_is_grouped(s)) {  // the direct kernels, into acc_t, rounded once
+    if (!x_done && !x_by_gemm) {
+      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
+      grouped_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
+      round_into(gxa, grad_x);
+      x_done = true;
+    }
+    if (!w_done) {
+      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
+      grouped_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
+      round_into(gwa, grad_w);
+      w_done = true;
+    }
+  }
   if (!x_done && x_by_gemm) {
     ConvShape t = s;
     t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;

@@ -3,14 +3,13 @@
 // for the portable path (one lane) and in conv2d_cpu_depthwise_x86.cpp for AVX-512 and AVX2.
 #include "cpu/conv2d_cpu_depthwise.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
 
 #include "cpu/conv2d_cpu_depthwise_x86.h"
+#include "cpu/cpu_utils.h"
 #include "cpu/simd.h"
 #include "cpu/vector_ops.h"
 
@@ -52,18 +51,6 @@ DwGeom geometry(const ConvShape& s) {
   return g;
 }
 
-// Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
-// elements (zeroed once: the kernels only overwrite the positions they fill, so padding stays zero).
-// `work` is the cost of one item, in multiply-adds, to keep small problems on one thread.
-template <typename T, typename Fn>
-void parallel_planes(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
-  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
-    fn(i0, i1, buf.data());
-  });
-}
-
 // The channel blocks of the channels-last kernels, and their weights as [taps][Cp] (Cp: C rounded up to
 // whole blocks, zeros past C): one vector per tap and channel block.
 int64_t cl_blocks(const ConvShape& s, const DwGeom& g) { return (s.C + g.CB - 1) / g.CB; }
@@ -87,14 +74,14 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias
     const std::vector<T> wt = cl_weights(s, g, w);
     std::vector<T> bt(bias ? wt.size() / (s.KH * s.KW) : 0, T(0));
     if (bias) std::copy(bias, bias + s.C, bt.begin());
-    parallel_planes<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
-                       [&](int64_t i0, int64_t i1, T* buf) {
-                         k.forward_cl(s, g, x, wt.data(), bias ? bt.data() : nullptr, z, relu, i0, i1, buf);
-                       });
+    parallel_items<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
+                      [&](int64_t i0, int64_t i1, T* buf) {
+                        k.forward_cl(s, g, x, wt.data(), bias ? bt.data() : nullptr, z, relu, i0, i1, buf);
+                      });
     return;
   }
-  parallel_planes<T>(s.N * s.K, g.fwd_scratch, s.OH * s.OW * s.KH * s.KW,
-                     [&](int64_t p0, int64_t p1, T* buf) { k.forward(s, g, x, w, bias, z, relu, p0, p1, buf); });
+  parallel_items<T>(s.N * s.K, g.fwd_scratch, s.OH * s.OW * s.KH * s.KW,
+                    [&](int64_t p0, int64_t p1, T* buf) { k.forward(s, g, x, w, bias, z, relu, p0, p1, buf); });
 }
 
 template <typename T>
@@ -117,12 +104,12 @@ void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
   const auto& k = dw_kernels<T>();
   if (dw_channels_last(s)) {
     const std::vector<T> wt = cl_weights(s, g, w);
-    parallel_planes<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
-                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_input_cl(s, g, gz, wt.data(), gx, i0, i1, buf); });
+    parallel_items<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
+                      [&](int64_t i0, int64_t i1, T* buf) { k.grad_input_cl(s, g, gz, wt.data(), gx, i0, i1, buf); });
     return;
   }
-  parallel_planes<T>(s.N * s.C, g.gx_scratch, s.Kg * s.OH * s.OW * s.KH * s.KW,
-                     [&](int64_t p0, int64_t p1, T* buf) { k.grad_input(s, g, gz, w, gx, p0, p1, buf); });
+  parallel_items<T>(s.N * s.C, g.gx_scratch, s.Kg * s.OH * s.OW * s.KH * s.KW,
+                    [&](int64_t p0, int64_t p1, T* buf) { k.grad_input(s, g, gz, w, gx, p0, p1, buf); });
 }
 
 template <typename T>
@@ -130,12 +117,12 @@ void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
   const DwGeom g = geometry(s);
   const auto& k = dw_kernels<T>();
   if (dw_channels_last(s)) {
-    parallel_planes<T>(cl_blocks(s, g), g.cl_scratch, s.N * g.CB * s.OH * s.OW * s.KH * s.KW,
-                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight_cl(s, g, gz, x, gw, i0, i1, buf); });
+    parallel_items<T>(cl_blocks(s, g), g.cl_scratch, s.N * g.CB * s.OH * s.OW * s.KH * s.KW,
+                      [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight_cl(s, g, gz, x, gw, i0, i1, buf); });
     return;
   }
-  parallel_planes<T>(s.K, g.gw_scratch, s.N * s.OH * s.OW * s.KH * s.KW,
-                     [&](int64_t k0, int64_t k1, T* buf) { k.grad_weight(s, g, gz, x, gw, k0, k1, buf); });
+  parallel_items<T>(s.K, g.gw_scratch, s.N * s.OH * s.OW * s.KH * s.KW,
+                    [&](int64_t k0, int64_t k1, T* buf) { k.grad_weight(s, g, gz, x, gw, k0, k1, buf); });
 }
 
 template void depthwise_forward<float>(const ConvShape&, const float*, const float*, const float*, float*, bool);

@@ -11,6 +11,8 @@
 //
 // Requires: cpu/conv2d_cpu_depthwise.h (DwGeom), common/op_args.h (ConvShape) and <utility> included before.
 
+#include "cpu/conv2d_cpu_cl_moves.h"
+
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
 // R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
 // vectors at once give the FMAs independent chains (one chain waits out the latency of each FMA).
@@ -109,84 +111,6 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
   }
 }
 
-// In-register transpose of L vectors of L lanes (r[i] lane j -> r[j] lane i): stages h = L/2, ..., 1, each
-// swapping the off-diagonal h x h blocks of every 2h x 2h block with two-source shuffles.
-template <class VO, int H, size_t... J>
-DLK_ALWAYS_INLINE void dw_swap_blocks(typename VO::V& a, typename VO::V& b, std::index_sequence<J...>) {
-  constexpr int L = VO::L;
-  const typename VO::V lo = __builtin_shufflevector(a, b, ((J & H) ? L + J - H : J)...);
-  const typename VO::V hi = __builtin_shufflevector(a, b, ((J & H) ? L + J : J + H)...);
-  a = lo, b = hi;
-}
-template <class VO, int H>
-DLK_ALWAYS_INLINE void dw_transpose_stage(typename VO::V* r) {
-  if constexpr (H >= 1) {
-    for (int i = 0; i < VO::L; ++i) {
-      if ((i & H) == 0) dw_swap_blocks<VO, H>(r[i], r[i + H], std::make_index_sequence<VO::L>{});
-    }
-    dw_transpose_stage<VO, H / 2>(r);
-  }
-}
-
-// Channels-last moves of the small-plane kernels: cn planes of rows x cols elements, `plane` apart, to and from
-// CB-channel pixels, rows `ld` pixels apart (padded buffers). L channels x L consecutive plane positions at a
-// time through an in-register transpose (positions may span rows: each pixel's L channels are one vector
-// wherever the pixel lies; the last group of positions masked), the channels past the last L element by
-// element.
-template <class VO>
-DLK_ALWAYS_INLINE void dw_to_cl(const typename VO::T* src, int64_t plane, int64_t rows, int64_t cols, int64_t cn,
-                                typename VO::T* dst, int64_t ld, int64_t CB) {
-  constexpr int L = VO::L;
-  const int64_t P = rows * cols;
-  int64_t c0 = 0;
-  if constexpr (L > 1) {
-    for (; c0 + L <= cn; c0 += L) {
-      for (int64_t p = 0; p < P; p += L) {
-        const int n = static_cast<int>(std::min<int64_t>(L, P - p));  // the last group may be partial
-        typename VO::V r[L];
-        for (int i = 0; i < L; ++i) r[i] = VO::loadn(src + (c0 + i) * plane + p, n);
-        dw_transpose_stage<VO, L / 2>(r);
-        for (int j = 0; j < n; ++j) VO::store(dst + ((p + j) / cols * ld + (p + j) % cols) * CB + c0, r[j]);
-      }
-    }
-  }
-  for (int64_t p = 0; p < P && c0 < cn; ++p) {
-    for (int64_t c = c0; c < cn; ++c) dst[(p / cols * ld + p % cols) * CB + c] = src[c * plane + p];
-  }
-}
-template <class VO>
-DLK_ALWAYS_INLINE void dw_from_cl(const typename VO::T* src, int64_t ld, int64_t CB, int64_t rows, int64_t cols,
-                                  int64_t cn, typename VO::T* dst, int64_t plane) {
-  constexpr int L = VO::L;
-  const int64_t P = rows * cols;
-  int64_t c0 = 0;
-  if constexpr (L > 1) {
-    for (; c0 + L <= cn; c0 += L) {
-      for (int64_t p = 0; p < P; p += L) {
-        const int n = static_cast<int>(std::min<int64_t>(L, P - p));
-        typename VO::V r[L];
-        for (int j = 0; j < L; ++j) {
-          r[j] = j < n ? VO::load(src + ((p + j) / cols * ld + (p + j) % cols) * CB + c0) : VO::zero();
-        }
-        dw_transpose_stage<VO, L / 2>(r);
-        for (int i = 0; i < L; ++i) VO::storen(dst + (c0 + i) * plane + p, r[i], n);
-      }
-    }
-  }
-  for (int64_t p = 0; p < P && c0 < cn; ++p) {
-    for (int64_t c = c0; c < cn; ++c) dst[c * plane + p] = src[(p / cols * ld + p % cols) * CB + c];
-  }
-}
-
-// The taps [*lo, *hi) of one kernel dimension that read inside the image for output position o (input
-// o * stride - pad + tap * dilation in [0, in)).
-DLK_ALWAYS_INLINE void dw_inside_taps(int64_t o, int64_t stride, int64_t dilation, int64_t pad, int64_t in,
-                                      int64_t taps, int64_t* lo, int64_t* hi) {
-  const int64_t first = o * stride - pad;
-  *lo = first >= 0 ? 0 : std::min(taps, (-first + dilation - 1) / dilation);
-  *hi = first >= in ? *lo : std::clamp((in - 1 - first) / dilation + 1, *lo, taps);
-}
-
 // RB output pixels of a row, one vector of channels, of the channels-last forward: acc = bias + sum over taps
 // of w[tap] * the pixel the tap reads, L channels per FMA. xs: the block's first pixel's first input pixel
 // (padded coordinates), ws: the vector's weights of tap 0, taps Cp apart.
@@ -228,30 +152,30 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
   T* zt = buf + Hp * Wp * CB;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
-    dw_to_cl<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+    to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       const T* xrow = xt + oh * s.sh * Wp * CB;
       T* zrow = zt + oh * s.OW * CB;
       int64_t kh0, kh1, kw0, kw1, unused;
-      dw_inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
+      inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
       for (int64_t v = 0; v < CB; v += L) {
         const T* ws = wt + c0 + v;
         const T* bs = bias ? bias + c0 + v : nullptr;
         int64_t ow = 0;
         for (; ow + 4 <= s.OW; ow += 4) {  // the taps inside for any of the 4 pixels
-          dw_inside_taps(ow + 3, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
-          dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &unused, &kw1);
+          inside_taps(ow + 3, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
+          inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &unused, &kw1);
           dw_cl_pixels<VO, 4>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
                               std::max(kw0, kw1));
         }
         for (; ow < s.OW; ++ow) {
-          dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
+          inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
           dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
                               kw1);
         }
       }
     }
-    dw_from_cl<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+    from_channels_last<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
   }
 }
 
@@ -271,14 +195,14 @@ void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T*
   T* gzt = buf + Hp * Wp * CB;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
-    dw_to_cl<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+    to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
     std::fill(gxt, gxt + Hp * Wp * CB, T(0));
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       for (int64_t ow = 0; ow < s.OW; ++ow) {
         T* dst = gxt + (oh * s.sh * Wp + ow * s.sw) * CB;
         int64_t kh0, kh1, kw0, kw1;  // the taps that reach the image (the others land in the padding)
-        dw_inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
-        dw_inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
+        inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
+        inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
         for (int64_t v = 0; v < CB; v += L) {
           const V gv = VO::load(gzt + (oh * s.OW + ow) * CB + v);
           for (int64_t kh = kh0; kh < kh1; ++kh) {
@@ -290,7 +214,8 @@ void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T*
         }
       }
     }
-    dw_from_cl<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + (n * s.C + c0) * s.H * s.W, s.H * s.W);
+    from_channels_last<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + (n * s.C + c0) * s.H * s.W,
+                           s.H * s.W);
   }
 }
 
@@ -332,8 +257,9 @@ void dw_grad_weight_cl(const ConvShape& s, const DwGeom& g, const typename VO::T
     const int64_t c0 = i * CB, cn = std::min(CB, s.C - c0);
     std::fill(acc, acc + taps * CB, T(0));
     for (int64_t n = 0; n < s.N; ++n) {
-      dw_to_cl<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
-      dw_to_cl<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+      to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp,
+                           CB);
+      to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
       for (int64_t v = 0; v < CB; v += L) {
         int64_t t = 0;
         for (; taps - t == 9; t += 9)

@@ -3,13 +3,12 @@
 // compiled here once for the portable path (one lane) and in conv2d_cpu_small_x86.cpp for AVX-512 and AVX2.
 #include "cpu/conv2d_cpu_small.h"
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "cpu/conv2d_cpu_small_x86.h"
+#include "cpu/cpu_utils.h"
 #include "cpu/simd.h"
 #include "cpu/vector_ops.h"
 
@@ -48,18 +47,6 @@ SmallGeom geometry(const ConvShape& s) {
   g.GT = 9;
   g.GK = cpu_isa() == Isa::Avx512 ? 2 : 1;
   return g;
-}
-
-// Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
-// elements (zeroed once: the kernels only overwrite the image positions, so the padding stays zero).
-// `work`: the cost of one item in multiply-adds, to keep small problems on one thread.
-template <typename T, typename Fn>
-void parallel_items(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
-  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
-  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
-    fn(i0, i1, buf.data());
-  });
 }
 
 }  // namespace

@@ -1,7 +1,12 @@
 // Small helpers shared by the CPU kernels.
 #pragma once
 
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include "common/activation.h"
 
@@ -27,6 +32,19 @@ inline T grad_times(T grad_out, T saved, const ActivationParams& p) {
   } else {
     return grad_out * ActivationFn<A>::grad(saved, p);
   }
+}
+
+// Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
+// elements (zeroed once: the direct convolution kernels only overwrite the image positions of their padded
+// buffers, so the padding stays zero). `work`: the cost of one item in multiply-adds, to keep small problems
+// on one thread.
+template <typename T, typename Fn>
+void parallel_items(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
+    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
+    fn(i0, i1, buf.data());
+  });
 }
 
 }  // namespace dlkernels
