@@ -540,6 +540,48 @@ inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, in
   return p;
 }
 
+// The weights of grad_x as forward convolutions: per target, wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, h0 +
+// (th-1-i) * sh, w0 + (tw-1-j) * sw] for i < th, j < tw (stride 1: all the taps, flipped; other strides: one
+// phase's taps), k and c swapped. One loop over w for all the targets, rather than ATen's view, slice, flip,
+// transpose and copy per target, which cost several times the convolution; blocks of 8 output channels, so
+// that both sides of the copy run along lines.
+template <typename acc_t>
+struct TapTarget {
+  int64_t h0, th, w0, tw;
+  acc_t* wt;
+};
+template <typename acc_t>
+void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<TapTarget<acc_t>>& targets) {
+  // Where each tap of w goes: target weights, their taps per (c, k), and the position among them (a fixed
+  // walk over the taps per (c, k), without branching on the targets' shapes).
+  const int64_t taps = s.KH * s.KW;
+  std::vector<acc_t*> to(static_cast<size_t>(taps), nullptr);
+  std::vector<int64_t> tt(static_cast<size_t>(taps), 0), at(static_cast<size_t>(taps), 0);
+  for (const TapTarget<acc_t>& t : targets) {
+    for (int64_t i = 0; i < t.th; ++i) {
+      for (int64_t j = 0; j < t.tw; ++j) {
+        const int64_t q = (t.h0 + (t.th - 1 - i) * s.sh) * s.KW + t.w0 + (t.tw - 1 - j) * s.sw;
+        to[q] = t.wt, tt[q] = t.th * t.tw, at[q] = i * t.tw + j;
+      }
+    }
+  }
+  constexpr int64_t B = 8;
+  for (int64_t g = 0; g < s.groups; ++g) {
+    for (int64_t k0 = 0; k0 < s.Kg; k0 += B) {
+      const int64_t k1 = std::min(s.Kg, k0 + B);
+      for (int64_t c = 0; c < s.Cg; ++c) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const acc_t* src = w + ((g * s.Kg + k) * s.Cg + c) * taps;
+          const int64_t e = (g * s.Cg + c) * s.Kg + k;
+          for (int64_t q = 0; q < taps; ++q) {
+            if (to[q]) to[q][e * tt[q] + at[q]] = src[q];
+          }
+        }
+      }
+    }
+  }
+}
+
 // Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
 // not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
 // NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
@@ -634,18 +676,28 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
     t.Cg = s.Kg, t.Kg = s.Cg;
     // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j], in a loop rather than ATen's view, flip,
-    // transpose and copy: at small sizes those four dispatched ops cost more than the convolution.
+    // transpose and copy: at small sizes those four dispatched ops cost more than the convolution. For 1x1
+    // kernels it is a transposition per group, done with 8 x 8 register transposes: element by element, the
+    // rows of a large weight (2048 x 512) lie a power of two apart, and the loop, missing the cache on every
+    // read, costs several times the GEMM.
     const at::Tensor wt = empty_output({s.C, s.Kg, s.KH, s.KW}, opts);
     acc_t* wt_p = wt.mutable_data_ptr<acc_t>();
-    for (int64_t g = 0; g < s.groups; ++g) {
-      for (int64_t c = 0; c < s.Cg; ++c) {
-        for (int64_t k = 0; k < s.Kg; ++k) {
-          const acc_t* src = w_p + ((g * s.Kg + k) * s.Cg + c) * s.KH * s.KW;
-          acc_t* dst = wt_p + ((g * s.Cg + c) * s.Kg + k) * s.KH * s.KW;
-          for (int64_t i = 0; i < s.KH * s.KW; ++i) dst[i] = src[s.KH * s.KW - 1 - i];
+    const int64_t taps = s.KH * s.KW;
+    bool transposed = false;
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (taps == 1) {
+        transposed = true;
+        const float* rows[64];
+        for (int64_t g = 0; g < s.groups && transposed; ++g) {
+          for (int64_t k0 = 0; k0 < s.Kg && transposed; k0 += 64) {
+            const int nr = static_cast<int>(std::min<int64_t>(64, s.Kg - k0));
+            for (int r = 0; r < nr; ++r) rows[r] = w_p + (g * s.Kg + k0 + r) * s.Cg;
+            transposed = pack_transpose_f32(rows, nr, s.Cg, wt_p + g * s.Cg * s.Kg + k0, static_cast<int>(s.Kg));
+          }
         }
       }
     }
+    if (!transposed) flip_transpose_taps<acc_t>(s, w_p, {{0, s.KH, 0, s.KW, wt_p}});
     at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
     if (!conv2d_forward_without_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(),
                                             false)) {
@@ -662,6 +714,12 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   // forward implicit GEMM; no zeros are scattered or multiplied.
   const bool x_by_phases = !x_by_gemm && s.dh == 1 && s.dw == 1;
   if (!x_done && x_by_phases) {
+    struct PhaseConv {
+      at::Tensor dst, wt;
+      ConvShape t;
+    };
+    std::vector<PhaseConv> convs;
+    std::vector<TapTarget<acc_t>> targets;
     for (int64_t a = 0; a < s.sh; ++a) {
       for (int64_t b = 0; b < s.sw; ++b) {
         const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
@@ -676,17 +734,17 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
         t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
         t.ph = ph.taps - 1 - ph.shift, t.pw = pw.taps - 1 - pw.shift;
         t.Cg = s.Kg, t.Kg = s.Cg;
-        const at::Tensor wt = wa.view({s.groups, s.Kg, s.Cg, s.KH, s.KW})
-                                  .slice(3, ph.first, c10::nullopt, s.sh)
-                                  .slice(4, pw.first, c10::nullopt, s.sw)
-                                  .flip({3, 4})
-                                  .transpose(1, 2)
-                                  .contiguous();
-        at::Tensor out = empty_output({s.N, s.C, t.OH, t.OW}, opts);
-        conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, out.mutable_data_ptr<acc_t>(), false,
-                                     false, NoPost{});
-        dst.copy_(out);
+        const at::Tensor wt = empty_output({s.C, s.Kg, t.KH, t.KW}, opts);
+        targets.push_back({ph.first, ph.taps, pw.first, pw.taps, wt.mutable_data_ptr<acc_t>()});
+        convs.push_back({dst, wt, t});
       }
+    }
+    flip_transpose_taps(s, w_p, targets);
+    for (const PhaseConv& pc : convs) {
+      at::Tensor out = empty_output({s.N, s.C, pc.t.OH, pc.t.OW}, opts);
+      conv2d_forward_kernel<acc_t>(pc.t, gz_p, pc.wt.template const_data_ptr<acc_t>(), nullptr,
+                                   out.template mutable_data_ptr<acc_t>(), false, false, NoPost{});
+      pc.dst.copy_(out);
     }
   }
 
