@@ -543,8 +543,7 @@ inline Phase phase_of(int64_t r, int64_t pad, int64_t stride, int64_t kernel, in
 // The weights of grad_x as forward convolutions: per target, wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, h0 +
 // (th-1-i) * sh, w0 + (tw-1-j) * sw] for i < th, j < tw (stride 1: all the taps, flipped; other strides: one
 // phase's taps), k and c swapped. One loop over w for all the targets, rather than ATen's view, slice, flip,
-// transpose and copy per target, which cost several times the convolution; blocks of 8 output channels, so
-// that both sides of the copy run along lines.
+// transpose and copy per target, which cost several times the convolution.
 template <typename acc_t>
 struct TapTarget {
   int64_t h0, th, w0, tw;
@@ -565,17 +564,22 @@ void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<T
       }
     }
   }
-  constexpr int64_t B = 8;
+  // Along k innermost, in blocks of 16 output channels: the block's rows of w (one line per k) stay in L1
+  // while every (c, tap) reads its column of them, and each target is written along k with a fixed stride.
+  // (The rows lie C * taps apart, often a multiple of 1 KiB: more than 16 of them share too few L1 sets.)
+  constexpr int64_t B = 16;
+  const int64_t rs = s.Cg * taps;
   for (int64_t g = 0; g < s.groups; ++g) {
     for (int64_t k0 = 0; k0 < s.Kg; k0 += B) {
-      const int64_t k1 = std::min(s.Kg, k0 + B);
+      const int64_t kn = std::min(s.Kg - k0, B);
       for (int64_t c = 0; c < s.Cg; ++c) {
-        for (int64_t k = k0; k < k1; ++k) {
-          const acc_t* src = w + ((g * s.Kg + k) * s.Cg + c) * taps;
-          const int64_t e = (g * s.Cg + c) * s.Kg + k;
-          for (int64_t q = 0; q < taps; ++q) {
-            if (to[q]) to[q][e * tt[q] + at[q]] = src[q];
-          }
+        const acc_t* src = w + ((g * s.Kg + k0) * s.Cg + c) * taps;
+        const int64_t e = (g * s.Cg + c) * s.Kg + k0;
+        for (int64_t q = 0; q < taps; ++q) {
+          if (!to[q]) continue;
+          acc_t* dst = to[q] + e * tt[q] + at[q];
+          const int64_t step = tt[q];
+          for (int64_t k = 0; k < kn; ++k) dst[k * step] = src[k * rs + q];
         }
       }
     }
@@ -680,9 +684,9 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     // kernels it is a transposition per group, done with 8 x 8 register transposes: element by element, the
     // rows of a large weight (2048 x 512) lie a power of two apart, and the loop, missing the cache on every
     // read, costs several times the GEMM.
-    const at::Tensor wt = empty_output({s.C, s.Kg, s.KH, s.KW}, opts);
-    acc_t* wt_p = wt.mutable_data_ptr<acc_t>();
     const int64_t taps = s.KH * s.KW;
+    const Scratch wt(2, sizeof(acc_t) * s.C * s.Kg * taps);  // reused: fresh memory faults on every page
+    acc_t* wt_p = static_cast<acc_t*>(wt.get());
     bool transposed = false;
     if constexpr (std::is_same_v<acc_t, float>) {
       if (taps == 1) {
@@ -699,10 +703,9 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     }
     if (!transposed) flip_transpose_taps<acc_t>(s, w_p, {{0, s.KH, 0, s.KW, wt_p}});
     at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
-    if (!conv2d_forward_without_gemm<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(),
-                                            false)) {
-      conv2d_forward_kernel<acc_t>(t, gz_p, wt.const_data_ptr<acc_t>(), nullptr, gxa.mutable_data_ptr<acc_t>(), false,
-                                   !direct, rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
+    if (!conv2d_forward_without_gemm<acc_t>(t, gz_p, wt_p, nullptr, gxa.mutable_data_ptr<acc_t>(), false)) {
+      conv2d_forward_kernel<acc_t>(t, gz_p, wt_p, nullptr, gxa.mutable_data_ptr<acc_t>(), false, !direct,
+                                   rounder(grad_x.mutable_data_ptr<scalar_t>(), s.H * s.W));
     } else if (!direct) {
       grad_x.copy_(gxa);
     }
@@ -715,11 +718,14 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   const bool x_by_phases = !x_by_gemm && s.dh == 1 && s.dw == 1;
   if (!x_done && x_by_phases) {
     struct PhaseConv {
-      at::Tensor dst, wt;
+      at::Tensor dst;
+      const acc_t* wt;
       ConvShape t;
     };
     std::vector<PhaseConv> convs;
     std::vector<TapTarget<acc_t>> targets;
+    const Scratch wts(2, sizeof(acc_t) * s.C * s.Kg * s.KH * s.KW);  // every phase's weights (the taps split)
+    acc_t* wt_next = static_cast<acc_t*>(wts.get());
     for (int64_t a = 0; a < s.sh; ++a) {
       for (int64_t b = 0; b < s.sw; ++b) {
         const Phase ph = phase_of(a, s.ph, s.sh, s.KH, s.H), pw = phase_of(b, s.pw, s.sw, s.KW, s.W);
@@ -734,16 +740,16 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
         t.KH = ph.taps, t.KW = pw.taps, t.sh = t.sw = 1;
         t.ph = ph.taps - 1 - ph.shift, t.pw = pw.taps - 1 - pw.shift;
         t.Cg = s.Kg, t.Kg = s.Cg;
-        const at::Tensor wt = empty_output({s.C, s.Kg, t.KH, t.KW}, opts);
-        targets.push_back({ph.first, ph.taps, pw.first, pw.taps, wt.mutable_data_ptr<acc_t>()});
-        convs.push_back({dst, wt, t});
+        targets.push_back({ph.first, ph.taps, pw.first, pw.taps, wt_next});
+        convs.push_back({dst, wt_next, t});
+        wt_next += s.C * s.Kg * t.KH * t.KW;
       }
     }
     flip_transpose_taps(s, w_p, targets);
     for (const PhaseConv& pc : convs) {
       at::Tensor out = empty_output({s.N, s.C, pc.t.OH, pc.t.OW}, opts);
-      conv2d_forward_kernel<acc_t>(pc.t, gz_p, pc.wt.template const_data_ptr<acc_t>(), nullptr,
-                                   out.template mutable_data_ptr<acc_t>(), false, false, NoPost{});
+      conv2d_forward_kernel<acc_t>(pc.t, gz_p, pc.wt, nullptr, out.template mutable_data_ptr<acc_t>(), false, false,
+                                   NoPost{});
       pc.dst.copy_(out);
     }
   }

@@ -37,7 +37,11 @@ GroupedGeom geometry(const ConvShape& s) {
   g.blocks = (s.groups + g.GB - 1) / g.GB;
   g.CBi = g.GB * s.Cg, g.CBo = g.GB * s.Kg;
   g.Hp = s.H + 2 * s.ph, g.Wp = s.W + 2 * s.pw;
-  g.scratch = g.Hp * g.Wp * g.CBi + s.OH * s.OW * g.CBo + g.GB * s.KH * s.KW * s.Cg * s.Kg;
+  // grad_w takes NB images at a time, as many as fit about 256 KiB (at least one): on small planes the sums
+  // then run over several images in registers.
+  const int64_t image = g.Hp * g.Wp * g.CBi + s.OH * s.OW * g.CBo;
+  g.NB = std::clamp<int64_t>((int64_t(256) << 10) / static_cast<int64_t>(sizeof(float)) / image, 1, s.N);
+  g.scratch = g.NB * image + g.GB * s.KH * s.KW * s.Cg * s.Kg;
   return g;
 }
 

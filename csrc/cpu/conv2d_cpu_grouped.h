@@ -20,9 +20,9 @@ inline bool conv2d_is_grouped(const ConvShape& s) {
 }
 
 // The kernels' blocking: GB groups at a time (GB * Cg input channels, GB * Kg output channels, about 64 of
-// each), moved channels-last into zero-padded Hp x Wp buffers; scratch: the elements of a thread's buffer.
+// each) in Hp x Wp zero-padded planes, grad_w NB images at a time; scratch: the elements of a thread's buffer.
 struct GroupedGeom {
-  int64_t GB, blocks, CBi, CBo, Hp, Wp, scratch;
+  int64_t GB, blocks, CBi, CBo, Hp, Wp, NB, scratch;
 };
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null. T: float or double;

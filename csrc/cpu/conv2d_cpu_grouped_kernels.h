@@ -166,28 +166,32 @@ void gr_grad_input_items(const ConvShape& s, const GroupedGeom& g, const typenam
   }
 }
 
-// grad_w, blocks of groups [i0, i1) over the whole batch: per image, x copied into zero-padded planes and gz
-// moved channels-last, then per tap and group the sums of gz(p) * x(p + tap) over the output pixels p, L
-// output channels per FMA, x broadcast, 8 input channels at a time in registers, into acc [GB][taps][CG][Kg] (images in
-// order, pixels in order).
-template <class VO, int CG>
+// grad_w, blocks of groups [i0, i1) over the whole batch, g.NB images at a time: x copied into zero-padded
+// planes and gz moved channels-last, then per group, tap and 8 input channels the sums of gz(p) * x(p + tap)
+// over the images and their output pixels p in registers, L output channels per FMA, x broadcast, into acc
+// [GB][taps][CG][Kg] (images in order, pixels in order). SW: as the forward's.
+template <class VO, int CG, int SW>
 void gr_grad_weight_blocks(const ConvShape& s, const GroupedGeom& g, const typename VO::T* gz, const typename VO::T* x,
                            typename VO::T* gw, int64_t i0, int64_t i1, typename VO::T* buf) {
   using T = typename VO::T;
   using V = typename VO::V;
   constexpr int L = VO::L, CC = CG < 8 ? CG : 8;
-  const int64_t taps = s.KH * s.KW, P = s.OH * s.OW;
-  const int64_t xplane = g.Hp * g.Wp;
+  const int64_t taps = s.KH * s.KW, P = s.OH * s.OW, sw = SW ? SW : s.sw;
+  const int64_t xplane = g.Hp * g.Wp, ximage = xplane * g.CBi, gzimage = P * g.CBo;
   T* xp = buf;
-  T* gzt = xp + xplane * g.CBi;
-  T* acc = gzt + P * g.CBo;
+  T* gzt = xp + g.NB * ximage;
+  T* acc = gzt + g.NB * gzimage;
   for (int64_t b = i0; b < i1; ++b) {
     const int64_t g0 = b * g.GB, gn = std::min(g.GB, s.groups - g0);
     std::fill(acc, acc + gn * taps * CG * s.Kg, T(0));
-    for (int64_t n = 0; n < s.N; ++n) {
-      gr_to_padded<VO>(x + (n * s.C + g0 * CG) * s.H * s.W, s.H * s.W, s.H, s.W, gn * CG, xp + s.ph * g.Wp + s.pw, g.Wp,
-                       xplane);
-      to_channels_last<VO>(gz + (n * s.K + g0 * s.Kg) * P, P, s.OH, s.OW, gn * s.Kg, gzt, s.OW, g.CBo);
+    for (int64_t n0 = 0; n0 < s.N; n0 += g.NB) {
+      const int64_t nn = std::min(g.NB, s.N - n0);
+      for (int64_t m = 0; m < nn; ++m) {
+        gr_to_padded<VO>(x + ((n0 + m) * s.C + g0 * CG) * s.H * s.W, s.H * s.W, s.H, s.W, gn * CG,
+                         xp + m * ximage + s.ph * g.Wp + s.pw, g.Wp, xplane);
+        to_channels_last<VO>(gz + ((n0 + m) * s.K + g0 * s.Kg) * P, P, s.OH, s.OW, gn * s.Kg, gzt + m * gzimage, s.OW,
+                             g.CBo);
+      }
       for (int64_t j = 0; j < gn; ++j) {
         for (int64_t t = 0; t < taps; ++t) {
           const int64_t off = (t / s.KW) * s.dh * g.Wp + (t % s.KW) * s.dw + j * CG * xplane;
@@ -196,13 +200,15 @@ void gr_grad_weight_blocks(const ConvShape& s, const GroupedGeom& g, const typen
               T* at = acc + ((j * taps + t) * CG + c0) * s.Kg + v;
               V a[CC];
               for (int c = 0; c < CC; ++c) a[c] = VO::load(at + c * s.Kg);
-              for (int64_t oh = 0; oh < s.OH; ++oh) {
-                const T* xrow = xp + oh * s.sh * g.Wp + off + c0 * xplane;
-                const T* grow = gzt + oh * s.OW * g.CBo + j * s.Kg + v;
-                for (int64_t ow = 0; ow < s.OW; ++ow) {
-                  const V gv = VO::load(grow + ow * g.CBo);
-                  const T* src = xrow + ow * s.sw;
-                  for (int c = 0; c < CC; ++c) a[c] = VO::fma(gv, VO::set1(src[c * xplane]), a[c]);
+              for (int64_t m = 0; m < nn; ++m) {
+                for (int64_t oh = 0; oh < s.OH; ++oh) {
+                  const T* xrow = xp + m * ximage + oh * s.sh * g.Wp + off + c0 * xplane;
+                  const T* grow = gzt + m * gzimage + oh * s.OW * g.CBo + j * s.Kg + v;
+                  for (int64_t ow = 0; ow < s.OW; ++ow) {
+                    const V gv = VO::load(grow + ow * g.CBo);
+                    const T* src = xrow + ow * sw;
+                    for (int c = 0; c < CC; ++c) a[c] = VO::fma(gv, VO::set1(src[c * xplane]), a[c]);
+                  }
                 }
               }
               for (int c = 0; c < CC; ++c) VO::store(at + c * s.Kg, a[c]);
@@ -224,7 +230,7 @@ void gr_grad_weight_blocks(const ConvShape& s, const GroupedGeom& g, const typen
 }
 
 // The kernels' entry points: CG / KG (8 or 16) as template parameters, so that the loops over a group's
-// channels unroll, and the forward's stride along W (see gr_fwd_pixels).
+// channels unroll, and the stride along W (see gr_fwd_pixels).
 template <class VO>
 void gr_forward(const ConvShape& s, const GroupedGeom& g, const typename VO::T* x, const typename VO::T* wf,
                 const typename VO::T* bias, typename VO::T* z, bool relu, int64_t i0, int64_t i1, typename VO::T* buf) {
@@ -246,6 +252,12 @@ void gr_grad_input(const ConvShape& s, const GroupedGeom& g, const typename VO::
 template <class VO>
 void gr_grad_weight(const ConvShape& s, const GroupedGeom& g, const typename VO::T* gz, const typename VO::T* x,
                     typename VO::T* gw, int64_t i0, int64_t i1, typename VO::T* buf) {
-  if (s.Cg == 8) return gr_grad_weight_blocks<VO, 8>(s, g, gz, x, gw, i0, i1, buf);
-  gr_grad_weight_blocks<VO, 16>(s, g, gz, x, gw, i0, i1, buf);
+  auto run = [&](auto cg) {
+    constexpr int CG = decltype(cg)::value;
+    if (s.sw == 1) return gr_grad_weight_blocks<VO, CG, 1>(s, g, gz, x, gw, i0, i1, buf);
+    if (s.sw == 2) return gr_grad_weight_blocks<VO, CG, 2>(s, g, gz, x, gw, i0, i1, buf);
+    gr_grad_weight_blocks<VO, CG, 0>(s, g, gz, x, gw, i0, i1, buf);
+  };
+  if (s.Cg == 8) return run(std::integral_constant<int, 8>{});
+  run(std::integral_constant<int, 16>{});
 }
