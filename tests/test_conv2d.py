@@ -219,7 +219,7 @@ MODEL_CASES = [
     pytest.param(((5, 256, 4, 4), (128, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
     # Groups of 8 or 16 channels (RegNet, ResNeXt), which the CPU computes directly, groups in blocks of 64
     # channels (the last partial): strides 1, 2 and 3 along W (the last not a compile-time constant), runs of
-    # 16, 8, 4 and 1 pixels, 8 in and 16 out and the reverse, dilation, 1x1.
+    # 16, 8, 4 and 1 pixels, 8 in and 16 out and the reverse, dilation, 1x1, grad_w's images in chunks.
     pytest.param(((2, 48, 13, 11), (48, 3, 3), 2, 1, 1, 6), id="grouped8-s2"),
     pytest.param(((2, 80, 9, 7), (80, 3, 3), 1, 1, 1, 10), id="grouped8-blocks"),
     pytest.param(((1, 32, 6, 29), (32, 3, 3), 1, 1, 1, 2), id="grouped16-wide-rows"),
@@ -228,6 +228,7 @@ MODEL_CASES = [
     pytest.param(((1, 16, 11, 12), (16, 3, 3), (3, 2), (2, 1), (2, 1), 2), id="grouped-dilated"),
     pytest.param(((1, 16, 10, 13), (16, 5, 5), (1, 3), 2, 1, 2), id="grouped-sw3"),
     pytest.param(((2, 32, 5, 6), (32, 1, 1), 1, 0, 1, 4), id="grouped-1x1"),
+    pytest.param(((3, 64, 14, 14), (64, 3, 3), 1, 1, 1, 8), id="grouped8-image-chunks"),  # grad_w: 2 + 1 images
 ]
 
 
