@@ -12,7 +12,8 @@ touched): the candidates are run in turn, alternately, for a few rounds, and the
 results are kept in memory and in a JSON file per machine (CPU model, ISA, versions), so a later process
 reads them instead of measuring again. No measuring, and the deterministic static rule (the `static` backend
 the caller gives: native where this build has the op, else Triton on a GPU, else the reference; dlkernels.ops
-sends CPU grouped convolutions that are not depthwise to the reference), when:
+sends CPU grouped convolutions that are not depthwise to the reference, unless their groups have 8 or 16 input
+and output channels), when:
 
 - DLKERNELS_AUTOTUNE=0;
 - torch.compile traces the call (a measurement cannot run inside a graph; the static rule is a plain

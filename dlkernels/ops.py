@@ -420,10 +420,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
 
 def _conv2d_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, layer=None):
     """auto's backend for a conv2d call with normalised arguments (a 4-D x, pairs). The static rule (used
-    without measuring) runs grouped convolutions that are not depthwise with the reference on the CPU: the
-    native kernels lose on most of them (benchmarks --suite layers), depthwise ones have their own kernel."""
+    without measuring) runs grouped convolutions that are not depthwise with the reference on the CPU, unless
+    their groups have 8 or 16 input and output channels: the native GEMM loses on most grouped shapes
+    (benchmarks --suite layers); depthwise ones and those narrow groups (RegNet, ResNeXt) have direct kernels."""
     if (static == "native" and groups != 1 and x.device.type == "cpu" and type(weight) in _PLAIN_TENSORS
-            and weight.dim() == 4 and weight.shape[1] > 1):
+            and weight.dim() == 4 and weight.shape[1] > 1
+            and not (weight.shape[1] in (8, 16) and weight.shape[0] // groups in (8, 16))):
         static = "reference"
     def call(b, x, w, bias):
         if b == MIXED:

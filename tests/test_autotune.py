@@ -293,16 +293,17 @@ def test_bad_input_is_reported_as_without_measuring(tuning):
 
 
 @needs_native
-@pytest.mark.parametrize("groups,expected", [(1, "native"), (4, "reference"), (8, "native")])
-def test_static_rule_without_measuring(monkeypatch, tmp_path, groups, expected):
-    """DLKERNELS_AUTOTUNE=0: native, except CPU grouped convolutions that are not depthwise (the reference);
-    nothing is measured or written."""
+@pytest.mark.parametrize("channels,groups,expected", [(8, 1, "native"), (8, 4, "reference"), (8, 8, "native"),
+                                                       (32, 4, "native"), (48, 2, "reference")])
+def test_static_rule_without_measuring(monkeypatch, tmp_path, channels, groups, expected):
+    """DLKERNELS_AUTOTUNE=0: native, except CPU grouped convolutions that are not depthwise (the reference)
+    unless their groups have 8 or 16 channels (the direct grouped kernel); nothing is measured or written."""
     monkeypatch.setenv(autotune.ENV_AUTOTUNE, "0")
     monkeypatch.setenv(autotune.ENV_CACHE_DIR, str(tmp_path))
     monkeypatch.setattr(autotune, "_choices", {})
-    model = torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, groups=groups))
+    model = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 3, groups=groups))
     converted, report = dlkernels.convert(model, return_report=True)
-    x = torch.randn(1, 8, 6, 6)
+    x = torch.randn(1, channels, 6, 6)
     with torch.no_grad():
         torch.testing.assert_close(converted(x), model(x))
     assert report.implementations() == {"0": {"inference": expected}}
