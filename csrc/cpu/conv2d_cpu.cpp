@@ -625,34 +625,25 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   };
   constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
 
-  auto round_into = [](const at::Tensor& acc, const at::Tensor& dst) {
+  // A direct kernel's gradient: into dst itself (float/double) or an acc_t buffer rounded once into it.
+  auto direct_grad = [&](const at::Tensor& dst, auto&& kernel) {
+    at::Tensor acc = direct ? dst : empty_output(dst.sizes(), opts);
+    kernel(acc.template mutable_data_ptr<acc_t>());
     if (!direct) dst.copy_(acc);
   };
   bool x_done = !(grad_x.defined() && grad_x.numel() > 0), w_done = !(grad_w.defined() && grad_w.numel() > 0);
-  if (conv2d_is_small(s)) {  // the direct kernels, into acc_t, rounded once; grad_x of strides > 1 below
+  if (conv2d_is_small(s)) {  // the direct kernels; grad_x of strides > 1 below
     if (!x_done && small_grad_input_applies(s)) {
-      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
-      small_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
-      round_into(gxa, grad_x);
+      direct_grad(grad_x, [&](acc_t* gx) { small_grad_input<acc_t>(s, gz_p, w_p, gx); });
       x_done = true;
     }
     if (!w_done) {
-      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
-      small_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
-      round_into(gwa, grad_w);
+      direct_grad(grad_w, [&](acc_t* gw) { small_grad_weight<acc_t>(s, gz_p, x_p, gw); });
       w_done = true;
     }
-  } else if (conv2d_is_depthwise(s)) {  // the direct kernels, into acc_t, rounded once
-    if (grad_x.defined() && grad_x.numel() > 0) {
-      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
-      depthwise_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
-      round_into(gxa, grad_x);
-    }
-    if (grad_w.defined() && grad_w.numel() > 0) {
-      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
-      depthwise_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
-      round_into(gwa, grad_w);
-    }
+  } else if (conv2d_is_depthwise(s)) {  // the direct kernels
+    if (!x_done) direct_grad(grad_x, [&](acc_t* gx) { depthwise_grad_input<acc_t>(s, gz_p, w_p, gx); });
+    if (!w_done) direct_grad(grad_w, [&](acc_t* gw) { depthwise_grad_weight<acc_t>(s, gz_p, x_p, gw); });
     return;
   }
 
@@ -660,17 +651,13 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   // dilation * (kernel - 1) - padding, which gives back H x W: the forward implicit GEMM (or a forward
   // without one: for narrow groups, the direct grouped kernel).
   const bool x_by_gemm = s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1);
-  if (conv2d_is_grouped(s)) {  // the direct kernels, into acc_t, rounded once
+  if (conv2d_is_grouped(s)) {  // the direct kernels; grad_x of stride 1 as said
     if (!x_done && !x_by_gemm) {
-      at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
-      grouped_grad_input<acc_t>(s, gz_p, w_p, gxa.mutable_data_ptr<acc_t>());
-      round_into(gxa, grad_x);
+      direct_grad(grad_x, [&](acc_t* gx) { grouped_grad_input<acc_t>(s, gz_p, w_p, gx); });
       x_done = true;
     }
     if (!w_done) {
-      at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);
-      grouped_grad_weight<acc_t>(s, gz_p, x_p, gwa.mutable_data_ptr<acc_t>());
-      round_into(gwa, grad_w);
+      direct_grad(grad_w, [&](acc_t* gw) { grouped_grad_weight<acc_t>(s, gz_p, x_p, gw); });
       w_done = true;
     }
   }
