@@ -586,12 +586,9 @@ void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<T
   }
 }
 
-// Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
-// not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
-// NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
-// (conv2d_backward_from_grad_preactivation).
 // The forward kernels that are no implicit GEMM: the direct depthwise and grouped ones, and Winograd for 3x3
-// convolutions in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu if asked).
+// convolutions in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu
+// if asked).
 template <typename acc_t>
 bool conv2d_forward_without_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z,
                                  bool relu) {
@@ -606,6 +603,10 @@ bool conv2d_forward_without_gemm(const ConvShape& s, const acc_t* x, const acc_t
   return try_winograd_forward<acc_t>(s, x, w, bias, z, relu);
 }
 
+// Steps 2a and 2b of the backward: grad_x and grad_w (NCHW-contiguous scalar_t tensors; an undefined one is
+// not computed) from gz = dL/d(pre-activation) [N, K, OH, OW] in acc_t. xa and wa: x and weight as acc_t
+// NCHW-contiguous tensors, needed for grad_w and grad_x respectively. Shared with conv2d_maxpool's backward
+// (conv2d_backward_from_grad_preactivation).
 template <typename scalar_t>
 void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_t>* gz_p, const at::Tensor& xa,
                                const at::Tensor& wa, const at::Tensor& grad_x, const at::Tensor& grad_w) {
