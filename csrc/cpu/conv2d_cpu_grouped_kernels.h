@@ -1,6 +1,7 @@
 // The loops of the direct grouped convolution (conv2d_cpu_grouped.cpp), written once over a vector-ops type
 // VO and included (deliberately without an include guard) once per ISA, each time in its own namespace, as
-// conv2d_cpu_depthwise_kernels.h is. VO provides T, V, L (lanes) and zero, set1, load, store, fma, relu.
+// conv2d_cpu_depthwise_kernels.h is. VO provides T, V, L (lanes) and zero, set1, load, loadn, store, storen,
+// fma, relu.
 //
 // An item is an image and a block of g.GB groups. Vectors run along one group's channels, L at a time (Cg and
 // Kg are multiples of L), channels-last; the other operand is broadcast from NCHW planes (zero-padded copies
