@@ -765,7 +765,7 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   check_activation_params(act, params, kOp);
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   if (conv2d_is_linear(s))
-    return as_images(linear_act_forward(as_rows(x), as_rows(weight), bias, activation, alpha, beta), x);
+    return as_images(linear_act_forward_impl(as_rows(x), as_rows(weight), bias, activation, alpha, beta, false), x);
   const auto memory_format = x.suggest_memory_format();
   at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out.contiguous(memory_format);

@@ -11,6 +11,10 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/elu.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/mish.h>
+#include <ATen/ops/silu.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -111,8 +115,40 @@ struct NoPost {
 // ---------------------------------------------------------------------------------------------------------
 // Forward.
 
-at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                              c10::string_view activation, double alpha, double beta) {
+namespace {
+
+// The activations linear_act_forward_impl leaves out of its epilogue, and their application to `out` in place
+// by PyTorch's op.
+void activate_in_place(Activation act, const ActivationParams& params, at::Tensor& out) {
+  switch (act) {
+    case Activation::GELU: at::gelu_(out, "none"); break;
+    case Activation::GELUTanh: at::gelu_(out, "tanh"); break;
+    case Activation::SiLU: at::silu_(out); break;
+    case Activation::Sigmoid: out.sigmoid_(); break;
+    case Activation::Tanh: out.tanh_(); break;
+    case Activation::Mish: at::mish_(out); break;
+    case Activation::ELU: at::elu_(out, params.alpha); break;
+    default:
+      TORCH_INTERNAL_ASSERT(false, "dlkernels: no in-place activation for ", kActivationNames[static_cast<int>(act)]);
+  }
+}
+bool activated_in_place(Activation act) {
+  switch (act) {
+    case Activation::GELU:
+    case Activation::GELUTanh:
+    case Activation::SiLU:
+    case Activation::Sigmoid:
+    case Activation::Tanh:
+    case Activation::Mish:
+    case Activation::ELU: return true;
+    default: return false;
+  }
+}
+
+}  // namespace
+
+at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   c10::string_view activation, double alpha, double beta, bool vectorised_activation) {
   const Activation act = parse_activation(activation);
   const ActivationParams params{alpha, beta};
   check_activation_params(act, params, kOp);
@@ -132,7 +168,8 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
     at::Tensor cbuf = direct ? out : empty_output({M, N}, out.options().dtype(acc_type));
     acc_t* C = cbuf.mutable_data_ptr<acc_t>();
-    dispatch_activation(act, [&](auto act_tag) {
+    const bool after = vectorised_activation && direct && activated_in_place(act);
+    dispatch_activation(after ? Activation::None : act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
       using Fn = ActivationFn<A>;
       constexpr bool in_kernel = A == Activation::None || A == Activation::ReLU;  // vectorised in the kernel
@@ -150,8 +187,14 @@ at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, con
                          ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, A == Activation::ReLU,
                          !(direct && in_kernel), post);
     });
+    if (after) activate_in_place(act, params, out);
   });
   return out;
+}
+
+at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                              c10::string_view activation, double alpha, double beta) {
+  return linear_act_forward_impl(x, weight, bias, activation, alpha, beta, true);
 }
 
 // ---------------------------------------------------------------------------------------------------------

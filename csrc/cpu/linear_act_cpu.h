@@ -12,6 +12,14 @@
 namespace dlkernels {
 namespace cpu {
 
+// linear_act's forward. `vectorised_activation`: the activations whose scalar form is a libm call per element
+// (erf, exp, tanh: gelu, gelu_tanh, silu, sigmoid, tanh, mish, elu) are left out of the GEMM's epilogue on
+// float and double outputs and applied by PyTorch's vectorised in-place op to the finished output: one more
+// pass over it, where the scalar calls cost up to 20x the pass (ConvNeXt's Linear + GELU). conv2d's 1x1
+// images pass false: conv2d keeps the scalar epilogue, which the fused conv2d_maxpool shares, so that the
+// block stays bit for bit conv2d followed by max_pool2d.
+at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                   c10::string_view activation, double alpha, double beta, bool vectorised_activation);
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                               c10::string_view activation, double alpha, double beta);
 
