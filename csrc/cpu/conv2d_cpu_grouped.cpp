@@ -41,7 +41,8 @@ GroupedGeom geometry(const ConvShape& s) {
   // then run over several images in registers.
   const int64_t image = g.Hp * g.Wp * g.CBi + s.OH * s.OW * g.CBo;
   g.NB = std::clamp<int64_t>((int64_t(256) << 10) / static_cast<int64_t>(sizeof(float)) / image, 1, s.N);
-  g.scratch = g.NB * image + g.GB * s.KH * s.KW * s.Cg * s.Kg;
+  g.scratch = image;
+  g.gw_scratch = g.NB * image + g.GB * s.KH * s.KW * s.Cg * s.Kg;
   return g;
 }
 
@@ -88,7 +89,7 @@ template <typename T>
 void grouped_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
   const GroupedGeom g = geometry(s);
   const auto& k = grouped_kernels<T>();
-  parallel_items<T>(g.blocks, g.scratch, s.N * g.CBo * s.OH * s.OW * s.Cg * s.KH * s.KW,
+  parallel_items<T>(g.blocks, g.gw_scratch, s.N * g.CBo * s.OH * s.OW * s.Cg * s.KH * s.KW,
                     [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight(s, g, gz, x, gw, i0, i1, buf); });
 }
 

@@ -20,9 +20,10 @@ inline bool conv2d_is_grouped(const ConvShape& s) {
 }
 
 // The kernels' blocking: GB groups at a time (GB * Cg input channels, GB * Kg output channels, about 64 of
-// each) in Hp x Wp zero-padded planes, grad_w NB images at a time; scratch: the elements of a thread's buffer.
+// each) in Hp x Wp zero-padded planes, grad_w NB images at a time; scratch, gw_scratch: the elements of a
+// thread's buffer for the forward and grad_x (one image), and for grad_w (NB images and the sums).
 struct GroupedGeom {
-  int64_t GB, blocks, CBi, CBo, Hp, Wp, NB, scratch;
+  int64_t GB, blocks, CBi, CBo, Hp, Wp, NB, scratch, gw_scratch;
 };
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null. T: float or double;

@@ -13,8 +13,8 @@ namespace cpu {
 
 // One ISA's kernels for element type T. The forward and grad_x run the items (image, block of groups)
 // [i0, i1), grad_w the blocks of groups [i0, i1) over the whole batch, each with `buf` as its scratch
-// (GroupedGeom::scratch elements, zeroed once). wf: the weights as [groups][taps][Cg][Kg]; wb: as
-// [groups][taps][Kg][Cg].
+// (GroupedGeom::scratch elements, gw_scratch for grad_w; zeroed once). wf: the weights as
+// [groups][taps][Cg][Kg]; wb: as [groups][taps][Kg][Cg].
 template <typename T>
 struct GroupedKernels {
   void (*forward)(const ConvShape& s, const GroupedGeom& g, const T* x, const T* wf, const T* bias, T* z, bool relu,
