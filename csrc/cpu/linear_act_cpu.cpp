@@ -117,31 +117,19 @@ struct NoPost {
 
 namespace {
 
-// The activations linear_act_forward_impl leaves out of its epilogue, and their application to `out` in place
-// by PyTorch's op.
-void activate_in_place(Activation act, const ActivationParams& params, at::Tensor& out) {
+// The activations linear_act_forward_impl leaves out of its epilogue: PyTorch's in-place op applying `act` to
+// a finished output, or null for the activations the epilogue keeps.
+using InPlaceActivation = void (*)(at::Tensor& out, const ActivationParams& params);
+InPlaceActivation in_place_activation(Activation act) {
   switch (act) {
-    case Activation::GELU: at::gelu_(out, "none"); break;
-    case Activation::GELUTanh: at::gelu_(out, "tanh"); break;
-    case Activation::SiLU: at::silu_(out); break;
-    case Activation::Sigmoid: out.sigmoid_(); break;
-    case Activation::Tanh: out.tanh_(); break;
-    case Activation::Mish: at::mish_(out); break;
-    case Activation::ELU: at::elu_(out, params.alpha); break;
-    default:
-      TORCH_INTERNAL_ASSERT(false, "dlkernels: no in-place activation for ", kActivationNames[static_cast<int>(act)]);
-  }
-}
-bool activated_in_place(Activation act) {
-  switch (act) {
-    case Activation::GELU:
-    case Activation::GELUTanh:
-    case Activation::SiLU:
-    case Activation::Sigmoid:
-    case Activation::Tanh:
-    case Activation::Mish:
-    case Activation::ELU: return true;
-    default: return false;
+    case Activation::GELU: return [](at::Tensor& out, const ActivationParams&) { at::gelu_(out, "none"); };
+    case Activation::GELUTanh: return [](at::Tensor& out, const ActivationParams&) { at::gelu_(out, "tanh"); };
+    case Activation::SiLU: return [](at::Tensor& out, const ActivationParams&) { at::silu_(out); };
+    case Activation::Sigmoid: return [](at::Tensor& out, const ActivationParams&) { out.sigmoid_(); };
+    case Activation::Tanh: return [](at::Tensor& out, const ActivationParams&) { out.tanh_(); };
+    case Activation::Mish: return [](at::Tensor& out, const ActivationParams&) { at::mish_(out); };
+    case Activation::ELU: return [](at::Tensor& out, const ActivationParams& p) { at::elu_(out, p.alpha); };
+    default: return nullptr;
   }
 }
 
@@ -168,7 +156,7 @@ at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
     at::Tensor cbuf = direct ? out : empty_output({M, N}, out.options().dtype(acc_type));
     acc_t* C = cbuf.mutable_data_ptr<acc_t>();
-    const bool after = vectorised_activation && direct && activated_in_place(act);
+    const InPlaceActivation after = vectorised_activation && direct ? in_place_activation(act) : nullptr;
     dispatch_activation(after ? Activation::None : act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
       using Fn = ActivationFn<A>;
@@ -187,7 +175,7 @@ at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight
                          ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr, A == Activation::ReLU,
                          !(direct && in_kernel), post);
     });
-    if (after) activate_in_place(act, params, out);
+    if (after) after(out, params);
   });
   return out;
 }
