@@ -551,6 +551,23 @@ struct TapTarget {
 };
 template <typename acc_t>
 void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<TapTarget<acc_t>>& targets) {
+  // 1x1 kernels: a transposition per group, through 8 x 8 register transposes (pack_transpose_f32, false
+  // without AVX2). Element by element, the rows of a large weight (2048 x 512) lie a power of two apart, and
+  // the walk misses the cache on every read.
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (s.KH * s.KW == 1 && targets.size() == 1) {
+      bool done = true;
+      const float* rows[64];
+      for (int64_t g = 0; g < s.groups && done; ++g) {
+        for (int64_t k0 = 0; k0 < s.Kg && done; k0 += 64) {
+          const int nr = static_cast<int>(std::min<int64_t>(64, s.Kg - k0));
+          for (int r = 0; r < nr; ++r) rows[r] = w + (g * s.Kg + k0 + r) * s.Cg;
+          done = pack_transpose_f32(rows, nr, s.Cg, targets[0].wt + g * s.Cg * s.Kg + k0, static_cast<int>(s.Kg));
+        }
+      }
+      if (done) return;
+    }
+  }
   // Where each tap of w goes: target weights, their taps per (c, k), and the position among them (a fixed
   // walk over the taps per (c, k), without branching on the targets' shapes).
   const int64_t taps = s.KH * s.KW;
@@ -667,29 +684,10 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
     t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
     t.Cg = s.Kg, t.Kg = s.Cg;
-    // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j], in a loop rather than ATen's view, flip,
-    // transpose and copy: at small sizes those four dispatched ops cost more than the convolution. For 1x1
-    // kernels it is a transposition per group, done with 8 x 8 register transposes: element by element, the
-    // rows of a large weight (2048 x 512) lie a power of two apart, and the loop, missing the cache on every
-    // read, costs several times the GEMM.
-    const int64_t taps = s.KH * s.KW;
-    const Scratch wt(2, sizeof(acc_t) * s.C * s.Kg * taps);  // reused: fresh memory faults on every page
+    // wt[g*Cg + c, k, i, j] = w[g*Kg + k, c, KH-1-i, KW-1-j] (flip_transpose_taps).
+    const Scratch wt(2, sizeof(acc_t) * s.C * s.Kg * s.KH * s.KW);  // reused: fresh memory faults on every page
     acc_t* wt_p = static_cast<acc_t*>(wt.get());
-    bool transposed = false;
-    if constexpr (std::is_same_v<acc_t, float>) {
-      if (taps == 1) {
-        transposed = true;
-        const float* rows[64];
-        for (int64_t g = 0; g < s.groups && transposed; ++g) {
-          for (int64_t k0 = 0; k0 < s.Kg && transposed; k0 += 64) {
-            const int nr = static_cast<int>(std::min<int64_t>(64, s.Kg - k0));
-            for (int r = 0; r < nr; ++r) rows[r] = w_p + (g * s.Kg + k0 + r) * s.Cg;
-            transposed = pack_transpose_f32(rows, nr, s.Cg, wt_p + g * s.Cg * s.Kg + k0, static_cast<int>(s.Kg));
-          }
-        }
-      }
-    }
-    if (!transposed) flip_transpose_taps<acc_t>(s, w_p, {{0, s.KH, 0, s.KW, wt_p}});
+    flip_transpose_taps<acc_t>(s, w_p, {{0, s.KH, 0, s.KW, wt_p}});
     at::Tensor gxa = direct ? grad_x : empty_output(grad_x.sizes(), opts);
     if (!conv2d_forward_without_gemm<acc_t>(t, gz_p, wt_p, nullptr, gxa.mutable_data_ptr<acc_t>(), false)) {
       conv2d_forward_kernel<acc_t>(t, gz_p, wt_p, nullptr, gxa.mutable_data_ptr<acc_t>(), false, !direct,
