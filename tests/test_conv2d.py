@@ -271,11 +271,13 @@ def test_model_shapes_gradcheck_float64():
                                             backend="native"), (x, weight, bias))
 
 
-# Few-channel convolutions (groups 1, stride 1 along W, kernels larger than 1x1, up to 16 outputs from 64
-# inputs or 32 from 16), which the CPU runs with the direct kernels of csrc/cpu/conv2d_cpu_small*: TinyVGG's
-# layers, 1 to 40 channels, kernels 2, 3 and 5 (and 1x1, which stays a GEMM), padding 0 and 1, dilation 2, a
-# row stride, widths that are not a multiple of the vector (and wider than two), output-channel tiles of 2
-# to 16 with the last one partial.
+# Few-channel convolutions (groups 1, kernels larger than 1x1, up to 16 outputs from 64 inputs or 32 from 16,
+# counting a stride sw along W as sw times the inputs), which the CPU runs with the direct kernels of
+# csrc/cpu/conv2d_cpu_small*: TinyVGG's layers, 1 to 40 channels, kernels 2, 3 and 5 (and 1x1, which stays a
+# GEMM), padding 0 and 1, dilation 2, a row stride, widths that are not a multiple of the vector (and wider than
+# two), output-channel tiles of 2 to 16 with the last one partial; strided stems (the W stride as phases of the
+# columns, each phase's first and last image column different; MODEL_CASES' stem7x7s2, 2x2s2, patchify4x4s4
+# and 3x3s3 run here too).
 SMALL_CASES = [
     pytest.param(((2, 1, 28, 28), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-1to10"),
     pytest.param(((3, 10, 14, 14), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-10to10"),
@@ -287,6 +289,9 @@ SMALL_CASES = [
     pytest.param(((2, 12, 8, 7), (2, 3, 3), 1, 1, 1, 1), id="two-outputs"),
     pytest.param(((2, 8, 7, 9), (32, 3, 3), 1, 1, 1, 1), id="8to32"),
     pytest.param(((1, 40, 6, 19), (12, 2, 2), 1, 0, 1, 1), id="40to12-2x2"),
+    pytest.param(((2, 3, 17, 19), (16, 3, 3), 2, 1, 1, 1), id="stem3x3s2"),
+    pytest.param(((1, 3, 12, 22), (32, 3, 3), 2, 1, 1, 1), id="stem3x3s2-32"),
+    pytest.param(((2, 5, 9, 15), (12, 3, 5), (1, 3), (1, 2), 1, 1), id="phases-sw3"),
 ]
 
 

@@ -31,9 +31,12 @@ const SmallKernels<T>& small_kernels() {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-SmallGeom geometry(const ConvShape& s) {
+// The geometry of conv s, run as small_kernel_shape(s).
+SmallGeom geometry(const ConvShape& x) {
+  const ConvShape s = small_kernel_shape(x);
   constexpr int64_t kLanes = 16;  // the widest vector
   SmallGeom g;
+  g.phases = x.sw, g.xw = x.W, g.xpw = x.pw;
   // A block's last vector starts before OW and reads up to a vector past it, shifted by the widest tap.
   g.RS = round_up(std::max(s.OW + kLanes + (s.KW - 1) * s.dw, s.W + 2 * s.pw), kLanes);
   g.plane = (s.H + 2 * s.ph) * g.RS;
@@ -53,28 +56,53 @@ SmallGeom geometry(const ConvShape& s) {
 
 template <typename T>
 void SmallConv<T>::fill(const T* xn, T* buf) const {
-  small_kernels<T>().fill(s, g, xn, s.C, buf);
+  small_kernels<T>().fill(k, g, xn, 0, k.C, buf);
 }
 
 template <typename T>
 void SmallConv<T>::rows(const T* buf, int64_t oh0, int64_t oh1, T* out, int64_t ldk, bool relu) const {
-  small_kernels<T>().rows(s, g, buf, wp.data(), bp.data(), out, ldk, oh0, oh1, relu);
+  small_kernels<T>().rows(k, g, buf, wp.data(), bp.data(), out, ldk, oh0, oh1, relu);
 }
+
+namespace {
+// The weights of small_kernel_shape(s), k, are [K, C * sw, KH, ceil(KW / sw)]: column q of channel (c, r) is w's
+// column sw * q + r, zero past KW. fn(i, j) for each element of w, i: its index in w, j: in k's weights.
+template <typename Fn>
+void for_each_phased_weight(const ConvShape& s, const ConvShape& k, Fn&& fn) {
+  for (int64_t o = 0, i = 0; o < s.K; ++o) {
+    for (int64_t c = 0; c < s.C; ++c) {
+      for (int64_t kh = 0; kh < s.KH; ++kh) {
+        for (int64_t kw = 0; kw < s.KW; ++kw, ++i) {
+          fn(i, ((o * k.C + c * s.sw + kw % s.sw) * k.KH + kh) * k.KW + kw / s.sw);
+        }
+      }
+    }
+  }
+}
+}  // namespace
 
 template <typename T>
 SmallConv<T> small_conv(const ConvShape& s, const T* w, const T* bias) {
   SmallConv<T> sc;
   sc.s = s;
+  sc.k = small_kernel_shape(s);
   sc.g = geometry(s);
-  const int64_t taps = s.KH * s.KW, KB = sc.g.KB;
-  sc.wp.assign(static_cast<size_t>(sc.g.tiles * s.C * taps * KB), T(0));
+  std::vector<T> wk;
+  if (s.sw > 1) {
+    wk.assign(static_cast<size_t>(sc.k.K * sc.k.C * sc.k.KH * sc.k.KW), T(0));
+    for_each_phased_weight(s, sc.k, [&](int64_t i, int64_t j) { wk[j] = w[i]; });
+    w = wk.data();
+  }
+  const ConvShape& k = sc.k;
+  const int64_t taps = k.KH * k.KW, KB = sc.g.KB;
+  sc.wp.assign(static_cast<size_t>(sc.g.tiles * k.C * taps * KB), T(0));
   sc.bp.assign(static_cast<size_t>(sc.g.tiles * KB), T(0));
-  for (int64_t k = 0; k < s.K; ++k) {
-    const int64_t tile = k / KB, kk = k % KB;
-    for (int64_t c = 0; c < s.C; ++c) {
-      for (int64_t t = 0; t < taps; ++t) sc.wp[((tile * s.C + c) * taps + t) * KB + kk] = w[(k * s.C + c) * taps + t];
+  for (int64_t o = 0; o < k.K; ++o) {
+    const int64_t tile = o / KB, kk = o % KB;
+    for (int64_t c = 0; c < k.C; ++c) {
+      for (int64_t t = 0; t < taps; ++t) sc.wp[((tile * k.C + c) * taps + t) * KB + kk] = w[(o * k.C + c) * taps + t];
     }
-    if (bias) sc.bp[k] = bias[k];
+    if (bias) sc.bp[o] = bias[o];
   }
   return sc;
 }
@@ -134,14 +162,19 @@ void small_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
 
 template <typename T>
 void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
+  const ConvShape k = small_kernel_shape(s);
   const SmallGeom g = geometry(s);
-  const auto& k = small_kernels<T>();
-  const int64_t taps = s.KH * s.KW;
-  const int64_t items = s.C * ((taps + g.GT - 1) / g.GT);
+  const auto& kernels = small_kernels<T>();
+  const int64_t taps = k.KH * k.KW;
+  const int64_t items = k.C * ((taps + g.GT - 1) / g.GT);
   constexpr int64_t kLanes = 16;  // the widest vector
-  const int64_t part = (s.K + g.GK - 1) / g.GK * g.GK * g.GT * kLanes;
-  parallel_items<T>(items, g.plane + part, s.N * s.OH * s.OW * s.K * g.GT,
-                    [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight(s, g, gz, x, gw, i0, i1, buf); });
+  const int64_t part = (k.K + g.GK - 1) / g.GK * g.GK * g.GT * kLanes;
+  // Phased (stride along W): the kernel shape's gradient, whose columns are then put back in w's order.
+  std::vector<T> gwk(s.sw > 1 ? static_cast<size_t>(k.K * k.C * taps) : 0);
+  T* dst = s.sw > 1 ? gwk.data() : gw;
+  parallel_items<T>(items, g.plane + part, s.N * s.OH * s.OW * k.K * g.GT,
+                    [&](int64_t i0, int64_t i1, T* buf) { kernels.grad_weight(k, g, gz, x, dst, i0, i1, buf); });
+  if (s.sw > 1) for_each_phased_weight(s, k, [&](int64_t i, int64_t j) { gw[i] = gwk[j]; });
 }
 
 template struct SmallConv<float>;

@@ -10,13 +10,33 @@
 //
 // Requires: cpu/conv2d_cpu_small.h (SmallGeom) and common/op_args.h (ConvShape) included before.
 
-// Copies the planes [c0, c0 + count) of one image (xc: plane c0) into buf, plane by plane.
+// Copies the kernel's input planes [c0, c0 + count) of one image (xn: its first plane) into buf, plane by
+// plane: plane c * phases + r takes the columns phases * v + r - xpw of x's channel c (SmallGeom), only those
+// inside the image. The phases of one buffer plane (grad_w fills channel after channel into one) differ in
+// where their image columns begin and end: with phases the rest of the row up to s.W is zeroed.
 template <class VO>
-void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xc, int64_t count, typename VO::T* buf) {
-  for (int64_t c = 0; c < count; ++c) {
+void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, int64_t c0, int64_t count,
+             typename VO::T* buf) {
+  using T = typename VO::T;
+  const int64_t S = g.phases;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t c = (c0 + i) / S, r = (c0 + i) % S;
+    const int64_t v0 = (std::max<int64_t>(0, g.xpw - r) + S - 1) / S, v1 = (g.xw + g.xpw - r + S - 1) / S;
     for (int64_t ih = 0; ih < s.H; ++ih) {
-      const typename VO::T* src = xc + (c * s.H + ih) * s.W;
-      std::copy(src, src + s.W, buf + c * g.plane + (ih + s.ph) * g.RS + s.pw);
+      const T* src = xn + (c * s.H + ih) * g.xw;
+      T* dst = buf + i * g.plane + (ih + s.ph) * g.RS;
+      const int64_t o = r - g.xpw;  // column v reads src[S * v + o]
+      if (S == 1) {
+        std::copy(src + v0 + o, src + v1 + o, dst + v0);
+        continue;
+      }
+      std::fill(dst, dst + v0, T(0));
+      std::fill(dst + v1, dst + std::max(v1, s.W), T(0));
+      if (S == 2) {  // a constant stride the compiler vectorises
+        for (int64_t v = v0; v < v1; ++v) dst[v] = src[2 * v + o];
+      } else {
+        for (int64_t v = v0; v < v1; ++v) dst[v] = src[S * v + o];
+      }
     }
   }
 }
@@ -142,7 +162,7 @@ void sc_grad_weight_tile(const ConvShape& s, const SmallGeom& g, const typename 
   }
   for (int64_t i = 0; i < kblocks * GK * GT; ++i) VO::store(part + i * L, VO::zero());
   for (int64_t n = 0; n < s.N; ++n) {
-    sc_fill<VO>(s, g, x + (n * s.C + c) * s.H * s.W, 1, P);
+    sc_fill<VO>(s, g, x + n * (s.C / g.phases) * s.H * g.xw, c, 1, P);
     for (int64_t kb = 0; kb < kblocks; ++kb) {
       T* pk = part + kb * GK * GT * L;
       V acc[GK][GT];

@@ -11,12 +11,12 @@
 namespace dlkernels {
 namespace cpu {
 
-// One ISA's kernels for element type T (see conv2d_cpu_small_kernels.h): fill copies `count` planes of an
-// image into a padded buffer, rows computes output rows of every channel, grad_weight runs the grad_w tasks
-// [i0, i1) with `buf` (zeroed: g.plane elements, then room for the partial sums) as its scratch.
+// One ISA's kernels for element type T (see conv2d_cpu_small_kernels.h): fill copies the kernel's input planes
+// [c0, c0 + count) of an image into a padded buffer, rows computes output rows of every channel, grad_weight runs the
+// grad_w tasks [i0, i1) with `buf` (zeroed: g.plane elements, then room for the partial sums) as its scratch.
 template <typename T>
 struct SmallKernels {
-  void (*fill)(const ConvShape& s, const SmallGeom& g, const T* xc, int64_t count, T* buf);
+  void (*fill)(const ConvShape& s, const SmallGeom& g, const T* xn, int64_t c0, int64_t count, T* buf);
   void (*rows)(const ConvShape& s, const SmallGeom& g, const T* buf, const T* wp, const T* bp, T* out, int64_t ldk,
                int64_t oh0, int64_t oh1, bool relu);
   void (*grad_weight)(const ConvShape& s, const SmallGeom& g, const T* gz, const T* x, T* gw, int64_t i0, int64_t i1,
