@@ -174,12 +174,20 @@ at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
       for (int64_t a = 0; a < s.sh; ++a) {
         for (int64_t b = 0; b < s.sw; ++b) {
           acc_t* dst = q + ((p * s.sh + a) * s.sw + b) * Hq * Wq;
-          for (int64_t u = 0; u < Hq; ++u) {
+          const int64_t vn = (s.W - b + s.sw - 1) / s.sw;  // columns inside the image: b + sw * v < W
+          for (int64_t u = 0; u < Hq; ++u, dst += Wq) {
             const int64_t ih = a + s.sh * u;
-            for (int64_t v = 0; v < Wq; ++v) {
-              const int64_t iw = b + s.sw * v;
-              dst[u * Wq + v] = ih < s.H && iw < s.W ? src[ih * s.W + iw] : acc_t(0);
+            if (ih >= s.H) {
+              std::fill(dst, dst + Wq, acc_t(0));
+              continue;
             }
+            const acc_t* row = src + ih * s.W + b;
+            if (s.sw == 2) {  // a constant stride, which the compiler vectorises
+              for (int64_t v = 0; v < vn; ++v) dst[v] = row[2 * v];
+            } else {
+              for (int64_t v = 0; v < vn; ++v) dst[v] = row[s.sw * v];
+            }
+            std::fill(dst + vn, dst + Wq, acc_t(0));
           }
         }
       }
@@ -213,6 +221,15 @@ inline std::vector<int64_t> phase_table(const ConvShape& s, int64_t Hq, int64_t 
 template <typename acc_t>
 void pack_im2col_phased(const ConvShape& s, const acc_t* xq, const int64_t* ktab, int64_t Hq, int64_t Wq, int64_t j0,
                         int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
+#if defined(__x86_64__)
+  if constexpr (std::is_same_v<acc_t, float>) {  // vectorised: the segments are short (one output row, 7 to 64)
+    switch (cpu_isa()) {
+      case Isa::Avx512: return conv2d_pack_im2col_f32_phased_avx512(s.OW, xq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
+      case Isa::Avx2: return conv2d_pack_im2col_f32_phased_avx2(s.OW, xq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
+      default: break;
+    }
+  }
+#endif
   for (int64_t k = k0; k < k0 + kc; ++k) {
     const int64_t dr = ktab[3 * k + 1], dc = ktab[3 * k + 2];  // row and column offsets within the phase
     const acc_t* plane = xq + ktab[3 * k];
