@@ -200,6 +200,11 @@ MODEL_CASES = [
     pytest.param(((1, 4, 10, 10), (6, 2, 2), 2, 0, 1, 1), id="2x2s2"),
     pytest.param(((1, 3, 16, 16), (5, 4, 4), 4, 0, 1, 1), id="patchify4x4s4"),
     pytest.param(((1, 4, 9, 8), (4, 3, 3), 3, 1, 1, 1), id="3x3s3"),
+    # Strided convolutions too wide for the few-channel kernel: the GEMM packs them from the phases of x (the
+    # rows and columns of each tap's phase that fall outside it are zeros).
+    pytest.param(((2, 16, 13, 15), (40, 3, 3), 2, 1, 1, 1), id="3x3s2-phases"),
+    pytest.param(((1, 8, 17, 16), (36, 5, 5), (2, 3), 2, (1, 2), 1), id="5x5-phases-dilated"),
+    pytest.param(((1, 3, 23, 21), (64, 7, 7), 2, 3, 1, 1), id="stem7x7s2-64"),
     pytest.param(((1, 16, 7, 7), (24, 3, 3), 1, 1, 1, 1), id="batch1-7x7"),
     # 3x3 convolutions the CPU runs with Winograd F(2x2, 3x3) (grad_x too): odd and even sizes (partial
     # tiles), padding 0 to 2, output channels past a whole register panel, several tasks per image.
