@@ -282,7 +282,8 @@ def test_model_shapes_gradcheck_float64():
 # GEMM), padding 0 and 1, dilation 2, a row stride, widths that are not a multiple of the vector (and wider than
 # two), output-channel tiles of 2 to 16 with the last one partial; strided stems (the W stride as phases of the
 # columns, each phase's first and last image column different; MODEL_CASES' stem7x7s2, 2x2s2, patchify4x4s4
-# and 3x3s3 run here too).
+# and 3x3s3 run here too), and the grad_x of stride-1 convolutions whose transposed convolution is such a one;
+# grad_w of up to 4 input channels by outputs (MODEL_CASES' stem7x7s2-64 too).
 SMALL_CASES = [
     pytest.param(((2, 1, 28, 28), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-1to10"),
     pytest.param(((3, 10, 14, 14), (10, 3, 3), 1, 1, 1, 1), id="tinyvgg-10to10"),
@@ -297,6 +298,14 @@ SMALL_CASES = [
     pytest.param(((2, 3, 17, 19), (16, 3, 3), 2, 1, 1, 1), id="stem3x3s2"),
     pytest.param(((1, 3, 12, 22), (32, 3, 3), 2, 1, 1, 1), id="stem3x3s2-32"),
     pytest.param(((2, 5, 9, 15), (12, 3, 5), (1, 3), (1, 2), 1, 1), id="phases-sw3"),
+    # Too many outputs for the kernel, but grad_x's transposed convolution (3 outputs from 40) runs on it.
+    pytest.param(((2, 3, 13, 18), (40, 3, 3), 1, 1, 1, 1), id="3to40-grad-input"),
+    # grad_w vectorised along the outputs (up to 4 inputs, outputs in whole vectors): one tile of taps partly
+    # padding, dilation, 3 images; 25 taps in one tile of 28; a 7x7 stem's 147 taps in tiles of 12; 64 outputs
+    # (several vectors) from one channel.
+    pytest.param(((3, 2, 11, 13), (32, 3, 3), 1, 2, 2, 1), id="gw-by-outputs-dilated"),
+    pytest.param(((2, 1, 10, 12), (16, 5, 5), 2, 2, 1, 1), id="gw-by-outputs-5x5s2"),
+    pytest.param(((1, 1, 9, 8), (64, 3, 3), 1, 1, 1, 1), id="gw-by-outputs-64"),
 ]
 
 

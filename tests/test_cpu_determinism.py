@@ -39,6 +39,9 @@ CASES = {
     # few channels (the direct kernels): grad_w's tasks are (input channel, output channels, taps)
     "conv_small": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),
                    [(5, 10, 28, 28), (10, 10, 3, 3), (10,)]),
+    # a strided 3-channel stem: grad_w's tasks are (image, block of outputs, taps), the images added after
+    "conv_stem_s2": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 2, 1, activation="relu", backend="native"),
+                     [(5, 3, 33, 31), (32, 3, 3, 3), (32,)]),
     "pool_overlapping": (lambda x: dlkernels.ops.max_pool2d(x, 3, 2, 1, backend="native"), [(2, 24, 15, 17)]),
     # the fused block: its bands and channel blocks depend on the thread count, its results must not
     "conv_maxpool_2x2": (lambda x, w, b: dlkernels.ops.conv2d_maxpool(x, w, b, 1, 1, backend="native"),

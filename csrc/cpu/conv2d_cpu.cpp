@@ -620,12 +620,16 @@ void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<T
   }
 }
 
-// The forward kernels that are no implicit GEMM: the direct depthwise and grouped ones, and Winograd for 3x3
-// convolutions in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu
-// if asked).
+// The forward kernels that are no implicit GEMM: the direct few-channel, depthwise and grouped ones, and Winograd for
+// 3x3 convolutions in float. False, and nothing done, for the shapes they do not take. z gets conv + bias (relu if
+// asked).
 template <typename acc_t>
 bool conv2d_forward_without_gemm(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* z,
                                  bool relu) {
+  if (conv2d_is_small(s)) {
+    small_forward<acc_t>(s, x, w, bias, z, relu, nullptr);
+    return true;
+  }
   if (conv2d_is_depthwise(s)) {
     depthwise_forward<acc_t>(s, x, w, bias, z, relu);
     return true;
@@ -667,11 +671,11 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     if (!direct) dst.copy_(acc);
   };
   bool x_done = !(grad_x.defined() && grad_x.numel() > 0), w_done = !(grad_w.defined() && grad_w.numel() > 0);
-  if (conv2d_is_small(s)) {  // the direct kernels; grad_x of strides > 1 below
-    if (!x_done && small_grad_input_applies(s)) {
-      direct_grad(grad_x, [&](acc_t* gx) { small_grad_input<acc_t>(s, gz_p, w_p, gx); });
-      x_done = true;
-    }
+  if (!w_done && small_grad_weight_by_outputs_applies<acc_t>(s)) {
+    direct_grad(grad_w, [&](acc_t* gw) { small_grad_weight_by_outputs<acc_t>(s, gz_p, x_p, gw); });
+    w_done = true;
+  }
+  if (conv2d_is_small(s)) {  // the direct kernel for grad_w; grad_x below, as a convolution
     if (!w_done) {
       direct_grad(grad_w, [&](acc_t* gw) { small_grad_weight<acc_t>(s, gz_p, x_p, gw); });
       w_done = true;

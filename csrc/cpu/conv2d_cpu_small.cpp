@@ -24,8 +24,13 @@ namespace {
 
 template <typename T>
 const SmallKernels<T>& small_kernels() {
-  static const SmallKernels<T> base{sc_base::sc_fill<ScalarOps<T>>, sc_base::sc_rows<ScalarOps<T>>,
-                                    sc_base::sc_grad_weight<ScalarOps<T>>};
+  using VO = ScalarOps<T>;
+  static const SmallKernels<T> base{sc_base::sc_fill<VO>,
+                                    sc_base::sc_rows<VO>,
+                                    sc_base::sc_grad_weight<VO>,
+                                    VO::L,
+                                    {sc_base::kByOutputsTaps<VO>[0], sc_base::kByOutputsTaps<VO>[1]},
+                                    sc_base::sc_grad_weight_by_outputs_isa<VO>};
   return kernels_for_isa(base, DLK_X86_KERNELS(small_kernels_avx512<T>), DLK_X86_KERNELS(small_kernels_avx2<T>));
 }
 
@@ -132,34 +137,6 @@ void small_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T*
       });
 }
 
-namespace {
-ConvShape transposed(const ConvShape& s) {
-  ConvShape t = s;
-  t.C = s.K, t.H = s.OH, t.W = s.OW, t.K = s.C, t.OH = s.H, t.OW = s.W;
-  t.ph = s.dh * (s.KH - 1) - s.ph, t.pw = s.dw * (s.KW - 1) - s.pw;
-  t.Cg = s.K, t.Kg = s.C;
-  return t;
-}
-}  // namespace
-
-bool small_grad_input_applies(const ConvShape& s) {
-  return s.sh == 1 && s.sw == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1) &&
-         conv2d_is_small(transposed(s));
-}
-
-template <typename T>
-void small_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
-  // wt[c, k, i, j] = w[k, c, KH-1-i, KW-1-j].
-  const int64_t taps = s.KH * s.KW;
-  std::vector<T> wt(static_cast<size_t>(s.C * s.K * taps));
-  for (int64_t k = 0; k < s.K; ++k) {
-    for (int64_t c = 0; c < s.C; ++c) {
-      for (int64_t i = 0; i < taps; ++i) wt[(c * s.K + k) * taps + i] = w[(k * s.C + c) * taps + taps - 1 - i];
-    }
-  }
-  small_forward<T>(transposed(s), gz, wt.data(), nullptr, gx, false, nullptr);
-}
-
 template <typename T>
 void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
   const ConvShape k = small_kernel_shape(s);
@@ -177,6 +154,40 @@ void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
   if (s.sw > 1) for_each_phased_weight(s, k, [&](int64_t i, int64_t j) { gw[i] = gwk[j]; });
 }
 
+template <typename T>
+bool small_grad_weight_by_outputs_applies(const ConvShape& s) {
+  const int64_t lanes = small_kernels<T>().lanes;
+  return s.groups == 1 && s.C <= 4 && s.KH * s.KW > 1 && lanes > 1 && s.K % lanes == 0;
+}
+
+template <typename T>
+void small_grad_weight_by_outputs(const ConvShape& s, const T* gz, const T* x, T* gw) {
+  const auto& kernels = small_kernels<T>();
+  const int64_t L = kernels.lanes, taps = s.C * s.KH * s.KW;
+  // The tile that computes fewest padding taps (the larger one on a tie: fewer passes over gz).
+  auto padded = [&](int64_t tile) { return (taps + tile - 1) / tile * tile; };
+  const int64_t big = kernels.by_outputs_taps[0], small = kernels.by_outputs_taps[1];
+  const int64_t TT = padded(small) < padded(big) ? small : big;
+  const int64_t tiles = (taps + TT - 1) / TT, kblocks = s.K / L;
+  const int64_t items = s.N * kblocks * tiles, per_image = kblocks * tiles * TT * L;
+  std::vector<T> part(static_cast<size_t>(items * TT * L));
+  const int64_t scratch = s.C * (s.H + 2 * s.ph) * (s.W + 2 * s.pw) + s.OW * L;
+  parallel_items<T>(items, scratch, s.OH * s.OW * TT * L, [&](int64_t i0, int64_t i1, T* buf) {
+    kernels.grad_weight_by_outputs(s, static_cast<int>(TT), gz, x, part.data(), i0, i1, buf);
+  });
+  // The images' sums added in order: part[n][kb][tile][t][l] is gw[kb * L + l][tile * TT + t].
+  for (int64_t kb = 0; kb < kblocks; ++kb) {
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      for (int64_t l = 0; l < L; ++l) {
+        const T* p = part.data() + (kb * tiles + tap / TT) * TT * L + tap % TT * L + l;
+        T sum = T(0);
+        for (int64_t n = 0; n < s.N; ++n) sum += p[n * per_image];
+        gw[(kb * L + l) * taps + tap] = sum;
+      }
+    }
+  }
+}
+
 template struct SmallConv<float>;
 template struct SmallConv<double>;
 template SmallConv<float> small_conv<float>(const ConvShape&, const float*, const float*);
@@ -185,10 +196,12 @@ template void small_forward<float>(const ConvShape&, const float*, const float*,
                                    const SmallPost<float>*);
 template void small_forward<double>(const ConvShape&, const double*, const double*, const double*, double*, bool,
                                     const SmallPost<double>*);
-template void small_grad_input<float>(const ConvShape&, const float*, const float*, float*);
-template void small_grad_input<double>(const ConvShape&, const double*, const double*, double*);
 template void small_grad_weight<float>(const ConvShape&, const float*, const float*, float*);
 template void small_grad_weight<double>(const ConvShape&, const double*, const double*, double*);
+template bool small_grad_weight_by_outputs_applies<float>(const ConvShape&);
+template bool small_grad_weight_by_outputs_applies<double>(const ConvShape&);
+template void small_grad_weight_by_outputs<float>(const ConvShape&, const float*, const float*, float*);
+template void small_grad_weight_by_outputs<double>(const ConvShape&, const double*, const double*, double*);
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -87,13 +87,15 @@ SmallConv<T> small_conv(const ConvShape& s, const T* w, const T* bias);
 template <typename T>
 void small_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu,
                    const SmallPost<T>* post);
-// Whether small_grad_input takes s: stride 1, the padding at most the dilated kernel's reach, and the
-// transposed convolution (K input channels, C outputs) small too.
-bool small_grad_input_applies(const ConvShape& s);
-// gx [N, C, H, W] from gz = dL/d(pre-activation) [N, K, OH, OW]: the forward of gz with the flipped,
-// transposed kernel (padding dilation * (kernel - 1) - padding). Every element written.
+// Whether small_grad_weight_by_outputs takes s: groups 1, up to 4 input channels (the 3-channel stems and the
+// first layers of VGG-like models, whatever their outputs and stride), a kernel larger than 1x1, and the outputs
+// in whole vectors of the ISA (not in the portable build).
 template <typename T>
-void small_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx);
+bool small_grad_weight_by_outputs_applies(const ConvShape& s);
+// gw [K, C, KH, KW] from gz and x, vectorised along the outputs with the sums of a tile of taps in registers (see
+// conv2d_cpu_small_kernels.h); every element written, the images added in order.
+template <typename T>
+void small_grad_weight_by_outputs(const ConvShape& s, const T* gz, const T* x, T* gw);
 // gw [K, C, KH, KW] from gz and x; every element written, in an order that does not depend on the threads.
 template <typename T>
 void small_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw);

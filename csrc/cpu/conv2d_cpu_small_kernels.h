@@ -8,7 +8,10 @@
 // are plain vector loads with no bounds tests. The buffers are zeroed once per thread; later images only
 // overwrite the image positions.
 //
-// Requires: cpu/conv2d_cpu_small.h (SmallGeom) and common/op_args.h (ConvShape) included before.
+// Requires: cpu/conv2d_cpu_small.h (SmallGeom) and common/op_args.h (ConvShape) included before, and what
+// cpu/conv2d_cpu_cl_moves.h requires.
+
+#include "cpu/conv2d_cpu_cl_moves.h"
 
 // Copies the kernel's input planes [c0, c0 + count) of one image (xn: its first plane) into buf, plane by
 // plane: plane c * phases + r takes the columns phases * v + r - xpw of x's channel c (SmallGeom), only those
@@ -209,5 +212,71 @@ void sc_grad_weight(const ConvShape& s, const SmallGeom& g, const typename VO::T
     } else {
       sc_grad_weight_tile<VO, 1, 9>(s, g, gz, x, gw, c, t0, buf, part);
     }
+  }
+}
+
+// grad_w with few input channels and whole vectors of outputs (small_grad_weight_by_outputs): gw[k, c, kh, kw] =
+// sum over (n, oh, ow) of gz[n, k, oh, ow] * x[n, c, oh * sh - ph + kh * dh, ow * sw - pw + kw * dw]. Task i =
+// (image, block of L outputs, tile of TT taps (c, kh, kw)) keeps its taps' sums in TT vectors along k: each
+// output row of gz is moved channels-last (L outputs per pixel) once, then each pixel is one vector load and TT
+// multiply-adds by broadcast inputs of the zero-padded image (any stride: no phases, no wasted lanes). The sums
+// go to part + i * TT * L; the caller adds the images in order. Taps past the last repeat it, unstored.
+// buf: the padded image (C planes of (H + 2 ph) x (W + 2 pw), zeroed once), then OW * L for a row of gz.
+template <class VO, int TT>
+void sc_grad_weight_by_outputs(const ConvShape& s, const typename VO::T* gz, const typename VO::T* x,
+                               typename VO::T* part, int64_t i0, int64_t i1, typename VO::T* buf) {
+  using T = typename VO::T;
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t RS = s.W + 2 * s.pw, plane = (s.H + 2 * s.ph) * RS, P = s.OH * s.OW;
+  const int64_t taps = s.C * s.KH * s.KW, tiles = (taps + TT - 1) / TT, kblocks = s.K / L;
+  T* gzt = buf + s.C * plane;
+  int64_t built = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / (kblocks * tiles), kb = i / tiles % kblocks, tile = i % tiles;
+    if (n != built) {
+      for (int64_t c = 0; c < s.C; ++c) {
+        for (int64_t ih = 0; ih < s.H; ++ih) {
+          const T* src = x + ((n * s.C + c) * s.H + ih) * s.W;
+          std::copy(src, src + s.W, buf + c * plane + (ih + s.ph) * RS + s.pw);
+        }
+      }
+      built = n;
+    }
+    int64_t off[TT];
+    for (int t = 0; t < TT; ++t) {
+      const int64_t tap = std::min(tile * TT + t, taps - 1);
+      off[t] = tap / (s.KH * s.KW) * plane + tap / s.KW % s.KH * s.dh * RS + tap % s.KW * s.dw;
+    }
+    V acc[TT];
+    for (int t = 0; t < TT; ++t) acc[t] = VO::zero();
+    const T* gzn = gz + (n * s.K + kb * L) * P;
+    for (int64_t oh = 0; oh < s.OH; ++oh) {
+      to_channels_last<VO>(gzn + oh * s.OW, P, 1, s.OW, L, gzt, s.OW, L);
+      const T* xr = buf + oh * s.sh * RS;
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        const V g = VO::load(gzt + ow * L);
+        const T* xp = xr + ow * s.sw;
+#pragma GCC unroll 32  // the sums stay in registers only when the loop is unrolled
+        for (int t = 0; t < TT; ++t) acc[t] = VO::fma(g, VO::set1(xp[off[t]]), acc[t]);
+      }
+    }
+    T* dst = part + i * TT * L;
+    for (int t = 0; t < TT; ++t) VO::store(dst + t * L, acc[t]);
+  }
+}
+
+// The tiles of sc_grad_weight_by_outputs for the ISA: the most taps whose sums fit the vector registers with the
+// gz vector (and, without embedded broadcasts, the broadcast input), and fewer for kernels that would leave most
+// of that tile empty (a 3x3 on one channel). kByOutputsTaps[1] <= kByOutputsTaps[0].
+template <class VO>
+constexpr int kByOutputsTaps[2] = {VO::R >= 32 ? 28 : 12, VO::R >= 32 ? 12 : 6};
+template <class VO>
+void sc_grad_weight_by_outputs_isa(const ConvShape& s, int tile, const typename VO::T* gz, const typename VO::T* x,
+                                   typename VO::T* part, int64_t i0, int64_t i1, typename VO::T* buf) {
+  if (tile == kByOutputsTaps<VO>[0]) {
+    sc_grad_weight_by_outputs<VO, kByOutputsTaps<VO>[0]>(s, gz, x, part, i0, i1, buf);
+  } else {
+    sc_grad_weight_by_outputs<VO, kByOutputsTaps<VO>[1]>(s, gz, x, part, i0, i1, buf);
   }
 }

@@ -20,7 +20,12 @@ namespace sc_avx512 {
 
 template <class VO>
 const SmallKernels<typename VO::T>& kernels() {
-  static const SmallKernels<typename VO::T> k{sc_fill<VO>, sc_rows<VO>, sc_grad_weight<VO>};
+  static const SmallKernels<typename VO::T> k{sc_fill<VO>,
+                                              sc_rows<VO>,
+                                              sc_grad_weight<VO>,
+                                              VO::L,
+                                              {kByOutputsTaps<VO>[0], kByOutputsTaps<VO>[1]},
+                                              sc_grad_weight_by_outputs_isa<VO>};
   return k;
 }
 
@@ -35,7 +40,12 @@ namespace sc_avx2 {
 
 template <class VO>
 const SmallKernels<typename VO::T>& kernels() {
-  static const SmallKernels<typename VO::T> k{sc_fill<VO>, sc_rows<VO>, sc_grad_weight<VO>};
+  static const SmallKernels<typename VO::T> k{sc_fill<VO>,
+                                              sc_rows<VO>,
+                                              sc_grad_weight<VO>,
+                                              VO::L,
+                                              {kByOutputsTaps<VO>[0], kByOutputsTaps<VO>[1]},
+                                              sc_grad_weight_by_outputs_isa<VO>};
   return k;
 }
 

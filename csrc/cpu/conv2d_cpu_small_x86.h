@@ -21,6 +21,10 @@ struct SmallKernels {
                int64_t oh0, int64_t oh1, bool relu);
   void (*grad_weight)(const ConvShape& s, const SmallGeom& g, const T* gz, const T* x, T* gw, int64_t i0, int64_t i1,
                       T* buf);
+  // sc_grad_weight_by_outputs: its vectors' lanes and its two tiles of taps, then the tasks [i0, i1) with one.
+  int lanes, by_outputs_taps[2];
+  void (*grad_weight_by_outputs)(const ConvShape& s, int tile, const T* gz, const T* x, T* part, int64_t i0, int64_t i1,
+                                 T* buf);
 };
 
 // The AVX-512 and AVX2 sets for float and double (defined where x86 code is built; see kernels_for_isa).
