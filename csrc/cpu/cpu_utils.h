@@ -6,9 +6,9 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <vector>
 
 #include "common/activation.h"
+#include "cpu/memory.h"
 
 namespace dlkernels {
 
@@ -36,14 +36,17 @@ inline T grad_times(T grad_out, T saved, const ActivationParams& p) {
 
 // Runs fn(i0, i1, buf) over [0, n) in parallel, each thread with a zeroed scratch buffer of `scratch`
 // elements (zeroed once: the direct convolution kernels only overwrite the image positions of their padded
-// buffers, so the padding stays zero). `work`: the cost of one item in multiply-adds, to keep small problems
-// on one thread.
+// buffers, so the padding stays zero). The buffer is the thread's scratch slot 3, reused from call to call:
+// fresh memory of a few hundred KiB (a padded 3-channel image) faulted in page by page on every call.
+// `work`: the cost of one item in multiply-adds, to keep small problems on one thread.
 template <typename T, typename Fn>
 void parallel_items(int64_t n, int64_t scratch, int64_t work, const Fn& fn) {
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work));
   at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
-    std::vector<T> buf(static_cast<size_t>(scratch), T(0));
-    fn(i0, i1, buf.data());
+    const cpu::Scratch buf(3, sizeof(T) * static_cast<size_t>(scratch));
+    T* p = static_cast<T*>(buf.get());
+    std::fill_n(p, scratch, T(0));
+    fn(i0, i1, p);
   });
 }
 

@@ -67,11 +67,11 @@ struct ScratchSlot {
   bool in_use = false;
   ~ScratchSlot() { std::free(data); }
 };
-thread_local ScratchSlot scratch_slots[3];
+thread_local ScratchSlot scratch_slots[4];
 }  // namespace
 
 Scratch::Scratch(int slot, size_t bytes) : data_(nullptr), slot_(-1) {
-  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < 3);
+  TORCH_INTERNAL_ASSERT(slot >= 0 && slot < 4);
   ScratchSlot& s = scratch_slots[slot];
   if (bytes > kKeepBytes || s.in_use) {
     data_ = aligned_scratch(bytes);
