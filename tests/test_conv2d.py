@@ -182,6 +182,9 @@ MODEL_CASES = [
     pytest.param(((1, 4, 9, 9), (4, 7, 7), 1, 3, 1, 4), id="dw7x7"),
     pytest.param(((1, 3, 11, 10), (3, 3, 3), (2, 1), (0, 2), (2, 1), 3), id="dw-dilated"),
     pytest.param(((1, 20, 37, 35), (20, 3, 3), 1, 1, 1, 20), id="dw-wide-rows"),
+    # stride 2: rows split into the two phases 2 vectors at a time, the last chunk partial, padding odd and even
+    pytest.param(((2, 16, 9, 37), (16, 3, 3), 2, 1, 1, 16), id="dw3x3s2-wide"),
+    pytest.param(((1, 8, 11, 40), (8, 5, 5), 2, 2, 1, 8), id="dw5x5s2-wide"),
     # Depthwise with output rows of at most 8 (or under 16 with 7-wide kernels), which the CPU computes
     # channels-last (64-channel blocks, the last partial; 4- and 1-pixel runs of a row; padding taps skipped;
     # strides and dilations).

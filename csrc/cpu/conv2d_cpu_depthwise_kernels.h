@@ -60,21 +60,52 @@ DLK_ALWAYS_INLINE void dw_fwd_rows(const ConvShape& s, const int64_t* off, const
   for (; ow0 < s.OW; ow0 += L) dw_fwd_block<VO, R, 1>(s, off, P, rs, wk, bk, zrow, ow0, relu);
 }
 
+// The even (ODD = 0) or odd (ODD = 1) lanes of the 2L lanes a, b.
+template <class VO, int ODD, size_t... J>
+DLK_ALWAYS_INLINE typename VO::V deinterleave(typename VO::V a, typename VO::V b, std::index_sequence<J...>) {
+  return __builtin_shufflevector(a, b, (2 * J + ODD)...);
+}
+template <class VO, int ODD>
+DLK_ALWAYS_INLINE typename VO::V deinterleave(typename VO::V a, typename VO::V b) {
+  return deinterleave<VO, ODD>(a, b, std::make_index_sequence<VO::L>{});
+}
+
 // Copies plane (n, c) of x into the phase buffer P (whose padding is already zero).
 template <class VO>
 DLK_ALWAYS_INLINE void dw_fill_phases(const ConvShape& s, const DwGeom& g, const typename VO::T* xc,
                                       typename VO::T* P) {
   using T = typename VO::T;
-  for (int64_t ih = 0; ih < s.H; ++ih) {
-    const T* src = xc + ih * s.W;
-    T* dst = P + (ih + s.ph) * g.RS;
-    if (s.sw == 1) {
-      for (int64_t iw = 0; iw < s.W; ++iw) dst[iw + s.pw] = src[iw];
-    } else {
-      for (int64_t r = 0; r < s.sw; ++r) {  // padded column iwp = j * sw + r holds x column iwp - pw
-        T* d = dst + r * g.plane;
-        const int64_t jlo = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0;
-        for (int64_t j = jlo, iw = jlo * s.sw + r - s.pw; iw < s.W; ++j, iw += s.sw) d[j] = src[iw];
+  if (s.sw == 1) {
+    for (int64_t ih = 0; ih < s.H; ++ih) std::copy(xc + ih * s.W, xc + (ih + 1) * s.W, P + (ih + s.ph) * g.RS + s.pw);
+    return;
+  }
+  if constexpr (VO::L > 1) {
+    if (s.sw == 2) {  // 2L columns at a time, split into their even and odd lanes: one vector for each phase
+      constexpr int L = VO::L;
+      const int64_t re = s.pw % 2, ro = 1 - re;  // the phases of x's even and odd columns
+      for (int64_t ih = 0; ih < s.H; ++ih) {
+        const T* src = xc + ih * s.W;
+        T* row = P + (ih + s.ph) * g.RS;
+        for (int64_t iw = 0; iw < s.W; iw += 2 * L) {
+          const int n = static_cast<int>(std::min<int64_t>(2 * L, s.W - iw));
+          const typename VO::V a = VO::loadn(src + iw, std::min(n, L)), b = VO::loadn(src + iw + L, std::max(0, n - L));
+          VO::storen(row + re * g.plane + (iw + s.pw - re) / 2, deinterleave<VO, 0>(a, b), (n + 1) / 2);
+          VO::storen(row + ro * g.plane + (iw + 1 + s.pw - ro) / 2, deinterleave<VO, 1>(a, b), n / 2);
+        }
+      }
+      return;
+    }
+  }
+  for (int64_t r = 0; r < s.sw; ++r) {  // padded column iwp = j * sw + r holds x column iwp - pw
+    const int64_t jlo = s.pw - r > 0 ? (s.pw - r + s.sw - 1) / s.sw : 0, iw0 = jlo * s.sw + r - s.pw;
+    const int64_t count = iw0 < s.W ? (s.W - iw0 + s.sw - 1) / s.sw : 0;
+    for (int64_t ih = 0; ih < s.H; ++ih) {
+      const T* from = xc + ih * s.W + iw0;
+      T* d = P + r * g.plane + (ih + s.ph) * g.RS + jlo;
+      if (s.sw == 2) {  // a constant stride, which the compiler vectorises (the copy costs more than the taps)
+        for (int64_t t = 0; t < count; ++t) d[t] = from[2 * t];
+      } else {
+        for (int64_t t = 0; t < count; ++t) d[t] = from[t * s.sw];
       }
     }
   }
