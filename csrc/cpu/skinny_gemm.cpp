@@ -46,15 +46,16 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
   }
   if (b_sn == 1 && (M <= kMaxSkinny || K <= kMaxSkinny)) {
     // Axpy form: every row of C is a combination of the contiguous rows of B; tasks are (block of up to 4
-    // rows, strip of columns), each held in registers over the whole of K.
+    // rows, run of strips of columns), each strip held in registers over the whole of K. A task's strips are
+    // as many as make kTaskMacs multiply-adds (all of a row with a short K).
     const int64_t row_blocks = (M + kMaxSkinny - 1) / kMaxSkinny;
-    const int64_t strips = (N + k->strip - 1) / k->strip;
-    const int64_t grain = std::max<int64_t>(1, kTaskMacs / (std::max<int64_t>(K, 1) * kMaxSkinny * k->strip));
-    at::parallel_for(0, row_blocks * strips, grain, [&](int64_t t0, int64_t t1) {
+    const int64_t run = k->strip * std::max<int64_t>(1, kTaskMacs / (std::max<int64_t>(K, 1) * kMaxSkinny * k->strip));
+    const int64_t runs = (N + run - 1) / run;
+    at::parallel_for(0, row_blocks * runs, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t i0 = (t / strips) * kMaxSkinny, j = (t % strips) * k->strip;
+        const int64_t i0 = (t / runs) * kMaxSkinny, j = (t % runs) * run;
         const int mr = static_cast<int>(std::min<int64_t>(kMaxSkinny, M - i0));
-        k->axpy[mr - 1](K, A + i0 * a_sm, a_sm, a_sk, B, b_sk, C + i0 * ldc, ldc, j, N);
+        k->axpy[mr - 1](K, A + i0 * a_sm, a_sm, a_sk, B, b_sk, C + i0 * ldc, ldc, j, std::min(N, j + run));
       }
     });
     return true;

@@ -62,59 +62,69 @@ DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, cons
 }
 
 // Axpy form: C[i, j] = sum_k A(i, k) * B[k * b_sk + j] with A(i, k) = A[i * a_sm + k * a_sk], for i < MR
-// and the columns [j, j + 64): 4 vectors per row in registers, the columns past n masked.
+// and the columns [j, n) in strips of 64: 4 vectors per row in registers, the columns past n masked. The
+// strips loop here rather than in the driver: with an inner dimension of 1 (grad_w of a batch-1 linear) a
+// strip is a few dozen instructions, and a call and task per strip cost more.
 template <int MR>
 DLK_TARGET_AVX512 void axpy_strip_avx512(int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
                                          int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n) {
-  __mmask16 mask[4];
-  for (int v = 0; v < 4; ++v) {
-    const int64_t left = std::clamp<int64_t>(n - j - 16 * v, 0, 16);
-    mask[v] = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
-  }
-  __m512 acc[MR][4];
-  for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    __m512 b[4];
-    for (int v = 0; v < 4; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], B + k * b_sk + j + 16 * v);
-    for (int r = 0; r < MR; ++r) {
-      const __m512 a = _mm512_set1_ps(A[r * a_sm + k * a_sk]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+  for (; j < n; j += 64) {
+    __mmask16 mask[4];
+    for (int v = 0; v < 4; ++v) {
+      const int64_t left = std::clamp<int64_t>(n - j - 16 * v, 0, 16);
+      mask[v] = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
     }
-  }
-  for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(C + r * ldc + j + 16 * v, mask[v], acc[r][v]);
+    __m512 acc[MR][4];
+    for (int r = 0; r < MR; ++r) {
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      __m512 b[4];
+      for (int v = 0; v < 4; ++v) b[v] = _mm512_maskz_loadu_ps(mask[v], B + k * b_sk + j + 16 * v);
+      for (int r = 0; r < MR; ++r) {
+        const __m512 a = _mm512_set1_ps(A[r * a_sm + k * a_sk]);
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      for (int v = 0; v < 4; ++v) _mm512_mask_storeu_ps(C + r * ldc + j + 16 * v, mask[v], acc[r][v]);
+    }
   }
 }
 
-// 4 vectors of 8 per row (32 columns); a strip with fewer columns goes through a zero-padded copy.
+// 4 vectors of 8 per row (strips of 32 columns); a strip with fewer columns goes through a zero-padded copy.
 template <int MR>
 DLK_TARGET_AVX2 void axpy_strip_avx2(int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
                                      int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n) {
-  const int64_t cols = std::min<int64_t>(32, n - j);
-  __m256 acc[MR][4];
-  for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
-  }
-  alignas(32) float pad[32] = {};
-  for (int64_t k = 0; k < K; ++k) {
-    const float* row = B + k * b_sk + j;
-    if (cols < 32) {
-      std::copy(row, row + cols, pad);
-      row = pad;
-    }
-    __m256 b[4];
-    for (int v = 0; v < 4; ++v) b[v] = _mm256_loadu_ps(row + 8 * v);
+  for (; j < n; j += 32) {
+    const int64_t cols = std::min<int64_t>(32, n - j);
+    __m256 acc[MR][4];
     for (int r = 0; r < MR; ++r) {
-      const __m256 a = _mm256_set1_ps(A[r * a_sm + k * a_sk]);
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
     }
-  }
-  for (int r = 0; r < MR; ++r) {
-    alignas(32) float out[32];
-    for (int v = 0; v < 4; ++v) _mm256_store_ps(out + 8 * v, acc[r][v]);
-    std::copy(out, out + cols, C + r * ldc + j);
+    alignas(32) float pad[32] = {};
+    for (int64_t k = 0; k < K; ++k) {
+      const float* row = B + k * b_sk + j;
+      if (cols < 32) {
+        std::copy(row, row + cols, pad);
+        row = pad;
+      }
+      __m256 b[4];
+      for (int v = 0; v < 4; ++v) b[v] = _mm256_loadu_ps(row + 8 * v);
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_set1_ps(A[r * a_sm + k * a_sk]);
+        for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      if (cols == 32) {
+        for (int v = 0; v < 4; ++v) _mm256_storeu_ps(C + r * ldc + j + 8 * v, acc[r][v]);
+      } else {
+        alignas(32) float out[32];
+        for (int v = 0; v < 4; ++v) _mm256_store_ps(out + 8 * v, acc[r][v]);
+        std::copy(out, out + cols, C + r * ldc + j);
+      }
+    }
   }
 }
 

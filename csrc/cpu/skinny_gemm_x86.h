@@ -14,8 +14,8 @@ constexpr int kMaxSkinny = 4;  // rows of C, or inner dimension, that count as s
 #if defined(__x86_64__)
 // Dot form (dot4: 4 columns of C at a time, dot1: one): C[i, j] = sum_k A[i * a_sm + k] * B[j * b_sn + k] for
 // the MR rows and the columns from j, called as dot(K, A, a_sm, B, b_sn, C, ldc, j).
-// Axpy form: C[i, j] = sum_k A[i * a_sm + k * a_sk] * B[k * b_sk + j] for the MR rows and a strip of `strip`
-// columns from j (those from n on left alone), called as axpy(K, A, a_sm, a_sk, B, b_sk, C, ldc, j, n).
+// Axpy form: C[i, j] = sum_k A[i * a_sm + k * a_sk] * B[k * b_sk + j] for the MR rows and the columns [j, n)
+// in strips of `strip` columns, called as axpy(K, A, a_sm, a_sk, B, b_sk, C, ldc, j, n).
 // The kernels of one ISA, by MR - 1 (and NJ 4 or 1 for the dot form).
 struct SkinnyKernels {
   using Dot = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
