@@ -889,18 +889,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const int64_t plane = s.OH * s.OW;
 
     // Step 1: gz = grad_out * act'(saved) in acc_t, one (n, k) plane per work item, with the plane's sum
-    // for grad_bias taken in the same pass.
-    at::Tensor gz = empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
-    acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
+    // for grad_bias taken in the same pass. Without activation gz is grad_out itself where that is already
+    // acc_t (float/double): most convolutions of real models (those before a BatchNorm) would otherwise copy
+    // their whole output gradient here.
+    const bool gz_is_go = act == Activation::None && std::is_same_v<scalar_t, acc_t>;
+    at::Tensor gz = gz_is_go ? go : empty_output({s.N, s.K, s.OH, s.OW}, opts.dtype(acc_type));
+    const acc_t* gz_p = gz.const_data_ptr<acc_t>();
+    acc_t* gz_out = gz_is_go ? nullptr : gz.mutable_data_ptr<acc_t>();
     std::vector<acc_t> plane_sums(s.N * s.K, acc_t(0));
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
       auto grad_plane = [&](int64_t p, auto saved) {  // saved(i): what Fn::grad expects at element i of plane p
         // Two loops: the first vectorises (no running sum), the second sums in 16 fixed lanes (a single
         // running sum may not be reordered, so it would run one add at a time).
-        acc_t* gzp = gz_p + p * plane;
-        const scalar_t* gop = go_p + p * plane;
-        for (int64_t i = 0; i < plane; ++i) gzp[i] = grad_times<A>(static_cast<acc_t>(gop[i]), saved(i), params);
+        const acc_t* gzp = gz_p + p * plane;
+        if (gz_out) {
+          acc_t* dst = gz_out + p * plane;
+          const scalar_t* gop = go_p + p * plane;
+          for (int64_t i = 0; i < plane; ++i) dst[i] = grad_times<A>(static_cast<acc_t>(gop[i]), saved(i), params);
+        }
         if (!need_b) return;
         constexpr int V = 16;
         acc_t lanes[V] = {};
@@ -926,6 +933,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
           }
         });
       } else if (!grad_needs_output(act)) {  // none: the derivative is 1 and reads nothing
+        if (gz_is_go && !need_b) return;
         at::parallel_for(0, s.N * s.K, 1, [&](int64_t p0, int64_t p1) {
           for (int64_t p = p0; p < p1; ++p) grad_plane(p, [](int64_t) { return acc_t(0); });
         });

@@ -226,8 +226,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
     const scalar_t* go_p = go.const_data_ptr<scalar_t>();
 
     // Step 1: gz = grad_out * act'(saved), in acc_t, with grad_bias's partial sums taken in the same pass.
-    at::Tensor gz = empty_output({M, N}, opts.dtype(acc_type));
-    acc_t* gz_p = gz.mutable_data_ptr<acc_t>();
+    // Without activation gz is grad_out itself where that is already acc_t (float/double).
+    const bool gz_is_go = act == Activation::None && std::is_same_v<scalar_t, acc_t>;
+    at::Tensor gz = gz_is_go ? go : empty_output({M, N}, opts.dtype(acc_type));
+    const acc_t* gz_p = gz.const_data_ptr<acc_t>();
+    acc_t* gz_out = gz_is_go ? nullptr : gz.mutable_data_ptr<acc_t>();
     const int64_t chunks = (M + kBiasRows - 1) / kBiasRows;
     std::vector<acc_t> bias_parts(need_b ? chunks * N : 0, acc_t(0));
     dispatch_activation(act, [&](auto act_tag) {
@@ -241,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
             for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
               for (int64_t n = 0; n < N; ++n) {
                 const acc_t g = grad_times<A>(static_cast<acc_t>(go_p[m * N + n]), saved(m * N + n), params);
-                gz_p[m * N + n] = g;
+                if (gz_out) gz_out[m * N + n] = g;
                 if (part) part[n] += g;
               }
             }
@@ -260,7 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
         const at::Tensor saved = out->contiguous();
         const scalar_t* s_p = saved.const_data_ptr<scalar_t>();
         pass([s_p](int64_t i) { return static_cast<acc_t>(s_p[i]); });
-      } else {  // none: the derivative is 1 and reads nothing
+      } else if (!gz_is_go || need_b) {  // none: the derivative is 1 and reads nothing
         pass([](int64_t) { return acc_t(0); });
       }
     });
