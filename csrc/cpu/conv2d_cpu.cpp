@@ -525,8 +525,12 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
 // grad_w through the weight-gradient GEMM above (K = batch x positions), into gw [K, Cg, KH, KW] in acc_t, then
 // post(row, j0, m, n, tile, ld) on each finished tile when has_post.
 template <typename acc_t, typename Post>
-void conv2d_grad_weight_kernel(const ConvShape& s, const acc_t* gz, const acc_t* x, acc_t* gw, bool has_post,
+void conv2d_grad_weight_kernel(const ConvShape& shape, const acc_t* gz, const acc_t* x, acc_t* gw, bool has_post,
                                const Post& post) {
+  // A pointwise convolution's planes as single rows: pack_b moves x in runs of one output row, and the whole
+  // plane is one run (rows of 7-56 pixels left a partial 8-column transpose, element by element, in each).
+  ConvShape s = shape;
+  if (conv2d_is_pointwise(s)) s.H = s.OH = 1, s.W = s.OW = shape.H * shape.W;
   const int64_t cols = s.Cg * s.KH * s.KW;
   Conv2dGradWeightGemm<acc_t, Post> g{s.groups, s.Kg, cols,  s.N * s.OH * s.OW, s.groups, s, gz, x,
                                       gw,       cols, false, has_post,          post};
