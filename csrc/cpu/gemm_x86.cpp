@@ -72,32 +72,42 @@ DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256
 #undef DLK_X86_MICRO_WIDTHS
 #undef DLK_X86_MICRO
 
+namespace {
+// Columns [0, n) of the 8 x 8 block whose row i is v[i] stored as rows of dst (P apart): interleave pairs of rows,
+// then pairs of pairs, then swap 128-bit halves.
+DLK_TARGET_AVX2 inline void store_transposed_8x8(const __m256* v, int n, float* dst, int P) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
+    u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+  }
+  for (int i = 0; i < 4 && i < n; ++i) _mm256_storeu_ps(dst + i * P, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+  for (int i = 0; i < 4 && 4 + i < n; ++i) {
+    _mm256_storeu_ps(dst + (4 + i) * P, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+}  // namespace
+
 DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst, int P) {
   int r = 0;
   for (; r + 8 <= rows; r += 8) {
     int64_t k = 0;
+    __m256 v[8];
     for (; k + 8 <= kc; k += 8) {
-      __m256 v[8];
       for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(S[r + i] + k);
-      // Interleave pairs of rows, then pairs of pairs, then swap 128-bit halves: v[i] becomes column i.
-      __m256 t[8], u[8];
-      for (int i = 0; i < 4; ++i) {
-        t[2 * i] = _mm256_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        t[2 * i + 1] = _mm256_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-      }
-      for (int h = 0; h < 2; ++h) {  // rows 0-3, then 4-7
-        u[4 * h + 0] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0x44);
-        u[4 * h + 1] = _mm256_shuffle_ps(t[4 * h + 0], t[4 * h + 2], 0xEE);
-        u[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
-        u[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
-      }
-      for (int i = 0; i < 4; ++i) {
-        _mm256_storeu_ps(dst + (k + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
-        _mm256_storeu_ps(dst + (k + 4 + i) * P + r, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
-      }
+      store_transposed_8x8(v, 8, dst + k * P + r, P);
     }
-    for (; k < kc; ++k) {
-      for (int i = 0; i < 8; ++i) dst[k * P + r + i] = S[r + i][k];
+    if (k < kc) {  // the last n < 8 columns: masked loads (nothing read past the rows), n columns stored
+      const int n = static_cast<int>(kc - k);
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_maskload_ps(S[r + i] + k, mask);
+      store_transposed_8x8(v, n, dst + k * P + r, P);
     }
   }
   for (; r < rows; ++r) {
