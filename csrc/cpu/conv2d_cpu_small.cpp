@@ -169,10 +169,10 @@ void small_grad_weight_by_outputs(const ConvShape& s, const T* gz, const T* x, T
   const int64_t big = kernels.by_outputs_taps[0], small = kernels.by_outputs_taps[1];
   const int64_t TT = padded(small) < padded(big) ? small : big;
   const int64_t tiles = (taps + TT - 1) / TT, kblocks = s.K / L;
-  const int64_t items = s.N * kblocks * tiles, per_image = kblocks * tiles * TT * L;
-  std::vector<T> part(static_cast<size_t>(items * TT * L));
-  const int64_t scratch = s.C * (s.H + 2 * s.ph) * (s.W + 2 * s.pw) + s.OW * L;
-  parallel_items<T>(items, scratch, s.OH * s.OW * TT * L, [&](int64_t i0, int64_t i1, T* buf) {
+  const int64_t items = s.N * kblocks, per_image = kblocks * tiles * TT * L;
+  std::vector<T> part(static_cast<size_t>(items * tiles * TT * L));
+  const int64_t scratch = s.C * (s.H + 2 * s.ph) * (s.W + 2 * s.pw) + s.OH * s.OW * L;
+  parallel_items<T>(items, scratch, s.OH * s.OW * tiles * TT * L, [&](int64_t i0, int64_t i1, T* buf) {
     kernels.grad_weight_by_outputs(s, static_cast<int>(TT), gz, x, part.data(), i0, i1, buf);
   });
   // The images' sums added in order: part[n][kb][tile][t][l] is gw[kb * L + l][tile * TT + t].

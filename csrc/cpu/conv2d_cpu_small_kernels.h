@@ -217,11 +217,12 @@ void sc_grad_weight(const ConvShape& s, const SmallGeom& g, const typename VO::T
 
 // grad_w with few input channels and whole vectors of outputs (small_grad_weight_by_outputs): gw[k, c, kh, kw] =
 // sum over (n, oh, ow) of gz[n, k, oh, ow] * x[n, c, oh * sh - ph + kh * dh, ow * sw - pw + kw * dw]. Task i =
-// (image, block of L outputs, tile of TT taps (c, kh, kw)) keeps its taps' sums in TT vectors along k: each
-// output row of gz is moved channels-last (L outputs per pixel) once, then each pixel is one vector load and TT
-// multiply-adds by broadcast inputs of the zero-padded image (any stride: no phases, no wasted lanes). The sums
-// go to part + i * TT * L; the caller adds the images in order. Taps past the last repeat it, unstored.
-// buf: the padded image (C planes of (H + 2 ph) x (W + 2 pw), zeroed once), then OW * L for a row of gz.
+// (image, block of L outputs): its gz planes are moved channels-last (L outputs per pixel) once, then for each
+// tile of TT taps (c, kh, kw) the taps' sums stay in TT vectors along k while each pixel is one vector load and
+// TT multiply-adds by broadcast inputs of the zero-padded image (any stride: no phases, no wasted lanes). The
+// sums of tile t go to part + (i * tiles + t) * TT * L; the caller adds the images in order. Taps past the last
+// repeat it, unstored. buf: the padded image (C planes of (H + 2 ph) x (W + 2 pw), zeroed once), then OH * OW
+// * L for the channels-last gz.
 template <class VO, int TT>
 void sc_grad_weight_by_outputs(const ConvShape& s, const typename VO::T* gz, const typename VO::T* x,
                                typename VO::T* part, int64_t i0, int64_t i1, typename VO::T* buf) {
@@ -233,7 +234,7 @@ void sc_grad_weight_by_outputs(const ConvShape& s, const typename VO::T* gz, con
   T* gzt = buf + s.C * plane;
   int64_t built = -1;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t n = i / (kblocks * tiles), kb = i / tiles % kblocks, tile = i % tiles;
+    const int64_t n = i / kblocks, kb = i % kblocks;
     if (n != built) {
       for (int64_t c = 0; c < s.C; ++c) {
         for (int64_t ih = 0; ih < s.H; ++ih) {
@@ -243,26 +244,28 @@ void sc_grad_weight_by_outputs(const ConvShape& s, const typename VO::T* gz, con
       }
       built = n;
     }
-    int64_t off[TT];
-    for (int t = 0; t < TT; ++t) {
-      const int64_t tap = std::min(tile * TT + t, taps - 1);
-      off[t] = tap / (s.KH * s.KW) * plane + tap / s.KW % s.KH * s.dh * RS + tap % s.KW * s.dw;
-    }
-    V acc[TT];
-    for (int t = 0; t < TT; ++t) acc[t] = VO::zero();
-    const T* gzn = gz + (n * s.K + kb * L) * P;
-    for (int64_t oh = 0; oh < s.OH; ++oh) {
-      to_channels_last<VO>(gzn + oh * s.OW, P, 1, s.OW, L, gzt, s.OW, L);
-      const T* xr = buf + oh * s.sh * RS;
-      for (int64_t ow = 0; ow < s.OW; ++ow) {
-        const V g = VO::load(gzt + ow * L);
-        const T* xp = xr + ow * s.sw;
-#pragma GCC unroll 32  // the sums stay in registers only when the loop is unrolled
-        for (int t = 0; t < TT; ++t) acc[t] = VO::fma(g, VO::set1(xp[off[t]]), acc[t]);
+    to_channels_last<VO>(gz + (n * s.K + kb * L) * P, P, s.OH, s.OW, L, gzt, s.OW, L);
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      int64_t off[TT];
+      for (int t = 0; t < TT; ++t) {
+        const int64_t tap = std::min(tile * TT + t, taps - 1);
+        off[t] = tap / (s.KH * s.KW) * plane + tap / s.KW % s.KH * s.dh * RS + tap % s.KW * s.dw;
       }
+      V acc[TT];
+      for (int t = 0; t < TT; ++t) acc[t] = VO::zero();
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const T* g_row = gzt + oh * s.OW * L;
+        const T* xr = buf + oh * s.sh * RS;
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          const V g = VO::load(g_row + ow * L);
+          const T* xp = xr + ow * s.sw;
+#pragma GCC unroll 32  // the sums stay in registers only when the loop is unrolled
+          for (int t = 0; t < TT; ++t) acc[t] = VO::fma(g, VO::set1(xp[off[t]]), acc[t]);
+        }
+      }
+      T* dst = part + (i * tiles + tile) * TT * L;
+      for (int t = 0; t < TT; ++t) VO::store(dst + t * L, acc[t]);
     }
-    T* dst = part + i * TT * L;
-    for (int t = 0; t < TT; ++t) VO::store(dst + t * L, acc[t]);
   }
 }
 
