@@ -411,9 +411,9 @@ struct Conv2dGradWeightGemm {
     }
   }
   // dst[k * NR + j] = x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] with k - k0 = (n, oh, ow) and
-  // j0 + j = (c, kh, kw), output-row segment by segment. For float and stride 1, where 8 columns all read
-  // inside the image their input runs are contiguous and go through 8 x 8 register transposes; the rest
-  // (other types and strides, padding borders, the last columns) element by element.
+  // j0 + j = (c, kh, kw), output-row segment by segment. For float and runs of step 1 (stride 1, or the phases)
+  // 8 columns at a time through masked 8 x 8 register transposes (each column's run read only inside the image,
+  // zeros around it); other types, and CPUs without AVX2, element by element.
   void pack_b(int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     constexpr int kMaxNR = 64;
     TORCH_INTERNAL_ASSERT(NR <= kMaxNR);
@@ -437,7 +437,7 @@ struct Conv2dGradWeightGemm {
         // Per column: its input run for this segment (element t at src[t * sw]) and the t in [lo, hi) whose
         // element is inside the image.
         const acc_t* src[8];
-        int64_t lo[8], hi[8], all_lo = 0, all_hi = seg;
+        int64_t lo[8], hi[8];
         for (int i = 0; i < width; ++i) {
           const int j = jb + i;
           const int64_t* e = phased ? ktab + 3 * (j0 + j) : nullptr;
@@ -450,24 +450,19 @@ struct Conv2dGradWeightGemm {
           }
           src[i] = phased ? xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq + e[0] + ih * Wq + iw0
                           : x + ((n * s.C + col_c[j]) * s.H + ih) * s.W + iw0;
-          all_lo = std::max(all_lo, lo[i]);
-          all_hi = std::min(all_hi, hi[i]);
         }
-        bool block = false;
         if constexpr (std::is_same_v<acc_t, float>) {
-          if (step == 1 && width == 8 && all_hi - all_lo >= 8) {
-            const float* run[8];
-            for (int i = 0; i < 8; ++i) run[i] = src[i] + all_lo;
-            block = pack_transpose_f32(run, 8, all_hi - all_lo, d + all_lo * NR + jb, NR);
+          // The whole segment of 8 columns through masked 8 x 8 transposes: each column's run read only inside
+          // the image, zeros around it (columns past nr: empty ranges).
+          if (step == 1 && group == 8) {
+            for (int i = width; i < 8; ++i) lo[i] = hi[i] = 0, src[i] = d;  // never read
+            if (pack_transpose_ranges_f32(src, lo, hi, seg, d + jb, NR)) continue;
           }
         }
         for (int i = 0; i < group; ++i) {
           acc_t* col = d + jb + i;
-          for (int64_t t = 0; t < seg; ++t) {
-            if (block && t == all_lo) t = all_hi;
-            if (t >= seg) break;
+          for (int64_t t = 0; t < seg; ++t)
             col[t * NR] = i < width && t >= lo[i] && t < hi[i] ? src[i][t * step] : acc_t(0);
-          }
         }
       }
       kk += seg;

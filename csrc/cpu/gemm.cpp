@@ -63,6 +63,17 @@ bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* 
 #endif
 }
 
+bool pack_transpose_ranges_f32(const float* const* rows, const int64_t* lo, const int64_t* hi, int64_t kc, float* dst,
+                               int P) {
+#if defined(__x86_64__)
+  if (cpu_isa() == Isa::Base) return false;
+  pack_transpose_ranges_f32_avx2(rows, lo, hi, kc, dst, P);
+  return true;
+#else
+  return false;
+#endif
+}
+
 template <typename T>
 const MicroKernel<T>& micro_kernel() {
   static const MicroKernel<T> k = select_micro_kernel<T>();

@@ -109,6 +109,10 @@ struct PackBuffer {
 // than element by element, and it is what packing W of a Linear, or the image for a conv's weight gradient,
 // costs). False, and nothing done, without AVX2.
 bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P);
+// dst[k * P + r] = lo[r] <= k < hi[r] ? rows[r][k] : 0 for 8 rows and k < kc (rows[r][k] is read only in its
+// range: an image row's run with its padding around it). False, and nothing done, without AVX2.
+bool pack_transpose_ranges_f32(const float* const* rows, const int64_t* lo, const int64_t* hi, int64_t kc, float* dst,
+                               int P);
 
 // dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
 // rows, stored k-major, of a strided matrix. When the rows of S are contiguous (sk == 1) this is a

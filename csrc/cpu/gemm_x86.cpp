@@ -94,6 +94,24 @@ DLK_TARGET_AVX2 inline void store_transposed_8x8(const __m256* v, int n, float* 
 }
 }  // namespace
 
+DLK_TARGET_AVX2 void pack_transpose_ranges_f32_avx2(const float* const* S, const int64_t* lo, const int64_t* hi,
+                                                    int64_t kc, float* dst, int P) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256 v[8];
+  for (int64_t k = 0; k < kc; k += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, kc - k));
+    // Row r's lanes t with lo[r] <= k + t < hi[r] (and t < n): masked loads read nothing elsewhere.
+    for (int r = 0; r < 8; ++r) {
+      const int first = static_cast<int>(std::clamp<int64_t>(lo[r] - k, 0, 8));
+      const int last = static_cast<int>(std::clamp<int64_t>(std::min<int64_t>(hi[r], kc) - k, 0, 8));
+      const __m256i mask = _mm256_and_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(last), lane),
+                                            _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(first - 1)));
+      v[r] = _mm256_maskload_ps(S[r] + k, mask);
+    }
+    store_transposed_8x8(v, n, dst + k * P, P);
+  }
+}
+
 DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst, int P) {
   int r = 0;
   for (; r + 8 <= rows; r += 8) {

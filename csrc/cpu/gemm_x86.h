@@ -29,6 +29,9 @@ DLK_DECLARE_X86_MICRO(micro_f64_avx2_half, DLK_TARGET_AVX2, double)         // 6
 // pack_transpose_f32 of gemm.h (dst[k * P + r] = S[r][k]) through 8 x 8 transposes in AVX registers.
 DLK_TARGET_AVX2 DLK_INTERNAL void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst,
                                                           int P);
+// pack_transpose_ranges_f32 of gemm.h, the same way with masked loads.
+DLK_TARGET_AVX2 DLK_INTERNAL void pack_transpose_ranges_f32_avx2(const float* const* S, const int64_t* lo,
+                                                                 const int64_t* hi, int64_t kc, float* dst, int P);
 #endif
 
 }  // namespace cpu
