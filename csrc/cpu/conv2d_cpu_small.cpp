@@ -45,11 +45,14 @@ SmallGeom geometry(const ConvShape& x) {
   // A block's last vector starts before OW and reads up to a vector past it, shifted by the widest tap.
   g.RS = round_up(std::max(s.OW + kLanes + (s.KW - 1) * s.dw, s.W + 2 * s.pw), kLanes);
   g.plane = (s.H + 2 * s.ph) * g.RS;
-  // Output-channel tiles of at most 16 accumulator rows with 32 vector registers, 12 with 16; even sizes
-  // (the kernels are instantiated for those), as equal as the count allows.
-  const int64_t kmax = cpu_isa() == Isa::Avx512 ? 16 : 12;
+  // Output-channel tiles of at most 16 accumulator rows with 32 vector registers; with 16 registers, 12 rows
+  // for rows of one vector, and 6 (two vectors per row, each broadcast weight used twice) for wider rows.
+  // Even sizes and 3 and 5 (the kernels are instantiated for those), as equal as the count allows.
+  const bool wide = cpu_isa() == Isa::Avx512;
+  const int64_t kmax = wide ? 16 : (s.OW > 8 ? 6 : 12);
   g.tiles = (s.K + kmax - 1) / kmax;
-  g.KB = std::min<int64_t>(16, round_up((s.K + g.tiles - 1) / g.tiles, 2));
+  const int64_t kb = (s.K + g.tiles - 1) / g.tiles;
+  g.KB = std::min<int64_t>(16, !wide && (kb == 3 || kb == 5) ? kb : round_up(kb, 2));
   // grad_w: a 3x3's nine taps per register tile (each gz vector loaded once for all of them), for as many
   // output channels as the registers hold.
   g.GT = 9;

@@ -47,25 +47,29 @@ void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, i
 // KB output channels x U vectors of one output row from ow0: acc = bias + sum over (c, kh, kw) of the
 // broadcast weight times the input run, each input vector used by KB FMAs. P: the padded input at the
 // output row's first input row; wt: the tile's packed weights; out: channel 0's output row; nk: the tile's
-// real channels (the rest are padding of the packed weights and are not stored).
-template <class VO, int KB, int U>
+// real channels (the rest are padding of the packed weights and are not stored). FK: the kernel's height
+// and width when fixed at compile time (3: the taps unrolled, no loop overhead between the few FMAs of a
+// tap), 0 when read from s.
+template <class VO, int KB, int U, int FK>
 DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const typename VO::T* P,
                                 const typename VO::T* wt, const typename VO::T* bt, typename VO::T* out, int64_t ldk,
                                 int64_t ow0, int nk, bool relu) {
   using T = typename VO::T;
   using V = typename VO::V;
   constexpr int L = VO::L;
+  const int64_t KH = FK ? FK : s.KH, KW = FK ? FK : s.KW, C = s.C;
+  const int64_t plane = g.plane, hstep = s.dh * g.RS, dw = s.dw;
   V acc[KB][U];
   for (int k = 0; k < KB; ++k) {
     const V b = VO::set1(bt[k]);
     for (int u = 0; u < U; ++u) acc[k][u] = b;
   }
   const T* wv = wt;
-  for (int64_t c = 0; c < s.C; ++c) {
-    for (int64_t kh = 0; kh < s.KH; ++kh) {
-      const T* row = P + c * g.plane + kh * s.dh * g.RS + ow0;
-      for (int64_t kw = 0; kw < s.KW; ++kw, wv += KB) {
-        const T* src = row + kw * s.dw;
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t kh = 0; kh < KH; ++kh) {
+      const T* row = P + c * plane + kh * hstep + ow0;
+      for (int64_t kw = 0; kw < KW; ++kw, wv += KB) {
+        const T* src = row + kw * dw;
         V xv[U];
         for (int u = 0; u < U; ++u) xv[u] = VO::load(src + u * L);
         for (int k = 0; k < KB; ++k) {
@@ -90,7 +94,7 @@ DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const ty
 }
 
 // Output rows [oh0, oh1) of every output channel, tile by tile (see SmallConv::rows).
-template <class VO, int KB>
+template <class VO, int KB, int FK>
 void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
                 const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
   constexpr int L = VO::L;
@@ -108,8 +112,10 @@ void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* bu
       int64_t ow0 = 0;
       // Blocks whose last vector still starts inside the row (its lanes past OW are computed from the
       // padding and not stored).
-      for (; ow0 + (U - 1) * L < s.OW; ow0 += U * L) sc_block<VO, KB, U>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
-      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+      for (; ow0 + (U - 1) * L < s.OW; ow0 += U * L) {
+        sc_block<VO, KB, U, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+      }
+      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
     }
   }
 }
@@ -117,15 +123,23 @@ void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* bu
 template <class VO>
 void sc_rows(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
              const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
+  const bool k3 = s.KH == 3 && s.KW == 3;
+  const auto run = [&](auto kb) {
+    constexpr int KB = decltype(kb)::value;
+    if (k3) return sc_rows_kb<VO, KB, 3>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    sc_rows_kb<VO, KB, 0>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+  };
   switch (g.KB) {
-    case 2: return sc_rows_kb<VO, 2>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 4: return sc_rows_kb<VO, 4>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 6: return sc_rows_kb<VO, 6>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 8: return sc_rows_kb<VO, 8>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 10: return sc_rows_kb<VO, 10>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 12: return sc_rows_kb<VO, 12>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    case 14: return sc_rows_kb<VO, 14>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    default: return sc_rows_kb<VO, 16>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    case 2: return run(std::integral_constant<int, 2>{});
+    case 3: return run(std::integral_constant<int, 3>{});
+    case 4: return run(std::integral_constant<int, 4>{});
+    case 5: return run(std::integral_constant<int, 5>{});
+    case 6: return run(std::integral_constant<int, 6>{});
+    case 8: return run(std::integral_constant<int, 8>{});
+    case 10: return run(std::integral_constant<int, 10>{});
+    case 12: return run(std::integral_constant<int, 12>{});
+    case 14: return run(std::integral_constant<int, 14>{});
+    default: return run(std::integral_constant<int, 16>{});
   }
 }
 
