@@ -354,8 +354,10 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
           scalar_t* o = out_p + offset;
           for (int64_t j = 0; j < count; ++j) o[j] = static_cast<scalar_t>(mv[j]);
           if (is8) {
-            int8_t* id = index8 + offset;
-            for (int64_t j = 0; j < count; ++j) id[j] = static_cast<int8_t>(mi[j]);
+            // Restrict: an int8_t store may alias the int32 source, which would keep the loop scalar.
+            int8_t* __restrict id = index8 + offset;
+            const int32_t* __restrict from = mi.data();
+            for (int64_t j = 0; j < count; ++j) id[j] = static_cast<int8_t>(from[j]);
           } else {
             std::memcpy(index32 + offset, mi.data(), count * sizeof(int32_t));
           }

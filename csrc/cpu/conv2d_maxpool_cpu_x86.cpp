@@ -112,8 +112,11 @@ DLK_TARGET_AVX2 void conv2d_maxpool_pool_2x2_avx2(const BlockShape& b, const flo
         const bool part = pw + L > full;
         const __m256i lo = part ? lo_mask : all, hi = part ? hi_mask : all, st = part ? out_mask : all;
         const float *t = top + 2 * pw, *u = bottom + 2 * pw;
-        const __m256 t0 = _mm256_maskload_ps(t, lo), t1 = _mm256_maskload_ps(t + L, hi);
-        const __m256 u0 = _mm256_maskload_ps(u, lo), u1 = _mm256_maskload_ps(u + L, hi);
+        // Masked moves only for the partial chunk: AVX2's masked stores are slow on some cores.
+        const __m256 t0 = part ? _mm256_maskload_ps(t, lo) : _mm256_loadu_ps(t);
+        const __m256 t1 = part ? _mm256_maskload_ps(t + L, hi) : _mm256_loadu_ps(t + L);
+        const __m256 u0 = part ? _mm256_maskload_ps(u, lo) : _mm256_loadu_ps(u);
+        const __m256 u1 = part ? _mm256_maskload_ps(u + L, hi) : _mm256_loadu_ps(u + L);
         __m256 m = avx2_even(t0, t1);
         __m256 id = _mm256_setzero_ps();  // the int32 indices, as float bit patterns for blendv
         const __m256 taps[3] = {avx2_odd(t0, t1), avx2_even(u0, u1), avx2_odd(u0, u1)};
@@ -123,8 +126,13 @@ DLK_TARGET_AVX2 void conv2d_maxpool_pool_2x2_avx2(const BlockShape& b, const flo
           m = _mm256_blendv_ps(m, taps[tap], take);
           id = _mm256_blendv_ps(id, _mm256_castsi256_ps(_mm256_set1_epi32(tap + 1)), take);
         }
-        _mm256_maskstore_ps(m_row + pw, st, m);
-        _mm256_maskstore_epi32(i_row + pw, st, _mm256_castps_si256(id));
+        if (part) {
+          _mm256_maskstore_ps(m_row + pw, st, m);
+          _mm256_maskstore_epi32(i_row + pw, st, _mm256_castps_si256(id));
+        } else {
+          _mm256_storeu_ps(m_row + pw, m);
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(i_row + pw), _mm256_castps_si256(id));
+        }
       }
       pw = full;
     }
