@@ -4,6 +4,16 @@
 //
 // Requires: <algorithm>, <cstdint> and <utility> included before.
 
+// n elements from src to dst (not overlapping) by vectors, the last partial one masked: the row copies into
+// padded buffers are short (a few vectors), where a library call costs more than the move.
+template <class VO>
+DLK_ALWAYS_INLINE void copy_run(const typename VO::T* src, int64_t n, typename VO::T* dst) {
+  constexpr int L = VO::L;
+  int64_t i = 0;
+  for (; i + L <= n; i += L) VO::store(dst + i, VO::load(src + i));
+  if (i < n) VO::storen(dst + i, VO::loadn(src + i, static_cast<int>(n - i)), static_cast<int>(n - i));
+}
+
 // In-register transpose of L vectors of L lanes (r[i] lane j -> r[j] lane i): stages h = L/2, ..., 1, each
 // swapping the off-diagonal h x h blocks of every 2h x 2h block with two-source shuffles.
 template <class VO, int H, size_t... J>

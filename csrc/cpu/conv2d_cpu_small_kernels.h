@@ -30,7 +30,7 @@ void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, i
       T* dst = buf + i * g.plane + (ih + s.ph) * g.RS;
       const int64_t o = r - g.xpw;  // column v reads src[S * v + o]
       if (S == 1) {
-        std::copy(src + v0 + o, src + v1 + o, dst + v0);
+        copy_run<VO>(src + v0 + o, v1 - v0, dst + v0);
         continue;
       }
       std::fill(dst, dst + v0, T(0));
@@ -253,7 +253,7 @@ void sc_grad_weight_by_outputs(const ConvShape& s, const typename VO::T* gz, con
       for (int64_t c = 0; c < s.C; ++c) {
         for (int64_t ih = 0; ih < s.H; ++ih) {
           const T* src = x + ((n * s.C + c) * s.H + ih) * s.W;
-          std::copy(src, src + s.W, buf + c * plane + (ih + s.ph) * RS + s.pw);
+          copy_run<VO>(src, s.W, buf + c * plane + (ih + s.ph) * RS + s.pw);
         }
       }
       built = n;

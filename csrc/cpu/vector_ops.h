@@ -86,6 +86,8 @@ struct F64 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 namespace vo_avx2 {
+// loadn / storen take the plain move for a whole vector: AVX2's masked moves (vmaskmov) are slow on some
+// cores (a masked store is microcoded on AMD's), and most calls move whole vectors.
 
 struct F32 {
   using T = float;
@@ -95,9 +97,12 @@ struct F32 {
   static DLK_ALWAYS_INLINE V zero() { return _mm256_setzero_ps(); }
   static DLK_ALWAYS_INLINE V set1(T v) { return _mm256_set1_ps(v); }
   static DLK_ALWAYS_INLINE V load(const T* p) { return _mm256_loadu_ps(p); }
-  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return n >= L ? load(p) : _mm256_maskload_ps(p, mask(n)); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm256_maskstore_ps(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
+    if (n >= L) return store(p, v);
+    _mm256_maskstore_ps(p, mask(n), v);
+  }
   static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }  // NaN and -0 pass
@@ -119,9 +124,12 @@ struct F64 {
   static DLK_ALWAYS_INLINE V zero() { return _mm256_setzero_pd(); }
   static DLK_ALWAYS_INLINE V set1(T v) { return _mm256_set1_pd(v); }
   static DLK_ALWAYS_INLINE V load(const T* p) { return _mm256_loadu_pd(p); }
-  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return _mm256_maskload_pd(p, mask(n)); }
+  static DLK_ALWAYS_INLINE V loadn(const T* p, int n) { return n >= L ? load(p) : _mm256_maskload_pd(p, mask(n)); }
   static DLK_ALWAYS_INLINE void store(T* p, V v) { _mm256_storeu_pd(p, v); }
-  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) { _mm256_maskstore_pd(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE void storen(T* p, V v, int n) {
+    if (n >= L) return store(p, v);
+    _mm256_maskstore_pd(p, mask(n), v);
+  }
   static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_pd(a, b); }
   static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
   static DLK_ALWAYS_INLINE V relu(V v) { return _mm256_max_pd(_mm256_setzero_pd(), v); }
