@@ -76,7 +76,7 @@ DLK_ALWAYS_INLINE void dw_fill_phases(const ConvShape& s, const DwGeom& g, const
                                       typename VO::T* P) {
   using T = typename VO::T;
   if (s.sw == 1) {
-    for (int64_t ih = 0; ih < s.H; ++ih) std::copy(xc + ih * s.W, xc + (ih + 1) * s.W, P + (ih + s.ph) * g.RS + s.pw);
+    for (int64_t ih = 0; ih < s.H; ++ih) copy_run<VO>(xc + ih * s.W, s.W, P + (ih + s.ph) * g.RS + s.pw);
     return;
   }
   if constexpr (VO::L > 1) {
@@ -147,7 +147,8 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
 // (padded coordinates), ws: the vector's weights of tap 0, taps Cp apart.
 // Taps [kh0, kh1) x [kw0, kw1): the others read only padding for every pixel of the block (their terms are
 // zeros, which the sums skip; on 3x3-7x7 planes with 5x5 and 7x7 kernels that is a third to most of them).
-template <class VO, int RB>
+// FK: 3 for a 3x3 kernel whose taps are all inside (the loops unrolled: a tap is only RB FMAs), 0 otherwise.
+template <class VO, int RB, int FK = 0>
 DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, int64_t Cp, const typename VO::T* xs,
                                     const typename VO::T* ws, const typename VO::T* bs, typename VO::T* zs, bool relu,
                                     int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1) {
@@ -155,6 +156,7 @@ DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, 
   V acc[RB];
   for (int r = 0; r < RB; ++r) acc[r] = bs ? VO::load(bs) : VO::zero();
   const int64_t step = s.sw * CB;
+  if constexpr (FK != 0) kh0 = 0, kh1 = FK, kw0 = 0, kw1 = FK;
   for (int64_t kh = kh0; kh < kh1; ++kh) {
     for (int64_t kw = kw0; kw < kw1; ++kw) {
       const V wv = VO::load(ws + (kh * s.KW + kw) * Cp);
@@ -168,7 +170,7 @@ DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, 
 // The forward for small planes (dw_channels_last), items [i0, i1) = (image n, block of g.CB channels):
 // the block's planes are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the
 // padding, zeroed once, stays zero), every output pixel is computed L channels per FMA (the weights wt
-// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), 4 pixels of a row at once,
+// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), 8 or 4 pixels of a row at once,
 // into a channels-last output block, which is then moved to the NCHW planes. Lanes past C compute from
 // whatever the buffer holds there and are never stored.
 template <class VO>
@@ -193,12 +195,23 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
         const T* ws = wt + c0 + v;
         const T* bs = bias ? bias + c0 + v : nullptr;
         int64_t ow = 0;
-        for (; ow + 4 <= s.OW; ow += 4) {  // the taps inside for any of the 4 pixels
-          inside_taps(ow + 3, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
+        // Blocks of RB pixels, with the taps inside for any of them.
+        const auto block = [&](auto rb) {
+          constexpr int RB = decltype(rb)::value;
+          inside_taps(ow + RB - 1, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
           inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &unused, &kw1);
-          dw_cl_pixels<VO, 4>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
-                              std::max(kw0, kw1));
-        }
+          kw1 = std::max(kw0, kw1);
+          const T* xs = xrow + ow * s.sw * CB + v;
+          T* zs = zrow + ow * CB + v;
+          const bool all = s.KH == s.KW && kh1 - kh0 == s.KH && kw1 - kw0 == s.KW;
+          if (all && s.KH == 3) {
+            dw_cl_pixels<VO, RB, 3>(s, Wp, CB, Cp, xs, ws, bs, zs, relu, kh0, kh1, kw0, kw1);
+          } else {
+            dw_cl_pixels<VO, RB>(s, Wp, CB, Cp, xs, ws, bs, zs, relu, kh0, kh1, kw0, kw1);
+          }
+        };
+        for (; ow + 8 <= s.OW; ow += 8) block(std::integral_constant<int, 8>{});
+        for (; ow + 4 <= s.OW; ow += 4) block(std::integral_constant<int, 4>{});
         for (; ow < s.OW; ++ow) {
           inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
           dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
