@@ -24,8 +24,17 @@ struct Im2colPiece {
   int dst_col;      // first panel column
   int64_t oh;       // output row (-1: zero columns)
   int64_t iw_base;  // input column of the first lane, before kw * dw
-  uint32_t store;   // lanes to store
+  uint32_t store;   // lanes of the piece
+  uint32_t put;     // lanes stored: all of them when the vector ends inside the panel row (the columns past the
+                    // piece's are later pieces', written after it), which spares AVX2 its slow masked store
 };
+
+// The pieces' `put` masks, once they are all cut (pieces in column order, NR columns a row).
+inline void set_put_masks(Im2colPiece* pieces, int count, int lanes, int NR) {
+  for (int q = 0; q < count; ++q) {
+    pieces[q].put = pieces[q].dst_col + lanes <= NR ? lane_mask(0, lanes) : pieces[q].store;
+  }
+}
 
 __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  // lane i: bit i of mask
   const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -45,11 +54,14 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
       const int64_t len = std::min<int64_t>(nr - jj, s.OW - ow);                                                       \
       for (int64_t t = 0; t < len; t += LANES) {                                                                       \
         pieces[count++] = {static_cast<int>(jj + t), oh, ow + t - s.pw,                                                \
-                           lane_mask(0, std::min<int64_t>(LANES, len - t))};                                           \
+                           lane_mask(0, std::min<int64_t>(LANES, len - t)), 0u};                                       \
       }                                                                                                                \
       jj += len;                                                                                                       \
     }                                                                                                                  \
-    for (int t = nr; t < NR; t += LANES) pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t))}; \
+    for (int t = nr; t < NR; t += LANES) {                                                                             \
+      pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t)), 0u};                                \
+    }                                                                                                                  \
+    set_put_masks(pieces, count, LANES, NR);                                                                           \
     std::vector<uint32_t> load(static_cast<size_t>(count) * s.KW);                                                     \
     for (int q = 0; q < count; ++q) {                                                                                  \
       const int64_t n = 32 - __builtin_clz(pieces[q].store);                                                           \
@@ -71,7 +83,7 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
       int64_t off = c0 * s.H * s.W + (ih_first + kh * s.dh) * s.W + piece.iw_base + kw * s.dw; /* of the source */     \
       bool row_in = piece.oh >= 0 && ih_first + kh * s.dh >= 0 && ih_first + kh * s.dh < s.H;                          \
       for (int64_t k = 0; k < kc; ++k) {                                                                               \
-        STORE(d + k * NR, piece.store, LOAD(row_in ? load_q[kw] : 0u, xg + (row_in ? off : 0)));                       \
+        STORE(d + k * NR, piece.put, LOAD(row_in ? load_q[kw] : 0u, xg + (row_in ? off : 0)));                         \
         off += s.dw;                                                                                                   \
         if (++kw == s.KW) {                                                                                            \
           kw = 0;                                                                                                      \
@@ -100,11 +112,14 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
     for (int64_t jj = 0, oh = j0 / OW, ow = j0 % OW; jj < nr; ow = 0, ++oh) {                                          \
       const int64_t len = std::min<int64_t>(nr - jj, OW - ow);                                                         \
       for (int64_t t = 0; t < len; t += LANES) {                                                                       \
-        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t, lane_mask(0, std::min<int64_t>(LANES, len - t))};     \
+        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t, lane_mask(0, std::min<int64_t>(LANES, len - t)), 0u}; \
       }                                                                                                                \
       jj += len;                                                                                                       \
     }                                                                                                                  \
-    for (int t = nr; t < NR; t += LANES) pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t))}; \
+    for (int t = nr; t < NR; t += LANES) {                                                                             \
+      pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t)), 0u};                                \
+    }                                                                                                                  \
+    set_put_masks(pieces, count, LANES, NR);                                                                           \
     int64_t dc0 = ktab[3 * k0 + 2], dc1 = dc0;                                                                         \
     for (int64_t k = k0; k < k0 + kc; ++k) dc0 = std::min(dc0, ktab[3 * k + 2]), dc1 = std::max(dc1, ktab[3 * k + 2]); \
     const int64_t offsets = dc1 - dc0 + 1;                                                                             \
@@ -126,7 +141,7 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
       for (int64_t k = 0; k < kc; ++k, e += 3) {                                                                       \
         const int64_t ih = piece.oh + e[1];                                                                            \
         const bool in = piece.oh >= 0 && ih >= 0 && ih < Hq;                                                           \
-        STORE(d + k * NR, piece.store,                                                                                 \
+        STORE(d + k * NR, piece.put,                                                                                   \
               LOAD(in ? load_q[e[2]] : 0u, xq + (in ? e[0] + ih * Wq + piece.iw_base + e[2] : 0)));                    \
       }                                                                                                                \
     }                                                                                                                  \
@@ -134,8 +149,9 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
 
 #define DLK_LOAD512(MASK, P) _mm512_maskz_loadu_ps(static_cast<__mmask16>(MASK), P)
 #define DLK_STORE512(P, MASK, V) _mm512_mask_storeu_ps(P, static_cast<__mmask16>(MASK), V)
-#define DLK_LOAD256(MASK, P) _mm256_maskload_ps(P, avx2_lanes(MASK))
-#define DLK_STORE256(P, MASK, V) _mm256_maskstore_ps(P, avx2_lanes(MASK), V)
+#define DLK_LOAD256(MASK, P) ((MASK) == 0xFFu ? _mm256_loadu_ps(P) : _mm256_maskload_ps(P, avx2_lanes(MASK)))
+#define DLK_STORE256(P, MASK, V)                                                                                       \
+  ((MASK) == 0xFFu ? _mm256_storeu_ps(P, V) : _mm256_maskstore_ps(P, avx2_lanes(MASK), V))
 DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx512, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
 DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx2, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
 DLK_PACK_IM2COL_PHASED(conv2d_pack_im2col_f32_phased_avx512, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
