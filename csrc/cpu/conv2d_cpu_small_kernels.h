@@ -47,13 +47,15 @@ void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, i
 // KB output channels x U vectors of one output row from ow0: acc = bias + sum over (c, kh, kw) of the
 // broadcast weight times the input run, each input vector used by KB FMAs. P: the padded input at the
 // output row's first input row; wt: the tile's packed weights; out: channel 0's output row; nk: the tile's
-// real channels (the rest are padding of the packed weights and are not stored). FK: the kernel's height
+// real channels (the rest are padding of the packed weights and are not stored); room: how many elements
+// after the row the call writes later (a last partial vector may spill that far: a whole store, where AVX2's
+// masked one is slow). FK: the kernel's height
 // and width when fixed at compile time (3: the taps unrolled, no loop overhead between the few FMAs of a
 // tap), 0 when read from s.
 template <class VO, int KB, int U, int FK>
 DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const typename VO::T* P,
                                 const typename VO::T* wt, const typename VO::T* bt, typename VO::T* out, int64_t ldk,
-                                int64_t ow0, int nk, bool relu) {
+                                int64_t ow0, int nk, bool relu, int64_t room) {
   using T = typename VO::T;
   using V = typename VO::V;
   constexpr int L = VO::L;
@@ -84,7 +86,7 @@ DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const ty
     for (int u = 0; u < U; ++u) {
       const V v = relu ? VO::relu(acc[k][u]) : acc[k][u];
       const int64_t n = s.OW - (ow0 + u * L);
-      if (n >= L) {
+      if (n >= L || (n > 0 && L - n <= room)) {
         VO::store(out + k * ldk + ow0 + u * L, v);
       } else if (n > 0) {
         VO::storen(out + k * ldk + ow0 + u * L, v, static_cast<int>(n));
@@ -111,11 +113,12 @@ void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* bu
       typename VO::T* o = out + tile * KB * ldk + (oh - oh0) * s.OW;
       int64_t ow0 = 0;
       // Blocks whose last vector still starts inside the row (its lanes past OW are computed from the
-      // padding and not stored).
+      // padding; stored only into the next rows, which are written after this one).
+      const int64_t room = (oh1 - oh - 1) * s.OW;
       for (; ow0 + (U - 1) * L < s.OW; ow0 += U * L) {
-        sc_block<VO, KB, U, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+        sc_block<VO, KB, U, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
       }
-      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu);
+      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
     }
   }
 }
