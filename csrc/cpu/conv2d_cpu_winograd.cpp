@@ -288,11 +288,15 @@ bool winograd_enabled() {
 }
 
 bool conv2d_winograd_applies(const ConvShape& s) {
-  // At least a panel of tiles per image (a task covers one image), and enough pixels in the batch that the
-  // filter transform, paid per call and per channel pair, stays small next to the products.
+  // At least a panel of tiles per image (a task covers one image). With AVX-512 also enough pixels in the
+  // batch (4 images of 16x16): below that its implicit GEMM, with the wider micro-kernel, measured as fast
+  // on small batches (benchmarks --suite layers); the narrower kernels of AVX2 and the portable path lose to
+  // Winograd from the first panel of tiles.
   const int64_t tiles = (s.OH + 1) / 2 * ((s.OW + 1) / 2);
+  const int64_t min_pixels = cpu_isa() == Isa::Avx512 ? 1024 : 0;
   return winograd_enabled() && s.KH == 3 && s.KW == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
-         s.groups == 1 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16 && tiles >= 32 && s.N * s.OH * s.OW >= 1536;
+         s.groups == 1 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16 && tiles >= 32 &&
+         s.N * s.OH * s.OW >= min_pixels;
 }
 
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu) {
