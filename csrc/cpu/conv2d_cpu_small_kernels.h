@@ -49,9 +49,8 @@ void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, i
 // output row's first input row; wt: the tile's packed weights; out: channel 0's output row; nk: the tile's
 // real channels (the rest are padding of the packed weights and are not stored); room: how many elements
 // after the row the call writes later (a last partial vector may spill that far: a whole store, where AVX2's
-// masked one is slow). FK: the kernel's height
-// and width when fixed at compile time (3: the taps unrolled, no loop overhead between the few FMAs of a
-// tap), 0 when read from s.
+// masked one is slow). FK: the kernel's height and width when fixed at compile time (3: the taps unrolled,
+// no loop overhead between the few FMAs of a tap), 0 when read from s.
 template <class VO, int KB, int U, int FK>
 DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const typename VO::T* P,
                                 const typename VO::T* wt, const typename VO::T* bt, typename VO::T* out, int64_t ldk,
