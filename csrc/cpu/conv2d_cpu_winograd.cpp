@@ -290,8 +290,8 @@ bool winograd_enabled() {
 bool conv2d_winograd_applies(const ConvShape& s) {
   // At least a panel of tiles per image (a task covers one image). With AVX-512 also enough pixels in the
   // batch (4 images of 16x16): below that its implicit GEMM, with the wider micro-kernel, measured as fast
-  // on small batches (benchmarks --suite layers); the narrower kernels of AVX2 and the portable path lose to
-  // Winograd from the first panel of tiles.
+  // on small batches; the narrower kernels of AVX2 and the portable path lose to Winograd from the first
+  // panel of tiles.
   const int64_t tiles = (s.OH + 1) / 2 * ((s.OW + 1) / 2);
   const int64_t min_pixels = cpu_isa() == Isa::Avx512 ? 1024 : 0;
   return winograd_enabled() && s.KH == 3 && s.KW == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
