@@ -239,19 +239,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
       constexpr Activation A = decltype(act_tag)::value;
       // `saved(m, n)` is what Fn::grad expects: the pre-activation (recomputed in acc_t, never rounded) for
       // gelu/gelu_tanh/silu, the forward output otherwise.
-      auto pass = [&](auto saved) {
+      // g(i): gz at element i, written to gz_out when `write`, and added to grad_bias's partial sums.
+      auto rows = [&](auto g, bool write) {
         at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
             acc_t* part = need_b ? bias_parts.data() + c * N : nullptr;
             for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
               for (int64_t n = 0; n < N; ++n) {
-                const acc_t g = grad_times<A>(static_cast<acc_t>(go_p[m * N + n]), saved(m * N + n), params);
-                if (gz_out) gz_out[m * N + n] = g;
-                if (part) part[n] += g;
+                const acc_t v = g(m * N + n);
+                if (write && gz_out) gz_out[m * N + n] = v;
+                if (part) part[n] += v;
               }
             }
           }
         });
+      };
+      auto pass = [&](auto saved) {
+        rows([&](int64_t i) { return grad_times<A>(static_cast<acc_t>(go_p[i]), saved(i), params); }, true);
       };
       if (recompute) {
         at::Tensor z = empty_output({M, N}, opts.dtype(acc_type));
@@ -269,16 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
           } else {
             at::gelu_backward_out(gz, goa, z, A == Activation::GELU ? "none" : "tanh");
           }
-          if (need_b) {
-            at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
-              for (int64_t c = c0; c < c1; ++c) {
-                acc_t* part = bias_parts.data() + c * N;
-                for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
-                  for (int64_t n = 0; n < N; ++n) part[n] += gz_p[m * N + n];
-                }
-              }
-            });
-          }
+          if (need_b) rows([gz_p](int64_t i) { return gz_p[i]; }, false);
           return;
         }
         pass([z_p](int64_t i) { return z_p[i]; });
