@@ -30,6 +30,7 @@ This module is a leaf below dlkernels.ops: it imports torch and dlkernels._ext o
 to time.
 """
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -37,6 +38,7 @@ import statistics
 import threading
 import time
 import warnings
+import weakref
 
 import torch
 
@@ -55,6 +57,24 @@ _lock = threading.RLock()
 _choices = {}  # key tuple -> backend: what this process resolved, by measurement, the disk cache or the rules
 _disk = None  # str(key) -> {"choice": backend, "us": {backend: median microseconds}}, loaded on first use
 _warned_unwritable = False
+
+
+class Memo(dict):
+    """A caller's own map to choices this module remembered (a dlkernels.nn layer's, by the layer's call key),
+    so that a layer's call skips building the whole key; clear() empties every one."""
+
+    __slots__ = ("__weakref__",)
+
+
+_memos = weakref.WeakValueDictionary()  # every live Memo, by a number (a dict is no set member)
+_memo_numbers = itertools.count()
+
+
+def memo():
+    """A new Memo, emptied by clear()."""
+    new = Memo()
+    _memos[next(_memo_numbers)] = new
+    return new
 
 
 def enabled():
@@ -157,6 +177,8 @@ def clear():
     global _disk
     with _lock:
         _choices.clear()
+        for held in list(_memos.values()):
+            held.clear()
         _disk = {}
         path = cache_path()
         try:

@@ -221,28 +221,38 @@ def _synthetic(t, generator, requires_grad):
 MIXED = "native+reference"
 
 
-def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=False):
-    """The backend auto runs for this call (static: what it runs without a measurement). x, weight, bias: the
-    call's tensors (weight and bias may be None); signature: the rest of what decides the speed, hashable
-    plain data; call(backend, x, weight, bias): one call of the op with that backend (MIXED included when
-    mixed_ok), returning the differentiable output. layer: a dlkernels.nn layer, which keeps what it ran
-    (ConversionReport). mixed_ok: MIXED is a candidate of training calls (where native is one).
-
-    Called on every auto call, so the key is the least that identifies a signature: the tensors' shapes,
-    x's strides (its layout), dtype and device, the signature, the thread count and which inputs autograd
-    differentiates."""
-    if _is_compiling():
-        return static  # the static rule, a plain function of what the graph is specialised on (autotune)
+def _call_key(x, weight, bias):
+    """The part of auto's key that one layer's calls can change: x's shape, strides (its layout), dtype and
+    device, the thread count, and which inputs autograd differentiates (None when it records nothing). None
+    when a tensor is not a plain one (subclasses, or not tensors at all): auto leaves those to the static rule.
+    dlkernels.nn layers look their remembered choices up by it (_DlkLayer._remember)."""
     if (type(x) not in _PLAIN_TENSORS or (weight is not None and type(weight) not in _PLAIN_TENSORS)
             or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
-        return static  # subclasses, or not tensors at all: the op's own checks say what is wrong
+        return None
     flags = None
     if _is_grad_enabled():
         flags = (x.requires_grad, weight is not None and weight.requires_grad, bias is not None and bias.requires_grad)
         if True not in flags:
             flags = None
-    key = (op, x.shape, x.stride(), x.dtype, x.device, None if weight is None else weight.shape,
-           None if bias is None else bias.shape, signature, _get_num_threads(), flags)
+    return (x.shape, x.stride(), x.dtype, x.device, _get_num_threads(), flags)
+
+
+def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=False):
+    """The backend auto runs for this call (static: what it runs without a measurement). x, weight, bias: the
+    call's tensors (weight and bias may be None); signature: the rest of what decides the speed, hashable
+    plain data; call(backend, x, weight, bias): one call of the op with that backend (MIXED included when
+    mixed_ok), returning the differentiable output. layer: a dlkernels.nn layer, told what ran (its
+    ConversionReport entry) and, when autotune remembers the choice, keeping it for its next calls with the
+    same _call_key. mixed_ok: MIXED is a candidate of training calls (where native is one).
+
+    The key: the op, the weight's and bias's shapes, the signature and the _call_key."""
+    if _is_compiling():
+        return static  # the static rule, a plain function of what the graph is specialised on (autotune)
+    call_key = _call_key(x, weight, bias)
+    if call_key is None:
+        return static  # the op's own checks say what is wrong, if anything
+    flags = call_key[-1]
+    key = (op, None if weight is None else weight.shape, None if bias is None else bias.shape, signature, *call_key)
     chosen = autotune._choices.get(key)
     if chosen is None:
         candidates = _candidates(op, x.device)
@@ -254,7 +264,8 @@ def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=Fal
         chosen = autotune.choose(key, tensors, static, candidates, lambda backend: _step(backend, tensors, flags,
                                                                                           call))
     if layer is not None:
-        layer.__dict__.setdefault("_implementations", {})["training" if flags else "inference"] = chosen
+        # Only what autotune remembers is kept: a static choice (under a profiler's mode, say) is not final.
+        layer._remember(call_key, chosen, autotune._choices.get(key) == chosen)
     return chosen
 
 
@@ -319,7 +330,12 @@ def linear_act(x, weight, bias=None, activation="none", backend="auto", *, activ
     "max_val": 1.0}), leaky_relu ({"negative_slope": 0.01}) and elu ({"alpha": 1.0}); missing ones take
     torch's defaults (negative_slope and alpha must be >= 0)."""
     alpha, beta = _activation_args(activation, activation_params, "linear_act")
-    chosen = _linear_act_backend(backend, x, weight, bias, activation, alpha, beta)
+    return _linear_act_run(_linear_act_backend(backend, x, weight, bias, activation, alpha, beta), x, weight, bias,
+                           activation, alpha, beta)
+
+
+def _linear_act_run(chosen, x, weight, bias, activation, alpha, beta):
+    """linear_act with the backend `chosen` (activation parameters as the ops take them)."""
     if chosen == "native":  # the C++ op checks its arguments
         return _native.linear_act(x, weight, bias, activation, alpha, beta)
     if chosen == MIXED:
@@ -402,20 +418,22 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, acti
         x = x.unsqueeze(0)
     if backend == "auto":
         chosen = _conv2d_auto(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
-    if chosen == "native":  # the C++ op checks its arguments
-        out = _native.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
-    elif chosen == MIXED:
-        out = mixed.conv2d(_native.conv2d, x, weight, bias, stride, padding, dilation, groups, activation, alpha,
-                           beta)
-    else:
-        _check_conv_args(x, weight, bias, groups, stride, padding, dilation)
-        if chosen == "reference":
-            out = reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
-                                   contract.activation_params_of(activation, alpha, beta))
-        else:
-            out = _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha,
-                                             beta)
+    out = _conv2d_run(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
     return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_run(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta):
+    """conv2d with the backend `chosen`, normalised arguments (a 4-D x, pairs)."""
+    if chosen == "native":  # the C++ op checks its arguments
+        return _native.conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
+    if chosen == MIXED:
+        return mixed.conv2d(_native.conv2d, x, weight, bias, stride, padding, dilation, groups, activation, alpha,
+                            beta)
+    _check_conv_args(x, weight, bias, groups, stride, padding, dilation)
+    if chosen == "reference":
+        return reference.conv2d(x, weight, bias, stride, padding, dilation, groups, activation,
+                                contract.activation_params_of(activation, alpha, beta))
+    return _custom_ops(chosen).conv2d(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta)
 
 
 def _conv2d_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta, layer=None):
@@ -588,18 +606,24 @@ def conv2d_maxpool(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             pool_padding, pool_ceil_mode)
     if backend == "auto":
         chosen = _conv2d_maxpool_auto(chosen, *args)
-    if chosen == "native":  # the C++ op checks its arguments
-        out = _native.conv2d_maxpool(*args)[0]
-    else:
-        _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_kernel_size, pool_stride,
-                          pool_padding, pool_ceil_mode)
-        if chosen == "reference":
-            out = reference.conv2d_maxpool(x, weight, bias, stride, padding, dilation, groups, activation,
-                                           contract.activation_params_of(activation, alpha, beta), pool_kernel_size,
-                                           pool_stride, pool_padding, pool_ceil_mode)
-        else:
-            out = _custom_ops(chosen).conv2d_maxpool(*args)[0]
+    out = _conv2d_maxpool_run(chosen, *args)
     return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_maxpool_run(chosen, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                        pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode):
+    """conv2d_maxpool with the backend `chosen`, normalised arguments (a 4-D x, pairs)."""
+    if chosen == "native":  # the C++ op checks its arguments
+        return _native.conv2d_maxpool(x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,
+                                      pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode)[0]
+    _check_block_args(x, weight, bias, groups, stride, padding, dilation, pool_kernel_size, pool_stride, pool_padding,
+                      pool_ceil_mode)
+    if chosen == "reference":
+        return reference.conv2d_maxpool(x, weight, bias, stride, padding, dilation, groups, activation,
+                                        contract.activation_params_of(activation, alpha, beta), pool_kernel_size,
+                                        pool_stride, pool_padding, pool_ceil_mode)
+    return _custom_ops(chosen).conv2d_maxpool(x, weight, bias, stride, padding, dilation, groups, activation, alpha,
+                                              beta, pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode)[0]
 
 
 def _conv2d_maxpool_auto(static, x, weight, bias, stride, padding, dilation, groups, activation, alpha, beta,

@@ -1,5 +1,6 @@
 """backend="auto" per call signature (dlkernels.autotune): measured once per machine, remembered on disk,
 static rules where it cannot or must not measure, the user's random stream and results untouched."""
+import copy
 import json
 import os
 import subprocess
@@ -308,3 +309,106 @@ def test_static_rule_without_measuring(monkeypatch, tmp_path, channels, groups, 
         torch.testing.assert_close(converted(x), model(x))
     assert report.implementations() == {"0": {"inference": expected}}
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_native
+def test_layers_remember_their_choices(tuning, monkeypatch):
+    """A layer keeps auto's final choices by call key (the input's shape, layout, dtype, device, threads and
+    autograd flags): its next such call asks nothing, another call key asks again; any attribute assignment,
+    autotune.clear() and a copy start afresh; a choice autotune does not keep (measuring off) is not kept."""
+    asked = []
+
+    def force(key, tensors, static, candidates, make_step):
+        asked.append(key)
+        autotune._choices[key] = "reference"
+        return "reference"
+
+    monkeypatch.setattr(autotune, "choose", force)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    layers = [
+        (dlkernels.nn.Conv2d(3, 4, 3, padding=1, activation="relu"),
+         lambda layer, x: F.relu(F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding))),
+        (dlkernels.nn.Conv2dMaxPool(3, 4, 3, padding=1, activation="tanh"),
+         lambda layer, x: F.max_pool2d(torch.tanh(F.conv2d(x, layer.weight, layer.bias, layer.stride, layer.padding)),
+                                       layer.pool_kernel_size, layer.pool_stride)),
+        (dlkernels.nn.MaxPool2d(2), lambda layer, x: F.max_pool2d(x, layer.kernel_size, layer.stride)),
+        (dlkernels.nn.Linear(8, 5, activation="gelu"),
+         lambda layer, x: F.gelu(F.linear(x, layer.weight, layer.bias))),
+    ]
+    for layer, expected in layers:
+        def run(x=x):
+            out = layer(x)
+            torch.testing.assert_close(out, expected(layer, x))
+            return out
+
+        asked.clear()
+        with torch.no_grad():
+            run()
+            run()
+            assert len(asked) == 1 and layer._plan.choices == {dlkernels.ops._call_key(x, *(
+                (layer.weight, layer.bias) if hasattr(layer, "weight") else (None, None))): "reference"}
+            run(x.to(memory_format=torch.channels_last))  # another layout: another key
+            run(x.to(memory_format=torch.channels_last))
+        x.requires_grad_()
+        run().sum().backward()  # autograd records: a training key
+        run()
+        with torch.no_grad():
+            run()  # the first key again
+        x.requires_grad_(False)
+        assert len(asked) == 3
+        assert layer.__dict__["_implementations"] == {"inference": "reference", "training": "reference"}
+
+        # Any assignment drops the plan; a new stride / pooling changes the key's own part too.
+        if isinstance(layer, dlkernels.nn.MaxPool2d):
+            layer.stride = 1
+        elif isinstance(layer, dlkernels.nn.Conv2d):
+            layer.stride = (2, 2)
+        else:
+            layer.activation = "relu"
+            expected = lambda layer, x: F.relu(F.linear(x, layer.weight, layer.bias))  # noqa: E731
+        assert layer._plan is None
+        with torch.no_grad():
+            run()
+            assert len(asked) == 4
+
+            autotune.clear()
+            run()
+            assert len(asked) == 5
+
+            copied = copy.deepcopy(layer)
+            assert copied._plan is None and copied(x).shape == run().shape
+            assert len(asked) == 5  # the copy's call found the choice in autotune's memory, and kept it
+            assert copied._plan.choices == layer._plan.choices
+
+    # Measuring off: the static rule each call, which the layer does not keep.
+    monkeypatch.setenv(autotune.ENV_AUTOTUNE, "0")
+    monkeypatch.setattr(autotune, "choose", original_choose)
+    autotune.clear()
+    layer, expected = layers[0]
+    for _ in range(2):
+        torch.testing.assert_close(layer(x), expected(layer, x))
+        assert layer._plan.choices == {}
+
+
+original_choose = autotune.choose
+
+
+@needs_native
+def test_layers_read_parametrized_weights():
+    """A weight computed by a parametrization (or weight_norm) is the one the layer's call uses."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=g)
+    for backend in ("auto", "native"):
+        conv = dlkernels.nn.Conv2d(3, 4, 3, backend=backend)
+        torch.nn.utils.parametrize.register_parametrization(conv, "weight", _Doubled())
+        torch.testing.assert_close(conv(x), F.conv2d(x, 2 * conv.parametrizations.weight.original, conv.bias))
+        linear = torch.nn.utils.parametrizations.weight_norm(dlkernels.nn.Linear(6, 5, backend=backend))
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+        linear.parametrizations.weight.original0.data.mul_(3)
+        torch.testing.assert_close(linear(x), F.linear(x, linear.weight, linear.bias))
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, weight):
+        return 2 * weight

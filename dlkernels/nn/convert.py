@@ -227,8 +227,10 @@ class ConversionReport:
         """{layer name: {"inference": backend, "training": backend}}: what each converted layer of the model
         ran so far, for the calls without and with autograd recording ("native", "triton" or "reference", or for
         training "native+reference": the native forward with PyTorch's backward, dlkernels.mixed; with
-        backend="auto" the choice dlkernels.autotune made for the layer's input shapes, the last one when the
-        layer saw several). Layers that have not run, or that run an explicit backend, are absent."""
+        backend="auto" the choice dlkernels.autotune made for the layer's input shapes; when the layer saw
+        several, the choice for the latest one it had not run before, since a layer reuses its choices for
+        inputs it has seen, without asking again). Layers that have not run, or that run an explicit backend,
+        are absent."""
         model = self._model() if self._model is not None else None
         if model is None:
             return {}

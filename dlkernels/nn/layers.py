@@ -18,8 +18,7 @@ import copy
 import torch.nn.functional as F
 from torch import nn
 
-from .. import ops
-from .. import contract
+from .. import autotune, contract, ops
 from ..contract import ACTIVATIONS
 from ..ops import BACKENDS
 
@@ -138,15 +137,72 @@ def _rebuild(module, cls, drop=()):
     return new
 
 
+class _Plan:
+    """What a layer's calls reuse while its attributes stay as they are: the op's arguments after the tensors
+    (None where the layer's attributes need the functional op's normalising and checks), and the backends
+    autotune remembered for the layer, by ops._call_key (what its calls can change: the input's shape, layout,
+    dtype and device, the thread count, which inputs autograd differentiates)."""
+
+    __slots__ = ("args", "choices")
+
+    def __init__(self, args):
+        self.args = args
+        self.choices = _NO_CHOICES  # an autotune.memo() from the first choice on (autotune.clear empties it)
+
+
+_NO_CHOICES = {}  # never written
+
+
 class _DlkLayer:
-    """Mixin with what the three layers share: the torch base class, from_torch/to_torch and the repr."""
+    """Mixin with what the three layers share: the torch base class, from_torch/to_torch, the repr, and the
+    per-layer plan that spares a call auto's key and the arguments' normalising."""
 
     _torch_class = None  # the torch.nn class this layer replaces
     # _fused_call: the functional activation call (op, target, args, kwargs) that convert() removed from a
     # torch.fx graph when it fused it into this layer; revert() puts it back.
     # _implementations: the backend auto ran, by "inference" / "training" (ConversionReport.implementations).
+    # _plan: a _Plan, made by the first call after any attribute assignment (__setattr__ drops it).
     _own_attributes = ("activation", "activation_params", "backend", "_fused_by_convert", "_fused_call",
-                       "_act_args", "_implementations")
+                       "_implementations", "_plan")
+    _plan = None
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        # The plan is derived from the attributes (and a new weight may have another shape): made again.
+        self.__dict__["_plan"] = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_plan", None)  # a copy makes its own (autotune.clear must reach its choices)
+        return state
+
+    def _op_args(self):
+        """The op's arguments after the tensors, for the plan; None where the functional op must normalise."""
+        return self._activation_args()
+
+    def _new_plan(self):
+        plan = _Plan(self._op_args())
+        if not ops._is_compiling():  # a traced call leaves the module as it is
+            self.__dict__["_plan"] = plan
+        return plan
+
+    def _remember(self, call_key, chosen, final):
+        """auto ran `chosen` for a call with this ops._call_key (dlkernels.ops._auto): the conversion report's
+        entry, and when the choice is final (autotune remembers it) the one the layer's next such calls run."""
+        self.__dict__.setdefault("_implementations", {})["training" if call_key[-1] else "inference"] = chosen
+        if final:
+            plan = self._plan
+            if plan is None:
+                plan = self._new_plan()
+            if plan.choices is _NO_CHOICES:
+                plan.choices = autotune.memo()
+            plan.choices[call_key] = chosen
+
+    def _remembered(self, plan, input, weight=None, bias=None):
+        """The backend auto chose before for a call like this one, else None (then ops decides)."""
+        if self.backend != "auto" or ops._is_compiling():
+            return None
+        return plan.choices.get(ops._call_key(input, weight, bias))
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
@@ -184,15 +240,10 @@ class _DlkLayer:
         self._fused_by_convert = False
         self._fused_call = None
 
-    def _op_activation_args(self):
-        """(activation, alpha, beta) for the op: activation_params normalised once, again only when the
-        activation or its parameters are replaced."""
-        activation, params = self.activation, getattr(self, "activation_params", None)
-        cached = getattr(self, "_act_args", None)
-        if cached is None or cached[0] is not activation or cached[1] is not params:
-            cached = (activation, params, *ops._activation_args(activation, params, "nn"))
-            self._act_args = cached
-        return activation, cached[2], cached[3]
+    def _activation_args(self):
+        """(activation, alpha, beta) as the ops take them."""
+        return (self.activation,
+                *ops._activation_args(self.activation, getattr(self, "activation_params", None), "nn"))
 
     def extra_repr(self):
         options = f"backend={self.backend!r}"
@@ -202,6 +253,20 @@ class _DlkLayer:
             options = f"activation={self.activation!r}, " + options
         base = super().extra_repr()
         return f"{base}, {options}" if base else options
+
+
+_ABSENT = object()
+
+
+def _weight_and_bias(layer):
+    """layer.weight and layer.bias: read from its _parameters where both are there (as nn.Module's __getattr__
+    would find them, at a fraction of its cost per call); through the attributes otherwise (a parametrization or
+    weight_norm computes them)."""
+    params = layer._parameters
+    weight, bias = params.get("weight"), params.get("bias", _ABSENT)
+    if weight is None or bias is _ABSENT:
+        return layer.weight, layer.bias
+    return weight, bias
 
 
 def _int_pair(value):
@@ -225,13 +290,14 @@ class Linear(_DlkLayer, nn.Linear):
         self._set_options(activation, backend, activation_params)
 
     def forward(self, input):
-        activation, alpha, beta = self._op_activation_args()
-        # The backend is resolved once per call signature (dlkernels.ops caches it; auto measures it).
-        if ops._linear_act_backend(self.backend, input, self.weight, self.bias, activation, alpha, beta,
-                                   self) == "native":
-            return ops._native.linear_act(input, self.weight, self.bias, activation, alpha, beta)
-        return ops.linear_act(input, self.weight, self.bias, activation, self.backend,
-                              activation_params=getattr(self, "activation_params", None))
+        weight, bias = _weight_and_bias(self)
+        plan = self._plan
+        if plan is None:
+            plan = self._new_plan()
+        chosen = self._remembered(plan, input, weight, bias)
+        if chosen is None:
+            chosen = ops._linear_act_backend(self.backend, input, weight, bias, *plan.args, self)
+        return ops._linear_act_run(chosen, input, weight, bias, *plan.args)
 
 
 class Conv2d(_DlkLayer, nn.Conv2d):
@@ -251,25 +317,34 @@ class Conv2d(_DlkLayer, nn.Conv2d):
                          dtype=dtype)
         self._set_options(activation, backend, activation_params)
 
+    def _op_args(self):
+        """(stride, padding, dilation, groups, activation, alpha, beta) as the ops take them (padding 0 after the
+        padding mode's own F.pad); None for a "same" / "valid" padding, which the functional op works out."""
+        pairs = (_int_pair(self.stride), _int_pair(self.padding if self.padding_mode == "zeros" else 0),
+                 _int_pair(self.dilation))
+        return None if None in pairs else (*pairs, self.groups, *self._activation_args())
+
     def _conv_forward(self, input, weight, bias):
-        padding = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        pairs = (_int_pair(self.stride), _int_pair(padding), _int_pair(self.dilation))
-        if None not in pairs and input.dim() == 4:
-            activation, alpha, beta = self._op_activation_args()
-            chosen = ops._backend_for("conv2d", self.backend, input)
-            if self.backend == "auto":
-                chosen = ops._conv2d_auto(chosen, input, weight, bias, *pairs, self.groups, activation, alpha, beta,
-                                          self)
-            if chosen == "native":
-                return ops._native.conv2d(input, weight, bias, *pairs, self.groups, activation, alpha, beta)
-        return ops.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                          self.activation, self.backend, activation_params=getattr(self, "activation_params", None))
+        plan = self._plan
+        if plan is None:
+            plan = self._new_plan()
+        args = plan.args
+        if args is not None:
+            chosen = self._remembered(plan, input, weight, bias)
+            if chosen is None and input.dim() == 4:
+                chosen = ops._backend_for("conv2d", self.backend, input)
+                if self.backend == "auto":
+                    chosen = ops._conv2d_auto(chosen, input, weight, bias, *args, self)
+            if chosen is not None:
+                return ops._conv2d_run(chosen, input, weight, bias, *args)
+        return ops.conv2d(input, weight, bias, self.stride, 0 if self.padding_mode != "zeros" else self.padding,
+                          self.dilation, self.groups, self.activation, self.backend,
+                          activation_params=getattr(self, "activation_params", None))
 
     def forward(self, input):
-        return self._conv_forward(input, self.weight, self.bias)
+        return self._conv_forward(input, *_weight_and_bias(self))
 
 
 class MaxPool2d(_DlkLayer, nn.MaxPool2d):
@@ -278,7 +353,7 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
     It has no ``activation`` (max pooling commutes with the monotonic activations anyway)."""
 
     _torch_class = nn.MaxPool2d
-    _own_attributes = ("backend", "_fused_by_convert", "_fused_call", "_implementations")
+    _own_attributes = ("backend", "_fused_by_convert", "_fused_call", "_implementations", "_plan")
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
                  *, backend="auto"):
@@ -301,9 +376,15 @@ class MaxPool2d(_DlkLayer, nn.MaxPool2d):
     def activation_module(self):
         return None
 
+    def _op_args(self):
+        return None  # the functional op takes the attributes as they are
+
     def forward(self, input):
+        plan = self._plan
+        if plan is None:
+            plan = self._new_plan()
         return ops._max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode,
-                               self.return_indices, self.backend, self)
+                               self.return_indices, self._remembered(plan, input) or self.backend, self)
 
 
 class Conv2dMaxPool(Conv2d):
@@ -322,7 +403,7 @@ class Conv2dMaxPool(Conv2d):
     """
 
     _own_attributes = _DlkLayer._own_attributes + ("pool_kernel_size", "pool_stride", "pool_padding",
-                                                   "pool_ceil_mode", "_pool_fused_by_convert", "_pool_args")
+                                                   "pool_ceil_mode", "_pool_fused_by_convert")
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
                  bias=True, padding_mode="zeros", device=None, dtype=None, *, activation="relu", backend="auto",
@@ -354,38 +435,37 @@ class Conv2dMaxPool(Conv2d):
         self.pool_padding = padding
         self.pool_ceil_mode = bool(ceil_mode)
         self._pool_fused_by_convert = False
-        self._pool_args = None
 
     def pool_module(self):
         """A new torch.nn.MaxPool2d doing this block's pooling."""
         return nn.MaxPool2d(self.pool_kernel_size, self.pool_stride, self.pool_padding,
                             ceil_mode=self.pool_ceil_mode)
 
+    def _op_args(self):
+        """Conv2d's arguments, then the pooling's (pool_kernel_size, pool_stride, pool_padding, pool_ceil_mode) as
+        the op takes them; None where the functional op must normalise."""
+        conv = super()._op_args()
+        pool = (_int_pair(self.pool_kernel_size), _int_pair(self.pool_stride), _int_pair(self.pool_padding))
+        return None if conv is None or None in pool else (*conv, *pool, bool(self.pool_ceil_mode))
+
     def _conv_forward(self, input, weight, bias):
-        padding = self.padding
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-            padding = 0
-        pairs = (_int_pair(self.stride), _int_pair(padding), _int_pair(self.dilation))
-        if None not in pairs and input.dim() == 4:
-            activation, alpha, beta = self._op_activation_args()
-            key = (self.pool_kernel_size, self.pool_stride, self.pool_padding, self.pool_ceil_mode)
-            cached = self._pool_args
-            if cached is None or cached[0] != key:  # the pooling's arguments as the op takes them, again on a change
-                cached = self._pool_args = (key, (_int_pair(key[0]), _int_pair(key[1]), _int_pair(key[2]),
-                                                  bool(key[3])))
-            pool = cached[1]
-            if None not in pool:
+        plan = self._plan
+        if plan is None:
+            plan = self._new_plan()
+        args = plan.args
+        if args is not None:
+            chosen = self._remembered(plan, input, weight, bias)
+            if chosen is None and input.dim() == 4:
                 chosen = ops._backend_for("conv2d_maxpool", self.backend, input)
                 if self.backend == "auto":
-                    chosen = ops._conv2d_maxpool_auto(chosen, input, weight, bias, *pairs, self.groups, activation,
-                                                      alpha, beta, *pool, layer=self)
-                if chosen == "native":
-                    return ops._native.conv2d_maxpool(input, weight, bias, *pairs, self.groups, activation, alpha,
-                                                      beta, *pool)[0]
-        return ops.conv2d_maxpool(input, weight, bias, self.stride, padding, self.dilation, self.groups,
-                                  self.activation, self.pool_kernel_size, self.pool_stride, self.pool_padding,
-                                  self.pool_ceil_mode, self.backend,
+                    chosen = ops._conv2d_maxpool_auto(chosen, input, weight, bias, *args, layer=self)
+            if chosen is not None:
+                return ops._conv2d_maxpool_run(chosen, input, weight, bias, *args)
+        return ops.conv2d_maxpool(input, weight, bias, self.stride, 0 if self.padding_mode != "zeros" else self.padding,
+                                  self.dilation, self.groups, self.activation, self.pool_kernel_size,
+                                  self.pool_stride, self.pool_padding, self.pool_ceil_mode, self.backend,
                                   activation_params=getattr(self, "activation_params", None))
 
     def extra_repr(self):
