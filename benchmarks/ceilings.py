@@ -85,6 +85,20 @@ def cpu_name():
     return cpu_model()
 
 
+def cpu_vector_isa():
+    """The widest vector level the CPU has, as dlkernels' native kernels name it ("avx512", "avx2", "base"), read
+    from /proc/cpuinfo (DLKERNELS_CPU_ISA only lowers what the kernels use, not this). Cloud VMs often report a
+    bare "AMD EPYC" for different generations; this tells an AVX-512 one from an AVX2 one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= set(flags):
+        return "avx512"
+    return "avx2" if {"avx2", "fma"} <= set(flags) else "base"
+
+
 def device_name(device):
     device = torch.device(device)
     if device.type == "cuda":

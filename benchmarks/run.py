@@ -123,7 +123,7 @@ def collect_meta(device, args, quick):
 
     name = ceilings_mod.device_name(device)
     if device.type == "cpu":
-        slug = report.slug(f"cpu {name} {os.cpu_count()}c")
+        slug = report.slug(f"cpu {name} {ceilings_mod.cpu_vector_isa()} {os.cpu_count()}c")
     else:
         slug = report.slug(name)
     return {
@@ -145,6 +145,7 @@ def collect_meta(device, args, quick):
         "quick": quick,
         "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
         "cpu_count": os.cpu_count(),
+        "cpu_vector_isa": ceilings_mod.cpu_vector_isa() if device.type == "cpu" else "",
     }
 
 

@@ -245,12 +245,27 @@ def test_quick_run_writes_table_csv_json_png(tmp_path):
     with open(tmp_path / "t.json") as f:
         doc = json.load(f)
     assert doc["meta"]["device"] == "cpu" and doc["meta"]["git_commit"]
+    # The folder name tells CPUs apart that report the same model name (an AVX-512 EPYC from an AVX2 one).
+    assert doc["meta"]["cpu_vector_isa"] in ("avx512", "avx2", "base")
+    assert f"-{doc['meta']['cpu_vector_isa']}-" in doc["meta"]["device_slug"]
     assert doc["ceilings"]["memory_bandwidth"] > 0 and doc["ceilings"]["flops"]["float32"] > 0
     assert len(doc["rows"]) == len(rows) and doc["rows"][0]["device_name"] == doc["meta"]["device_name"]
 
     pytest.importorskip("matplotlib")
     with open(tmp_path / "t.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cpu_vector_isa_reads_the_flags(monkeypatch, tmp_path):
+    for flags, expected in (("fpu avx2 fma avx512f avx512vl avx512bw avx512dq", "avx512"),
+                            ("fpu avx2 fma avx512f", "avx2"), ("fpu sse2 avx", "base")):
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda name, *a, **k: real_open(path if name == "/proc/cpuinfo" else name,
+                                                                              *a, **k))
+        assert ceilings.cpu_vector_isa() == expected
+        monkeypatch.undo()
 
 
 def test_block_suite_with_one_thread_reports_the_memory_kept_for_backward(tmp_path):
