@@ -324,21 +324,34 @@ class Conv2d(_DlkLayer, nn.Conv2d):
                  _int_pair(self.dilation))
         return None if None in pairs else (*pairs, self.groups, *self._activation_args())
 
-    def _conv_forward(self, input, weight, bias):
-        if self.padding_mode != "zeros":
-            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+    # The op, auto's choice and the run with a backend, for the planned call (_planned).
+    _planned_op = ("conv2d", ops._conv2d_auto, ops._conv2d_run)
+
+    def _planned(self, input, weight, bias):
+        """The op's output with the plan's arguments (input already padded by the padding mode), or None where
+        the functional op must normalise them or the input is not 4-D."""
         plan = self._plan
         if plan is None:
             plan = self._new_plan()
         args = plan.args
-        if args is not None:
-            chosen = self._remembered(plan, input, weight, bias)
-            if chosen is None and input.dim() == 4:
-                chosen = ops._backend_for("conv2d", self.backend, input)
-                if self.backend == "auto":
-                    chosen = ops._conv2d_auto(chosen, input, weight, bias, *args, self)
-            if chosen is not None:
-                return ops._conv2d_run(chosen, input, weight, bias, *args)
+        if args is None:
+            return None
+        op, auto, run = self._planned_op
+        chosen = self._remembered(plan, input, weight, bias)
+        if chosen is None:
+            if input.dim() != 4:
+                return None
+            chosen = ops._backend_for(op, self.backend, input)
+            if self.backend == "auto":
+                chosen = auto(chosen, input, weight, bias, *args, self)
+        return run(chosen, input, weight, bias, *args)
+
+    def _conv_forward(self, input, weight, bias):
+        if self.padding_mode != "zeros":
+            input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+        out = self._planned(input, weight, bias)
+        if out is not None:
+            return out
         return ops.conv2d(input, weight, bias, self.stride, 0 if self.padding_mode != "zeros" else self.padding,
                           self.dilation, self.groups, self.activation, self.backend,
                           activation_params=getattr(self, "activation_params", None))
@@ -448,21 +461,14 @@ class Conv2dMaxPool(Conv2d):
         pool = (_int_pair(self.pool_kernel_size), _int_pair(self.pool_stride), _int_pair(self.pool_padding))
         return None if conv is None or None in pool else (*conv, *pool, bool(self.pool_ceil_mode))
 
+    _planned_op = ("conv2d_maxpool", ops._conv2d_maxpool_auto, ops._conv2d_maxpool_run)
+
     def _conv_forward(self, input, weight, bias):
         if self.padding_mode != "zeros":
             input = F.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
-        plan = self._plan
-        if plan is None:
-            plan = self._new_plan()
-        args = plan.args
-        if args is not None:
-            chosen = self._remembered(plan, input, weight, bias)
-            if chosen is None and input.dim() == 4:
-                chosen = ops._backend_for("conv2d_maxpool", self.backend, input)
-                if self.backend == "auto":
-                    chosen = ops._conv2d_maxpool_auto(chosen, input, weight, bias, *args, layer=self)
-            if chosen is not None:
-                return ops._conv2d_maxpool_run(chosen, input, weight, bias, *args)
+        out = self._planned(input, weight, bias)
+        if out is not None:
+            return out
         return ops.conv2d_maxpool(input, weight, bias, self.stride, 0 if self.padding_mode != "zeros" else self.padding,
                                   self.dilation, self.groups, self.activation, self.pool_kernel_size,
                                   self.pool_stride, self.pool_padding, self.pool_ceil_mode, self.backend,
