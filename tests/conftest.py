@@ -1,5 +1,6 @@
 """Shared test helpers: devices, backends, input makers and the one tolerance table."""
 import contextlib
+import itertools
 import os
 import tempfile
 
@@ -28,6 +29,10 @@ REQUIRE_CUDA_EMU = REQUIRE_CUDA_BUILD and not torch.cuda.is_available()
 # Backends under test: every one besides the reference itself. "cuda_emu" runs the CUDA kernels' source on
 # CPU tensors in the emulator (dlkernels.cuda_emu): the CUDA tests of a machine without a GPU.
 BACKENDS = ["native", "triton"] + (["cuda_emu"] if cuda_emu.loaded() or REQUIRE_CUDA_EMU else [])
+# Backends that run here under an interpreter, hundreds of times slower than compiled code: the Triton
+# interpreter (no GPU) and the CUDA emulator. backend_matrix gives them all pairs of a large test matrix
+# instead of its whole product.
+INTERPRETED = {"cuda_emu"} | (set() if torch.cuda.is_available() else {"triton"})
 # The custom-op namespaces under test (one per backend that runs through the dispatcher): the tests of the
 # op contract (opcheck, torch.compile) run over all of them.
 NAMESPACES = [namespace for backend, namespace in dlkernels.ops.NAMESPACES.items() if backend in BACKENDS]
@@ -55,6 +60,89 @@ TOLERANCE = {
 # For float16/bfloat16 GEMM and conv the bound is relative to PyTorch's own error in that dtype: the kernel
 # may be off by at most LOW_PRECISION_FACTOR times torch's error (plus one unit in the last place).
 LOW_PRECISION_FACTOR = 2.0
+
+
+def all_pairs(sizes):
+    """Rows of value indices, one per axis of the given sizes, in which every pair of values of two different
+    axes occurs at least once (a covering array of strength 2): a row per pair of the two largest axes, each
+    filled greedily with the values of the other axes that cover the most pairs not yet covered (the least
+    used first on ties), then rows for any pairs left. Deterministic."""
+    n = len(sizes)
+    if n < 2:
+        return [(i,) for i in range(sizes[0])] if n else [()]
+    order = sorted(range(n), key=lambda a: -sizes[a])
+    uncovered = {(a, i, b, j) for a in range(n) for b in range(a + 1, n)
+                 for i in range(sizes[a]) for j in range(sizes[b])}
+    used = [[0] * size for size in sizes]
+    rows = []
+
+    def add(fixed):
+        row = dict(fixed)
+        for a in order:
+            if a not in row:
+                new_pairs = lambda v: sum((min(a, b), v if a < b else row[b], max(a, b), row[b] if a < b else v)
+                                          in uncovered for b in row)
+                row[a] = max(range(sizes[a]), key=lambda v: (new_pairs(v), -used[a][v], -v))
+        for a in range(n):
+            used[a][row[a]] += 1
+            for b in range(a + 1, n):
+                uncovered.discard((a, row[a], b, row[b]))
+        rows.append(tuple(row[a] for a in range(n)))
+
+    first, second = order[0], order[1]
+    for i in range(sizes[first]):
+        for j in range(sizes[second]):
+            add({first: i, second: j})
+    while uncovered:
+        a, i, b, j = min(uncovered)
+        add({a: i, b: j})
+    return rows
+
+
+def pytest_make_parametrize_id(config, val, argname):
+    """Dtypes by name in test ids (float32, bfloat16), as -k selections name them."""
+    if isinstance(val, torch.dtype):
+        return str(val).removeprefix("torch.")
+    return None
+
+
+def _value_id(name, value, index):
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, (str, bool, int, float)):
+        return str(value)
+    return f"{name}{index}"
+
+
+def backend_matrix(*axes, backends=BACKENDS):
+    """Arguments for @pytest.mark.parametrize: "backend" and each axis, an (argnames, values) or (argnames,
+    values, ids) tuple (several comma-separated argnames take tuples of values). Compiled backends run the
+    whole product of the axes; INTERPRETED ones all its pairs (all_pairs): every value of an axis still meets
+    every value of every other axis, in a fraction of the tests (the kernels' paths depend on one or two of
+    the axes at a time; the native kernels, which share the same paths' logic, take every combination)."""
+    names, values, ids = [], [], []
+    for name, vals, *given in axes:
+        vals = list(vals)
+        if given:
+            axis_ids = list(given[0])
+        elif "," in name:
+            axis_ids = ["-".join(_value_id(n.strip(), v, i) for n, v in zip(name.split(","), value))
+                        for i, value in enumerate(vals)]
+        else:
+            axis_ids = [_value_id(name, value, i) for i, value in enumerate(vals)]
+        names.append(name)
+        values.append(vals)
+        ids.append(axis_ids)
+    params = []
+    for backend in backends:
+        sizes = [len(v) for v in values]
+        rows = all_pairs(sizes) if backend in INTERPRETED else itertools.product(*map(range, sizes))
+        for row in rows:
+            flat = [backend]
+            for name, vals, i in zip(names, values, row):
+                flat.extend(vals[i] if "," in name else [vals[i]])
+            params.append(pytest.param(*flat, id="-".join([backend] + [ids[a][i] for a, i in enumerate(row)])))
+    return ",".join(["backend"] + names), params
 
 
 def device_params():

@@ -6,8 +6,8 @@ import torch
 import dlkernels
 from dlkernels import reference
 from conftest import (BACKENDS, BASE_ACTIVATIONS, DTYPES, NEW_ACTIVATION_CASES, NEW_ACTIVATIONS,
-                      assert_close_to_reference, device_dtype_params, device_params, make_input, require_backend,
-                      tf32_flags)
+                      assert_close_to_reference, backend_matrix, device_dtype_params, device_params, make_input,
+                      require_backend, tf32_flags)
 
 CASES = [  # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups
     ((2, 3, 7, 9), (5, 3, 3), 1, 1, 1, 1),
@@ -40,10 +40,8 @@ def run_case(case, dtype, device, activation, backend, channels_last=False, requ
     return (x, weight, bias), out, args
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", ["none", "relu", "gelu"]), ("case", CASES)))
 def test_forward(backend, device, dtype, activation, case):
     require_backend(backend, device)
     (x, weight, bias), out, args = run_case(case, dtype, device, activation, backend)
@@ -115,11 +113,10 @@ def test_new_activations(backend, device, dtype, activation, params):
         assert_close_to_reference(grad, grad64, dtype)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[5], CASES[8]])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", BASE_ACTIVATIONS),
+    ("case", [CASES[1], CASES[2], CASES[5], CASES[8]], ["case1", "case2", "case5", "case8"]),
+    ("channels_last", [False, True])))
 def test_gradients(backend, device, dtype, activation, case, channels_last):
     require_backend(backend, device)
     leaves, out, args = run_case(

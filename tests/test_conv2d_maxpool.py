@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import dlkernels
 from dlkernels import contract, reference
-from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
+from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference, backend_matrix,
                       device_dtype_params, device_params, make_input, require_backend)
 
 # (N, C, H, W), (K, kH, kW), stride, padding, dilation, groups, (pool kernel, stride, padding, ceil_mode)
@@ -74,10 +74,8 @@ def run_case(case, dtype, device, activation, backend, channels_last=False, requ
     return (x, weight, bias), out, (stride, padding, dilation, groups, activation, params, pool)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", ["none", "relu", "gelu"])
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", ["none", "relu", "gelu"]), ("case", CASES, CASE_IDS)))
 def test_forward(backend, device, dtype, activation, case):
     require_backend(backend, device)
     (x, weight, bias), out, args = run_case(case, dtype, device, activation, backend)
@@ -144,11 +142,10 @@ def routed_reference(x, weight, bias, args, index):
     return y.flatten(2).gather(2, flat).view(index.shape)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("case", [CASES[i] for i in (0, 1, 2, 5, 7, 8)], ids=[CASE_IDS[i] for i in (0, 1, 2, 5, 7, 8)])
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", BASE_ACTIVATIONS),
+    ("case", [CASES[i] for i in (0, 1, 2, 5, 7, 8)], [CASE_IDS[i] for i in (0, 1, 2, 5, 7, 8)]),
+    ("channels_last", [False, True])))
 def test_gradients(backend, device, dtype, activation, case, channels_last):
     """Gradients of x, weight and bias against the float64 reference. In bfloat16 the rounding of act(z) makes
     ties that float64 does not have (and which maximum wins depends on the last bit of the activation), so

@@ -5,7 +5,7 @@ import torch
 
 import dlkernels
 from dlkernels import reference
-from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference,
+from conftest import (BACKENDS, BASE_ACTIVATIONS, NEW_ACTIVATION_CASES, assert_close_to_reference, backend_matrix,
                       device_dtype_params, device_params, make_input, require_backend, tf32_flags)
 
 SHAPES = [  # (leading dims of x, K, N)
@@ -25,10 +25,8 @@ def reference64(x, weight, bias, activation, params=None):
     return reference.linear_act(as64(x), as64(weight), as64(bias), activation, params)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("lead,K,N", SHAPES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", BASE_ACTIVATIONS), ("lead,K,N", SHAPES)))
 def test_forward(backend, device, dtype, activation, lead, K, N):
     require_backend(backend, device)
     x = make_input(*lead, K, dtype=dtype, device=device, seed=1)
@@ -131,10 +129,8 @@ def test_kinks_and_nan_match_torch(backend, dtype, activation, params):
                                expected_grad[finite | x.detach().isnan().squeeze(1)], equal_nan=True)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("activation", BASE_ACTIVATIONS)
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("activation", BASE_ACTIVATIONS), ("with_bias", [True, False])))
 def test_gradients(backend, device, dtype, activation, with_bias):
     require_backend(backend, device)
     x = make_input(2, 3, 19, dtype=dtype, device=device, seed=5).requires_grad_()

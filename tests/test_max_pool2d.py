@@ -8,6 +8,7 @@ import dlkernels
 from conftest import (
     BACKENDS,
     assert_close_to_reference,
+    backend_matrix,
     device_dtype_params,
     device_params,
     make_input,
@@ -53,10 +54,8 @@ def check_pool(case, dtype, device, backend, channels_last=False, values=None):
     return x
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("channels_last", [False, True]), ("case", CASES)))
 def test_forward_bit_exact(backend, device, dtype, channels_last, case):
     require_backend(backend, device)
     check_pool(case, dtype, device, backend, channels_last)
@@ -89,10 +88,9 @@ def test_unbatched_and_empty(backend, device):
     assert empty.shape == (0, 3, 4, 4)
 
 
-@pytest.mark.parametrize("device,dtype", device_dtype_params())
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[5], CASES[11], CASES[12]])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(*backend_matrix(
+    ("device,dtype", device_dtype_params()), ("channels_last", [False, True]),
+    ("case", [CASES[1], CASES[3], CASES[5], CASES[11], CASES[12]], ["case1", "case3", "case5", "case11", "case12"])))
 def test_gradients_match_torch(backend, device, dtype, channels_last, case):
     require_backend(backend, device)
     shape, *args = case
