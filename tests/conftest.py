@@ -118,8 +118,8 @@ def backend_matrix(*axes, backends=BACKENDS):
     """Arguments for @pytest.mark.parametrize: "backend" and each axis, an (argnames, values) or (argnames,
     values, ids) tuple (several comma-separated argnames take tuples of values). Compiled backends run the
     whole product of the axes; INTERPRETED ones all its pairs (all_pairs): every value of an axis still meets
-    every value of every other axis, in a fraction of the tests (the kernels' paths depend on one or two of
-    the axes at a time; the native kernels, which share the same paths' logic, take every combination)."""
+    every value of every other axis, in a fraction of the tests (a kernel's paths are chosen by one or two of
+    these axes at a time: dtype and layout, or shape and activation)."""
     names, values, ids = [], [], []
     for name, vals, *given in axes:
         vals = list(vals)
