@@ -107,8 +107,9 @@ def pytest_make_parametrize_id(config, val, argname):
 
 
 def _value_id(name, value, index):
-    if isinstance(value, torch.dtype):
-        return str(value).removeprefix("torch.")
+    dtype_id = pytest_make_parametrize_id(None, value, name)
+    if dtype_id is not None:
+        return dtype_id
     if isinstance(value, (str, bool, int, float)):
         return str(value)
     return f"{name}{index}"
@@ -134,8 +135,8 @@ def backend_matrix(*axes, backends=BACKENDS):
         values.append(vals)
         ids.append(axis_ids)
     params = []
+    sizes = [len(v) for v in values]
     for backend in backends:
-        sizes = [len(v) for v in values]
         rows = all_pairs(sizes) if backend in INTERPRETED else itertools.product(*map(range, sizes))
         for row in rows:
             flat = [backend]
