@@ -6,9 +6,10 @@
     options: --csv PATH, --json PATH, --jobs N, --dtypes a,b, --kernels name,..., --skip-cuda, --skip-triton
 
 CUDA: the sm_90 cubins inside dlkernels/_C*.so are extracted with cuobjdump and read per kernel: registers,
-static shared memory, local memory and stack (`cuobjdump -res-usage`), launch bounds (EIATTR_MAX_THREADS /
-EIATTR_REQNTID in `cuobjdump -elf`), and the SASS (`nvdisasm`): spill stores and loads (STL/LDL) and the key
-instructions (tensor cores HMMA/HGMMA, async copies LDGSTS/UTMALDG, LDSM, 128-bit global loads and stores).
+static shared memory, local memory and stack (`cuobjdump -res-usage`), launch bounds (the EIATTR_MAX_THREADS /
+EIATTR_REQNTID records of the cubin's .nv.info sections), and the SASS (`nvdisasm`): spill stores and loads
+(STL/LDL) and the key instructions (tensor cores HMMA/HGMMA, async copies LDGSTS/UTMALDG, LDSM, 128-bit global
+loads and stores).
 Each kernel is held to its entry in CUDA_EXPECTATIONS; a kernel without an entry, or an entry that matches
 no kernel, is a failure, so no kernel passes unaudited.
 
@@ -40,6 +41,7 @@ import os
 import re
 import shutil
 import site
+import struct
 import subprocess
 import sys
 import tempfile
@@ -166,7 +168,8 @@ class Tools:
         return parse_res_usage(_run([self.cuobjdump, "-res-usage", cubin]))
 
     def launch_bounds(self, cubin):
-        return parse_launch_bounds(_run([self.cuobjdump, "-elf", cubin]))
+        with open(cubin, "rb") as f:
+            return parse_launch_bounds(f.read())
 
     def sass(self, cubin):
         if self.nvdisasm:
@@ -211,25 +214,44 @@ def parse_res_usage(text: str) -> Dict[str, Resources]:
     return out
 
 
-def parse_launch_bounds(text: str) -> Dict[str, Tuple[int, int, int]]:
-    """`cuobjdump -elf`: {mangled name: (x, y, z)} from the EIATTR_MAX_THREADS (__launch_bounds__, .maxntid) or
-    EIATTR_REQNTID (.reqntid) attribute of each kernel's .nv.info section; kernels without bounds are absent."""
-    out, current, attr = {}, None, None
-    for line in text.splitlines():
-        if line.startswith(".nv.info."):
-            current, attr = line[len(".nv.info."):].strip(), None
-        elif line.startswith("."):
-            current = None
-        elif current:
-            m = re.match(r"\s*Attribute:\s*(\S+)", line)
-            if m:
-                attr = m.group(1)
-                continue
-            m = re.match(r"\s*Value:\s*(.*)", line)
-            if m and attr in ("EIATTR_MAX_THREADS", "EIATTR_REQNTID"):
-                values = [int(v, 16) for v in m.group(1).split()[:3]]
-                if len(values) == 3:
-                    out[current] = tuple(values)
+# The .nv.info attributes that carry a kernel's block size: three 32-bit values (x, y, z).
+EIATTR_MAX_THREADS = 0x05  # __launch_bounds__ (PTX .maxntid)
+EIATTR_REQNTID = 0x10  # PTX .reqntid
+EIFMT_SVAL = 0x04  # a record with a 16-bit size and that many bytes; the other formats take 4 bytes in all
+
+
+def elf_sections(data: bytes) -> Dict[str, bytes]:
+    """{name: contents} of the sections of a 64-bit little-endian ELF image (a cubin)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError("not a 64-bit little-endian ELF file")
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    out = {}
+    for name, _type, _flags, _addr, offset, size in headers:
+        end = data.index(b"\0", names_at + name)
+        out[data[names_at + name:end].decode()] = data[offset:offset + size]
+    return out
+
+
+def parse_launch_bounds(cubin: bytes) -> Dict[str, Tuple[int, int, int]]:
+    """{mangled name: (x, y, z)} from the EIATTR_MAX_THREADS (__launch_bounds__, .maxntid) or EIATTR_REQNTID
+    (.reqntid) record of each kernel's .nv.info.<name> section, read from the cubin itself (cuobjdump -elf
+    prints the same records, among hundreds of MB of other sections); kernels without bounds are absent."""
+    out = {}
+    for section, body in elf_sections(cubin).items():
+        if not section.startswith(".nv.info."):
+            continue
+        at = 0
+        while at + 4 <= len(body):
+            fmt, attr, size = body[at], body[at + 1], struct.unpack_from("<H", body, at + 2)[0]
+            if fmt == EIFMT_SVAL:
+                if attr in (EIATTR_MAX_THREADS, EIATTR_REQNTID) and size >= 12:
+                    out[section[len(".nv.info."):]] = struct.unpack_from("<III", body, at + 4)
+                at += 4 + size
+            else:
+                at += 4
     return out
 
 

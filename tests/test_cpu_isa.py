@@ -81,6 +81,8 @@ def test_forced_isa_is_used_and_ops_pass(level, best_isa):
         pytest.skip(f"this CPU supports {best_isa} at most, not {level}")
     out = _info(DLKERNELS_CPU_ISA=level)
     assert re.search(rf"CPU ISA\s+{level} \(DLKERNELS_CPU_ISA={level}\)", out), out
+    if level == best_isa:
+        return  # forcing the level the CPU has changes nothing: the op tests without the switch run these kernels
     _op_tests_pass(DLKERNELS_CPU_ISA=level)
 
 

@@ -5,6 +5,7 @@ output and expectations that must fail, so a check that cannot fail is caught to
 import collections
 import json
 import os
+import struct
 import subprocess
 import sys
 
@@ -114,20 +115,50 @@ Resource usage:
   REG:232 STACK:0 SHARED:49152 LOCAL:0 CONSTANT[0]:360 TEXTURE:0 SURFACE:0 SAMPLER:0
 """
 
-# As cuobjdump -elf prints it (values end with a space).
-ELF_INFO = "\n".join([
-    ".nv.info._Z11fast_kernelPf",
-    "\t<0x1>",
-    "\tAttribute:\tEIATTR_MAX_THREADS",
-    "\tFormat:\tEIFMT_SVAL",
-    "\tValue:\t0x80 0x1 0x1 ",
-    "\t<0x2>",
-    "\tAttribute:\tEIATTR_MAXREG_COUNT",
-    "\tFormat:\tEIFMT_HVAL",
-    "\tValue:\t0xff",
-    "",
-    ".section .text._Z10toy_kernelPf",
-])
+def _elf(sections):
+    """A 64-bit little-endian ELF image holding `sections` ({name: bytes}), laid out as a cubin is: the data,
+    the section names, then the section headers (the first one null)."""
+    names = b"\0" + b"".join(name.encode() + b"\0" for name in [*sections, ".shstrtab"])
+    body, entries, name_at = b"", [], 1
+    for name, data in [*sections.items(), (".shstrtab", names)]:
+        entries.append((name_at, 64 + len(body), len(data)))
+        name_at += len(name) + 1
+        body += data
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9) + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 190, 1, 0, 0, 64 + len(body), 0, 64, 0, 0, 64, len(entries) + 1, len(entries))
+    table = bytes(64) + b"".join(struct.pack("<IIQQQQIIQQ", n, 0x70000000, 0, 0, off, size, 0, 0, 4, 0)
+                                 for n, off, size in entries)
+    return header + body + table
+
+
+def _record(fmt, attr, value=b""):
+    """One .nv.info record: format, attribute, then a 16-bit value or (EIFMT_SVAL) a size and its bytes."""
+    if fmt == audit.EIFMT_SVAL:
+        return bytes([fmt, attr]) + struct.pack("<H", len(value)) + value
+    return bytes([fmt, attr]) + value.ljust(2, b"\0")
+
+
+# The .nv.info records around a kernel's launch bounds, as nvcc writes them: the register count (HVAL), the
+# barriers (BVAL), the parameters (SVAL), then EIATTR_MAX_THREADS (SVAL, x y z). The toy kernel has none.
+CUBIN = _elf({
+    ".text._Z10toy_kernelPf": bytes(16),
+    ".nv.info._Z10toy_kernelPf": _record(0x03, 0x1b, b"\xff\x00") + _record(0x04, 0x17, bytes(12)),
+    ".nv.info._Z11fast_kernelPf": (_record(0x03, 0x1b, b"\xff\x00") + _record(0x02, 0x4c, b"\x01")
+                                   + _record(0x04, 0x17, bytes(12))
+                                   + _record(0x04, 0x05, struct.pack("<III", 128, 1, 1))
+                                   + _record(0x04, 0x1c, bytes(4))),
+    ".nv.info": _record(0x04, 0x2f, bytes(8)),
+})
+
+
+def test_launch_bounds_come_from_the_nv_info_records():
+    assert audit.parse_launch_bounds(CUBIN) == {"_Z11fast_kernelPf": (128, 1, 1)}
+    reqntid = _elf({".nv.info._Z1kv": _record(0x04, 0x10, struct.pack("<III", 64, 2, 1))})
+    assert audit.parse_launch_bounds(reqntid) == {"_Z1kv": (64, 2, 1)}
+    assert audit.elf_sections(CUBIN)[".text._Z10toy_kernelPf"] == bytes(16)
+    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
+        audit.parse_launch_bounds(b"Fatbin elf code:")
+
 
 SASS = """
 \t.target\tsm_90
@@ -147,7 +178,7 @@ SASS = """
 
 
 def _parsed(names):
-    res, bounds, sass = audit.parse_res_usage(RES_USAGE), audit.parse_launch_bounds(ELF_INFO), audit.parse_sass(SASS)
+    res, bounds, sass = audit.parse_res_usage(RES_USAGE), audit.parse_launch_bounds(CUBIN), audit.parse_sass(SASS)
     return [("toy", symbol, kernel, "float32", "", res[symbol], bounds.get(symbol), sass.get(symbol))
             for symbol, kernel in names.items()]
 
@@ -159,7 +190,7 @@ def test_parsers_read_the_tools_output():
     res = audit.parse_res_usage(RES_USAGE)
     assert res["_Z10toy_kernelPf"] == audit.Resources(registers=40, stack=16, shared=0, local=0)
     assert res["_Z11fast_kernelPf"].shared == 49152
-    assert audit.parse_launch_bounds(ELF_INFO) == {"_Z11fast_kernelPf": (128, 1, 1)}
+    assert audit.parse_launch_bounds(CUBIN) == {"_Z11fast_kernelPf": (128, 1, 1)}
     sass = audit.parse_sass(SASS)
     assert audit.key_instructions(sass["_Z10toy_kernelPf"]) == {"LDG.128": 1, "STL": 1, "LDL": 1}
     assert audit.key_instructions(sass["_Z11fast_kernelPf"]) == {
