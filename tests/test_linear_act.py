@@ -16,6 +16,7 @@ SHAPES = [  # (leading dims of x, K, N)
     ((2, 3), 5, 7),
     ((2, 1, 4), 9, 1),
     ((4,), 70, 9),  # batch <= 4 (skinny kernels): vector tails along K and N
+    ((7,), 70, 9),  # batch 5 to 8 forward on AVX2: the skinny dot kernels' two row blocks (4 + 3)
     ((1,), 16500, 3),  # rows of grad_x and grad_w longer than one task's run of strips (the last partial)
 ]
 

@@ -83,8 +83,8 @@ struct LinearGemm {
 
 // C = A @ B (+ bias per column, relu if asked), then post(i0, j0, m, n, tile, ldc) on each finished tile
 // when has_post. A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn].
-// Batch sizes up to 4 (and grad_w's inner dimension up to 4) take the skinny float kernels, which stream W
-// once instead of packing it; bias, relu and post then run over all of C.
+// Batch sizes up to 4, 8 forward on AVX2 (and grad_w's inner dimension up to 4) take the skinny float kernels,
+// which stream W once instead of packing it; bias, relu and post then run over all of C.
 template <typename acc_t, typename Post>
 void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, int64_t a_sk, const acc_t* B,
                  int64_t b_sk, int64_t b_sn, acc_t* C, const acc_t* bias, bool relu, bool has_post, Post post) {

@@ -1,7 +1,7 @@
-// Float GEMMs with a skinny side (at most 4 rows of C, or an inner dimension of at most 4), where the packed
-// GEMM of gemm.h wastes most of its MR x NR tile and repacks a large operand for a few multiply-adds per
-// element: Linear at batch sizes 1 to 4, forward and backward. These stream the large operand once, in
-// place, and are memory-bound. See skinny_gemm.h for the shapes.
+// Float GEMMs with a skinny side (at most 4 rows of C, or an inner dimension of at most 4; the dot form takes 8
+// rows on AVX2), where the packed GEMM of gemm.h wastes most of its MR x NR tile and repacks a large operand
+// for a few multiply-adds per element: Linear at batch sizes 1 to 4 (8 forward on AVX2), forward and backward.
+// These stream the large operand once, in place, and are memory-bound. See skinny_gemm.h for the shapes.
 //
 // Every element of C sums its K terms in the same order whatever the thread count (each is owned by one
 // task): results are deterministic.
@@ -28,17 +28,22 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
 #if defined(__x86_64__)
   const SkinnyKernels* k = skinny_kernels();
   if (k == nullptr || M == 0 || N == 0) return false;
-  if (M <= kMaxSkinny && a_sk == 1 && b_sk == 1) {
-    // Dot form: every column of C is a dot product with one contiguous column of B (a row of W).
-    const int mr = static_cast<int>(M);
+  if (M <= k->max_rows && a_sk == 1 && b_sk == 1) {
+    // Dot form: every column of C is a dot product with one contiguous column of B (a row of W). Rows past
+    // kMaxSkinny take a second pass over the same columns of B, which are still in L1.
     const int64_t grain = std::max<int64_t>(1, kTaskMacs / (std::max<int64_t>(K, 1) * M * 4));
     at::parallel_for(0, (N + 3) / 4, grain, [&](int64_t q0, int64_t q1) {
       for (int64_t q = q0; q < q1; ++q) {
         const int64_t j = q * 4;
-        if (j + 4 <= N) {
-          k->dot4[mr - 1](K, A, a_sm, B, b_sn, C, ldc, j);
-        } else {
-          for (int64_t jj = j; jj < N; ++jj) k->dot1[mr - 1](K, A, a_sm, B, b_sn, C, ldc, jj);
+        for (int64_t i0 = 0; i0 < M; i0 += kMaxSkinny) {
+          const int mr = static_cast<int>(std::min<int64_t>(kMaxSkinny, M - i0));
+          const float* a = A + i0 * a_sm;
+          float* c = C + i0 * ldc;
+          if (j + 4 <= N) {
+            k->dot4[mr - 1](K, a, a_sm, B, b_sn, c, ldc, j);
+          } else {
+            for (int64_t jj = j; jj < N; ++jj) k->dot1[mr - 1](K, a, a_sm, B, b_sn, c, ldc, jj);
+          }
         }
       }
     });

@@ -9,7 +9,8 @@ namespace cpu {
 
 // C[M, N] = A[M, K] @ B[K, N] for float, A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn],
 // C row-major with row stride ldc, when one side is skinny:
-//   - M <= 4 and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot products;
+//   - M <= 4 (8 on AVX2) and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot
+//     products;
 //   - M <= 4 or K <= 4, and B's rows contiguous (b_sn == 1): rows of C as combinations of rows of B.
 // Returns false, with nothing done, for other shapes and layouts and on CPUs without AVX2.
 bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,

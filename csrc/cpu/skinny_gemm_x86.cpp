@@ -135,12 +135,14 @@ const SkinnyKernels* skinny_kernels() {
       {&dot_tile_avx512<1, 4>, &dot_tile_avx512<2, 4>, &dot_tile_avx512<3, 4>, &dot_tile_avx512<4, 4>},
       {&dot_tile_avx512<1, 1>, &dot_tile_avx512<2, 1>, &dot_tile_avx512<3, 1>, &dot_tile_avx512<4, 1>},
       {&axpy_strip_avx512<1>, &axpy_strip_avx512<2>, &axpy_strip_avx512<3>, &axpy_strip_avx512<4>},
-      64};
+      64,
+      kMaxSkinny};
   static const SkinnyKernels avx2{
       {&dot_tile_avx2<1, 4>, &dot_tile_avx2<2, 4>, &dot_tile_avx2<3, 4>, &dot_tile_avx2<4, 4>},
       {&dot_tile_avx2<1, 1>, &dot_tile_avx2<2, 1>, &dot_tile_avx2<3, 1>, &dot_tile_avx2<4, 1>},
       {&axpy_strip_avx2<1>, &axpy_strip_avx2<2>, &axpy_strip_avx2<3>, &axpy_strip_avx2<4>},
-      32};
+      32,
+      2 * kMaxSkinny};
   switch (cpu_isa()) {
     case Isa::Avx512: return &avx512;
     case Isa::Avx2: return &avx2;

@@ -24,6 +24,10 @@ struct SkinnyKernels {
   Dot dot4[kMaxSkinny], dot1[kMaxSkinny];
   Axpy axpy[kMaxSkinny];
   int64_t strip;  // columns per axpy strip
+  // Rows of C the driver gives the dot kernels (in blocks of kMaxSkinny): 4 on AVX-512, whose packed GEMM has
+  // 8-row tiles; 8 on AVX2, whose 6-row tiles pad 5 to 8 rows (Linear at batch 8) to 12 and pack W for them.
+  // (The axpy form with 8 rows measured slower than the packed GEMM: grad_x of Linear at batch 8.)
+  int64_t max_rows;
 };
 
 // The kernels for this CPU; null on CPUs without AVX2.
