@@ -125,10 +125,7 @@ def extension():
     # the library's size.
     cxx_flags = ["-O3", "-g0", "-fopenmp"]
     if with_cuda:
-        # The .cu files first: each takes minutes (every kernel instantiation, per arch), the C++ files seconds.
-        # ninja starts the jobs of a fresh build in this order, so the C++ files fill the cores around the long
-        # ones instead of leaving all but one core idle while the last .cu file compiles.
-        sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sources
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         archs = cuda_arch_list()
         if archs is None:
             archs = ";".join(f"{major}.{minor}" for major, minor in
@@ -172,12 +169,9 @@ def cuda_emulator():
     if mode == "0":
         return None
     log("the CUDA emulator dlkernels._cuda_emu (DLKERNELS_CUDA_EMU=1)")
-    # The emulated op sources first (the kernels' instantiations take most of the compile; see extension()).
-    sources = sorted(glob.glob(os.path.join("csrc", "cuda_emu", "*.cpp")),
-                     key=lambda path: (not path.endswith("_cuda_emu.cpp"), path))
     return cpp_extension.CppExtension(
         "dlkernels._cuda_emu",
-        sources,
+        sorted(glob.glob(os.path.join("csrc", "cuda_emu", "*.cpp"))),
         include_dirs=[os.path.join(ROOT, "csrc")],
         define_macros=[("DLKERNELS_CUDA_EMU", None)],
         # -O1: the emulated kernels run on tiny test shapes, and the build stays short.
