@@ -221,17 +221,18 @@ EIFMT_SVAL = 0x04  # a record with a 16-bit size and that many bytes; the other 
 
 
 def elf_sections(data: bytes) -> Dict[str, bytes]:
-    """{name: contents} of the sections of a 64-bit little-endian ELF image (a cubin)."""
+    """{name: contents} of the sections of a 64-bit little-endian ELF image (a cubin), as views into `data`
+    (no copies: a cubin's code sections run to tens of MB)."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise ValueError("not a 64-bit little-endian ELF file")
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
     names_at = headers[shstrndx][4]
-    out = {}
+    view, out = memoryview(data), {}
     for name, _type, _flags, _addr, offset, size in headers:
         end = data.index(b"\0", names_at + name)
-        out[data[names_at + name:end].decode()] = data[offset:offset + size]
+        out[data[names_at + name:end].decode()] = view[offset:offset + size]
     return out
 
 

@@ -152,7 +152,7 @@ CUBIN = _elf({
 
 
 def test_launch_bounds_come_from_the_nv_info_records():
-    assert audit.parse_launch_bounds(CUBIN) == {"_Z11fast_kernelPf": (128, 1, 1)}
+    # EIATTR_MAX_THREADS among the other records: test_parsers_read_the_tools_output.
     reqntid = _elf({".nv.info._Z1kv": _record(0x04, 0x10, struct.pack("<III", 64, 2, 1))})
     assert audit.parse_launch_bounds(reqntid) == {"_Z1kv": (64, 2, 1)}
     assert audit.elf_sections(CUBIN)[".text._Z10toy_kernelPf"] == bytes(16)
