@@ -32,6 +32,8 @@ CASES = {
     # batch 1 and 3 (skinny kernels), and a GEMM whose last column panel is narrow
     "linear_m1": (linear("relu"), [(1, 300), (200, 300), (200,)]),
     "linear_m3": (linear("gelu"), [(3, 70), (37, 70), (37,)]),
+    # batch 8 (AVX2: the axpy form's runs of columns depend on the thread count)
+    "linear_m8": (linear("relu"), [(8, 1100), (20, 1100), (20,)]),
     "linear_m40": (linear("relu"), [(40, 129), (196, 129), (196,)]),
     # batch 1 on a 14x14 image: few tasks (balanced grid), 196 = 6 x 32 + 4 columns (half-width kernel)
     "conv_14x14": (lambda x, w, b: dlkernels.ops.conv2d(x, w, b, 1, 1, activation="relu", backend="native"),

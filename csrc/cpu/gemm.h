@@ -114,6 +114,12 @@ bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* 
 bool pack_transpose_ranges_f32(const float* const* rows, const int64_t* lo, const int64_t* hi, int64_t kc, float* dst,
                                int P);
 
+// dst[k * W + r] = src[k * sk + r] for r < W, k < kc: copies of a constant size, inlined.
+template <int W, typename T>
+DLK_ALWAYS_INLINE void copy_runs(const T* src, int64_t sk, int64_t kc, T* dst) {
+  for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * W, src + k * sk, W * sizeof(T));
+}
+
 // dst[k * P + r] = S[(r0 + r) * sr + (k0 + k) * sk] for k < kc, r < rows; zero rows up to P: a panel of P
 // rows, stored k-major, of a strided matrix. When the rows of S are contiguous (sk == 1) this is a
 // transposition: it goes in blocks of 16 k (one cache line of each source row) so that the 16 destination
@@ -141,15 +147,27 @@ void pack_panel(const T* S, int64_t sr, int64_t sk, int64_t r0, int rows, int64_
         for (int64_t k = kb; k < ke; ++k) dst[k * P + r] = src[k];
       }
     }
+  } else if (sr == 1) {
+    // A run of `rows` contiguous elements per k. For full panels of the micro-kernel's widths the copy has a
+    // constant size and compiles to a few vector moves: a memcpy call per k (24 bytes for an A panel of 6
+    // rows read down grad_w's columns) cost as much as the products.
+    if (rows == P) {
+      switch (P) {
+        case 4: return copy_runs<4>(base, sk, kc, dst);
+        case 6: return copy_runs<6>(base, sk, kc, dst);
+        case 8: return copy_runs<8>(base, sk, kc, dst);
+        case 10: return copy_runs<10>(base, sk, kc, dst);
+        case 16: return copy_runs<16>(base, sk, kc, dst);
+        case 32: return copy_runs<32>(base, sk, kc, dst);
+        default: break;
+      }
+    }
+    for (int64_t k = 0; k < kc; ++k) std::memcpy(dst + k * P, base + k * sk, rows * sizeof(T));
   } else {
     for (int64_t k = 0; k < kc; ++k) {
       const T* src = base + k * sk;
       T* d = dst + k * P;
-      if (sr == 1) {
-        std::memcpy(d, src, rows * sizeof(T));
-      } else {
-        for (int r = 0; r < rows; ++r) d[r] = src[r * sr];
-      }
+      for (int r = 0; r < rows; ++r) d[r] = src[r * sr];
     }
   }
 }

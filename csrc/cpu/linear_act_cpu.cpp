@@ -83,7 +83,7 @@ struct LinearGemm {
 
 // C = A @ B (+ bias per column, relu if asked), then post(i0, j0, m, n, tile, ldc) on each finished tile
 // when has_post. A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn].
-// Batch sizes up to 4, 8 forward on AVX2 (and grad_w's inner dimension up to 4) take the skinny float kernels,
+// Batch sizes up to 4, 8 on AVX2 (and grad_w's inner dimension up to 4, 8 on AVX2) take the skinny float kernels,
 // which stream W once instead of packing it; bias, relu and post then run over all of C.
 template <typename acc_t, typename Post>
 void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, int64_t a_sk, const acc_t* B,
@@ -241,14 +241,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_act_backward(const at::Ten
       // gelu/gelu_tanh/silu, the forward output otherwise.
       // g(i): gz at element i, written to gz_out when `write`, and added to grad_bias's partial sums.
       auto rows = [&](auto g, bool write) {
+        // One loop per case, on restrict pointers: with the tests inside and `part` possibly aliasing gz_out,
+        // the compiler kept the loop scalar (grad_bias of a large batch cost five times torch's sum).
         at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
           for (int64_t c = c0; c < c1; ++c) {
-            acc_t* part = need_b ? bias_parts.data() + c * N : nullptr;
+            acc_t* __restrict part = need_b ? bias_parts.data() + c * N : nullptr;
             for (int64_t m = c * kBiasRows; m < std::min(M, (c + 1) * kBiasRows); ++m) {
-              for (int64_t n = 0; n < N; ++n) {
-                const acc_t v = g(m * N + n);
-                if (write && gz_out) gz_out[m * N + n] = v;
-                if (part) part[n] += v;
+              acc_t* __restrict out = write && gz_out ? gz_out + m * N : nullptr;
+              const int64_t i0 = m * N;
+              if (out && part) {
+                for (int64_t n = 0; n < N; ++n) {
+                  const acc_t v = g(i0 + n);
+                  out[n] = v;
+                  part[n] += v;
+                }
+              } else if (out) {
+                for (int64_t n = 0; n < N; ++n) out[n] = g(i0 + n);
+              } else if (part) {
+                for (int64_t n = 0; n < N; ++n) part[n] += g(i0 + n);
               }
             }
           }

@@ -1,7 +1,7 @@
-// Float GEMMs with a skinny side (at most 4 rows of C, or an inner dimension of at most 4; the dot form takes 8
-// rows on AVX2), where the packed GEMM of gemm.h wastes most of its MR x NR tile and repacks a large operand
-// for a few multiply-adds per element: Linear at batch sizes 1 to 4 (8 forward on AVX2), forward and backward.
-// These stream the large operand once, in place, and are memory-bound. See skinny_gemm.h for the shapes.
+// Float GEMMs with a skinny side (at most 4 rows of C, or an inner dimension of at most 4; 8 of either on
+// AVX2), where the packed GEMM of gemm.h wastes most of its MR x NR tile and repacks a large operand for a few
+// multiply-adds per element: Linear at batch sizes 1 to 4 (8 on AVX2), forward and backward. These stream
+// the large operand once, in place, and are memory-bound. See skinny_gemm.h for the shapes.
 //
 // Every element of C sums its K terms in the same order whatever the thread count (each is owned by one
 // task): results are deterministic.
@@ -20,6 +20,9 @@ namespace {
 
 // Tasks of roughly this many multiply-adds: enough to be worth a thread.
 constexpr int64_t kTaskMacs = int64_t(1) << 16;
+// The axpy form's slices of the inner dimension, and its runs of C's columns (times rows: 16 KiB of floats).
+constexpr int64_t kSliceK = 8;
+constexpr int64_t kRunFloats = 4096;
 
 }  // namespace
 
@@ -49,18 +52,35 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
     });
     return true;
   }
-  if (b_sn == 1 && (M <= kMaxSkinny || K <= kMaxSkinny)) {
-    // Axpy form: every row of C is a combination of the contiguous rows of B; tasks are (block of up to 4
-    // rows, run of strips of columns), each strip held in registers over the whole of K. A task's strips are
-    // as many as make kTaskMacs multiply-adds (all of a row with a short K).
-    const int64_t row_blocks = (M + kMaxSkinny - 1) / kMaxSkinny;
-    const int64_t run = k->strip * std::max<int64_t>(1, kTaskMacs / (std::max<int64_t>(K, 1) * kMaxSkinny * k->strip));
+  if (b_sn == 1 && (M <= k->max_rows || K <= k->max_rows)) {
+    // Axpy form: every row of C is a combination of the contiguous rows of B. Tasks are (group of rows, run of
+    // columns); the group is all of C's rows when they are few (grad_x of a small batch), else a block of
+    // kMaxSkinny (grad_w with a short inner dimension). A task walks k in slices of kSliceK rows of B and, per
+    // slice, sweeps its run for each block of kMaxSkinny rows of its group: the slice is read from memory once,
+    // as kSliceK sequential streams (a strip held over all of a long K read one line per row of B, every line a
+    // miss the prefetchers did not see coming), and the group's later row blocks re-read it from L1; the
+    // group's run of C (kRunFloats) stays in L1 from slice to slice.
+    const int64_t group = M <= k->max_rows ? M : kMaxSkinny;
+    const int64_t groups = (M + group - 1) / group;
+    const auto strips = [k](int64_t cols) { return (cols + k->strip - 1) / k->strip * k->strip; };
+    int64_t run = std::max<int64_t>(k->strip, kRunFloats / group / k->strip * k->strip);
+    // Enough runs for every thread to have a task (the values do not depend on the split).
+    const int64_t per_group = (at::get_num_threads() + groups - 1) / groups;
+    run = std::min(run, strips((N + per_group - 1) / per_group));
     const int64_t runs = (N + run - 1) / run;
-    at::parallel_for(0, row_blocks * runs, 1, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, groups * runs, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t i0 = (t / runs) * kMaxSkinny, j = (t % runs) * run;
-        const int mr = static_cast<int>(std::min<int64_t>(kMaxSkinny, M - i0));
-        k->axpy[mr - 1](K, A + i0 * a_sm, a_sm, a_sk, B, b_sk, C + i0 * ldc, ldc, j, std::min(N, j + run));
+        const int64_t g0 = (t / runs) * group, g1 = std::min(M, g0 + group);
+        const int64_t j = (t % runs) * run, n = std::min(N, j + run);
+        // K == 0: one empty slice, which writes the zeros.
+        for (int64_t k0 = 0; k0 == 0 || k0 < K; k0 += kSliceK) {
+          const int64_t kc = std::min(kSliceK, K - k0);
+          for (int64_t i0 = g0; i0 < g1; i0 += kMaxSkinny) {
+            const int mr = static_cast<int>(std::min<int64_t>(kMaxSkinny, g1 - i0));
+            k->axpy[mr - 1](kc, A + i0 * a_sm + k0 * a_sk, a_sm, a_sk, B + k0 * b_sk, b_sk, C + i0 * ldc, ldc, j, n,
+                            k0 > 0);
+          }
+        }
       }
     });
     return true;

@@ -11,7 +11,8 @@ namespace cpu {
 // C row-major with row stride ldc, when one side is skinny:
 //   - M <= 4 (8 on AVX2) and both A's rows and B's columns contiguous along k (a_sk == b_sk == 1): dot
 //     products;
-//   - M <= 4 or K <= 4, and B's rows contiguous (b_sn == 1): rows of C as combinations of rows of B.
+//   - M <= 4 or K <= 4 (8 on AVX2), and B's rows contiguous (b_sn == 1): rows of C as combinations of rows
+//     of B.
 // Returns false, with nothing done, for other shapes and layouts and on CPUs without AVX2.
 bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
                      int64_t b_sk, int64_t b_sn, float* C, int64_t ldc);

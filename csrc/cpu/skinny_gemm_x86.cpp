@@ -61,13 +61,14 @@ DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, cons
   }
 }
 
-// Axpy form: C[i, j] = sum_k A(i, k) * B[k * b_sk + j] with A(i, k) = A[i * a_sm + k * a_sk], for i < MR
-// and the columns [j, n) in strips of 64: 4 vectors per row in registers, the columns past n masked. The
-// strips loop here rather than in the driver: with an inner dimension of 1 (grad_w of a batch-1 linear) a
-// strip is a few dozen instructions, and a call and task per strip cost more.
+// Axpy form: C[i, j] (+)= sum_k A(i, k) * B[k * b_sk + j] with A(i, k) = A[i * a_sm + k * a_sk], for i < MR
+// and the columns [j, n) in strips of 64 (4 vectors per row in registers), the columns past n masked; C is
+// read first when `load` (the driver's later slices of k). The strips loop here rather than in the driver:
+// with an inner dimension of 1 (grad_w of a batch-1 linear) a strip is a few dozen instructions, and a call
+// per strip costs more.
 template <int MR>
 DLK_TARGET_AVX512 void axpy_strip_avx512(int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
-                                         int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n) {
+                                         int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n, bool load) {
   for (; j < n; j += 64) {
     __mmask16 mask[4];
     for (int v = 0; v < 4; ++v) {
@@ -76,7 +77,8 @@ DLK_TARGET_AVX512 void axpy_strip_avx512(int64_t K, const float* A, int64_t a_sm
     }
     __m512 acc[MR][4];
     for (int r = 0; r < MR; ++r) {
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm512_setzero_ps();
+      for (int v = 0; v < 4; ++v)
+        acc[r][v] = load ? _mm512_maskz_loadu_ps(mask[v], C + r * ldc + j + 16 * v) : _mm512_setzero_ps();
     }
     for (int64_t k = 0; k < K; ++k) {
       __m512 b[4];
@@ -92,39 +94,58 @@ DLK_TARGET_AVX512 void axpy_strip_avx512(int64_t K, const float* A, int64_t a_sm
   }
 }
 
-// 4 vectors of 8 per row (strips of 32 columns); a strip with fewer columns goes through a zero-padded copy.
+// One AVX2 strip of NV vectors of 8 columns from column j, for the MR rows; `mask` (lanes of the NV vectors,
+// all set in full strips) keeps the loads and stores of the last strip inside [j, n). MR x NV accumulators
+// plus NV vectors of B and a broadcast stay within the 16 registers: nothing spills.
+template <int MR, int NV, bool Masked>
+DLK_TARGET_AVX2 DLK_ALWAYS_INLINE void axpy_tile_avx2(int64_t K, const float* A, int64_t a_sm, int64_t a_sk,
+                                                      const float* B, int64_t b_sk, float* C, int64_t ldc, int64_t j,
+                                                      const __m256i* mask, bool load) {
+  __m256 acc[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      float* c = C + r * ldc + j + 8 * v;
+      acc[r][v] = !load ? _mm256_setzero_ps() : Masked ? _mm256_maskload_ps(c, mask[v]) : _mm256_loadu_ps(c);
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    __m256 b[NV];
+    for (int v = 0; v < NV; ++v) {
+      const float* row = B + k * b_sk + j + 8 * v;
+      b[v] = Masked ? _mm256_maskload_ps(row, mask[v]) : _mm256_loadu_ps(row);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m256 a = _mm256_broadcast_ss(A + r * a_sm + k * a_sk);
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      float* c = C + r * ldc + j + 8 * v;
+      if (Masked) {
+        _mm256_maskstore_ps(c, mask[v], acc[r][v]);
+      } else {
+        _mm256_storeu_ps(c, acc[r][v]);
+      }
+    }
+  }
+}
+
+// Strips of 32 columns for one or two rows, of 16 for three or four (the accumulators' registers).
 template <int MR>
 DLK_TARGET_AVX2 void axpy_strip_avx2(int64_t K, const float* A, int64_t a_sm, int64_t a_sk, const float* B,
-                                     int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n) {
-  for (; j < n; j += 32) {
-    const int64_t cols = std::min<int64_t>(32, n - j);
-    __m256 acc[MR][4];
-    for (int r = 0; r < MR; ++r) {
-      for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_setzero_ps();
+                                     int64_t b_sk, float* C, int64_t ldc, int64_t j, int64_t n, bool load) {
+  constexpr int NV = MR <= 2 ? 4 : 2;
+  const __m256i full[NV] = {};
+  for (; j + 8 * NV <= n; j += 8 * NV) axpy_tile_avx2<MR, NV, false>(K, A, a_sm, a_sk, B, b_sk, C, ldc, j, full, load);
+  if (j < n) {
+    __m256i mask[NV];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int v = 0; v < NV; ++v) {
+      const int left = static_cast<int>(std::clamp<int64_t>(n - j - 8 * v, 0, 8));
+      mask[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane);
     }
-    alignas(32) float pad[32] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      const float* row = B + k * b_sk + j;
-      if (cols < 32) {
-        std::copy(row, row + cols, pad);
-        row = pad;
-      }
-      __m256 b[4];
-      for (int v = 0; v < 4; ++v) b[v] = _mm256_loadu_ps(row + 8 * v);
-      for (int r = 0; r < MR; ++r) {
-        const __m256 a = _mm256_set1_ps(A[r * a_sm + k * a_sk]);
-        for (int v = 0; v < 4; ++v) acc[r][v] = _mm256_fmadd_ps(a, b[v], acc[r][v]);
-      }
-    }
-    for (int r = 0; r < MR; ++r) {
-      if (cols == 32) {
-        for (int v = 0; v < 4; ++v) _mm256_storeu_ps(C + r * ldc + j + 8 * v, acc[r][v]);
-      } else {
-        alignas(32) float out[32];
-        for (int v = 0; v < 4; ++v) _mm256_store_ps(out + 8 * v, acc[r][v]);
-        std::copy(out, out + cols, C + r * ldc + j);
-      }
-    }
+    axpy_tile_avx2<MR, NV, true>(K, A, a_sm, a_sk, B, b_sk, C, ldc, j, mask, load);
   }
 }
 
