@@ -92,6 +92,29 @@ DLK_TARGET_AVX2 inline void store_transposed_8x8(const __m256* v, int n, float* 
     _mm256_storeu_ps(dst + (4 + i) * P, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
   }
 }
+
+// Rows [0, REM) of S (REM < 8) into dst[k * P + r]: 8 x 8 transposes with the missing rows zero, through a
+// buffer, then REM floats per k (a full-width store would run into the next k's rows, which a group of 8 rows
+// before this one may already have written). The 6-row A panels of the AVX2 micro-kernel are all such tails:
+// element by element they cost more than the products for a 1x1 convolution's weight gradient.
+template <int REM>
+DLK_TARGET_AVX2 void pack_transpose_tail(const float* const* S, int64_t kc, float* dst, int P) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  alignas(32) float tmp[64];
+  __m256 v[8];
+  for (int i = REM; i < 8; ++i) v[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k += 8) {
+    const int n = static_cast<int>(std::min<int64_t>(8, kc - k));
+    if (n == 8) {
+      for (int i = 0; i < REM; ++i) v[i] = _mm256_loadu_ps(S[i] + k);
+    } else {  // masked: nothing read past the rows
+      const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+      for (int i = 0; i < REM; ++i) v[i] = _mm256_maskload_ps(S[i] + k, mask);
+    }
+    store_transposed_8x8(v, n, tmp, 8);
+    for (int c = 0; c < n; ++c) std::memcpy(dst + (k + c) * P, tmp + c * 8, REM * sizeof(float));
+  }
+}
 }  // namespace
 
 DLK_TARGET_AVX2 void pack_transpose_ranges_f32_avx2(const float* const* S, const int64_t* lo, const int64_t* hi,
@@ -128,8 +151,15 @@ DLK_TARGET_AVX2 void pack_transpose_f32_avx2(const float* const* S, int rows, in
       store_transposed_8x8(v, n, dst + k * P + r, P);
     }
   }
-  for (; r < rows; ++r) {
-    for (int64_t k = 0; k < kc; ++k) dst[k * P + r] = S[r][k];
+  switch (rows - r) {
+    case 1: return pack_transpose_tail<1>(S + r, kc, dst + r, P);
+    case 2: return pack_transpose_tail<2>(S + r, kc, dst + r, P);
+    case 3: return pack_transpose_tail<3>(S + r, kc, dst + r, P);
+    case 4: return pack_transpose_tail<4>(S + r, kc, dst + r, P);
+    case 5: return pack_transpose_tail<5>(S + r, kc, dst + r, P);
+    case 6: return pack_transpose_tail<6>(S + r, kc, dst + r, P);
+    case 7: return pack_transpose_tail<7>(S + r, kc, dst + r, P);
+    default: return;
   }
 }
 
