@@ -195,6 +195,8 @@ MODEL_CASES = [
     pytest.param(((1, 6, 11, 9), (4, 1, 1), 2, 0, 1, 1), id="1x1s2"),
     pytest.param(((2, 8, 7, 7), (12, 1, 1), 1, 0, 1, 2), id="1x1-groups"),
     pytest.param(((1, 40, 6, 6), (24, 1, 1), 1, 0, 1, 1), id="1x1-shrink"),
+    # grad_w packs runs of whole images: the second slice of the GEMM's K (2 x 383) starts inside image 1
+    pytest.param(((3, 20, 15, 17), (24, 1, 1), 1, 0, 1, 1), id="1x1-slices"),
     pytest.param(((1, 3, 23, 21), (8, 7, 7), 2, 3, 1, 1), id="stem7x7s2"),
     pytest.param(((2, 6, 9, 10), (4, 3, 3), 2, 1, 1, 2), id="3x3s2-groups"),
     pytest.param(((1, 4, 10, 10), (6, 2, 2), 2, 0, 1, 1), id="2x2s2"),

@@ -418,6 +418,16 @@ struct Conv2dGradWeightGemm {
     constexpr int kMaxNR = 64;
     TORCH_INTERNAL_ASSERT(NR <= kMaxNR);
     const int64_t P = s.OH * s.OW, taps = s.KH * s.KW;
+    if (conv2d_is_pointwise(s) && xq == nullptr) {
+      // col(x) is x itself, [Cg, P] per image: runs as long as what is left of the image, not of its output
+      // row (the masked transposes padded a 14-wide row to 16 and paid the segment's setup per row).
+      for (int64_t kk = 0, n = k0 / P, p = k0 % P; kk < kc; ++n, p = 0) {
+        const int64_t seg = std::min<int64_t>(kc - kk, P - p);
+        pack_panel(x + (n * s.C + g * s.Cg) * P, P, int64_t(1), j0, nr, p, seg, dst + kk * NR, NR);
+        kk += seg;
+      }
+      return;
+    }
     int64_t col_c[kMaxNR], col_kh[kMaxNR], col_kw[kMaxNR];  // (c, kh, kw) of each column
     for (int j = 0; j < nr; ++j) {
       const int64_t col = j0 + j;
