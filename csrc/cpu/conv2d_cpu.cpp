@@ -527,6 +527,45 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
   });
 }
 
+// Input channels up to which a strided convolution's grad_x runs as a GEMM and col2im.
+constexpr int64_t kCol2imChannels = 4;
+
+// grad_x of a strided convolution with few input channels (the stems over RGB or grey images), where the
+// phases' convolutions would have only C output channels (a fraction of the smallest register tile, each
+// packed im2col row of gz used for C products). Per image, cols [C*KH*KW, P] = w^T @ gz[n] [K, P]: one GEMM
+// of C*KH*KW rows (w read down its columns, gz along its rows); then col2im: each row (c, kh, kw) of cols is
+// added into grad_x[n, c] at its shift, output rows in order (one thread per input channel; a fixed order of
+// additions).
+template <typename acc_t>
+void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* w, acc_t* gx) {
+  const int64_t taps = s.KH * s.KW, rows = s.C * taps, P = s.OH * s.OW;
+  const Scratch cols_buf(2, sizeof(acc_t) * rows * P);  // reused from image to image
+  acc_t* cols = static_cast<acc_t*>(cols_buf.get());
+  for (int64_t n = 0; n < s.N; ++n) {
+    StridedGemm<acc_t, NoPost> g{1, rows, P, s.K, 1, w, 1, rows, gz + n * s.K * P, P, 1, cols, P};
+    gemm_run<acc_t>(g);
+    at::parallel_for(0, s.C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        acc_t* plane = gx + (n * s.C + c) * s.H * s.W;
+        std::fill(plane, plane + s.H * s.W, acc_t(0));
+        for (int64_t kh = 0; kh < s.KH; ++kh) {
+          const Range rh = valid_range(kh * s.dh - s.ph, s.sh, s.H, s.OH);
+          for (int64_t kw = 0; kw < s.KW; ++kw) {
+            const int64_t off_w = kw * s.dw - s.pw;
+            const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
+            const acc_t* row = cols + (c * taps + kh * s.KW + kw) * P;
+            for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+              acc_t* dst = plane + (oh * s.sh + kh * s.dh - s.ph) * s.W + off_w;
+              const acc_t* src = row + oh * s.OW;
+              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow * s.sw] += src[ow];
+            }
+          }
+        }
+      }
+    });
+  }
+}
+
 // grad_w through the weight-gradient GEMM above (K = batch x positions), into gw [K, Cg, KH, KW] in acc_t, then
 // post(row, j0, m, n, tile, ld) on each finished tile when has_post.
 template <typename acc_t, typename Post>
@@ -725,6 +764,12 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     } else if (!direct) {
       grad_x.copy_(gxa);
     }
+  }
+
+  // Step 2a, other strides, few input channels: a GEMM and col2im.
+  if (!x_done && !x_by_gemm && s.groups == 1 && s.C <= kCol2imChannels) {
+    direct_grad(grad_x, [&](acc_t* gx) { conv2d_grad_input_col2im<acc_t>(s, gz_p, w_p, gx); });
+    x_done = true;
   }
 
   // Step 2a, other strides, no dilation: phase by phase. The input pixels (a + sh * u, b + sw * v) of one

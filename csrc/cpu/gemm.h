@@ -317,5 +317,41 @@ void gemm_run(const P& p) {
   });
 }
 
+// The problem for one GEMM of strided matrices (linear_act's, the strided conv's grad_x by col2im): C[M, N] =
+// A[M, K] @ B[K, N] with A(i, k) = A[i * a_sm + k * a_sk] and B(k, j) = B[k * b_sk + j * b_sn], views of dense
+// buffers that packing reads through their strides (no operand is transposed in memory); C row-major with row
+// stride ldc, + bias per column, relu if asked, then post_fn(i0, j0, m, n, tile, ldc) on each finished tile when
+// has_post.
+template <typename T, typename Post>
+struct StridedGemm {
+  int64_t batch = 1, M, N, K;
+  int64_t num_a = 1;
+  const T* A;
+  int64_t a_sm, a_sk;
+  const T* B;
+  int64_t b_sk, b_sn;
+  T* C;
+  int64_t ldc;
+  const T* bias = nullptr;  // per column
+  bool relu = false;
+  bool has_post = false;
+  Post post_fn;
+
+  int64_t a_of(int64_t) const { return 0; }
+  void pack_a(int64_t, int64_t i0, int mr, T* dst, int MR) const { pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR); }
+  const T* a_rows(int64_t* lda) const {
+    if (a_sk != 1 || a_sm <= 0) return nullptr;
+    *lda = a_sm;
+    return A;
+  }
+  void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const {
+    pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
+  }
+  T* c(int64_t) const { return C; }
+  const T* bias_m(int64_t) const { return nullptr; }
+  const T* bias_n(int64_t) const { return bias; }
+  void post(int64_t, int64_t i0, int64_t j0, int m, int n, T* c, int64_t ldc_) const { post_fn(i0, j0, m, n, c, ldc_); }
+};
+
 }  // namespace cpu
 }  // namespace dlkernels

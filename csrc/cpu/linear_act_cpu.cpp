@@ -42,45 +42,6 @@ namespace {
 constexpr const char* kOp = "linear_act";
 constexpr const char* kOpBwd = "linear_act_backward";
 
-// ---------------------------------------------------------------------------------------------------------
-// The GEMM problems (see cpu/gemm.h). C[M, N] = A[M, K] @ B[K, N] with A and B strided views of dense
-// buffers: packing reads them through their strides, so no operand is ever transposed in memory.
-
-template <typename acc_t, typename Post>
-struct LinearGemm {
-  int64_t batch = 1, M, N, K;
-  int64_t num_a = 1;
-  const acc_t* A;
-  int64_t a_sm, a_sk;
-  const acc_t* B;
-  int64_t b_sk, b_sn;
-  acc_t* C;
-  int64_t ldc;
-  const acc_t* bias = nullptr;  // per column
-  bool relu = false;
-  bool has_post = false;
-  Post post_fn;
-
-  int64_t a_of(int64_t) const { return 0; }
-  void pack_a(int64_t, int64_t i0, int mr, acc_t* dst, int MR) const {
-    pack_a_strided(A, a_sm, a_sk, i0, mr, K, dst, MR);
-  }
-  const acc_t* a_rows(int64_t* lda) const {
-    if (a_sk != 1 || a_sm <= 0) return nullptr;
-    *lda = a_sm;
-    return A;
-  }
-  void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
-  }
-  acc_t* c(int64_t) const { return C; }
-  const acc_t* bias_m(int64_t) const { return nullptr; }
-  const acc_t* bias_n(int64_t) const { return bias; }
-  void post(int64_t, int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc_) const {
-    post_fn(i0, j0, m, n, c, ldc_);
-  }
-};
-
 // C = A @ B (+ bias per column, relu if asked), then post(i0, j0, m, n, tile, ldc) on each finished tile
 // when has_post. A(i, k) = A[i * a_sm + k * a_sk], B(k, j) = B[k * b_sk + j * b_sn].
 // Batch sizes up to 4, 8 on AVX2 (and grad_w's inner dimension up to 4, 8 on AVX2) take the skinny float kernels,
@@ -103,7 +64,7 @@ void linear_gemm(int64_t M, int64_t N, int64_t K, const acc_t* A, int64_t a_sm, 
       return;
     }
   }
-  LinearGemm<acc_t, Post> g{1, M, N, K, 1, A, a_sm, a_sk, B, b_sk, b_sn, C, N, bias, relu, has_post, post};
+  StridedGemm<acc_t, Post> g{1, M, N, K, 1, A, a_sm, a_sk, B, b_sk, b_sn, C, N, bias, relu, has_post, post};
   gemm_run<acc_t>(g);
 }
 
