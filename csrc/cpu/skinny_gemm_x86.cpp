@@ -94,9 +94,9 @@ DLK_TARGET_AVX512 void axpy_strip_avx512(int64_t K, const float* A, int64_t a_sm
   }
 }
 
-// One AVX2 strip of NV vectors of 8 columns from column j, for the MR rows; `mask` (lanes of the NV vectors,
-// all set in full strips) keeps the loads and stores of the last strip inside [j, n). MR x NV accumulators
-// plus NV vectors of B and a broadcast stay within the 16 registers: nothing spills.
+// One AVX2 strip of NV vectors of 8 columns from column j, for the MR rows; when Masked (the last, partial
+// strip), `mask` (lanes of the NV vectors) keeps its loads and stores inside [j, n). MR x NV accumulators plus
+// NV vectors of B and a broadcast stay within the 16 registers: nothing spills.
 template <int MR, int NV, bool Masked>
 DLK_TARGET_AVX2 DLK_ALWAYS_INLINE void axpy_tile_avx2(int64_t K, const float* A, int64_t a_sm, int64_t a_sk,
                                                       const float* B, int64_t b_sk, float* C, int64_t ldc, int64_t j,
