@@ -488,6 +488,20 @@ struct Conv2dGradWeightGemm {
   }
 };
 
+// The pixels that tap (kh, kw) reads from an input plane, a run per output row: f(in, out, n) for each output
+// row whose input row lies in the image, where the n outputs out, out + 1, ... of the plane (OH x OW) read its
+// pixels in, in + sw, ... (the ones inside the image). The scatter and col2im of grad_x walk a tap with it.
+template <typename F>
+inline void for_each_tap_row(const ConvShape& s, int64_t kh, int64_t kw, F&& f) {
+  const Range rh = valid_range(kh * s.dh - s.ph, s.sh, s.H, s.OH);
+  const int64_t off_w = kw * s.dw - s.pw;
+  const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
+  if (rw.hi == rw.lo) return;
+  for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+    f((oh * s.sh + kh * s.dh - s.ph) * s.W + rw.lo * s.sw + off_w, oh * s.OW + rw.lo, rw.hi - rw.lo);
+  }
+}
+
 // grad_x for strides other than 1: grad_x[n, c] = sum over the group's output channels k and taps of
 // w[k, c, tap] * gz[n, k] scattered back through the tap's shift. One thread owns each (n, c) plane.
 template <typename scalar_t, typename acc_t>
@@ -504,20 +518,17 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
         const acc_t* gzk = gz + (n * s.K + k) * plane;
         const acc_t* wk = w + (k * s.Cg + cl) * taps;
         for (int64_t i = 0; i < s.KH; ++i) {
-          const Range rh = valid_range(i * s.dh - s.ph, s.sh, s.H, s.OH);
           for (int64_t j = 0; j < s.KW; ++j) {
-            const int64_t off_w = j * s.dw - s.pw;
-            const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
             const acc_t wv = wk[i * s.KW + j];
-            for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              acc_t* ar = acc.data() + (oh * s.sh + i * s.dh - s.ph) * s.W;  // the input row it came from
-              const acc_t* gr = gzk + oh * s.OW;
+            for_each_tap_row(s, i, j, [&](int64_t in, int64_t out, int64_t n) {
+              acc_t* ar = acc.data() + in;  // the input pixels the outputs came from
+              const acc_t* gr = gzk + out;
               if (s.sw == 1) {
-                for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow + off_w] += wv * gr[ow];
+                for (int64_t t = 0; t < n; ++t) ar[t] += wv * gr[t];
               } else {
-                for (int64_t ow = rw.lo; ow < rw.hi; ++ow) ar[ow * s.sw + off_w] += wv * gr[ow];
+                for (int64_t t = 0; t < n; ++t) ar[t * s.sw] += wv * gr[t];
               }
-            }
+            });
           }
         }
       }
@@ -549,16 +560,11 @@ void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* 
         acc_t* plane = gx + (n * s.C + c) * s.H * s.W;
         std::fill(plane, plane + s.H * s.W, acc_t(0));
         for (int64_t kh = 0; kh < s.KH; ++kh) {
-          const Range rh = valid_range(kh * s.dh - s.ph, s.sh, s.H, s.OH);
           for (int64_t kw = 0; kw < s.KW; ++kw) {
-            const int64_t off_w = kw * s.dw - s.pw;
-            const Range rw = valid_range(off_w, s.sw, s.W, s.OW);
             const acc_t* row = cols + (c * taps + kh * s.KW + kw) * P;
-            for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
-              acc_t* dst = plane + (oh * s.sh + kh * s.dh - s.ph) * s.W + off_w;
-              const acc_t* src = row + oh * s.OW;
-              for (int64_t ow = rw.lo; ow < rw.hi; ++ow) dst[ow * s.sw] += src[ow];
-            }
+            for_each_tap_row(s, kh, kw, [&](int64_t in, int64_t out, int64_t n) {
+              for (int64_t t = 0; t < n; ++t) plane[in + t * s.sw] += row[out + t];
+            });
           }
         }
       }
