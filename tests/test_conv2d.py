@@ -197,6 +197,9 @@ MODEL_CASES = [
     pytest.param(((1, 40, 6, 6), (24, 1, 1), 1, 0, 1, 1), id="1x1-shrink"),
     # grad_w packs runs of whole images: the second slice of the GEMM's K (2 x 383) starts inside image 1
     pytest.param(((3, 20, 15, 17), (24, 1, 1), 1, 0, 1, 1), id="1x1-slices"),
+    # the image packed row by row for all column panels of a block: 2 slices of K, 2 column blocks, the last
+    # panel partial
+    pytest.param(((2, 700, 9, 31), (20, 1, 1), 1, 0, 1, 1), id="1x1-blocks"),
     pytest.param(((1, 3, 23, 21), (8, 7, 7), 2, 3, 1, 1), id="stem7x7s2"),
     pytest.param(((2, 6, 9, 10), (4, 3, 3), 2, 1, 1, 2), id="3x3s2-groups"),
     pytest.param(((1, 4, 10, 10), (6, 2, 2), 2, 0, 1, 1), id="2x2s2"),

@@ -19,6 +19,7 @@ SHAPES = [  # (leading dims of x, K, N)
     ((7,), 70, 9),  # batch 5 to 8 forward on AVX2: the skinny dot kernels' two row blocks (4 + 3)
     ((1,), 16500, 3),  # rows of grad_x and grad_w longer than one task's run of strips (the last partial)
     ((8,), 1100, 20),  # grad_x of batch 8 on AVX2 in the axpy form: 2 row blocks, 3 runs, 3 slices of k
+    ((700,), 300, 20),  # grad_w's B (x) packed row by row: 2 slices of k, 2 column blocks, the last panel partial
 ]
 
 

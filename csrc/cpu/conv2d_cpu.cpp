@@ -303,6 +303,12 @@ struct Conv2dForwardGemm {
     }
     for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * NR + nr, dst + (k + 1) * NR, acc_t(0));
   }
+  // A pointwise conv's image is B itself, [Cg, H*W] with contiguous rows: all panels row by row.
+  bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
+    if (folded || !conv2d_is_pointwise(s)) return false;
+    const acc_t* xg = x + ((b / s.groups) * s.C + (b % s.groups) * s.Cg) * s.H * s.W;
+    return pack_b_rows(xg, s.H * s.W, j0, n, k0, kc, dst, NR);
+  }
   void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
     if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments

@@ -172,6 +172,38 @@ void pack_panel(const T* S, int64_t sr, int64_t sk, int64_t r0, int rows, int64_
   }
 }
 
+// The B panels of columns [j0, j0 + n) (panel q at dst + q * kc * NR, the last one padded with zeros), k in
+// [k0, k0 + kc), of a matrix whose rows are contiguous: B(k, j) = B[k * sk + j]. Row by row, all panels at
+// once, so each row of B is read as one run: panel by panel read one line of each of kc rows per panel, rows
+// that lie far apart (a 1x1 conv's channel planes), a new page per line once kc is past the TLB's reach.
+template <int NR, typename T>
+void pack_panels_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst) {
+  const int64_t full = n / NR;
+  const int rem = static_cast<int>(n - full * NR);
+  const int64_t panel = kc * NR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = B + (k0 + k) * sk + j0;
+    T* d = dst + k * NR;
+    for (int64_t q = 0; q < full; ++q) std::memcpy(d + q * panel, src + q * NR, NR * sizeof(T));
+    if (rem) {
+      T* t = d + full * panel;
+      std::memcpy(t, src + full * NR, rem * sizeof(T));
+      std::fill(t + rem, t + NR, T(0));
+    }
+  }
+}
+
+// pack_panels_rows for the micro-kernels' widths; false, and nothing done, for others.
+template <typename T>
+bool pack_b_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) {
+  switch (NR) {
+    case 8: return pack_panels_rows<8>(B, sk, j0, n, k0, kc, dst), true;
+    case 16: return pack_panels_rows<16>(B, sk, j0, n, k0, kc, dst), true;
+    case 32: return pack_panels_rows<32>(B, sk, j0, n, k0, kc, dst), true;
+    default: return false;
+  }
+}
+
 // The A panel of rows [i0, i0 + mr) over all of K, for P::pack_a; A(i, k) = A[i * sm + k * sk].
 template <typename T>
 void pack_a_strided(const T* A, int64_t sm, int64_t sk, int64_t i0, int mr, int64_t K, T* dst, int MR) {
@@ -220,6 +252,9 @@ inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m
 //   const T* a_rows(int64_t* lda) const;  A in place when its rows are contiguous along k: A number a,
 //                                          row i at a_rows + (a * M + i) * lda; null when they are not
 //   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
+//   optional: bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const;
+//                                          all panels of columns [j0, j0 + n) at once (as pack_b_rows), or
+//                                          false, nothing done, and pack_b is called per panel
 //   T* c(int64_t b) const; int64_t ldc;          where C lives (acc type); it is written, never read first
 //   const T* bias_m(int64_t b) const; const T* bias_n(int64_t b) const;   null for none
 //   bool relu; bool has_post;
@@ -294,7 +329,11 @@ void gemm_run(const P& p) {
       for (int64_t s = 0; s < k_slices; ++s) {
         const int64_t k0 = s * KC, kc = std::min(KC, K - k0);
         const bool last = s + 1 == k_slices;
-        for (int64_t pn = pn0; pn < pn1; ++pn) {
+        bool packed = false;
+        if constexpr (requires { p.pack_b_block(b, pn0, pn0, k0, kc, b_packed.get(), NR); }) {
+          packed = p.pack_b_block(b, pn0 * NR, std::min(N, pn1 * NR) - pn0 * NR, k0, kc, b_packed.get(), NR);
+        }
+        for (int64_t pn = pn0; pn < pn1 && !packed; ++pn) {
           const int nr = static_cast<int>(std::min<int64_t>(NR, N - pn * NR));
           p.pack_b(b, pn * NR, nr, k0, kc, b_packed.get() + (pn - pn0) * kc * NR, NR);
         }
@@ -346,6 +385,9 @@ struct StridedGemm {
   }
   void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const {
     pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
+  }
+  bool pack_b_block(int64_t, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const {
+    return b_sn == 1 && pack_b_rows(B, b_sk, j0, n, k0, kc, dst, NR);
   }
   T* c(int64_t) const { return C; }
   const T* bias_m(int64_t) const { return nullptr; }
