@@ -210,6 +210,12 @@ MODEL_CASES = [
     pytest.param(((2, 16, 13, 15), (40, 3, 3), 2, 1, 1, 1), id="3x3s2-phases"),
     pytest.param(((1, 8, 17, 16), (36, 5, 5), (2, 3), 2, (1, 2), 1), id="5x5-phases-dilated"),
     pytest.param(((1, 3, 23, 21), (64, 7, 7), 2, 3, 1, 1), id="stem7x7s2-64"),
+    # The GEMM's image packed row by row for a block of columns: "same" padding (one run of the plane per row
+    # of k, its columns outside the plane zeroed; 3 column blocks, the second starting inside an output row, 2
+    # slices of k), dilated, and rows of another width than the output's (stride 2 along H, padding 2 along W).
+    pytest.param(((1, 30, 20, 30), (40, 5, 5), 1, 2, 1, 1), id="5x5-blocks"),
+    pytest.param(((1, 24, 11, 13), (40, 3, 3), 1, 2, 2, 1), id="3x3-dilated-same"),
+    pytest.param(((2, 24, 9, 21), (40, 3, 3), (2, 1), (0, 2), 1, 1), id="3x3-s2x1-pad"),
     pytest.param(((1, 16, 7, 7), (24, 3, 3), 1, 1, 1, 1), id="batch1-7x7"),
     # 3x3 convolutions the CPU runs with Winograd F(2x2, 3x3) (grad_x too): odd and even sizes (partial
     # tiles), padding 0 to 2, output channels past a whole register panel, several tasks per image.

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -257,6 +258,100 @@ void pack_im2col_phased(const ConvShape& s, const acc_t* xq, const int64_t* ktab
   }
 }
 
+// dst[0, n) = src[0, n) (src null: zeros), n small: copies of fixed sizes (a few vector moves), not a library
+// call per run of an output row.
+template <typename T>
+DLK_ALWAYS_INLINE void copy_short(const T* src, int64_t n, T* dst) {
+  constexpr T zeros[8] = {};
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) std::memcpy(dst + t, src ? src + t : zeros, 8 * sizeof(T));
+  if (t + 4 <= n) std::memcpy(dst + t, src ? src + t : zeros, 4 * sizeof(T)), t += 4;
+  if (t + 2 <= n) std::memcpy(dst + t, src ? src + t : zeros, 2 * sizeof(T)), t += 2;
+  if (t < n) dst[t] = src ? src[t] : T(0);
+}
+
+// The im2col B panels of a block of columns [j0, j0 + n), k in [k0, k0 + kc), as gemm.h's pack_b_block. Column
+// j is output position j % P of image j / P (one image per GEMM, or the images side by side), whose planes
+// start `image` elements apart from `planes`. Row k = (c, kh, kw) reads plane tab[3k] (Hx x Wx) at row
+// oh * row_step + tab[3k + 1], columns ow + tab[3k + 2] (step 1: stride 1 along W, or x's phases), zeros
+// outside the plane. Row by row: each row of k is built over the whole block in an L1 buffer (its source rows
+// read in order, one run per output row), then copied into the panels; panel by panel walked every row of k
+// once per panel, a line or two of a different plane each time.
+template <int NR, typename acc_t>
+void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, int64_t row_step, int64_t Hx, int64_t Wx,
+                       int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst) {
+  constexpr int64_t kMaxCols = 512;
+  TORCH_INTERNAL_ASSERT(n <= kMaxCols);
+  acc_t row[kMaxCols + NR];
+  struct Segment {  // a run of the block within one output row; parts: runs within one image
+    int64_t jj, len, oh, ow, offset;
+  };
+  Segment segs[kMaxCols], parts[kMaxCols];
+  int64_t count = 0, part_count = 0;
+  for (int64_t jj = 0; jj < n;) {
+    const int64_t img = (j0 + jj) / P, p = (j0 + jj) % P, len = std::min(n - jj, P - p);
+    parts[part_count++] = {jj, len, 0, p, img * image};
+    for (int64_t t = 0, oh = p / OW, ow = p % OW; t < len; ow = 0, ++oh) {
+      const int64_t seg = std::min(len - t, OW - ow);
+      segs[count++] = {jj + t, seg, oh, ow, img * image};
+      t += seg;
+    }
+    jj += len;
+  }
+  const int64_t full = n / NR, rem = n % NR, panel = kc * NR;
+  std::fill(row + n, row + n + NR, acc_t(0));  // the last panel's zero columns
+  // Planes as wide as the output rows, one output row per plane row ("same" padding at stride 1, and the
+  // phases): an image's runs are one run of the plane, shifted by the tap's offsets. It is copied in one go,
+  // clamped to the plane (which zeros the rows outside it), then each output row's columns that fall outside
+  // the plane (at most the offset's width, at one end) are zeroed.
+  const bool one_run = Wx == OW && row_step == 1;
+  for (int64_t k = 0; k < kc; ++k) {
+    const int64_t* e = tab + 3 * (k0 + k);
+    const acc_t* plane = planes + e[0];
+    for (int64_t q = 0; q < part_count && one_run; ++q) {
+      const Segment& g = parts[q];
+      const int64_t L = g.ow + e[1] * Wx + e[2];  // the plane index that the part's first column reads
+      const int64_t a = std::clamp<int64_t>(-L, 0, g.len), b = std::clamp<int64_t>(Hx * Wx - L, a, g.len);
+      copy_short<acc_t>(nullptr, a, row + g.jj);
+      copy_short(plane + g.offset + L + a, b - a, row + g.jj + a);
+      copy_short<acc_t>(nullptr, g.len - b, row + g.jj + b);
+    }
+    for (int64_t q = 0; q < count && one_run && e[2] != 0; ++q) {
+      const Segment& g = segs[q];
+      const int64_t iw = g.ow + e[2];
+      const int64_t lo = std::clamp<int64_t>(-iw, 0, g.len), hi = std::clamp<int64_t>(Wx - iw, lo, g.len);
+      copy_short<acc_t>(nullptr, lo, row + g.jj);
+      copy_short<acc_t>(nullptr, g.len - hi, row + g.jj + hi);
+    }
+    for (int64_t q = 0; q < count && !one_run; ++q) {
+      const Segment& g = segs[q];
+      acc_t* o = row + g.jj;
+      const int64_t ih = g.oh * row_step + e[1], iw = g.ow + e[2];
+      if (ih < 0 || ih >= Hx) {
+        copy_short<acc_t>(nullptr, g.len, o);
+        continue;
+      }
+      const int64_t lo = std::clamp<int64_t>(-iw, 0, g.len), hi = std::clamp<int64_t>(Wx - iw, lo, g.len);
+      copy_short<acc_t>(nullptr, lo, o);
+      copy_short(plane + g.offset + ih * Wx + iw + lo, hi - lo, o + lo);
+      copy_short<acc_t>(nullptr, g.len - hi, o + hi);
+    }
+    acc_t* d = dst + k * NR;
+    for (int64_t q = 0; q < full + (rem > 0); ++q) std::memcpy(d + q * panel, row + q * NR, NR * sizeof(acc_t));
+  }
+}
+
+template <typename acc_t>
+bool pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, int64_t row_step, int64_t Hx, int64_t Wx,
+                       int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) {
+  switch (NR) {
+    case 8: return pack_im2col_block<8>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
+    case 16: return pack_im2col_block<16>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
+    case 32: return pack_im2col_block<32>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
+    default: return false;
+  }
+}
+
 template <typename acc_t, typename Post>
 struct Conv2dForwardGemm {
   int64_t batch, M, N, K, num_a;
@@ -303,11 +398,24 @@ struct Conv2dForwardGemm {
     }
     for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * NR + nr, dst + (k + 1) * NR, acc_t(0));
   }
-  // A pointwise conv's image is B itself, [Cg, H*W] with contiguous rows: all panels row by row.
+  // All panels of a block row by row: a pointwise conv's image is B itself, [Cg, H*W] with contiguous rows;
+  // other convs read runs of step 1 from x (stride 1 along W) or its phases, through `btab`. Folded, the
+  // block's columns run over images.
+  const int64_t* btab = nullptr;
+  int64_t row_step = 1;
   bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    if (folded || !conv2d_is_pointwise(s)) return false;
-    const acc_t* xg = x + ((b / s.groups) * s.C + (b % s.groups) * s.Cg) * s.H * s.W;
-    return pack_b_rows(xg, s.H * s.W, j0, n, k0, kc, dst, NR);
+    const int64_t img = folded ? 0 : b / s.groups, g = folded ? b : b % s.groups, P_ = folded ? P : N;
+    if (conv2d_is_pointwise(s) && !folded) {
+      return pack_b_rows(x + (img * s.C + g * s.Cg) * s.H * s.W, s.H * s.W, j0, n, k0, kc, dst, NR);
+    }
+    if (xq) {
+      const int64_t image = s.C * s.sh * s.sw * Hq * Wq;
+      return pack_im2col_block(xq + img * image + g * s.Cg * s.sh * s.sw * Hq * Wq, image, ktab, 1, Hq, Wq, s.OW, P_,
+                               j0, n, k0, kc, dst, NR);
+    }
+    const int64_t image = s.C * s.H * s.W;
+    return btab && pack_im2col_block(x + img * image + g * s.Cg * s.H * s.W, image, btab, row_step, s.H, s.W, s.OW, P_,
+                                     j0, n, k0, kc, dst, NR);
   }
   void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
@@ -370,6 +478,14 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
     g.Hq = xq.size(4), g.Wq = xq.size(5);
     ktab = phase_table(s, g.Hq, g.Wq);
     g.ktab = ktab.data();
+  } else if (s.sw == 1) {
+    // Rows of step 1 in x itself: the phase table of the same conv at stride 1 (one phase: plane c, row and
+    // column offsets kh * dh - ph and kw * dw - pw), output rows s.sh input rows apart.
+    ConvShape s1 = s;
+    s1.sh = s1.sw = 1;
+    ktab = phase_table(s1, s.H, s.W);
+    g.btab = ktab.data();
+    g.row_step = s.sh;
   }
   gemm_run<acc_t>(g);
 }
