@@ -197,11 +197,10 @@ at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
   return xq;
 }
 
-// pack_im2col from the phases of x (xq: the image-group's first channel of phase_split's result): each
-// output-row segment of a panel row is one contiguous run of a phase row (strided convs, where reading x
-// itself takes one element at a time).
 // Per row k = (c, kh, kw) of im2col: where it reads in the phases of x (ktab[3k]: the phase plane's offset
-// from the group's first, ktab[3k + 1], ktab[3k + 2]: row and column offsets within it).
+// from the group's first, ktab[3k + 1], ktab[3k + 2]: row and column offsets within it). Along an output row
+// each row of k reads one contiguous run of a phase row (strided convs, where reading x itself takes one
+// element at a time).
 inline std::vector<int64_t> phase_table(const ConvShape& s, int64_t Hq, int64_t Wq) {
   auto floor_mod = [](int64_t v, int64_t m) { return ((v % m) + m) % m; };
   std::vector<int64_t> tab(3 * s.Cg * s.KH * s.KW);
@@ -217,45 +216,6 @@ inline std::vector<int64_t> phase_table(const ConvShape& s, int64_t Hq, int64_t 
     }
   }
   return tab;
-}
-
-template <typename acc_t>
-void pack_im2col_phased(const ConvShape& s, const acc_t* xq, const int64_t* ktab, int64_t Hq, int64_t Wq, int64_t j0,
-                        int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) {
-#if defined(__x86_64__)
-  if constexpr (std::is_same_v<acc_t, float>) {  // vectorised: the segments are short (one output row, 7 to 64)
-    switch (cpu_isa()) {
-      case Isa::Avx512: return conv2d_pack_im2col_f32_phased_avx512(s.OW, xq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
-      case Isa::Avx2: return conv2d_pack_im2col_f32_phased_avx2(s.OW, xq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
-      default: break;
-    }
-  }
-#endif
-  for (int64_t k = k0; k < k0 + kc; ++k) {
-    const int64_t dr = ktab[3 * k + 1], dc = ktab[3 * k + 2];  // row and column offsets within the phase
-    const acc_t* plane = xq + ktab[3 * k];
-    acc_t* d = dst + (k - k0) * NR;
-    int64_t oh = j0 / s.OW, ow = j0 % s.OW;
-    for (int jj = 0; jj < nr;) {
-      const int seg = static_cast<int>(std::min<int64_t>(nr - jj, s.OW - ow));
-      const int64_t ih = oh + dr;
-      if (ih < 0 || ih >= Hq) {
-        std::fill(d + jj, d + jj + seg, acc_t(0));
-      } else {
-        const acc_t* row = plane + ih * Wq + ow + dc;
-        const int lo = static_cast<int>(std::clamp<int64_t>(-(ow + dc), 0, seg));
-        const int hi = static_cast<int>(std::clamp<int64_t>(Wq - (ow + dc), lo, seg));
-        acc_t* o = d + jj;
-        for (int t = 0; t < lo; ++t) o[t] = acc_t(0);
-        for (int t = lo; t < hi; ++t) o[t] = row[t];
-        for (int t = hi; t < seg; ++t) o[t] = acc_t(0);
-      }
-      jj += seg;
-      ow = 0;
-      ++oh;
-    }
-    std::fill(d + nr, d + NR, acc_t(0));
-  }
 }
 
 // dst[0, n) = src[0, n) (src null: zeros), n small: copies of fixed sizes (a few vector moves), not a library
@@ -345,6 +305,7 @@ template <typename acc_t>
 bool pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, int64_t row_step, int64_t Hx, int64_t Wx,
                        int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) {
   switch (NR) {
+    case 4: return pack_im2col_block<4>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
     case 8: return pack_im2col_block<8>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
     case 16: return pack_im2col_block<16>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
     case 32: return pack_im2col_block<32>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
@@ -417,15 +378,9 @@ struct Conv2dForwardGemm {
     return btab && pack_im2col_block(x + img * image + g * s.Cg * s.H * s.W, image, btab, row_step, s.H, s.W, s.OW, P_,
                                      j0, n, k0, kc, dst, NR);
   }
+  // The panels pack_b_block does not take: strides along W without phases (patchify kernels, grouped convs).
   void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    const acc_t* xg = x + (n * s.C + g * s.Cg) * s.H * s.W;
-    if (conv2d_is_pointwise(s)) {  // col(x) is x itself, [Cg, H*W]: whole rows, no output-row segments
-      pack_b_strided(xg, s.H * s.W, int64_t(1), j0, nr, k0, kc, dst, NR);
-    } else if (xq) {
-      pack_im2col_phased(s, xq + (n * s.C + g * s.Cg) * s.sh * s.sw * Hq * Wq, ktab, Hq, Wq, j0, nr, k0, kc, dst, NR);
-    } else {
-      pack_im2col_fast(s, xg, j0, nr, k0, kc, dst, NR);
-    }
+    pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);
   }
   acc_t* c(int64_t b) const {
     return folded ? cbuf + b * s.Kg * ldc : out + ((b / s.groups) * s.K + (b % s.groups) * s.Kg) * N;

@@ -1,5 +1,6 @@
 // The x86 im2col packers of the conv2d forward GEMM (AVX-512 and AVX2 masked loads and stores); conv2d_cpu.cpp
-// calls them for float, stride 1 or the phases of a strided x, on CPUs that have them.
+// calls them for float and stride 1 along W, panel by panel (the fused conv + max-pool's GEMM), on CPUs that
+// have them.
 #include "cpu/conv2d_cpu_x86.h"
 
 #include <algorithm>
@@ -99,54 +100,6 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
     }                                                                                                                  \
   }
 
-// The same over the phases of x (conv2d_cpu.cpp's phase_split and phase_table): row k reads the phase plane
-// at ktab[3k] from (oh + ktab[3k + 1], ow + ktab[3k + 2]), so a piece's load mask depends on the row's column
-// offset only; one mask per piece and offset in the panel's range of offsets.
-#define DLK_PACK_IM2COL_PHASED(NAME, TARGET, LANES, LOAD, STORE)                                                       \
-  TARGET void NAME(int64_t OW, const float* xq, const int64_t* ktab, int64_t Hq, int64_t Wq, int64_t j0, int nr,       \
-                   int64_t k0, int64_t kc, float* dst, int NR) {                                                       \
-    constexpr int kMaxPieces = 128;                                                                                    \
-    TORCH_INTERNAL_ASSERT(NR <= kMaxPieces / 2);                                                                       \
-    Im2colPiece pieces[kMaxPieces];                                                                                    \
-    int count = 0;                                                                                                     \
-    for (int64_t jj = 0, oh = j0 / OW, ow = j0 % OW; jj < nr; ow = 0, ++oh) {                                          \
-      const int64_t len = std::min<int64_t>(nr - jj, OW - ow);                                                         \
-      for (int64_t t = 0; t < len; t += LANES) {                                                                       \
-        pieces[count++] = {static_cast<int>(jj + t), oh, ow + t, lane_mask(0, std::min<int64_t>(LANES, len - t)), 0u}; \
-      }                                                                                                                \
-      jj += len;                                                                                                       \
-    }                                                                                                                  \
-    for (int t = nr; t < NR; t += LANES) {                                                                             \
-      pieces[count++] = {t, -1, 0, lane_mask(0, std::min<int64_t>(LANES, NR - t)), 0u};                                \
-    }                                                                                                                  \
-    set_put_masks(pieces, count, LANES, NR);                                                                           \
-    int64_t dc0 = ktab[3 * k0 + 2], dc1 = dc0;                                                                         \
-    for (int64_t k = k0; k < k0 + kc; ++k) dc0 = std::min(dc0, ktab[3 * k + 2]), dc1 = std::max(dc1, ktab[3 * k + 2]); \
-    const int64_t offsets = dc1 - dc0 + 1;                                                                             \
-    std::vector<uint32_t> load(static_cast<size_t>(count * offsets));                                                  \
-    for (int q = 0; q < count; ++q) {                                                                                  \
-      const int64_t n = 32 - __builtin_clz(pieces[q].store);                                                           \
-      for (int64_t dc = dc0; dc <= dc1; ++dc) {                                                                        \
-        const int64_t first = pieces[q].iw_base + dc;                                                                  \
-        load[q * offsets + dc - dc0] =                                                                                 \
-            pieces[q].oh < 0 ? 0u                                                                                      \
-                             : lane_mask(std::clamp<int64_t>(-first, 0, n), std::clamp<int64_t>(Wq - first, 0, n));    \
-      }                                                                                                                \
-    }                                                                                                                  \
-    for (int q = 0; q < count; ++q) {                                                                                  \
-      const Im2colPiece& piece = pieces[q];                                                                            \
-      const uint32_t* load_q = load.data() + q * offsets - dc0;                                                        \
-      float* d = dst + piece.dst_col;                                                                                  \
-      const int64_t* e = ktab + 3 * k0;                                                                                \
-      for (int64_t k = 0; k < kc; ++k, e += 3) {                                                                       \
-        const int64_t ih = piece.oh + e[1];                                                                            \
-        const bool in = piece.oh >= 0 && ih >= 0 && ih < Hq;                                                           \
-        STORE(d + k * NR, piece.put,                                                                                   \
-              LOAD(in ? load_q[e[2]] : 0u, xq + (in ? e[0] + ih * Wq + piece.iw_base + e[2] : 0)));                    \
-      }                                                                                                                \
-    }                                                                                                                  \
-  }
-
 #define DLK_LOAD512(MASK, P) _mm512_maskz_loadu_ps(static_cast<__mmask16>(MASK), P)
 #define DLK_STORE512(P, MASK, V) _mm512_mask_storeu_ps(P, static_cast<__mmask16>(MASK), V)
 #define DLK_LOAD256(MASK, P) ((MASK) == 0xFFu ? _mm256_loadu_ps(P) : _mm256_maskload_ps(P, avx2_lanes(MASK)))
@@ -154,14 +107,11 @@ __attribute__((target("avx2,fma"))) inline __m256i avx2_lanes(uint32_t mask) {  
   ((MASK) == 0xFFu ? _mm256_storeu_ps(P, V) : _mm256_maskstore_ps(P, avx2_lanes(MASK), V))
 DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx512, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
 DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx2, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
-DLK_PACK_IM2COL_PHASED(conv2d_pack_im2col_f32_phased_avx512, DLK_TARGET_AVX512, int64_t(16), DLK_LOAD512, DLK_STORE512)
-DLK_PACK_IM2COL_PHASED(conv2d_pack_im2col_f32_phased_avx2, DLK_TARGET_AVX2, int64_t(8), DLK_LOAD256, DLK_STORE256)
 #undef DLK_LOAD512
 #undef DLK_STORE512
 #undef DLK_LOAD256
 #undef DLK_STORE256
 #undef DLK_PACK_IM2COL_S1
-#undef DLK_PACK_IM2COL_PHASED
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -21,14 +21,6 @@ DLK_TARGET_AVX512 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx512(const ConvS
                                                                      int NR);
 DLK_TARGET_AVX2 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx2(const ConvShape& s, const float* xg, int64_t j0,
                                                                  int nr, int64_t k0, int64_t kc, float* dst, int NR);
-// pack_im2col_phased (conv2d_cpu.cpp): the panel of an image-group's phases xq, ktab its phase_table.
-DLK_TARGET_AVX512 DLK_INTERNAL void conv2d_pack_im2col_f32_phased_avx512(int64_t OW, const float* xq,
-                                                                         const int64_t* ktab, int64_t Hq, int64_t Wq,
-                                                                         int64_t j0, int nr, int64_t k0, int64_t kc,
-                                                                         float* dst, int NR);
-DLK_TARGET_AVX2 DLK_INTERNAL void conv2d_pack_im2col_f32_phased_avx2(int64_t OW, const float* xq, const int64_t* ktab,
-                                                                     int64_t Hq, int64_t Wq, int64_t j0, int nr,
-                                                                     int64_t k0, int64_t kc, float* dst, int NR);
 #endif
 
 }  // namespace cpu

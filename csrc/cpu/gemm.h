@@ -197,6 +197,7 @@ void pack_panels_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0,
 template <typename T>
 bool pack_b_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) {
   switch (NR) {
+    case 4: return pack_panels_rows<4>(B, sk, j0, n, k0, kc, dst), true;
     case 8: return pack_panels_rows<8>(B, sk, j0, n, k0, kc, dst), true;
     case 16: return pack_panels_rows<16>(B, sk, j0, n, k0, kc, dst), true;
     case 32: return pack_panels_rows<32>(B, sk, j0, n, k0, kc, dst), true;
