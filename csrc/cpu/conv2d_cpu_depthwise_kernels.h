@@ -170,7 +170,7 @@ DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, 
 // The forward for small planes (dw_channels_last), items [i0, i1) = (image n, block of g.CB channels):
 // the block's planes are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the
 // padding, zeroed once, stays zero), every output pixel is computed L channels per FMA (the weights wt
-// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), 8 or 4 pixels of a row at once,
+// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), up to 8 pixels of a row at once,
 // into a channels-last output block, which is then moved to the NCHW planes. Lanes past C compute from
 // whatever the buffer holds there and are never stored.
 template <class VO>
@@ -210,12 +210,23 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
             dw_cl_pixels<VO, RB>(s, Wp, CB, Cp, xs, ws, bs, zs, relu, kh0, kh1, kw0, kw1);
           }
         };
-        for (; ow + 8 <= s.OW; ow += 8) block(std::integral_constant<int, 8>{});
-        for (; ow + 4 <= s.OW; ow += 4) block(std::integral_constant<int, 4>{});
-        for (; ow < s.OW; ++ow) {
-          inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &kw1);
-          dw_cl_pixels<VO, 1>(s, Wp, CB, Cp, xrow + ow * s.sw * CB + v, ws, bs, zrow + ow * CB + v, relu, kh0, kh1, kw0,
-                              kw1);
+        // Blocks of at most 8 pixels, as equal as they can be: each pixel's sum is one chain of FMAs, each
+        // waiting for the one before, so a block needs about 8 pixels to keep the FMA units busy (blocks of
+        // 8 + 4 + 1 + 1 for a row of 14 ran their last pixels one chain at a time).
+        const int64_t blocks_w = (s.OW + 7) / 8, base = s.OW / blocks_w, extra = s.OW % blocks_w;
+        for (int64_t b = 0; b < blocks_w; ++b) {
+          const int64_t rb = base + (b < extra ? 1 : 0);
+          switch (rb) {
+            case 8: block(std::integral_constant<int, 8>{}); break;
+            case 7: block(std::integral_constant<int, 7>{}); break;
+            case 6: block(std::integral_constant<int, 6>{}); break;
+            case 5: block(std::integral_constant<int, 5>{}); break;
+            case 4: block(std::integral_constant<int, 4>{}); break;
+            case 3: block(std::integral_constant<int, 3>{}); break;
+            case 2: block(std::integral_constant<int, 2>{}); break;
+            default: block(std::integral_constant<int, 1>{}); break;
+          }
+          ow += rb;
         }
       }
     }
