@@ -179,6 +179,8 @@ MODEL_CASES = [
     pytest.param(((1, 4, 9, 9), (4, 7, 7), 1, 3, 1, 4), id="dw7x7"),
     pytest.param(((1, 3, 11, 10), (3, 3, 3), (2, 1), (0, 2), (2, 1), 3), id="dw-dilated"),
     pytest.param(((1, 20, 37, 35), (20, 3, 3), 1, 1, 1, 20), id="dw-wide-rows"),
+    # the rest of a row after its whole blocks as one block of 2 to 4 vectors (27 columns, 4 + 2 rows)
+    pytest.param(((1, 8, 6, 27), (8, 3, 3), 1, 1, 1, 8), id="dw3x3-row-rest"),
     # stride 2: rows split into the two phases 2 vectors at a time, the last chunk partial, padding odd and even
     pytest.param(((2, 16, 9, 37), (16, 3, 3), 2, 1, 1, 16), id="dw3x3s2-wide"),
     pytest.param(((1, 8, 11, 40), (8, 5, 5), 2, 2, 1, 8), id="dw5x5s2-wide"),

@@ -49,14 +49,27 @@ DLK_ALWAYS_INLINE void dw_fwd_block(const ConvShape& s, const int64_t* off, cons
   }
 }
 
-// One block of R output rows of a plane, along the row in blocks of vectors.
+// One block of R output rows of a plane, along the row in blocks of vectors. room: the columns a block may
+// span, reads included (P's row stride less the furthest tap offset).
 template <class VO, int R>
 DLK_ALWAYS_INLINE void dw_fwd_rows(const ConvShape& s, const int64_t* off, const typename VO::T* P, int64_t rs,
-                                   const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow, bool relu) {
+                                   int64_t room, const typename VO::T* wk, typename VO::T bk, typename VO::T* zrow,
+                                   bool relu) {
   constexpr int L = VO::L;
   constexpr int U = R >= 4 ? 2 : 4;
   int64_t ow0 = 0;
   for (; ow0 + U * L <= s.OW; ow0 += U * L) dw_fwd_block<VO, R, U>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+  // The rest of the row (at most U vectors, the last partial) as one block where the buffer's row has room for
+  // its reads (the lanes past OW are computed and dropped): as single vectors each block had a half or a
+  // quarter of the independent FMA chains and waited out the FMA latency (a 28-wide row ended in two).
+  const int64_t left = (s.OW - ow0 + L - 1) / L;
+  if (left > 1 && ow0 + left * L <= room) {
+    switch (left) {
+      case 2: return dw_fwd_block<VO, R, 2>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+      case 3: return dw_fwd_block<VO, R, 3>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+      default: return dw_fwd_block<VO, R, 4>(s, off, P, rs, wk, bk, zrow, ow0, relu);
+    }
+  }
   for (; ow0 < s.OW; ow0 += L) dw_fwd_block<VO, R, 1>(s, off, P, rs, wk, bk, zrow, ow0, relu);
 }
 
@@ -137,8 +150,11 @@ void dw_forward_planes(const ConvShape& s, const DwGeom& g, const typename VO::T
     typename VO::T* zp = z + p * s.OH * s.OW;
     const int64_t rs = s.sh * g.RS;
     int64_t oh = 0;
-    for (; oh + 4 <= s.OH; oh += 4) dw_fwd_rows<VO, 4>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
-    for (; oh < s.OH; ++oh) dw_fwd_rows<VO, 1>(s, off.data(), buf + oh * rs, rs, wk, bk, zp + oh * s.OW, relu);
+    const int64_t room = g.RS - g.QL;
+    for (; oh + 4 <= s.OH; oh += 4) {
+      dw_fwd_rows<VO, 4>(s, off.data(), buf + oh * rs, rs, room, wk, bk, zp + oh * s.OW, relu);
+    }
+    for (; oh < s.OH; ++oh) dw_fwd_rows<VO, 1>(s, off.data(), buf + oh * rs, rs, room, wk, bk, zp + oh * s.OW, relu);
   }
 }
 
