@@ -243,7 +243,9 @@ void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, i
   constexpr int64_t kMaxCols = 512;
   TORCH_INTERNAL_ASSERT(n <= kMaxCols);
   acc_t row[kMaxCols + NR];
-  struct Segment {  // a run of the block within one output row; parts: runs within one image
+  // segs: the block's runs within one output row (first column jj, length, output row and column, offset of
+  // the image's planes); parts: its runs within one image (oh unused, ow the first column's position p).
+  struct Segment {
     int64_t jj, len, oh, ow, offset;
   };
   Segment segs[kMaxCols], parts[kMaxCols];
