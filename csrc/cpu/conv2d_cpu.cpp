@@ -242,17 +242,19 @@ void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, i
                        int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst) {
   constexpr int64_t kMaxCols = 512;
   TORCH_INTERNAL_ASSERT(n <= kMaxCols);
-  acc_t row[kMaxCols + NR];
-  // segs: the block's runs within one output row (first column jj, length, output row and column, offset of
-  // the image's planes); parts: its runs within one image (oh unused, ow the first column's position p).
-  struct Segment {
+  acc_t row[kMaxCols];
+  struct Segment {  // the block's runs within one output row, from column jj; offset: of the image's planes
     int64_t jj, len, oh, ow, offset;
   };
-  Segment segs[kMaxCols], parts[kMaxCols];
+  struct Part {  // the block's runs within one image, from column jj, whose first position is p
+    int64_t jj, len, p, offset;
+  };
+  Segment segs[kMaxCols];
+  Part parts[kMaxCols];
   int64_t count = 0, part_count = 0;
   for (int64_t jj = 0; jj < n;) {
     const int64_t img = (j0 + jj) / P, p = (j0 + jj) % P, len = std::min(n - jj, P - p);
-    parts[part_count++] = {jj, len, 0, p, img * image};
+    parts[part_count++] = {jj, len, p, img * image};
     for (int64_t t = 0, oh = p / OW, ow = p % OW; t < len; ow = 0, ++oh) {
       const int64_t seg = std::min(len - t, OW - ow);
       segs[count++] = {jj + t, seg, oh, ow, img * image};
@@ -260,8 +262,6 @@ void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, i
     }
     jj += len;
   }
-  const int64_t full = n / NR, rem = n % NR, panel = kc * NR;
-  std::fill(row + n, row + n + NR, acc_t(0));  // the last panel's zero columns
   // Planes as wide as the output rows, one output row per plane row ("same" padding at stride 1, and the
   // phases): an image's runs are one run of the plane, shifted by the tap's offsets. It is copied in one go,
   // clamped to the plane (which zeros the rows outside it), then each output row's columns that fall outside
@@ -271,8 +271,8 @@ void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, i
     const int64_t* e = tab + 3 * (k0 + k);
     const acc_t* plane = planes + e[0];
     for (int64_t q = 0; q < part_count && one_run; ++q) {
-      const Segment& g = parts[q];
-      const int64_t L = g.ow + e[1] * Wx + e[2];  // the plane index that the part's first column reads
+      const Part& g = parts[q];
+      const int64_t L = g.p + e[1] * Wx + e[2];  // the plane index that the part's first column reads
       const int64_t a = std::clamp<int64_t>(-L, 0, g.len), b = std::clamp<int64_t>(Hx * Wx - L, a, g.len);
       copy_short<acc_t>(nullptr, a, row + g.jj);
       copy_short(plane + g.offset + L + a, b - a, row + g.jj + a);
@@ -298,20 +298,7 @@ void pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, i
       copy_short(plane + g.offset + ih * Wx + iw + lo, hi - lo, o + lo);
       copy_short<acc_t>(nullptr, g.len - hi, o + hi);
     }
-    acc_t* d = dst + k * NR;
-    for (int64_t q = 0; q < full + (rem > 0); ++q) std::memcpy(d + q * panel, row + q * NR, NR * sizeof(acc_t));
-  }
-}
-
-template <typename acc_t>
-bool pack_im2col_block(const acc_t* planes, int64_t image, const int64_t* tab, int64_t row_step, int64_t Hx, int64_t Wx,
-                       int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) {
-  switch (NR) {
-    case 4: return pack_im2col_block<4>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
-    case 8: return pack_im2col_block<8>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
-    case 16: return pack_im2col_block<16>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
-    case 32: return pack_im2col_block<32>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;
-    default: return false;
+    row_to_panels<NR>(row, n, kc * NR, dst + k * NR);
   }
 }
 
@@ -326,9 +313,9 @@ struct Conv2dForwardGemm {
   int64_t ldc;
   bool relu, has_post;
   const Post& post_fn;
-  bool user_post = has_post;  // has_post is also set for the folded GEMM's moves
-  const acc_t* xq = nullptr;  // x split into phases (see phase_split) when the stride along W is not 1
-  const int64_t* ktab = nullptr;
+  bool user_post = has_post;      // has_post is also set for the folded GEMM's moves
+  const acc_t* xq = nullptr;      // x split into phases (see phase_split) when the stride along W is not 1
+  const int64_t* ktab = nullptr;  // phase_table of xq, or of x at stride 1 along W; null: pack_image
   int64_t Hq = 0, Wq = 0;
 
   int64_t a_of(int64_t b) const { return b % s.groups; }
@@ -362,23 +349,20 @@ struct Conv2dForwardGemm {
     for (int64_t k = 0; k < kc; ++k) std::fill(dst + k * NR + nr, dst + (k + 1) * NR, acc_t(0));
   }
   // All panels of a block row by row: a pointwise conv's image is B itself, [Cg, H*W] with contiguous rows;
-  // other convs read runs of step 1 from x (stride 1 along W) or its phases, through `btab`. Folded, the
-  // block's columns run over images.
-  const int64_t* btab = nullptr;
-  int64_t row_step = 1;
+  // other convs read runs of step 1 through ktab, from x's phases or (stride 1 along W) from x itself, output
+  // rows sh input rows apart. Folded, the block's columns run over images.
   bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
-    const int64_t img = folded ? 0 : b / s.groups, g = folded ? b : b % s.groups, P_ = folded ? P : N;
+    const int64_t img = folded ? 0 : b / s.groups, g = folded ? b : b % s.groups;
     if (conv2d_is_pointwise(s) && !folded) {
       return pack_b_rows(x + (img * s.C + g * s.Cg) * s.H * s.W, s.H * s.W, j0, n, k0, kc, dst, NR);
     }
-    if (xq) {
-      const int64_t image = s.C * s.sh * s.sw * Hq * Wq;
-      return pack_im2col_block(xq + img * image + g * s.Cg * s.sh * s.sw * Hq * Wq, image, ktab, 1, Hq, Wq, s.OW, P_,
-                               j0, n, k0, kc, dst, NR);
-    }
-    const int64_t image = s.C * s.H * s.W;
-    return btab && pack_im2col_block(x + img * image + g * s.Cg * s.H * s.W, image, btab, row_step, s.H, s.W, s.OW, P_,
-                                     j0, n, k0, kc, dst, NR);
+    if (!ktab) return false;
+    const acc_t* src = xq ? xq : x;
+    const int64_t Hx = xq ? Hq : s.H, Wx = xq ? Wq : s.W, channel = (xq ? s.sh * s.sw : 1) * Hx * Wx;
+    return with_panel_width(NR, [&](auto nr) {
+      pack_im2col_block<decltype(nr)::value>(src + (img * s.C + g * s.Cg) * channel, s.C * channel, ktab, xq ? 1 : s.sh,
+                                             Hx, Wx, s.OW, folded ? P : N, j0, n, k0, kc, dst);
+    });
   }
   // The panels pack_b_block does not take: strides along W without phases (patchify kernels, grouped convs).
   void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
@@ -441,8 +425,7 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
     ConvShape s1 = s;
     s1.sh = s1.sw = 1;
     ktab = phase_table(s1, s.H, s.W);
-    g.btab = ktab.data();
-    g.row_step = s.sh;
+    g.ktab = ktab.data();
   }
   gemm_run<acc_t>(g);
 }

@@ -172,37 +172,44 @@ void pack_panel(const T* S, int64_t sr, int64_t sk, int64_t r0, int rows, int64_
   }
 }
 
-// The B panels of columns [j0, j0 + n) (panel q at dst + q * kc * NR, the last one padded with zeros), k in
-// [k0, k0 + kc), of a matrix whose rows are contiguous: B(k, j) = B[k * sk + j]. Row by row, all panels at
-// once, so each row of B is read as one run: panel by panel read one line of each of kc rows per panel, rows
-// that lie far apart (a 1x1 conv's channel planes), a new page per line once kc is past the TLB's reach.
-template <int NR, typename T>
-void pack_panels_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst) {
-  const int64_t full = n / NR;
-  const int rem = static_cast<int>(n - full * NR);
-  const int64_t panel = kc * NR;
-  for (int64_t k = 0; k < kc; ++k) {
-    const T* src = B + (k0 + k) * sk + j0;
-    T* d = dst + k * NR;
-    for (int64_t q = 0; q < full; ++q) std::memcpy(d + q * panel, src + q * NR, NR * sizeof(T));
-    if (rem) {
-      T* t = d + full * panel;
-      std::memcpy(t, src + full * NR, rem * sizeof(T));
-      std::fill(t + rem, t + NR, T(0));
-    }
+// f(std::integral_constant<int, NR>{}) for the micro-kernels' panel widths (4, 8, 16, 32): true; false, and
+// nothing done, for others.
+template <typename F>
+bool with_panel_width(int NR, F&& f) {
+  switch (NR) {
+    case 4: return f(std::integral_constant<int, 4>{}), true;
+    case 8: return f(std::integral_constant<int, 8>{}), true;
+    case 16: return f(std::integral_constant<int, 16>{}), true;
+    case 32: return f(std::integral_constant<int, 32>{}), true;
+    default: return false;
   }
 }
 
-// pack_panels_rows for the micro-kernels' widths; false, and nothing done, for others.
+// Row k of B panels of NR columns from one run: dst[q * panel + j] = src[q * NR + j] for columns q * NR + j < n,
+// zeros past n in the last panel (panel: the panels' stride, kc * NR; dst: row k of panel 0).
+template <int NR, typename T>
+DLK_ALWAYS_INLINE void row_to_panels(const T* src, int64_t n, int64_t panel, T* dst) {
+  const int64_t full = n / NR;
+  const int rem = static_cast<int>(n - full * NR);
+  for (int64_t q = 0; q < full; ++q) std::memcpy(dst + q * panel, src + q * NR, NR * sizeof(T));
+  if (rem) {
+    T* t = dst + full * panel;
+    std::memcpy(t, src + full * NR, rem * sizeof(T));
+    std::fill(t + rem, t + NR, T(0));
+  }
+}
+
+// The B panels of columns [j0, j0 + n) (panel q at dst + q * kc * NR, the last one padded with zeros), k in
+// [k0, k0 + kc), of a matrix whose rows are contiguous: B(k, j) = B[k * sk + j]. Row by row, all panels at
+// once, so each row of B is read as one run: panel by panel read one line of each of kc rows per panel, rows
+// that lie far apart (a 1x1 conv's channel planes), a new page per line once kc is past the TLB's reach. False,
+// and nothing done, for a panel width no micro-kernel has.
 template <typename T>
 bool pack_b_rows(const T* B, int64_t sk, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) {
-  switch (NR) {
-    case 4: return pack_panels_rows<4>(B, sk, j0, n, k0, kc, dst), true;
-    case 8: return pack_panels_rows<8>(B, sk, j0, n, k0, kc, dst), true;
-    case 16: return pack_panels_rows<16>(B, sk, j0, n, k0, kc, dst), true;
-    case 32: return pack_panels_rows<32>(B, sk, j0, n, k0, kc, dst), true;
-    default: return false;
-  }
+  return with_panel_width(NR, [&](auto nr) {
+    for (int64_t k = 0; k < kc; ++k)
+      row_to_panels<decltype(nr)::value>(B + (k0 + k) * sk + j0, n, kc * NR, dst + k * NR);
+  });
 }
 
 // The A panel of rows [i0, i0 + mr) over all of K, for P::pack_a; A(i, k) = A[i * sm + k * sk].
