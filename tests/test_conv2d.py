@@ -170,7 +170,7 @@ def test_native_ten_row_gemm_kernel(channels):
 
 
 # Shapes of real models that the CPU kernels treat apart: depthwise (the direct kernel), 1x1 (a plain GEMM;
-# strided ones on the gathered pixels), strided convolutions (the backward by phases), few input channels,
+# strided ones on the gathered pixels), strided convolutions (grad_x by phases or col2im), few input channels,
 # batch 1 with a small image and many channels.
 MODEL_CASES = [
     pytest.param(((2, 8, 9, 11), (8, 3, 3), 1, 1, 1, 8), id="dw3x3"),
@@ -232,6 +232,9 @@ MODEL_CASES = [
     # 1x1, grouped, 4x4.
     pytest.param(((3, 256, 7, 7), (130, 3, 3), 1, 1, 1, 1), id="batched-7x7"),
     pytest.param(((3, 256, 9, 9), (120, 3, 3), 2, 1, 1, 1), id="batched-3x3s2"),
+    # grad_x of strided convolutions with 64 output channels or more, as a GEMM over blocks of images and col2im:
+    # 2 images (3 MiB of columns each) and then 1.
+    pytest.param(((3, 64, 71, 71), (64, 3, 3), 2, 1, 1, 1), id="col2im-image-blocks"),
     pytest.param(((3, 520, 4, 4), (520, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
     pytest.param(((2, 512, 5, 5), (256, 3, 3), 1, 1, 1, 2), id="batched-groups"),
     pytest.param(((5, 256, 4, 4), (128, 3, 3), 1, 1, 1, 1), id="batched-4x4"),

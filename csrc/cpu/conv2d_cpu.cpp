@@ -600,30 +600,50 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
   });
 }
 
-// Input channels up to which a strided convolution's grad_x runs as a GEMM and col2im.
+// A strided convolution's grad_x runs as a GEMM and col2im for up to this many input channels, or from this many
+// output channels on (the GEMM's reduction: with fewer, writing and reading the columns costs more than the phases'
+// smaller products save).
 constexpr int64_t kCol2imChannels = 4;
+constexpr int64_t kCol2imMinOutChannels = 64;
+// The most bytes of columns col2im computes at once: images are taken together up to this.
+constexpr int64_t kCol2imColsBytes = int64_t(8) << 20;
 
-// grad_x of a strided convolution with few input channels (the stems over RGB or grey images), where the
-// phases' convolutions would have only C output channels (a fraction of the smallest register tile, each
-// packed im2col row of gz used for C products). Per image, cols [C*KH*KW, P] = w^T @ gz[n] [K, P]: one GEMM
-// of C*KH*KW rows (w read down its columns, gz along its rows); then col2im: each row (c, kh, kw) of cols is
-// added into grad_x[n, c] at its shift, output rows in order (one thread per input channel; a fixed order of
-// additions).
+// grad_x of a strided convolution as a GEMM and col2im, for the stems over RGB or grey images (the phases'
+// convolutions would have only C output channels, a fraction of the smallest register tile) and for small
+// planes (the phases' convolutions have a few pixels each, a fraction of a column panel, and take their
+// weights' packing once per phase). For a block of nb images, cols [C*KH*KW, nb*P] = w^T @ gz [K, nb*P]: one
+// GEMM (w read down its columns; gz's images side by side, gz transposed to [K, N, P] for nb > 1, so that the
+// weights are packed once per block, not per image); then col2im: each row (c, kh, kw) of an image's columns is
+// added into grad_x[n, c] at its shift, output rows in order (one thread per plane; a fixed order of additions).
 template <typename acc_t>
 void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* w, acc_t* gx) {
   const int64_t taps = s.KH * s.KW, rows = s.C * taps, P = s.OH * s.OW;
-  const Scratch cols_buf(2, sizeof(acc_t) * rows * P);  // reused from image to image
+  const int64_t nb = std::clamp<int64_t>(kCol2imColsBytes / static_cast<int64_t>(sizeof(acc_t) * rows * P), 1, s.N);
+  const Scratch cols_buf(2, sizeof(acc_t) * rows * nb * P);  // reused from block to block
+  const Scratch gzt_buf(3, nb > 1 ? sizeof(acc_t) * s.K * nb * P : 0);
   acc_t* cols = static_cast<acc_t*>(cols_buf.get());
-  for (int64_t n = 0; n < s.N; ++n) {
-    StridedGemm<acc_t, NoPost> g{1, rows, P, s.K, 1, w, 1, rows, gz + n * s.K * P, P, 1, cols, P};
+  acc_t* gzt = static_cast<acc_t*>(gzt_buf.get());
+  for (int64_t n0 = 0; n0 < s.N; n0 += nb) {
+    const int64_t nn = std::min(nb, s.N - n0), ld = nn * P;
+    const acc_t* b = gz + n0 * s.K * P;
+    if (nn > 1) {
+      at::parallel_for(0, s.K, 16, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          for (int64_t i = 0; i < nn; ++i) std::copy_n(b + (i * s.K + k) * P, P, gzt + k * ld + i * P);
+        }
+      });
+      b = gzt;
+    }
+    StridedGemm<acc_t, NoPost> g{1, rows, ld, s.K, 1, w, 1, rows, b, ld, 1, cols, ld};
     gemm_run<acc_t>(g);
-    at::parallel_for(0, s.C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        acc_t* plane = gx + (n * s.C + c) * s.H * s.W;
+    at::parallel_for(0, nn * s.C, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t i = p / s.C, c = p % s.C;
+        acc_t* plane = gx + ((n0 + i) * s.C + c) * s.H * s.W;
         std::fill(plane, plane + s.H * s.W, acc_t(0));
         for (int64_t kh = 0; kh < s.KH; ++kh) {
           for (int64_t kw = 0; kw < s.KW; ++kw) {
-            const acc_t* row = cols + (c * taps + kh * s.KW + kw) * P;
+            const acc_t* row = cols + (c * taps + kh * s.KW + kw) * ld + i * P;
             for_each_tap_row(s, kh, kw, [&](int64_t in, int64_t out, int64_t n) {
               for (int64_t t = 0; t < n; ++t) plane[in + t * s.sw] += row[out + t];
             });
@@ -834,8 +854,8 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     }
   }
 
-  // Step 2a, other strides, few input channels: a GEMM and col2im.
-  if (!x_done && !x_by_gemm && s.groups == 1 && s.C <= kCol2imChannels) {
+  // Step 2a, other strides, few input channels or many output channels: a GEMM and col2im.
+  if (!x_done && !x_by_gemm && s.groups == 1 && (s.C <= kCol2imChannels || s.K >= kCol2imMinOutChannels)) {
     direct_grad(grad_x, [&](acc_t* gx) { conv2d_grad_input_col2im<acc_t>(s, gz_p, w_p, gx); });
     x_done = true;
   }
