@@ -605,7 +605,9 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
 // smaller products save).
 constexpr int64_t kCol2imChannels = 4;
 constexpr int64_t kCol2imMinOutChannels = 64;
-// The most bytes of columns col2im computes at once: images are taken together up to this.
+// The most bytes of columns col2im computes at once: images are taken together up to this. For many output
+// channels, col2im takes images whose columns fit in 4 times that (the phases need no buffer: a 64-channel
+// 1024x1024 image's columns would take 600 MB).
 constexpr int64_t kCol2imColsBytes = int64_t(8) << 20;
 
 // grad_x of a strided convolution as a GEMM and col2im, for the stems over RGB or grey images (the phases'
@@ -855,7 +857,10 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
 
   // Step 2a, other strides, few input channels or many output channels: a GEMM and col2im.
-  if (!x_done && !x_by_gemm && s.groups == 1 && (s.C <= kCol2imChannels || s.K >= kCol2imMinOutChannels)) {
+  const bool col2im_fits =
+      static_cast<int64_t>(sizeof(acc_t)) * s.C * s.KH * s.KW * s.OH * s.OW <= 4 * kCol2imColsBytes;
+  if (!x_done && !x_by_gemm && s.groups == 1 &&
+      (s.C <= kCol2imChannels || (s.K >= kCol2imMinOutChannels && col2im_fits))) {
     direct_grad(grad_x, [&](acc_t* gx) { conv2d_grad_input_col2im<acc_t>(s, gz_p, w_p, gx); });
     x_done = true;
   }
