@@ -606,9 +606,15 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
 constexpr int64_t kCol2imChannels = 4;
 constexpr int64_t kCol2imMinOutChannels = 64;
 // The most bytes of columns col2im computes at once: images are taken together up to this. For many output
-// channels, col2im takes images whose columns fit in 4 times that (the phases need no buffer: a 64-channel
-// 1024x1024 image's columns would take 600 MB).
+// channels, col2im takes only images whose columns fit in kCol2imMaxImageBytes (the phases need no buffer: a
+// 64-channel 1024x1024 image's columns would take 600 MB).
 constexpr int64_t kCol2imColsBytes = int64_t(8) << 20;
+constexpr int64_t kCol2imMaxImageBytes = int64_t(32) << 20;
+// The bytes of one image's columns, [C*KH*KW, OH*OW] in acc_t.
+template <typename acc_t>
+int64_t col2im_image_bytes(const ConvShape& s) {
+  return static_cast<int64_t>(sizeof(acc_t)) * s.C * s.KH * s.KW * s.OH * s.OW;
+}
 
 // grad_x of a strided convolution as a GEMM and col2im, for the stems over RGB or grey images (the phases'
 // convolutions would have only C output channels, a fraction of the smallest register tile) and for small
@@ -620,7 +626,7 @@ constexpr int64_t kCol2imColsBytes = int64_t(8) << 20;
 template <typename acc_t>
 void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* w, acc_t* gx) {
   const int64_t taps = s.KH * s.KW, rows = s.C * taps, P = s.OH * s.OW;
-  const int64_t nb = std::clamp<int64_t>(kCol2imColsBytes / static_cast<int64_t>(sizeof(acc_t) * rows * P), 1, s.N);
+  const int64_t nb = std::clamp<int64_t>(kCol2imColsBytes / col2im_image_bytes<acc_t>(s), 1, s.N);
   const Scratch cols_buf(2, sizeof(acc_t) * rows * nb * P);  // reused from block to block
   const Scratch gzt_buf(3, nb > 1 ? sizeof(acc_t) * s.K * nb * P : 0);
   acc_t* cols = static_cast<acc_t*>(cols_buf.get());
@@ -857,8 +863,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
 
   // Step 2a, other strides, few input channels or many output channels: a GEMM and col2im.
-  const bool col2im_fits =
-      static_cast<int64_t>(sizeof(acc_t)) * s.C * s.KH * s.KW * s.OH * s.OW <= 4 * kCol2imColsBytes;
+  const bool col2im_fits = col2im_image_bytes<acc_t>(s) <= kCol2imMaxImageBytes;
   if (!x_done && !x_by_gemm && s.groups == 1 &&
       (s.C <= kCol2imChannels || (s.K >= kCol2imMinOutChannels && col2im_fits))) {
     direct_grad(grad_x, [&](acc_t* gx) { conv2d_grad_input_col2im<acc_t>(s, gz_p, w_p, gx); });
