@@ -9,31 +9,34 @@ import torch.nn.functional as F
 from .contract import ACTIVATION_PARAMS, ACTIVATIONS
 
 
+# name -> f(z, params): built once, as this module is on the path of every call auto sends to the reference.
+_ACTIVATION_FUNCTIONS = {
+    "none": lambda z, params: z,
+    "relu": lambda z, params: torch.relu(z),
+    "sigmoid": lambda z, params: torch.sigmoid(z),
+    "tanh": lambda z, params: torch.tanh(z),
+    "gelu": lambda z, params: F.gelu(z),
+    "gelu_tanh": lambda z, params: F.gelu(z, approximate="tanh"),
+    "silu": lambda z, params: F.silu(z),
+    "relu6": lambda z, params: F.relu6(z),
+    "hardtanh": lambda z, params: F.hardtanh(z, **params),
+    "hardswish": lambda z, params: F.hardswish(z),
+    "hardsigmoid": lambda z, params: F.hardsigmoid(z),
+    "leaky_relu": lambda z, params: F.leaky_relu(z, **params),
+    "elu": lambda z, params: F.elu(z, **params),
+    "mish": lambda z, params: F.mish(z),
+}
+
+
 def activation(z, name, params=None):
     """torch's function for the activation `name`, with `params` (torch's keyword arguments, e.g.
     {"negative_slope": 0.2}; missing ones at torch's defaults)."""
-    params = params or {}
-    functions = {
-        "none": lambda z: z,
-        "relu": torch.relu,
-        "sigmoid": torch.sigmoid,
-        "tanh": torch.tanh,
-        "gelu": F.gelu,
-        "gelu_tanh": lambda z: F.gelu(z, approximate="tanh"),
-        "silu": F.silu,
-        "relu6": F.relu6,
-        "hardtanh": lambda z: F.hardtanh(z, **params),
-        "hardswish": F.hardswish,
-        "hardsigmoid": F.hardsigmoid,
-        "leaky_relu": lambda z: F.leaky_relu(z, **params),
-        "elu": lambda z: F.elu(z, **params),
-        "mish": F.mish,
-    }
-    if name not in functions:
+    function = _ACTIVATION_FUNCTIONS.get(name)
+    if function is None:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
     if params and name not in ACTIVATION_PARAMS:
         raise ValueError(f"activation {name!r} takes no parameters, got {params!r}")
-    return functions[name](z)
+    return function(z, params or {})
 
 
 def linear_act(x, weight, bias=None, activation_name="none", activation_params=None):
