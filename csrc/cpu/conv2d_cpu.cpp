@@ -600,6 +600,12 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
   });
 }
 
+// grad_x of a pointwise convolution of one image as grad_x^T = gz^T @ w for up to this many pixels and from this
+// many bytes of weights on (smaller weights are transposed within the cache, and the forward GEMM's layout was as
+// fast or faster; over more pixels the transposition is a small part of the work).
+constexpr int64_t kPointwiseGradXMaxPixels = 64;
+constexpr int64_t kPointwiseGradXMinWeightBytes = int64_t(192) << 10;
+
 // A strided convolution's grad_x runs as a GEMM and col2im for up to this many input channels, or from this many
 // output channels on (the GEMM's reduction: with fewer, writing and reading the columns costs more than the phases'
 // smaller products save).
@@ -843,6 +849,30 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
       direct_grad(grad_w, [&](acc_t* gw) { grouped_grad_weight<acc_t>(s, gz_p, x_p, gw); });
       w_done = true;
     }
+  }
+  // Step 2a, a pointwise convolution of one image with few pixels and a large weight: grad_x^T [P, C] = gz^T @ w,
+  // with w [K, C] read as it lies (B of the GEMM, row-major), then transposed into grad_x [C, P]; the forward
+  // GEMM below would first transpose w, a pass over it (read and written) that costs about as much as the product
+  // over a few pixels once w is larger than the cache.
+  if (!x_done && s.N == 1 && s.groups == 1 && conv2d_is_pointwise(s) && s.H * s.W <= kPointwiseGradXMaxPixels &&
+      s.K * s.C * static_cast<int64_t>(sizeof(acc_t)) >= kPointwiseGradXMinWeightBytes) {
+    direct_grad(grad_x, [&](acc_t* gx) {
+      const int64_t P = s.H * s.W;
+      const Scratch t_buf(2, sizeof(acc_t) * P * s.C);
+      acc_t* t = static_cast<acc_t*>(t_buf.get());
+      StridedGemm<acc_t, NoPost> g{1, P, s.C, s.K, 1, gz_p, 1, P, w_p, s.C, 1, t, s.C};
+      gemm_run<acc_t>(g);
+      bool done = false;
+      if constexpr (std::is_same_v<acc_t, float>) {
+        const float* rows[kPointwiseGradXMaxPixels];
+        for (int64_t q = 0; q < P; ++q) rows[q] = t + q * s.C;
+        done = pack_transpose_f32(rows, static_cast<int>(P), s.C, gx, static_cast<int>(P));
+      }
+      for (int64_t c = 0; c < s.C && !done; ++c) {
+        for (int64_t q = 0; q < P; ++q) gx[c * P + q] = t[q * s.C + c];
+      }
+    });
+    x_done = true;
   }
   if (!x_done && x_by_gemm) {
     ConvShape t = s;

@@ -17,11 +17,11 @@ bool huge_pages_enabled();
 void advise_huge_pages(void* data, size_t bytes);
 
 // 64-byte aligned scratch memory of at least `bytes` bytes, for the lifetime of this object. Each thread keeps one
-// buffer per slot (0 and 1: the GEMM's packed operands; 2: the conv backward's transformed weights, or col2im's
-// columns; 3: the direct convolution kernels' buffers, parallel_items, or col2im's transposed gz) of up to 64 MiB
-// and reuses it from call to call: fresh memory takes a page fault per page on first touch, which for the packed
-// weights of a 3x3 conv over 512 channels (9 MiB) costs more than the GEMM itself at batch 1. Larger requests, and a
-// slot already in use on this thread, get memory of their own, freed on destruction.
+// buffer per slot (0 and 1: the GEMM's packed operands; 2: the conv backward's transformed weights, col2im's
+// columns, or a pointwise grad_x^T; 3: the direct convolution kernels' buffers, parallel_items, or col2im's transposed
+// gz) of up to 64 MiB and reuses it from call to call: fresh memory takes a page fault per page on first touch, which
+// for the packed weights of a 3x3 conv over 512 channels (9 MiB) costs more than the GEMM itself at batch 1. Larger
+// requests, and a slot already in use on this thread, get memory of their own, freed on destruction.
 class Scratch {
  public:
   Scratch(int slot, size_t bytes);
