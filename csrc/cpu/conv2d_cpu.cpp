@@ -724,13 +724,8 @@ void flip_transpose_taps(const ConvShape& s, const acc_t* w, const std::vector<T
   if constexpr (std::is_same_v<acc_t, float>) {
     if (s.KH * s.KW == 1 && targets.size() == 1) {
       bool done = true;
-      const float* rows[64];
       for (int64_t g = 0; g < s.groups && done; ++g) {
-        for (int64_t k0 = 0; k0 < s.Kg && done; k0 += 64) {
-          const int nr = static_cast<int>(std::min<int64_t>(64, s.Kg - k0));
-          for (int r = 0; r < nr; ++r) rows[r] = w + (g * s.Kg + k0 + r) * s.Cg;
-          done = pack_transpose_f32(rows, nr, s.Cg, targets[0].wt + g * s.Cg * s.Kg + k0, static_cast<int>(s.Kg));
-        }
+        done = transpose_f32(w + g * s.Kg * s.Cg, s.Kg, s.Cg, targets[0].wt + g * s.Cg * s.Kg, static_cast<int>(s.Kg));
       }
       if (done) return;
     }
@@ -863,11 +858,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
       StridedGemm<acc_t, NoPost> g{1, P, s.C, s.K, 1, gz_p, 1, P, w_p, s.C, 1, t, s.C};
       gemm_run<acc_t>(g);
       bool done = false;
-      if constexpr (std::is_same_v<acc_t, float>) {
-        const float* rows[kPointwiseGradXMaxPixels];
-        for (int64_t q = 0; q < P; ++q) rows[q] = t + q * s.C;
-        done = pack_transpose_f32(rows, static_cast<int>(P), s.C, gx, static_cast<int>(P));
-      }
+      if constexpr (std::is_same_v<acc_t, float>) done = transpose_f32(t, P, s.C, gx, static_cast<int>(P));
       for (int64_t c = 0; c < s.C && !done; ++c) {
         for (int64_t q = 0; q < P; ++q) gx[c * P + q] = t[q * s.C + c];
       }

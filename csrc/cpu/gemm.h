@@ -109,6 +109,17 @@ struct PackBuffer {
 // than element by element, and it is what packing W of a Linear, or the image for a conv's weight gradient,
 // costs). False, and nothing done, without AVX2.
 bool pack_transpose_f32(const float* const* rows, int nrows, int64_t kc, float* dst, int P);
+// dst[c * P + r] = src[r * cols + c] for r < rows, c < cols: a row-major matrix transposed (row stride P in dst),
+// by pack_transpose_f32 in groups of 64 rows. False, and nothing done, without AVX2.
+inline bool transpose_f32(const float* src, int64_t rows, int64_t cols, float* dst, int P) {
+  const float* group[64];
+  for (int64_t r0 = 0; r0 < rows; r0 += 64) {
+    const int nr = static_cast<int>(std::min<int64_t>(64, rows - r0));
+    for (int r = 0; r < nr; ++r) group[r] = src + (r0 + r) * cols;
+    if (!pack_transpose_f32(group, nr, cols, dst + r0, P)) return false;  // the first group: nothing done
+  }
+  return true;
+}
 // dst[k * P + r] = lo[r] <= k < hi[r] ? rows[r][k] : 0 for 8 rows and k < kc (rows[r][k] is read only in its
 // range: an image row's run with its padding around it). False, and nothing done, without AVX2.
 bool pack_transpose_ranges_f32(const float* const* rows, const int64_t* lo, const int64_t* hi, int64_t kc, float* dst,
