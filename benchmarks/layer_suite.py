@@ -3,7 +3,9 @@
 The shapes are collected, not written by hand: forward hooks on every nn.Conv2d, nn.Linear and nn.MaxPool2d
 of the models of benchmarks/model_suite.py (their torch form, eval mode, the suite's input sizes) at batch 1
 and batch 8 record each call's input shape and the layer's arguments (weight shape, stride, padding, dilation,
-groups, bias; kernel, stride, padding, dilation, ceil_mode for the pools). Identical shapes are kept once (the
+groups, bias; kernel, stride, padding, dilation, ceil_mode for the pools) and the input's layout (NHWC where
+it is channels-last, as convnext's depthwise and downsampling convs get it from its permutes; the rows then
+time that layout, the `layout` column). Identical shapes are kept once (the
 `models` column names where each comes from, `count` how many layers share it). A Linear over more than two
 dimensions (convnext's MLP on N,H,W,C) is timed on its flattened (rows, features) input: the same GEMM.
 
@@ -43,6 +45,13 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+def _layout(x):
+    """NHWC for a channels-last 4-D input (and not also NCHW-contiguous, as a 1x1 image or 1 channel is),
+    else NCHW."""
+    cl = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return "NHWC" if cl else "NCHW"
+
+
 def collect_shapes(specs, batches, log=print):
     """{key: shape dict} of every distinct conv2d / linear / max_pool2d call of the models at those batches."""
     shapes = {}
@@ -71,7 +80,8 @@ def collect_shapes(specs, batches, log=print):
                         x = args[0]
                         shape = {"op": "conv2d", "x": tuple(x.shape), "w": tuple(m.weight.shape),
                                  "stride": _pair(m.stride), "padding": _pair(m.padding),
-                                 "dilation": _pair(m.dilation), "groups": m.groups, "bias": m.bias is not None}
+                                 "dilation": _pair(m.dilation), "groups": m.groups, "bias": m.bias is not None,
+                                 "layout": _layout(x)}
                         add(("conv2d",) + tuple(shape.values()), shape, origin)
                 elif type(module) is nn.Linear:
                     def hook(m, args, _out):
@@ -89,7 +99,8 @@ def collect_shapes(specs, batches, log=print):
                         stride = m.stride if m.stride not in (None, (), []) else m.kernel_size
                         shape = {"op": "max_pool2d", "x": tuple(x.shape), "kernel": _pair(m.kernel_size),
                                  "stride": _pair(stride), "padding": _pair(m.padding),
-                                 "dilation": _pair(m.dilation), "ceil_mode": bool(m.ceil_mode)}
+                                 "dilation": _pair(m.dilation), "ceil_mode": bool(m.ceil_mode),
+                                 "layout": _layout(x)}
                         add(("max_pool2d",) + tuple(shape.values()), shape, origin)
                 else:
                     continue
@@ -133,6 +144,8 @@ def describe(shape):
             parts.append(f"groups {shape['groups']}")
         if not shape["bias"]:
             parts.append("no bias")
+        if shape.get("layout") == "NHWC":
+            parts.append("NHWC")
         return ", ".join(parts)
     parts = [f"x {x}", f"k {_short(shape['kernel'])}", f"s {_short(shape['stride'])}"]
     if tuple(shape["padding"]) != (0, 0):
@@ -141,6 +154,8 @@ def describe(shape):
         parts.append(f"dil {_short(shape['dilation'])}")
     if shape["ceil_mode"]:
         parts.append("ceil")
+    if shape.get("layout") == "NHWC":
+        parts.append("NHWC")
     return ", ".join(parts)
 
 
@@ -166,6 +181,8 @@ def flops(shape):
 def make_inputs(shape, grad, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape["x"], generator=g)
+    if shape.get("layout") == "NHWC":
+        x = x.contiguous(memory_format=torch.channels_last)
     tensors = {"x": x}
     if shape["op"] in ("conv2d", "linear"):
         fan_in = math.prod(shape["w"][1:])
@@ -227,7 +244,7 @@ def run_shape(shape, mode, rounds, budget):
             "dilation": _short(shape["dilation"]) if "dilation" in shape else "",
             "groups": shape.get("groups", ""), "bias": shape.get("bias", ""),
             "kernel": _short(shape["kernel"]) if "kernel" in shape else "",
-            "ceil_mode": shape.get("ceil_mode", "")}
+            "ceil_mode": shape.get("ceil_mode", ""), "layout": shape.get("layout", "")}
     tensors = make_inputs(shape, grad=mode != "forward")
     rows, calls = [], {}
     with torch.no_grad():

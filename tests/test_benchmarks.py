@@ -436,6 +436,22 @@ def test_layers_suite_collects_shapes_with_hooks():
     assert pool["kernel"] == (2, 2) and pool["stride"] == (2, 2) and not pool["ceil_mode"]
 
 
+def test_layers_suite_records_the_layout():
+    """convnext's depthwise and downsampling convs get channels-last inputs (out of its permutes): their rows
+    say NHWC and time that layout; its stem reads the NCHW image."""
+    from benchmarks import layer_suite, model_suite
+
+    spec = [s for s in model_suite.MODELS if s.name == "convnext_tiny"]
+    shapes = [s for s in layer_suite.collect_shapes(spec, (1,)) if s["op"] == "conv2d"]
+    stem = next(s for s in shapes if s["w"][1] == 3)
+    depthwise = [s for s in shapes if s["groups"] > 1]
+    assert stem["layout"] == "NCHW" and "NHWC" not in layer_suite.describe(stem)
+    assert depthwise and all(s["layout"] == "NHWC" for s in depthwise)
+    x = layer_suite.make_inputs(depthwise[0], grad=False)["x"]
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert layer_suite.describe(depthwise[0]).endswith("NHWC")
+
+
 def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
     """`python -m benchmarks --suite layers --quick`: a few shapes of each op, native and auto against torch,
     forward and fwd+bwd, per-row ratios and the summary (fraction >= 1.0x, minimum ratio)."""
@@ -447,7 +463,7 @@ def test_layers_suite_quick_writes_its_rows_and_summary(tmp_path):
         rows = list(csv.DictReader(f))
     for field in ("device_name", "op", "kind", "case", "batch", "mode", "provider", "status", "median_s", "speedup",
                   "speedup_min", "speedup_max", "max_err", "x_shape", "w_shape", "stride", "padding", "dilation",
-                  "groups", "bias", "kernel", "ceil_mode", "models", "count"):
+                  "groups", "bias", "kernel", "ceil_mode", "layout", "models", "count"):
         assert field in rows[0], field
     assert {r["op"] for r in rows} == {"conv2d", "linear", "max_pool2d"}
     assert {r["mode"] for r in rows} == {"forward", "fwd+bwd"}

@@ -54,6 +54,15 @@ CASES = {
                                                                         pool_kernel_size=3, pool_stride=2,
                                                                         pool_padding=1, backend="native"),
                            [(1, 8, 23, 19), (24, 8, 3, 3), (24,)]),
+    # depthwise on channels-last tensors as they lie: 7x7 through the padded buffer (grad_w's items are blocks
+    # of channels over the batch), 3x3 in place (rows split over threads); grad_bias sums the pixels in order
+    "conv_dw7x7_channels_last": (lambda x, w, b: dlkernels.ops.conv2d(x.contiguous(memory_format=torch.channels_last),
+                                                                      w, b, 1, 3, groups=96, activation="gelu",
+                                                                      backend="native"),
+                                 [(3, 96, 11, 13), (96, 1, 7, 7), (96,)]),
+    "conv_dw3x3s2_channels_last": (lambda x, w, b: dlkernels.ops.conv2d(
+        x.contiguous(memory_format=torch.channels_last), w, b, 2, 1, groups=40, activation="relu", backend="native"),
+                                   [(2, 40, 19, 17), (40, 1, 3, 3), (40,)]),
     "pool_channels_last": (lambda x: dlkernels.ops.max_pool2d(x.contiguous(memory_format=torch.channels_last),
                                                               3, 2, 1, backend="native"), [(3, 24, 15, 17)]),
 }

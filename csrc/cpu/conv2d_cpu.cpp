@@ -949,6 +949,16 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
 }
 
+// Whether a depthwise convolution runs on a channels-last x as it lies (float and double; one output channel per
+// input channel), its output channels-last too: the channels-last depthwise kernels vectorise across channels,
+// and NCHW copies of x and of the output cost more than the taps (convnext's 7x7 depthwise convs, whose input
+// comes out of a permute, 2-4x). grad_out and grad_x of the backward are then channels-last as well.
+bool depthwise_nhwc(const ConvShape& s, const at::Tensor& x) {
+  return conv2d_is_depthwise(s) && s.Kg == 1 && !conv2d_is_strided_pointwise(s) &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
+         x.suggest_memory_format() == at::MemoryFormat::ChannelsLast && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups,
                           c10::string_view activation, double alpha, double beta) {
@@ -959,22 +969,41 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   if (conv2d_is_linear(s))
     return as_images(linear_act_forward_impl(as_rows(x), as_rows(weight), bias, activation, alpha, beta, false), x);
   const auto memory_format = x.suggest_memory_format();
-  at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(at::MemoryFormat::Contiguous));
+  const bool nhwc = depthwise_nhwc(s, x);
+  at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
+                                                                                       : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out.contiguous(memory_format);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
+    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
+    const at::Tensor wa = as_acc(weight, acc_type);
+    const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
+    const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
+    if constexpr (direct) {
+      if (nhwc) {
+        acc_t* z = out.mutable_data_ptr<acc_t>();
+        depthwise_forward<acc_t>(s, x.const_data_ptr<acc_t>(), wa.const_data_ptr<acc_t>(), b_p, z,
+                                 act == Activation::ReLU, true);
+        if (act != Activation::None && act != Activation::ReLU) {  // elementwise: the layout does not matter
+          dispatch_activation(act, [&](auto act_tag) {
+            using Fn = ActivationFn<decltype(act_tag)::value>;
+            at::parallel_for(0, out.numel(), 16384, [&](int64_t i0, int64_t i1) {
+              for (int64_t i = i0; i < i1; ++i) z[i] = Fn::forward(z[i], params);
+            });
+          });
+        }
+        return;
+      }
+    }
     // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads.
     const bool spw = conv2d_is_strided_pointwise(s);
     const ConvShape se = spw ? strided_pointwise_as_pointwise(s) : s;
     const at::Tensor xa = spw ? gather_strided_pointwise(s, x).to(acc_type) : as_acc(x, acc_type);
-    const at::Tensor wa = as_acc(weight, acc_type);
-    const at::Tensor ba = has_bias(bias) ? as_acc(*bias, acc_type) : at::Tensor();
     scalar_t* y = out.mutable_data_ptr<scalar_t>();
     const int64_t plane = s.OH * s.OW;
-    // float/double accumulate straight into the output; half types into a float buffer, rounded in `post`.
-    constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
     at::Tensor cbuf = direct ? out : empty_output({s.N, s.K, s.OH, s.OW}, out.options().dtype(acc_type));
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
@@ -989,7 +1018,6 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
           }
         }
       };
-      const acc_t* b_p = ba.defined() ? ba.const_data_ptr<acc_t>() : nullptr;
       if (conv2d_is_small(se)) {
         // The direct kernel, with the activation and rounding on each finished block of rows.
         const SmallPost<acc_t> p = post;
@@ -1016,6 +1044,62 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward.
+
+// The backward of a depthwise convolution that ran channels-last (depthwise_nhwc; T float or double): grad_out,
+// x and grad_x channels-last as they lie. gz = grad_out * act'(saved) elementwise (the layout does not
+// matter), grad_bias each channel's sum over the pixels in order (deterministic). The undefined grads are not
+// computed; grad_x is allocated channels-last.
+template <typename T>
+void depthwise_nhwc_backward(const ConvShape& s, Activation act, const ActivationParams& params,
+                             const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& out,
+                             at::Tensor& grad_x, const at::Tensor& grad_w, const at::Tensor& grad_b) {
+  const auto cl = x.options().memory_format(at::MemoryFormat::ChannelsLast);
+  const at::Tensor go = grad_out.contiguous(at::MemoryFormat::ChannelsLast);
+  // weight is read for grad_x and the recomputation only (else autograd may pass a stand-in).
+  const at::Tensor wa = grad_x.defined() || grad_needs_preactivation(act) ? weight.contiguous() : at::Tensor();
+  const T* w_p = wa.defined() ? wa.const_data_ptr<T>() : nullptr;
+  at::Tensor gz = go;
+  if (act != Activation::None) {
+    at::Tensor saved;
+    if (grad_needs_preactivation(act)) {  // recomputed, in T
+      const at::Tensor ba = has_bias(bias) ? bias->contiguous() : at::Tensor();
+      saved = empty_output({s.N, s.K, s.OH, s.OW}, cl);
+      depthwise_forward<T>(s, x.const_data_ptr<T>(), w_p, ba.defined() ? ba.const_data_ptr<T>() : nullptr,
+                           saved.mutable_data_ptr<T>(), false, true);
+    } else {
+      saved = out->contiguous(at::MemoryFormat::ChannelsLast);
+    }
+    gz = empty_output({s.N, s.K, s.OH, s.OW}, cl);
+    const T* g_p = go.const_data_ptr<T>();
+    const T* s_p = saved.const_data_ptr<T>();
+    T* z_p = gz.mutable_data_ptr<T>();
+    dispatch_activation(act, [&](auto act_tag) {
+      constexpr Activation A = decltype(act_tag)::value;
+      at::parallel_for(0, gz.numel(), 16384, [&](int64_t i0, int64_t i1) {
+        for (int64_t i = i0; i < i1; ++i) z_p[i] = grad_times<A>(g_p[i], s_p[i], params);
+      });
+    });
+  }
+  const T* gz_p = gz.const_data_ptr<T>();
+  if (grad_b.defined()) {
+    T* gb = grad_b.mutable_data_ptr<T>();
+    const int64_t rows = s.N * s.OH * s.OW;
+    at::parallel_for(0, s.K, 64, [&](int64_t k0, int64_t k1) {
+      std::vector<T> sums(k1 - k0, T(0));
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* g = gz_p + r * s.K + k0;
+        for (int64_t k = 0; k < k1 - k0; ++k) sums[k] += g[k];
+      }
+      std::copy(sums.begin(), sums.end(), gb + k0);
+    });
+  }
+  if (grad_x.defined()) {
+    grad_x = empty_output(x.sizes(), cl);
+    depthwise_grad_input<T>(s, gz_p, w_p, grad_x.mutable_data_ptr<T>(), true);
+  }
+  if (grad_w.defined()) depthwise_grad_weight<T>(s, gz_p, x.const_data_ptr<T>(), grad_w.mutable_data_ptr<T>(), true);
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -1047,6 +1131,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "dlkernels_conv2d_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_type = c10::CppTypeToScalarType<acc_t>::value;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      if (depthwise_nhwc(s, x)) {
+        depthwise_nhwc_backward<acc_t>(s, act, params, grad_out, x, weight, bias, out, grad_x, grad_w, grad_b);
+        return;
+      }
+    }
     // x and weight are read only where needed: autograd passes expanded stand-ins for the others.
     const bool recompute = grad_needs_preactivation(act);
     // A strided 1x1 conv runs as the pointwise conv `se` of the pixels it reads (grad_x: zero elsewhere).

@@ -28,13 +28,14 @@ const DwKernels<T>& dw_kernels() {
   static const DwKernels<T> base{
       dw_base::dw_forward_planes<ScalarOps<T>>,   dw_base::dw_grad_input_planes<ScalarOps<T>>,
       dw_base::dw_grad_weight_rows<ScalarOps<T>>, dw_base::dw_forward_cl<ScalarOps<T>>,
-      dw_base::dw_grad_input_cl<ScalarOps<T>>,    dw_base::dw_grad_weight_cl<ScalarOps<T>>};
+      dw_base::dw_grad_input_cl<ScalarOps<T>>,    dw_base::dw_grad_weight_cl<ScalarOps<T>>,
+      dw_base::dw_forward_nhwc<ScalarOps<T>>};
   return kernels_for_isa(base, DLK_X86_KERNELS(dw_kernels_avx512<T>), DLK_X86_KERNELS(dw_kernels_avx2<T>));
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-DwGeom geometry(const ConvShape& s) {
+DwGeom geometry(const ConvShape& s, bool nhwc) {
   constexpr int64_t kLanes = 16;  // the widest vector; every row has room for one more past its end
   DwGeom g;
   const int64_t qmax = (s.KW - 1) * s.dw / s.sw;         // the furthest tap offset within a phase
@@ -46,7 +47,11 @@ DwGeom geometry(const ConvShape& s) {
   g.fwd_scratch = s.sw * g.plane;
   g.gx_scratch = s.Kg * s.OH * g.RSz;
   g.gw_scratch = g.fwd_scratch + s.KH * s.KW * kLanes;
-  g.CB = 4 * kLanes;
+  // Blocks of at most 4 vectors of channels, as equal as they can be (96 channels: 2 x 48, not 64 + 32 with
+  // a half-empty second block whose lanes are computed and dropped).
+  const int64_t vectors = (s.C + kLanes - 1) / kLanes, blocks = (vectors + 3) / 4;
+  g.CB = (vectors + blocks - 1) / blocks * kLanes;
+  g.nhwc = nhwc;
   g.cl_scratch = ((s.H + 2 * s.ph) * (s.W + 2 * s.pw) + s.OH * s.OW + s.KH * s.KW) * g.CB;
   return g;
 }
@@ -67,13 +72,25 @@ std::vector<T> cl_weights(const ConvShape& s, const DwGeom& g, const T* w) {
 }  // namespace
 
 template <typename T>
-void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu) {
-  const DwGeom g = geometry(s);
+void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* z, bool relu, bool nhwc) {
+  const DwGeom g = geometry(s, nhwc);
   const auto& k = dw_kernels<T>();
-  if (dw_channels_last(s)) {
+  if (nhwc || dw_channels_last(s)) {
     const std::vector<T> wt = cl_weights(s, g, w);
-    std::vector<T> bt(bias ? wt.size() / (s.KH * s.KW) : 0, T(0));
+    const int64_t Cp = static_cast<int64_t>(wt.size()) / (s.KH * s.KW);
+    std::vector<T> bt(bias ? Cp : 0, T(0));
     if (bias) std::copy(bias, bias + s.C, bt.begin());
+    // Channels-last tensors with kernels up to 3 wide: read in place. Moving whole planes into the padded buffer
+    // and back cost more than 9 taps. Wider kernels use the buffer: on small planes most pixels have taps in
+    // the padding, which the buffer's zeros turn into plain loads (in place each such pixel skips them one
+    // by one; convnext's 7x7 convs ran at half the speed).
+    if (nhwc && s.KW <= 3) {
+      const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, s.OW * s.C * s.KH * s.KW));
+      at::parallel_for(0, s.N * s.OH, grain, [&](int64_t i0, int64_t i1) {
+        k.forward_nhwc(s, x, wt.data(), Cp, bias ? bt.data() : nullptr, z, relu, i0, i1);
+      });
+      return;
+    }
     parallel_items<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
                       [&](int64_t i0, int64_t i1, T* buf) {
                         k.forward_cl(s, g, x, wt.data(), bias ? bt.data() : nullptr, z, relu, i0, i1, buf);
@@ -85,7 +102,7 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias
 }
 
 template <typename T>
-void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
+void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx, bool nhwc) {
   if (s.sh == 1 && s.sw == 1 && s.Kg == 1 && s.ph <= s.dh * (s.KH - 1) && s.pw <= s.dw * (s.KW - 1)) {
     // Stride 1, one output per channel: grad_x is the forward depthwise convolution of gz with the flipped
     // kernel (padding dilation * (kernel - 1) - padding), whose blocked loops run more FMAs at once.
@@ -97,12 +114,12 @@ void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
     for (int64_t k = 0; k < s.K; ++k) {
       for (int64_t i = 0; i < taps; ++i) flipped[k * taps + i] = w[k * taps + taps - 1 - i];
     }
-    depthwise_forward<T>(t, gz, flipped.data(), nullptr, gx, false);
+    depthwise_forward<T>(t, gz, flipped.data(), nullptr, gx, false, nhwc);
     return;
   }
-  const DwGeom g = geometry(s);
+  const DwGeom g = geometry(s, nhwc);
   const auto& k = dw_kernels<T>();
-  if (dw_channels_last(s)) {
+  if (nhwc || dw_channels_last(s)) {
     const std::vector<T> wt = cl_weights(s, g, w);
     parallel_items<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,
                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_input_cl(s, g, gz, wt.data(), gx, i0, i1, buf); });
@@ -113,10 +130,10 @@ void depthwise_grad_input(const ConvShape& s, const T* gz, const T* w, T* gx) {
 }
 
 template <typename T>
-void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
-  const DwGeom g = geometry(s);
+void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw, bool nhwc) {
+  const DwGeom g = geometry(s, nhwc);
   const auto& k = dw_kernels<T>();
-  if (dw_channels_last(s)) {
+  if (nhwc || dw_channels_last(s)) {
     parallel_items<T>(cl_blocks(s, g), g.cl_scratch, s.N * g.CB * s.OH * s.OW * s.KH * s.KW,
                       [&](int64_t i0, int64_t i1, T* buf) { k.grad_weight_cl(s, g, gz, x, gw, i0, i1, buf); });
     return;
@@ -125,12 +142,13 @@ void depthwise_grad_weight(const ConvShape& s, const T* gz, const T* x, T* gw) {
                     [&](int64_t k0, int64_t k1, T* buf) { k.grad_weight(s, g, gz, x, gw, k0, k1, buf); });
 }
 
-template void depthwise_forward<float>(const ConvShape&, const float*, const float*, const float*, float*, bool);
-template void depthwise_forward<double>(const ConvShape&, const double*, const double*, const double*, double*, bool);
-template void depthwise_grad_input<float>(const ConvShape&, const float*, const float*, float*);
-template void depthwise_grad_input<double>(const ConvShape&, const double*, const double*, double*);
-template void depthwise_grad_weight<float>(const ConvShape&, const float*, const float*, float*);
-template void depthwise_grad_weight<double>(const ConvShape&, const double*, const double*, double*);
+template void depthwise_forward<float>(const ConvShape&, const float*, const float*, const float*, float*, bool, bool);
+template void depthwise_forward<double>(const ConvShape&, const double*, const double*, const double*, double*, bool,
+                                        bool);
+template void depthwise_grad_input<float>(const ConvShape&, const float*, const float*, float*, bool);
+template void depthwise_grad_input<double>(const ConvShape&, const double*, const double*, double*, bool);
+template void depthwise_grad_weight<float>(const ConvShape&, const float*, const float*, float*, bool);
+template void depthwise_grad_weight<double>(const ConvShape&, const double*, const double*, double*, bool);
 
 }  // namespace cpu
 }  // namespace dlkernels

@@ -13,6 +13,24 @@
 
 #include "cpu/conv2d_cpu_cl_moves.h"
 
+// The moves of the channels-last kernels when the tensors are channels-last themselves (DwGeom::nhwc):
+// rows x cols pixels of cn channels, pixel p of the tensor (pixels `ch` elements apart, the block's first
+// channel at src) to and from the buffer's rows of `ld` pixels of CB channels. Plain runs, no transposition.
+template <class VO>
+DLK_ALWAYS_INLINE void pixels_in(const typename VO::T* src, int64_t ch, int64_t rows, int64_t cols, int64_t cn,
+                                 typename VO::T* dst, int64_t ld, int64_t CB) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) copy_run<VO>(src + (r * cols + c) * ch, cn, dst + (r * ld + c) * CB);
+  }
+}
+template <class VO>
+DLK_ALWAYS_INLINE void pixels_out(const typename VO::T* src, int64_t ld, int64_t CB, int64_t rows, int64_t cols,
+                                  int64_t cn, typename VO::T* dst, int64_t ch) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) copy_run<VO>(src + (r * ld + c) * CB, cn, dst + (r * cols + c) * ch);
+  }
+}
+
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
 // R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
 // vectors at once give the FMAs independent chains (one chain waits out the latency of each FMA).
@@ -183,11 +201,12 @@ DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, 
   for (int r = 0; r < RB; ++r) VO::store(zs + r * CB, relu ? VO::relu(acc[r]) : acc[r]);
 }
 
-// The forward for small planes (dw_channels_last), items [i0, i1) = (image n, block of g.CB channels):
-// the block's planes are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the
-// padding, zeroed once, stays zero), every output pixel is computed L channels per FMA (the weights wt
-// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), up to 8 pixels of a row at once,
-// into a channels-last output block, which is then moved to the NCHW planes. Lanes past C compute from
+// The forward for small planes (dw_channels_last) and for channels-last tensors with kernels over 3 wide, items
+// [i0, i1) = (image n, block of g.CB channels): the block's planes (or, for g.nhwc, its channels of every
+// pixel) are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the padding, zeroed
+// once, stays zero), every output pixel is computed L channels per FMA (the weights wt [taps][Cp] and bias [Cp]
+// as vectors; Cp = C rounded up to CB, zeros past C), up to 8 pixels of a row at once, into a channels-last
+// output block, which is then moved to the NCHW planes (or the pixels of z). Lanes past C compute from
 // whatever the buffer holds there and are never stored.
 template <class VO>
 void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x, const typename VO::T* wt,
@@ -201,7 +220,12 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
   T* zt = buf + Hp * Wp * CB;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
-    to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+    if (g.nhwc) {
+      pixels_in<VO>(x + n * s.H * s.W * s.C + c0, s.C, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+    } else {
+      to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp,
+                           CB);
+    }
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       const T* xrow = xt + oh * s.sh * Wp * CB;
       T* zrow = zt + oh * s.OW * CB;
@@ -246,14 +270,122 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
         }
       }
     }
-    from_channels_last<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+    if (g.nhwc) {
+      pixels_out<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + n * P * s.K + c0, s.K);
+    } else {
+      from_channels_last<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+    }
   }
 }
 
-// grad_x of the small planes (dw_channels_last), items as dw_forward_cl's: gz's block moved channels-last,
+// RB output pixels, one vector of channels, of the forward on channels-last tensors (DwGeom::nhwc), read and
+// written where they lie: the block's first pixel reads x from x[xi] on (xi: the index of its tap (0, 0), which
+// may lie in the padding), its pixels sw pixels apart in x, 1 in z (zi: its first output). Taps [kh0, kh1) x
+// [kw0, kw1) are summed; with EDGE, some of the block's pixels read padding for some of those taps, and each
+// tap skips those pixels (ow0: the block's first output column), else all of them read inside the image. nl:
+// the lanes of the vector (the channels left; its other lanes are neither read nor written), L unless PART.
+// wt: [taps][Cp], bt: [Cp] or null.
+template <class VO, int RB, bool EDGE, bool PART>
+DLK_ALWAYS_INLINE void dw_nhwc_block(const ConvShape& s, const typename VO::T* x, int64_t xi, const typename VO::T* wt,
+                                     int64_t Cp, const typename VO::T* bt, typename VO::T* z, int64_t zi, bool relu,
+                                     int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t ow0, int nl) {
+  using V = typename VO::V;
+  // The shape's fields as locals: the stores to z could alias them for all the compiler knows.
+  const int64_t C = s.C, W = s.W, KW = s.KW, sw = s.sw, pw = s.pw, row = s.dh * W * C, col = s.dw * C;
+  const int64_t step = sw * C;
+  V acc[RB];
+  const V b = bt ? VO::load(bt) : VO::zero();
+  for (int r = 0; r < RB; ++r) acc[r] = b;
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const int64_t o = xi + kh * row;
+    for (int64_t kw = kw0; kw < kw1; ++kw) {
+      int64_t rlo = 0, rhi = RB;  // the pixels r of the block whose column (ow0 + r) * sw - pw + kw * dw is inside
+      if constexpr (EDGE) {
+        const int64_t lo = pw - kw * s.dw - ow0 * sw, hi = W - 1 + lo;
+        rlo = lo <= 0 ? 0 : (lo + sw - 1) / sw;
+        rhi = hi < 0 ? 0 : std::min<int64_t>(RB, hi / sw + 1);
+      }
+      const V wv = VO::load(wt + (kh * KW + kw) * Cp);
+      const typename VO::T* src = x + (o + kw * col);
+      for (int r = 0; r < RB; ++r) {
+        if (EDGE && (r < rlo || r >= rhi)) continue;
+        acc[r] = VO::fma(wv, PART ? VO::loadn(src + r * step, nl) : VO::load(src + r * step), acc[r]);
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const V v = relu ? VO::relu(acc[r]) : acc[r];
+    if (PART) {
+      VO::storen(z + zi + r * s.K, v, nl);
+    } else {
+      VO::store(z + zi + r * s.K, v);
+    }
+  }
+}
+
+// The forward on channels-last tensors, items [i0, i1) = output rows (image n, row oh): no buffer and no moves
+// (on planes of 28 x 28 and more, moving them into a padded buffer and back cost more than the taps). Each row
+// in blocks of at most 8 pixels, as equal as they can be (one FMA chain per pixel: see dw_forward_cl), each
+// vector of channels in turn; blocks at the edges skip, per tap, the pixels that would read padding. wt:
+// [taps][Cp] (Cp = C rounded up to 16), bt: [Cp] or null.
+template <class VO>
+void dw_forward_nhwc(const ConvShape& s, const typename VO::T* x, const typename VO::T* wt, int64_t Cp,
+                     const typename VO::T* bt, typename VO::T* z, bool relu, int64_t i0, int64_t i1) {
+  constexpr int L = VO::L;
+  const int64_t vectors = (s.C + L - 1) / L;
+  const int tail = static_cast<int>(s.C - (vectors - 1) * L);
+  const int64_t blocks_w = (s.OW + 7) / 8, base = s.OW / blocks_w, extra = s.OW % blocks_w;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t n = i / s.OH, oh = i % s.OH;
+    int64_t kh0, kh1;
+    inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
+    const int64_t xrow = (n * s.H + oh * s.sh - s.ph) * s.W;  // the pixel index of input row oh * sh - ph, column 0
+    const int64_t zrow = (n * s.OH + oh) * s.OW;
+    int64_t ow = 0;
+    for (int64_t blk = 0; blk < blocks_w; ++blk) {
+      const int64_t rb = base + (blk < extra ? 1 : 0);
+      // Taps inside for a pixel o: [lo(o), hi(o)), both falling with o. Inside for every pixel of the block:
+      // [lo(first), hi(last)); for some pixel: [lo(last), hi(first)).
+      int64_t lo_first, hi_first, lo_last, hi_last;
+      inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &lo_first, &hi_first);
+      inside_taps(ow + rb - 1, s.sw, s.dw, s.pw, s.W, s.KW, &lo_last, &hi_last);
+      const bool edge = !(lo_first == 0 && hi_last == s.KW);
+      const int64_t kwa = lo_last, kwb = std::max(lo_last, hi_first);
+      const auto block = [&](auto rbc) {
+        constexpr int RB = decltype(rbc)::value;
+        for (int64_t v = 0; v < vectors; ++v) {
+          const int nl = v + 1 == vectors ? tail : L;
+          const int64_t xi = (xrow + ow * s.sw - s.pw) * s.C + v * L, zi = (zrow + ow) * s.K + v * L;
+          const typename VO::T* bv = bt ? bt + v * L : nullptr;
+          if (edge) {
+            dw_nhwc_block<VO, RB, true, true>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, kwa, kwb, ow, nl);
+          } else if (nl < L) {
+            dw_nhwc_block<VO, RB, false, true>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, 0, s.KW, ow, nl);
+          } else {
+            dw_nhwc_block<VO, RB, false, false>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, 0, s.KW, ow, nl);
+          }
+        }
+      };
+      switch (rb) {
+        case 8: block(std::integral_constant<int, 8>{}); break;
+        case 7: block(std::integral_constant<int, 7>{}); break;
+        case 6: block(std::integral_constant<int, 6>{}); break;
+        case 5: block(std::integral_constant<int, 5>{}); break;
+        case 4: block(std::integral_constant<int, 4>{}); break;
+        case 3: block(std::integral_constant<int, 3>{}); break;
+        case 2: block(std::integral_constant<int, 2>{}); break;
+        default: block(std::integral_constant<int, 1>{}); break;
+      }
+      ow += rb;
+    }
+  }
+}
+
+// grad_x of the small planes (dw_channels_last) and of channels-last tensors (g.nhwc), items as dw_forward_cl's:
+// gz's block moved channels-last,
 // each output pixel's gradient scattered to the inputs its taps read (w * gz added in a zeroed padded
 // channels-last buffer: pixels in order, taps in order, so every element sums in a fixed order), the
-// image part moved to the NCHW planes of gx.
+// image part moved to the NCHW planes (or the pixels) of gx.
 template <class VO>
 void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* gz, const typename VO::T* wt,
                       typename VO::T* gx, int64_t i0, int64_t i1, typename VO::T* buf) {
@@ -266,7 +398,11 @@ void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T*
   T* gzt = buf + Hp * Wp * CB;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
-    to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+    if (g.nhwc) {
+      pixels_in<VO>(gz + n * P * s.K + c0, s.K, s.OH, s.OW, cn, gzt, s.OW, CB);
+    } else {
+      to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+    }
     std::fill(gxt, gxt + Hp * Wp * CB, T(0));
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       for (int64_t ow = 0; ow < s.OW; ++ow) {
@@ -285,8 +421,12 @@ void dw_grad_input_cl(const ConvShape& s, const DwGeom& g, const typename VO::T*
         }
       }
     }
-    from_channels_last<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + (n * s.C + c0) * s.H * s.W,
-                           s.H * s.W);
+    if (g.nhwc) {
+      pixels_out<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + n * s.H * s.W * s.C + c0, s.C);
+    } else {
+      from_channels_last<VO>(gxt + (s.ph * Wp + s.pw) * CB, Wp, CB, s.H, s.W, cn, gx + (n * s.C + c0) * s.H * s.W,
+                             s.H * s.W);
+    }
   }
 }
 
@@ -308,8 +448,9 @@ DLK_ALWAYS_INLINE void dw_gw_cl_taps(const ConvShape& s, int64_t Wp, int64_t CB,
   for (int j = 0; j < NT; ++j) VO::store(acc + j * CB, a[j]);
 }
 
-// grad_w of the small planes (dw_channels_last), items [i0, i1) = blocks of g.CB channels over the whole
-// batch: per image, x and gz moved channels-last, then per tap the sum of gz * x over the output pixels, L
+// grad_w of the small planes (dw_channels_last) and of channels-last tensors (g.nhwc), items [i0, i1) = blocks
+// of g.CB channels over the whole batch: per image, x and gz moved channels-last (for g.nhwc: that block's
+// channels of every pixel), then per tap the sum of gz * x over the output pixels, L
 // channels per FMA, in [taps][CB] accumulators (images in order, pixels in order: a fixed order whatever
 // the thread count), several taps at once for independent FMA chains.
 template <class VO>
@@ -328,9 +469,14 @@ void dw_grad_weight_cl(const ConvShape& s, const DwGeom& g, const typename VO::T
     const int64_t c0 = i * CB, cn = std::min(CB, s.C - c0);
     std::fill(acc, acc + taps * CB, T(0));
     for (int64_t n = 0; n < s.N; ++n) {
-      to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp,
-                           CB);
-      to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+      if (g.nhwc) {
+        pixels_in<VO>(x + n * s.H * s.W * s.C + c0, s.C, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
+        pixels_in<VO>(gz + n * P * s.K + c0, s.K, s.OH, s.OW, cn, gzt, s.OW, CB);
+      } else {
+        to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp,
+                             CB);
+        to_channels_last<VO>(gz + (n * s.K + c0) * P, P, s.OH, s.OW, cn, gzt, s.OW, CB);
+      }
       for (int64_t v = 0; v < CB; v += L) {
         int64_t t = 0;
         for (; taps - t == 9; t += 9)

@@ -27,7 +27,8 @@ using F64 = vo_avx512::F64;
 template <class VO>
 const DwKernels<typename VO::T>& kernels() {
   static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>,
-                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>};
+                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>,
+                                           dw_forward_nhwc<VO>};
   return k;
 }
 
@@ -46,7 +47,8 @@ using F64 = vo_avx2::F64;
 template <class VO>
 const DwKernels<typename VO::T>& kernels() {
   static const DwKernels<typename VO::T> k{dw_forward_planes<VO>, dw_grad_input_planes<VO>, dw_grad_weight_rows<VO>,
-                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>};
+                                           dw_forward_cl<VO>,     dw_grad_input_cl<VO>,     dw_grad_weight_cl<VO>,
+                                           dw_forward_nhwc<VO>};
   return k;
 }
 
