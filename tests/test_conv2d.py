@@ -211,6 +211,9 @@ MODEL_CASES = [
     pytest.param(((2, 6, 9, 10), (4, 3, 3), 2, 1, 1, 2), id="3x3s2-groups"),
     pytest.param(((1, 4, 10, 10), (6, 2, 2), 2, 0, 1, 1), id="2x2s2"),
     pytest.param(((1, 3, 16, 16), (5, 4, 4), 4, 0, 1, 1), id="patchify4x4s4"),
+    # patches that do not cover the image (channels_last: the linear layer over the patches reads the whole
+    # ones; the last row and column get a zero grad_x), with a rectangular kernel
+    pytest.param(((2, 20, 9, 11), (24, 2, 3), (2, 3), 0, 1, 1), id="patchify2x3-crop"),
     pytest.param(((1, 4, 9, 8), (4, 3, 3), 3, 1, 1, 1), id="3x3s3"),
     # Strided convolutions too wide for the few-channel kernel: the GEMM packs them from the phases of x (the
     # rows and columns of each tap's phase that fall outside it are zeros).

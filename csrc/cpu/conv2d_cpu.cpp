@@ -142,6 +142,36 @@ inline at::Tensor as_images(const at::Tensor& t, const at::Tensor& like) {
   return t.view({t.size(0), t.size(1), 1, 1}).contiguous(like.suggest_memory_format());
 }
 
+// A convolution of a channels-last x whose patches tile the image (kernel == stride, no padding, dilation 1,
+// groups 1: every 1x1 convolution of stride 1, convnext's 2x2/2 downsampling and 4x4/4 stem) is a linear layer
+// over the patches: a patch is KH runs of KW * C contiguous elements of x, so the patch rows are x itself (1x1)
+// or one copy of it, and the output rows [N * OH * OW, K] are the channels-last output as it lies. The weight
+// is read in the patches' order (kh, kw, c): one small copy. Rows and columns past the last whole patch are
+// not read (their grad_x is zero).
+inline bool conv2d_is_nhwc_patchify(const ConvShape& s, const at::Tensor& x) {
+  return s.groups == 1 && s.KH == s.sh && s.KW == s.sw && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1 &&
+         x.suggest_memory_format() == at::MemoryFormat::ChannelsLast && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+// The patch rows [N * OH * OW, KH * KW * C] of a channels-last x (a view for 1x1 kernels).
+inline at::Tensor nhwc_patches(const ConvShape& s, const at::Tensor& x) {
+  return x.permute({0, 2, 3, 1})
+      .narrow(1, 0, s.OH * s.KH)
+      .narrow(2, 0, s.OW * s.KW)
+      .reshape({s.N, s.OH, s.KH, s.OW, s.KW, s.C})
+      .permute({0, 1, 3, 2, 4, 5})
+      .reshape({s.N * s.OH * s.OW, s.KH * s.KW * s.C});
+}
+// [N, K, OH, OW] channels-last tensors as rows [N * OH * OW, K] (a view when they are channels-last) and back.
+inline at::Tensor nhwc_rows(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 1}).reshape({t.size(0) * t.size(2) * t.size(3), t.size(1)});
+}
+inline at::Tensor nhwc_images(const at::Tensor& rows, const ConvShape& s) {
+  return rows.view({s.N, s.OH, s.OW, s.K}).permute({0, 3, 1, 2});
+}
+inline at::Tensor patch_weight(const ConvShape& s, const at::Tensor& w) {
+  return w.permute({0, 2, 3, 1}).reshape({s.K, s.KH * s.KW * s.C});
+}
+
 // A strided 1x1 convolution without padding reads only the pixels (oh * sh, ow * sw): it is the pointwise
 // convolution of those pixels, gathered once (x[:, :, ::sh, ::sw]); its grad_x is zero elsewhere.
 inline bool conv2d_is_strided_pointwise(const ConvShape& s) {
@@ -968,6 +998,11 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
   const ConvShape s = check_conv_args(x, weight, bias, stride, padding, dilation, groups, kOp, c10::DeviceType::CPU);
   if (conv2d_is_linear(s))
     return as_images(linear_act_forward_impl(as_rows(x), as_rows(weight), bias, activation, alpha, beta, false), x);
+  if (conv2d_is_nhwc_patchify(s, x)) {
+    const at::Tensor rows =
+        linear_act_forward_impl(nhwc_patches(s, x), patch_weight(s, weight), bias, activation, alpha, beta, false);
+    return nhwc_images(rows, s);
+  }
   const auto memory_format = x.suggest_memory_format();
   const bool nhwc = depthwise_nhwc(s, x);
   at::Tensor out = empty_output({s.N, s.K, s.OH, s.OW}, x.options().memory_format(nhwc ? at::MemoryFormat::ChannelsLast
@@ -1117,6 +1152,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv2d_backward(
     auto [gx, gw, gb] = linear_act_backward(as_rows(grad_out), as_rows(x), as_rows(weight), bias, out_rows, activation,
                                             alpha, beta, output_mask);
     return {gx.defined() ? as_images(gx, x) : gx, gw.defined() ? as_images(gw, weight) : gw, gb};
+  }
+  if (conv2d_is_nhwc_patchify(s, x)) {  // (x may be a stand-in, not channels-last: then the NCHW passes below)
+    // The patches and the weight are read only where needed (grad_w, grad_x, a recomputation); else stand-ins.
+    const int64_t rows = s.N * s.OH * s.OW, cols = s.KH * s.KW * s.C;
+    const bool recompute = grad_needs_preactivation(act);
+    const at::Tensor patches =
+        output_mask[1] || recompute ? nhwc_patches(s, x) : x.new_empty({1, 1}).expand({rows, cols});
+    const at::Tensor pw =
+        output_mask[0] || recompute ? patch_weight(s, weight) : x.new_empty({1, 1}).expand({s.K, cols});
+    const std::optional<at::Tensor> out_rows = out.has_value() && out->defined() ? std::optional(nhwc_rows(*out)) : out;
+    auto [gp, gw, gb] =
+        linear_act_backward(nhwc_rows(grad_out), patches, pw, bias, out_rows, activation, alpha, beta, output_mask);
+    at::Tensor gx;
+    if (gp.defined()) {
+      const bool whole = s.OH * s.KH == s.H && s.OW * s.KW == s.W;
+      gx = empty_output(x.sizes(), x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      if (!whole) gx.zero_();
+      gx.permute({0, 2, 3, 1})
+          .narrow(1, 0, s.OH * s.KH)
+          .narrow(2, 0, s.OW * s.KW)
+          .view({s.N, s.OH, s.KH, s.OW, s.KW, s.C})
+          .copy_(gp.view({s.N, s.OH, s.OW, s.KH, s.KW, s.C}).permute({0, 1, 3, 2, 4, 5}));
+    }
+    if (gw.defined()) gw = gw.view({s.K, s.KH, s.KW, s.C}).permute({0, 3, 1, 2}).contiguous();
+    return {gx, gw, gb};
   }
 
   const bool need_x = output_mask[0];
