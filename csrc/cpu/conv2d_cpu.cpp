@@ -15,7 +15,9 @@
 //
 // The kernels work on NCHW-contiguous copies in the accumulation type (float for bf16/fp16, double for
 // double): half inputs are converted once, and every result is rounded once, on its write. A channels_last
-// input gets a channels_last output (as torch's CPU convolution returns), converted once at the end.
+// input gets a channels_last output (as torch's CPU convolution returns), converted once at the end; except
+// where the tensors are read as they lie: depthwise convolutions of float and double (depthwise_nhwc) and
+// convolutions whose patches tile the image, a linear layer over them (conv2d_is_nhwc_patchify).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -1121,12 +1123,15 @@ void depthwise_nhwc_backward(const ConvShape& s, Activation act, const Activatio
     T* gb = grad_b.mutable_data_ptr<T>();
     const int64_t rows = s.N * s.OH * s.OW;
     at::parallel_for(0, s.K, 64, [&](int64_t k0, int64_t k1) {
-      std::vector<T> sums(k1 - k0, T(0));
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* g = gz_p + r * s.K + k0;
-        for (int64_t k = 0; k < k1 - k0; ++k) sums[k] += g[k];
+      for (int64_t kb = k0; kb < k1; kb += 64) {  // 64 running sums in a local array: they vectorise
+        const int64_t n = std::min<int64_t>(64, k1 - kb);
+        T sums[64] = {};
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* g = gz_p + r * s.K + kb;
+          for (int64_t k = 0; k < n; ++k) sums[k] += g[k];
+        }
+        std::copy(sums, sums + n, gb + kb);
       }
-      std::copy(sums.begin(), sums.end(), gb + k0);
     });
   }
   if (grad_x.defined()) {

@@ -80,15 +80,15 @@ void depthwise_forward(const ConvShape& s, const T* x, const T* w, const T* bias
     const int64_t Cp = static_cast<int64_t>(wt.size()) / (s.KH * s.KW);
     std::vector<T> bt(bias ? Cp : 0, T(0));
     if (bias) std::copy(bias, bias + s.C, bt.begin());
-    // Channels-last tensors with kernels up to 3 wide: read in place. Moving whole planes into the padded buffer
-    // and back cost more than 9 taps. Wider kernels use the buffer: on small planes most pixels have taps in
-    // the padding, which the buffer's zeros turn into plain loads (in place each such pixel skips them one
-    // by one; convnext's 7x7 convs ran at half the speed).
-    if (nhwc && s.KW <= 3) {
-      const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, s.OW * s.C * s.KH * s.KW));
-      at::parallel_for(0, s.N * s.OH, grain, [&](int64_t i0, int64_t i1) {
-        k.forward_nhwc(s, x, wt.data(), Cp, bias ? bt.data() : nullptr, z, relu, i0, i1);
-      });
+    if (nhwc) {  // bands of output rows, at least 4 items per thread (batch 1 too)
+      const int64_t threads = at::get_num_threads();
+      const int64_t bands = std::clamp<int64_t>((4 * threads + s.N - 1) / s.N, 1, s.OH);
+      const int64_t band = (s.OH + bands - 1) / bands;
+      const int64_t ring = ((s.KH - 1) * s.dh + 1) * (s.W + 2 * s.pw) * Cp;
+      parallel_items<T>(s.N * ((s.OH + band - 1) / band), ring, band * s.OW * s.C * s.KH * s.KW,
+                        [&](int64_t i0, int64_t i1, T* buf) {
+                          k.forward_nhwc(s, x, wt.data(), Cp, bias ? bt.data() : nullptr, z, relu, band, i0, i1, buf);
+                        });
       return;
     }
     parallel_items<T>(s.N * cl_blocks(s, g), g.cl_scratch, g.CB * s.OH * s.OW * s.KH * s.KW,

@@ -201,12 +201,11 @@ DLK_ALWAYS_INLINE void dw_cl_pixels(const ConvShape& s, int64_t Wp, int64_t CB, 
   for (int r = 0; r < RB; ++r) VO::store(zs + r * CB, relu ? VO::relu(acc[r]) : acc[r]);
 }
 
-// The forward for small planes (dw_channels_last) and for channels-last tensors with kernels over 3 wide, items
-// [i0, i1) = (image n, block of g.CB channels): the block's planes (or, for g.nhwc, its channels of every
-// pixel) are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the padding, zeroed
-// once, stays zero), every output pixel is computed L channels per FMA (the weights wt [taps][Cp] and bias [Cp]
-// as vectors; Cp = C rounded up to CB, zeros past C), up to 8 pixels of a row at once, into a channels-last
-// output block, which is then moved to the NCHW planes (or the pixels of z). Lanes past C compute from
+// The forward for small planes (dw_channels_last), items [i0, i1) = (image n, block of g.CB channels):
+// the block's planes are moved channels-last into buf (zero-padded, Hp x Wp pixels of CB channels; the
+// padding, zeroed once, stays zero), every output pixel is computed L channels per FMA (the weights wt
+// [taps][Cp] and bias [Cp] as vectors; Cp = C rounded up to CB, zeros past C), up to 8 pixels of a row at once,
+// into a channels-last output block, which is then moved to the NCHW planes. Lanes past C compute from
 // whatever the buffer holds there and are never stored.
 template <class VO>
 void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x, const typename VO::T* wt,
@@ -220,12 +219,7 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
   T* zt = buf + Hp * Wp * CB;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t n = i / blocks, c0 = i % blocks * CB, cn = std::min(CB, s.C - c0);
-    if (g.nhwc) {
-      pixels_in<VO>(x + n * s.H * s.W * s.C + c0, s.C, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
-    } else {
-      to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp,
-                           CB);
-    }
+    to_channels_last<VO>(x + (n * s.C + c0) * s.H * s.W, s.H * s.W, s.H, s.W, cn, xt + (s.ph * Wp + s.pw) * CB, Wp, CB);
     for (int64_t oh = 0; oh < s.OH; ++oh) {
       const T* xrow = xt + oh * s.sh * Wp * CB;
       T* zrow = zt + oh * s.OW * CB;
@@ -270,113 +264,164 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
         }
       }
     }
-    if (g.nhwc) {
-      pixels_out<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + n * P * s.K + c0, s.K);
+    from_channels_last<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+  }
+}
+
+// RB output pixels of a row, one vector of channels, of the forward on channels-last tensors (DwGeom::nhwc):
+// acc = bias + sum over taps [kh0, kh0 + nk) x [kw0, kw1) of w * the pixel the tap reads, L channels per FMA.
+// rows[j]: the padded buffer row of tap row kh0 + j, at the block's first pixel and the vector's channels
+// (pixels Cp apart); ws: the vector's weights of tap (kh0, 0), taps Cp apart; zs: the block's first output,
+// pixels K apart; nl: the lanes stored (the channels left).
+template <class VO, int RB>
+DLK_ALWAYS_INLINE void dw_nhwc_pixels(const ConvShape& s, const typename VO::T* const* rows, int64_t nk, int64_t kw0,
+                                      int64_t kw1, int64_t Cp, const typename VO::T* ws, const typename VO::T* bs,
+                                      typename VO::T* zs, bool relu, int nl) {
+  using V = typename VO::V;
+  constexpr int L = VO::L;
+  const int64_t KW = s.KW, col = s.dw * Cp, step = s.sw * Cp, K = s.K;  // locals: z's stores could alias s
+  V acc[RB];
+  const V b = bs ? VO::load(bs) : VO::zero();
+  for (int r = 0; r < RB; ++r) acc[r] = b;
+  for (int64_t j = 0; j < nk; ++j) {
+    const typename VO::T* src = rows[j];
+    const typename VO::T* w = ws + j * KW * Cp;
+    for (int64_t kw = kw0; kw < kw1; ++kw) {
+      const V wv = VO::load(w + kw * Cp);
+      for (int r = 0; r < RB; ++r) acc[r] = VO::fma(wv, VO::load(src + kw * col + r * step), acc[r]);
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    const V v = relu ? VO::relu(acc[r]) : acc[r];
+    if (nl == L) {
+      VO::store(zs + r * K, v);
     } else {
-      from_channels_last<VO>(zt, s.OW, CB, s.OH, s.OW, cn, z + (n * s.K + c0) * P, P);
+      VO::storen(zs + r * K, v, nl);
     }
   }
 }
 
-// RB output pixels, one vector of channels, of the forward on channels-last tensors (DwGeom::nhwc), read and
-// written where they lie: the block's first pixel reads x from x[xi] on (xi: the index of its tap (0, 0), which
-// may lie in the padding), its pixels sw pixels apart in x, 1 in z (zi: its first output). Taps [kh0, kh1) x
-// [kw0, kw1) are summed; with EDGE, some of the block's pixels read padding for some of those taps, and each
-// tap skips those pixels (ow0: the block's first output column), else all of them read inside the image. nl:
-// the lanes of the vector (the channels left; its other lanes are neither read nor written), L unless PART.
-// wt: [taps][Cp], bt: [Cp] or null.
-template <class VO, int RB, bool EDGE, bool PART>
-DLK_ALWAYS_INLINE void dw_nhwc_block(const ConvShape& s, const typename VO::T* x, int64_t xi, const typename VO::T* wt,
-                                     int64_t Cp, const typename VO::T* bt, typename VO::T* z, int64_t zi, bool relu,
-                                     int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t ow0, int nl) {
+// dw_nhwc_pixels for strides SW of 1 or 2 and dilation 1 along W with KW taps per row, all of them (the
+// padding reads the buffer's zeros): each input pixel of a tap row is loaded once and multiplied into the up to
+// KW / SW outputs that read it (output r, tap kw: pixel r * SW + kw), from registers; tap by tap each output
+// would load it again, and on planes whose ring does not fit L1 those loads, not the FMAs, set the pace. Each
+// output still sums its taps in order.
+template <class VO, int RB, int KW, int SW>
+DLK_ALWAYS_INLINE void dw_nhwc_pixels_slide(const ConvShape& s, const typename VO::T* const* rows, int64_t nk,
+                                            int64_t Cp, const typename VO::T* ws, const typename VO::T* bs,
+                                            typename VO::T* zs, bool relu, int nl) {
   using V = typename VO::V;
-  // The shape's fields as locals: the stores to z could alias them for all the compiler knows.
-  const int64_t C = s.C, W = s.W, KW = s.KW, sw = s.sw, pw = s.pw, row = s.dh * W * C, col = s.dw * C;
-  const int64_t step = sw * C;
+  constexpr int L = VO::L;
+  const int64_t K = s.K;
   V acc[RB];
-  const V b = bt ? VO::load(bt) : VO::zero();
+  const V b = bs ? VO::load(bs) : VO::zero();
   for (int r = 0; r < RB; ++r) acc[r] = b;
-  for (int64_t kh = kh0; kh < kh1; ++kh) {
-    const int64_t o = xi + kh * row;
-    for (int64_t kw = kw0; kw < kw1; ++kw) {
-      int64_t rlo = 0, rhi = RB;  // the pixels r of the block whose column (ow0 + r) * sw - pw + kw * dw is inside
-      if constexpr (EDGE) {
-        const int64_t lo = pw - kw * s.dw - ow0 * sw, hi = W - 1 + lo;
-        rlo = lo <= 0 ? 0 : (lo + sw - 1) / sw;
-        rhi = hi < 0 ? 0 : std::min<int64_t>(RB, hi / sw + 1);
-      }
-      const V wv = VO::load(wt + (kh * KW + kw) * Cp);
-      const typename VO::T* src = x + (o + kw * col);
-      for (int r = 0; r < RB; ++r) {
-        if (EDGE && (r < rlo || r >= rhi)) continue;
-        acc[r] = VO::fma(wv, PART ? VO::loadn(src + r * step, nl) : VO::load(src + r * step), acc[r]);
+  for (int64_t j = 0; j < nk; ++j) {
+    const typename VO::T* src = rows[j];
+    V wv[KW];
+#pragma GCC unroll 8
+    for (int kw = 0; kw < KW; ++kw) wv[kw] = VO::load(ws + (j * KW + kw) * Cp);
+#pragma GCC unroll 32
+    for (int q = 0; q < (RB - 1) * SW + KW; ++q) {
+      const V xv = VO::load(src + q * Cp);
+#pragma GCC unroll 8
+      for (int kw = 0; kw < KW; ++kw) {
+        const int r = (q - kw) / SW;
+        if (q >= kw && (q - kw) % SW == 0 && r < RB) acc[r] = VO::fma(wv[kw], xv, acc[r]);
       }
     }
   }
   for (int r = 0; r < RB; ++r) {
     const V v = relu ? VO::relu(acc[r]) : acc[r];
-    if (PART) {
-      VO::storen(z + zi + r * s.K, v, nl);
+    if (nl == L) {
+      VO::store(zs + r * K, v);
     } else {
-      VO::store(z + zi + r * s.K, v);
+      VO::storen(zs + r * K, v, nl);
     }
   }
 }
 
-// The forward on channels-last tensors, items [i0, i1) = output rows (image n, row oh): no buffer and no moves
-// (on planes of 28 x 28 and more, moving them into a padded buffer and back cost more than the taps). Each row
-// in blocks of at most 8 pixels, as equal as they can be (one FMA chain per pixel: see dw_forward_cl), each
-// vector of channels in turn; blocks at the edges skip, per tap, the pixels that would read padding. wt:
-// [taps][Cp] (Cp = C rounded up to 16), bt: [Cp] or null.
+// The forward on channels-last tensors (DwGeom::nhwc), items [i0, i1) = (image n, band of `band` output rows),
+// z written as it lies. The input rows a band reads are copied, once each, into a ring of (KH - 1) * dh + 1
+// zero-padded rows of Wp = W + 2 pw pixels of Cp channels (buf; the padding columns and the channels past C,
+// zeroed once, stay zero): the taps then read plain vectors, padding included, and only the rows outside the
+// image are left out of the sums, as are the columns no pixel of a block reads inside the image. A whole
+// plane per block of channels (dw_forward_cl) would not stay in cache on large planes: its moves cost more
+// than the taps. Each output row in blocks of up to 8 pixels, as equal as they can be (see dw_forward_cl),
+// each vector of channels in turn. wt: [taps][Cp], bt: [Cp] or null.
 template <class VO>
 void dw_forward_nhwc(const ConvShape& s, const typename VO::T* x, const typename VO::T* wt, int64_t Cp,
-                     const typename VO::T* bt, typename VO::T* z, bool relu, int64_t i0, int64_t i1) {
+                     const typename VO::T* bt, typename VO::T* z, bool relu, int64_t band, int64_t i0, int64_t i1,
+                     typename VO::T* buf) {
+  using T = typename VO::T;
   constexpr int L = VO::L;
   const int64_t vectors = (s.C + L - 1) / L;
   const int tail = static_cast<int>(s.C - (vectors - 1) * L);
+  const int64_t Wp = s.W + 2 * s.pw, R = (s.KH - 1) * s.dh + 1, bands = (s.OH + band - 1) / band;
   const int64_t blocks_w = (s.OW + 7) / 8, base = s.OW / blocks_w, extra = s.OW % blocks_w;
+  std::vector<int64_t> held(static_cast<size_t>(R));  // the input row each ring row holds (-1: none)
+  std::vector<const T*> rows(static_cast<size_t>(s.KH)), at(static_cast<size_t>(s.KH));
+  // The sliding kernel (10 * stride + taps) for 3, 5 or 7 taps per row at stride 1 and 3 or 5 at stride 2,
+  // dilation 1, on rows at least as wide as the kernel (on narrower ones most taps read padding, which
+  // dw_nhwc_pixels skips); else 0.
+  const bool slides = s.dw == 1 && s.OW >= s.KW &&
+                      ((s.sw == 1 && (s.KW == 3 || s.KW == 5 || s.KW == 7)) || (s.sw == 2 && (s.KW == 3 || s.KW == 5)));
+  const int slide = slides ? static_cast<int>(10 * s.sw + s.KW) : 0;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t n = i / s.OH, oh = i % s.OH;
-    int64_t kh0, kh1;
-    inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
-    const int64_t xrow = (n * s.H + oh * s.sh - s.ph) * s.W;  // the pixel index of input row oh * sh - ph, column 0
-    const int64_t zrow = (n * s.OH + oh) * s.OW;
-    int64_t ow = 0;
-    for (int64_t blk = 0; blk < blocks_w; ++blk) {
-      const int64_t rb = base + (blk < extra ? 1 : 0);
-      // Taps inside for a pixel o: [lo(o), hi(o)), both falling with o. Inside for every pixel of the block:
-      // [lo(first), hi(last)); for some pixel: [lo(last), hi(first)).
-      int64_t lo_first, hi_first, lo_last, hi_last;
-      inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &lo_first, &hi_first);
-      inside_taps(ow + rb - 1, s.sw, s.dw, s.pw, s.W, s.KW, &lo_last, &hi_last);
-      const bool edge = !(lo_first == 0 && hi_last == s.KW);
-      const int64_t kwa = lo_last, kwb = std::max(lo_last, hi_first);
-      const auto block = [&](auto rbc) {
-        constexpr int RB = decltype(rbc)::value;
-        for (int64_t v = 0; v < vectors; ++v) {
-          const int nl = v + 1 == vectors ? tail : L;
-          const int64_t xi = (xrow + ow * s.sw - s.pw) * s.C + v * L, zi = (zrow + ow) * s.K + v * L;
-          const typename VO::T* bv = bt ? bt + v * L : nullptr;
-          if (edge) {
-            dw_nhwc_block<VO, RB, true, true>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, kwa, kwb, ow, nl);
-          } else if (nl < L) {
-            dw_nhwc_block<VO, RB, false, true>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, 0, s.KW, ow, nl);
-          } else {
-            dw_nhwc_block<VO, RB, false, false>(s, x, xi, wt + v * L, Cp, bv, z, zi, relu, kh0, kh1, 0, s.KW, ow, nl);
-          }
+    const int64_t n = i / bands, oh0 = i % bands * band, oh1 = std::min(s.OH, oh0 + band);
+    std::fill(held.begin(), held.end(), int64_t(-1));
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      int64_t kh0, kh1;
+      inside_taps(oh, s.sh, s.dh, s.ph, s.H, s.KH, &kh0, &kh1);
+      for (int64_t kh = kh0; kh < kh1; ++kh) {
+        const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+        T* ring = buf + (ih % R) * Wp * Cp;
+        if (held[ih % R] != ih) {
+          held[ih % R] = ih;
+          const T* src = x + (n * s.H + ih) * s.W * s.C;
+          for (int64_t iw = 0; iw < s.W; ++iw) copy_run<VO>(src + iw * s.C, s.C, ring + (iw + s.pw) * Cp);
         }
-      };
-      switch (rb) {
-        case 8: block(std::integral_constant<int, 8>{}); break;
-        case 7: block(std::integral_constant<int, 7>{}); break;
-        case 6: block(std::integral_constant<int, 6>{}); break;
-        case 5: block(std::integral_constant<int, 5>{}); break;
-        case 4: block(std::integral_constant<int, 4>{}); break;
-        case 3: block(std::integral_constant<int, 3>{}); break;
-        case 2: block(std::integral_constant<int, 2>{}); break;
-        default: block(std::integral_constant<int, 1>{}); break;
+        rows[kh - kh0] = ring;
       }
-      ow += rb;
+      T* zrow = z + (n * s.OH + oh) * s.OW * s.K;
+      int64_t ow = 0;
+      for (int64_t blk = 0; blk < blocks_w; ++blk) {
+        const int64_t rb = base + (blk < extra ? 1 : 0);
+        int64_t kw0, kw1, unused;  // the taps inside the image for some pixel of the block
+        inside_taps(ow + rb - 1, s.sw, s.dw, s.pw, s.W, s.KW, &kw0, &unused);
+        inside_taps(ow, s.sw, s.dw, s.pw, s.W, s.KW, &unused, &kw1);
+        kw1 = std::max(kw0, kw1);
+        const auto block = [&](auto rbc) {
+          constexpr int RB = decltype(rbc)::value;
+          for (int64_t v = 0; v < vectors; ++v) {  // at: the tap rows at this block and vector
+            for (int64_t j = 0; j < kh1 - kh0; ++j) at[j] = rows[j] + ow * s.sw * Cp + v * L;
+            const T* ws = wt + kh0 * s.KW * Cp + v * L;
+            const T* bs = bt ? bt + v * L : nullptr;
+            T* zs = zrow + ow * s.K + v * L;
+            const int nl = v + 1 == vectors ? tail : L;
+            const int64_t nk = kh1 - kh0;
+            switch (slide) {
+              case 13: dw_nhwc_pixels_slide<VO, RB, 3, 1>(s, at.data(), nk, Cp, ws, bs, zs, relu, nl); break;
+              case 15: dw_nhwc_pixels_slide<VO, RB, 5, 1>(s, at.data(), nk, Cp, ws, bs, zs, relu, nl); break;
+              case 17: dw_nhwc_pixels_slide<VO, RB, 7, 1>(s, at.data(), nk, Cp, ws, bs, zs, relu, nl); break;
+              case 23: dw_nhwc_pixels_slide<VO, RB, 3, 2>(s, at.data(), nk, Cp, ws, bs, zs, relu, nl); break;
+              case 25: dw_nhwc_pixels_slide<VO, RB, 5, 2>(s, at.data(), nk, Cp, ws, bs, zs, relu, nl); break;
+              default: dw_nhwc_pixels<VO, RB>(s, at.data(), nk, kw0, kw1, Cp, ws, bs, zs, relu, nl);
+            }
+          }
+        };
+        switch (rb) {
+          case 8: block(std::integral_constant<int, 8>{}); break;
+          case 7: block(std::integral_constant<int, 7>{}); break;
+          case 6: block(std::integral_constant<int, 6>{}); break;
+          case 5: block(std::integral_constant<int, 5>{}); break;
+          case 4: block(std::integral_constant<int, 4>{}); break;
+          case 3: block(std::integral_constant<int, 3>{}); break;
+          case 2: block(std::integral_constant<int, 2>{}); break;
+          default: block(std::integral_constant<int, 1>{}); break;
+        }
+        ow += rb;
+      }
     }
   }
 }

@@ -29,10 +29,10 @@ struct DwKernels {
                         T* buf);
   void (*grad_weight_cl)(const ConvShape& s, const DwGeom& g, const T* gz, const T* x, T* gw, int64_t i0, int64_t i1,
                          T* buf);
-  // The forward on channels-last x and z as they lie (DwGeom::nhwc), output rows [i0, i1); wt: [taps][Cp], bt:
-  // [Cp] or null.
+  // The forward on channels-last x and z as they lie (DwGeom::nhwc), items (image, band of `band` output rows)
+  // [i0, i1); wt: [taps][Cp], bt: [Cp] or null; buf: ((KH - 1) * dh + 1) * (W + 2 * pw) * Cp elements, zeroed.
   void (*forward_nhwc)(const ConvShape& s, const T* x, const T* wt, int64_t Cp, const T* bt, T* z, bool relu,
-                       int64_t i0, int64_t i1);
+                       int64_t band, int64_t i0, int64_t i1, T* buf);
 };
 
 // The AVX-512 and AVX2 sets for float and double (defined where x86 code is built; see kernels_for_isa).
