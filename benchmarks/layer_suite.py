@@ -363,8 +363,8 @@ def run(quick=False, rounds=None, budget=None, log=print, max_seconds=None, only
 
 COLUMNS = ["op", "kind", "case", "batch", "mode", "provider", "status", "reason", "median_s", "min_s", "max_s",
            "calls_per_round", "rounds", "speedup", "speedup_min", "speedup_max", "gflops", "flops", "max_err",
-           "x_shape", "w_shape", "stride", "padding", "dilation", "groups", "bias", "kernel", "ceil_mode", "count",
-           "models"]
+           "x_shape", "w_shape", "stride", "padding", "dilation", "groups", "bias", "kernel", "ceil_mode", "layout",
+           "count", "models"]
 
 
 def normalise(rows):
