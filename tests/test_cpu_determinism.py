@@ -54,8 +54,9 @@ CASES = {
                                                                         pool_kernel_size=3, pool_stride=2,
                                                                         pool_padding=1, backend="native"),
                            [(1, 8, 23, 19), (24, 8, 3, 3), (24,)]),
-    # depthwise on channels-last tensors as they lie: 7x7 through the padded buffer (grad_w's items are blocks
-    # of channels over the batch), 3x3 in place (rows split over threads); grad_bias sums the pixels in order
+    # depthwise on channels-last tensors as they lie: the forward's bands of output rows (split over threads),
+    # grad_w's blocks of channels over the batch, the stride-2 grad_x's blocks of channels of an image;
+    # grad_bias sums the pixels in order
     "conv_dw7x7_channels_last": (lambda x, w, b: dlkernels.ops.conv2d(x.contiguous(memory_format=torch.channels_last),
                                                                       w, b, 1, 3, groups=96, activation="gelu",
                                                                       backend="native"),

@@ -984,7 +984,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
 // Whether a depthwise convolution runs on a channels-last x as it lies (float and double; one output channel per
 // input channel), its output channels-last too: the channels-last depthwise kernels vectorise across channels,
 // and NCHW copies of x and of the output cost more than the taps (convnext's 7x7 depthwise convs, whose input
-// comes out of a permute, 2-4x). grad_out and grad_x of the backward are then channels-last as well.
+// comes out of a permute). grad_out and grad_x of the backward are then channels-last as well.
 bool depthwise_nhwc(const ConvShape& s, const at::Tensor& x) {
   return conv2d_is_depthwise(s) && s.Kg == 1 && !conv2d_is_strided_pointwise(s) &&
          (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) &&
