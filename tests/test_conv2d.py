@@ -195,7 +195,7 @@ MODEL_CASES = [
     pytest.param(((2, 20, 12, 11), (20, 7, 7), 1, 3, 1, 20), id="dw7x7-12x11"),
     # Many channels (channels_last: the channels-last kernels on the tensors as they lie, channel blocks of
     # 48 and a partial last vector): convnext's 7x7 and a 3x3, the forward's ring of padded rows with the
-    # sliding taps over blocks of 5, 7 and 8 pixels, grad_x as the flipped forward, grad_w's padded buffer.
+    # sliding taps over blocks of 5 and 7 pixels, grad_x as the flipped forward, grad_w's padded buffer.
     pytest.param(((2, 96, 9, 10), (96, 7, 7), 1, 3, 1, 96), id="dw7x7-96ch"),
     pytest.param(((1, 140, 6, 21), (140, 3, 3), 1, 1, 1, 140), id="dw3x3-140ch"),
     pytest.param(((2, 1, 12, 12), (5, 3, 3), 1, 1, 1, 1), id="one-channel"),
