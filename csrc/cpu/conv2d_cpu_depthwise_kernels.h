@@ -31,6 +31,22 @@ DLK_ALWAYS_INLINE void pixels_out(const typename VO::T* src, int64_t ld, int64_t
   }
 }
 
+// fn(std::integral_constant<int, RB>) for the block of rb pixels (1 to 8) of the channels-last kernels: the
+// block size as a template parameter, so that the block's accumulators are registers.
+template <class Fn>
+DLK_ALWAYS_INLINE void with_block_pixels(int64_t rb, const Fn& fn) {
+  switch (rb) {
+    case 8: return fn(std::integral_constant<int, 8>{});
+    case 7: return fn(std::integral_constant<int, 7>{});
+    case 6: return fn(std::integral_constant<int, 6>{});
+    case 5: return fn(std::integral_constant<int, 5>{});
+    case 4: return fn(std::integral_constant<int, 4>{});
+    case 3: return fn(std::integral_constant<int, 3>{});
+    case 2: return fn(std::integral_constant<int, 2>{});
+    default: return fn(std::integral_constant<int, 1>{});
+  }
+}
+
 // One output row chunk of U vectors of the forward: acc = bias + sum over taps w * phase run.
 // R output rows x U vectors of the forward: acc = bias + sum over taps w * phase run. Several rows and
 // vectors at once give the FMAs independent chains (one chain waits out the latency of each FMA).
@@ -250,16 +266,7 @@ void dw_forward_cl(const ConvShape& s, const DwGeom& g, const typename VO::T* x,
         const int64_t blocks_w = (s.OW + 7) / 8, base = s.OW / blocks_w, extra = s.OW % blocks_w;
         for (int64_t b = 0; b < blocks_w; ++b) {
           const int64_t rb = base + (b < extra ? 1 : 0);
-          switch (rb) {
-            case 8: block(std::integral_constant<int, 8>{}); break;
-            case 7: block(std::integral_constant<int, 7>{}); break;
-            case 6: block(std::integral_constant<int, 6>{}); break;
-            case 5: block(std::integral_constant<int, 5>{}); break;
-            case 4: block(std::integral_constant<int, 4>{}); break;
-            case 3: block(std::integral_constant<int, 3>{}); break;
-            case 2: block(std::integral_constant<int, 2>{}); break;
-            default: block(std::integral_constant<int, 1>{}); break;
-          }
+          with_block_pixels(rb, block);
           ow += rb;
         }
       }
@@ -410,16 +417,7 @@ void dw_forward_nhwc(const ConvShape& s, const typename VO::T* x, const typename
             }
           }
         };
-        switch (rb) {
-          case 8: block(std::integral_constant<int, 8>{}); break;
-          case 7: block(std::integral_constant<int, 7>{}); break;
-          case 6: block(std::integral_constant<int, 6>{}); break;
-          case 5: block(std::integral_constant<int, 5>{}); break;
-          case 4: block(std::integral_constant<int, 4>{}); break;
-          case 3: block(std::integral_constant<int, 3>{}); break;
-          case 2: block(std::integral_constant<int, 2>{}); break;
-          default: block(std::integral_constant<int, 1>{}); break;
-        }
+        with_block_pixels(rb, block);
         ow += rb;
       }
     }
