@@ -487,3 +487,27 @@ def test_cuda_conv_config_variable_is_checked_emulated(value, monkeypatch):
     x, weight = make_input(1, 8, 5, 5, dtype=torch.bfloat16), make_input(8, 8, 3, 3, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="DLKERNELS_CUDA_CONV_CONFIG"):
         dlkernels.ops.conv2d(x, weight, None, backend="cuda_emu")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "silu", "sigmoid", "tanh", "hardswish", "mish", "elu"])
+def test_cpu_epilogue_activation_is_linear_acts(activation):
+    """conv2d's CPU epilogues (pointwise GEMM, depthwise, channels-last depthwise) apply a float activation as
+    linear_act's does: convolutions that pass x through unchanged (weights of 1 at the kernel's centre, 0 elsewhere)
+    give, in every channel, linear_act's bits for the same pre-activations, whatever the run lengths each path
+    applies the activation to."""
+    require_backend("native", "cpu")
+    plane = torch.linspace(-120.0, 120.0, 49 * 49).reshape(1, 1, 49, 49)
+    expected = dlkernels.ops.linear_act(plane.reshape(-1, 1), torch.ones(1, 1), None, activation,
+                                        backend="native").reshape(49, 49)
+    centre = torch.zeros(37, 1, 3, 3)
+    centre[:, :, 1, 1] = 1.0
+    many = plane.expand(1, 37, 49, 49).contiguous()
+    runs = {
+        "pointwise": dlkernels.ops.conv2d(plane, torch.ones(37, 1, 1, 1), activation=activation, backend="native"),
+        "depthwise": dlkernels.ops.conv2d(many, centre, padding=1, groups=37, activation=activation, backend="native"),
+        "depthwise channels-last": dlkernels.ops.conv2d(many.to(memory_format=torch.channels_last), centre, padding=1,
+                                                        groups=37, activation=activation, backend="native"),
+    }
+    for name, out in runs.items():
+        assert out.shape == (1, 37, 49, 49), name
+        assert torch.equal(out[0], expected.expand(37, 49, 49)), f"{name}: not linear_act's activation"

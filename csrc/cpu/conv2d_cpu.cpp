@@ -36,6 +36,7 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/activation_span.h"
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_depthwise.h"
 #include "cpu/conv2d_cpu_grouped.h"
@@ -1026,9 +1027,8 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
                                  act == Activation::ReLU, true);
         if (act != Activation::None && act != Activation::ReLU) {  // elementwise: the layout does not matter
           dispatch_activation(act, [&](auto act_tag) {
-            using Fn = ActivationFn<decltype(act_tag)::value>;
             at::parallel_for(0, out.numel(), 16384, [&](int64_t i0, int64_t i1) {
-              for (int64_t i = i0; i < i1; ++i) z[i] = Fn::forward(z[i], params);
+              activation_span<decltype(act_tag)::value>(z + i0, i1 - i0, params);
             });
           });
         }
@@ -1044,14 +1044,16 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
     at::Tensor cbuf = direct ? out : empty_output({s.N, s.K, s.OH, s.OW}, out.options().dtype(acc_type));
     dispatch_activation(act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
-      using Fn = ActivationFn<A>;
       constexpr bool in_kernel = A == Activation::None || A == Activation::ReLU;
+      // The activation in place on the finished tile (c: the output itself for float and double, else the float
+      // buffer), then, where they differ, the move (and rounding) into the output.
       auto post = [&](int64_t p0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
         for (int i = 0; i < m; ++i) {
+          acc_t* z = c + i * ld;
+          if constexpr (!in_kernel) activation_span<A>(z, n, params);
           scalar_t* o = y + (p0 + i) * plane + j0;
-          for (int j = 0; j < n; ++j) {
-            const acc_t z = c[i * ld + j];
-            o[j] = static_cast<scalar_t>(in_kernel ? z : Fn::forward(z, params));
+          if (static_cast<void*>(o) != static_cast<void*>(z)) {
+            for (int j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(z[j]);
           }
         }
       };

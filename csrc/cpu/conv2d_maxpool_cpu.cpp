@@ -53,6 +53,7 @@
 #include "common/checks.h"
 #include "common/op_args.h"
 #include "common/shapes.h"
+#include "cpu/activation_span.h"
 #include "cpu/conv2d_cpu.h"
 #include "cpu/conv2d_cpu_small.h"
 #include "cpu/conv2d_cpu_winograd.h"
@@ -343,10 +344,9 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
           if (static_cast<int64_t>(mv.size()) < count) mv.resize(count), mi.resize(count);
           if constexpr (!in_kernel || !direct) {
             const int64_t len = (std::min(s.OH, (q1 - 1) * b.sh - b.ph + b.kh) - r0) * ld;
-            for (int64_t j = 0; j < len; ++j) {
-              acc_t v = in_kernel ? rows[j] : ActivationFn<A>::forward(rows[j], params);
-              if constexpr (!direct) v = static_cast<acc_t>(static_cast<scalar_t>(v));
-              rows[j] = v;
+            if constexpr (!in_kernel) activation_span<A>(rows, len, params);  // as conv2d's epilogue applies it
+            if constexpr (!direct) {
+              for (int64_t j = 0; j < len; ++j) rows[j] = static_cast<acc_t>(static_cast<scalar_t>(rows[j]));
             }
           }
           pool_band_fast(b, ranges.data(), rows, ld, r0, q0, q1, mv.data(), mi.data());

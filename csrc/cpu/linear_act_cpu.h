@@ -12,12 +12,14 @@
 namespace dlkernels {
 namespace cpu {
 
-// linear_act's forward. `vectorised_activation`: the activations whose scalar form is a libm call per element
-// (erf, exp, tanh: gelu, gelu_tanh, silu, sigmoid, tanh, mish, elu) are left out of the GEMM's epilogue on
-// float and double outputs and applied by PyTorch's vectorised in-place op to the finished output: one more
-// pass over it, where the scalar calls cost up to 20x the pass (ConvNeXt's Linear + GELU). conv2d's 1x1
-// images pass false: conv2d keeps the scalar epilogue, which the fused conv2d_maxpool shares, so that the
-// block stays bit for bit conv2d followed by max_pool2d.
+// linear_act's forward. The activation runs in the GEMM's epilogue, on each finished tile: in float (and for
+// the half types, which accumulate in float) through the vector kernels of activation_span.h, as in conv2d
+// and conv2d_maxpool. `vectorised_activation` concerns double outputs only: the activations whose scalar form
+// is a libm call per element (erf, exp, tanh: gelu, gelu_tanh, silu, sigmoid, tanh, mish, elu) are then left
+// out of the epilogue and applied by PyTorch's vectorised in-place op to the finished output (one more pass
+// over it, where the scalar calls cost several times the pass). conv2d's 1x1 images pass false: in double
+// conv2d keeps the scalar epilogue, which the fused conv2d_maxpool shares, so that the block stays bit for bit
+// conv2d followed by max_pool2d.
 at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                    c10::string_view activation, double alpha, double beta, bool vectorised_activation);
 at::Tensor linear_act_forward(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,

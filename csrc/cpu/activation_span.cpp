@@ -1,0 +1,27 @@
+// The run-time choice of the vector activation kernels (activation_span.h).
+#include "cpu/activation_span.h"
+
+#include "cpu/activation_span_x86.h"
+#include "cpu/simd.h"
+
+namespace dlkernels {
+namespace cpu {
+
+bool activation_span_f32(Activation act, float* y, int64_t n, const ActivationParams& p) {
+#if defined(__x86_64__)
+  static const ActivationSpanKernels* const kernels = cpu_isa() == Isa::Avx512 ? &activation_span_kernels_avx512()
+                                                      : cpu_isa() == Isa::Avx2 ? &activation_span_kernels_avx2()
+                                                                               : nullptr;
+  const ActivationSpanFn fn = kernels ? kernels->fn[static_cast<int>(act)] : nullptr;
+  if (fn) {
+    fn(y, n, static_cast<float>(p.alpha), static_cast<float>(p.beta));
+    return true;
+  }
+#else
+  (void)act, (void)y, (void)n, (void)p;
+#endif
+  return false;
+}
+
+}  // namespace cpu
+}  // namespace dlkernels

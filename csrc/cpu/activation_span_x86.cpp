@@ -1,0 +1,130 @@
+// The vector activations of activation_span.h: one generic body per activation over a small set of vector ops,
+// instantiated for AVX-512 (16 lanes, masked tail) and AVX2+FMA (8 lanes, the tail through a padded buffer). Each
+// element's result depends on its value only, not on where it lies in the run, so the conv's output and the fused
+// conv2d_maxpool's, which apply the activation to runs of different lengths, agree bit for bit.
+//
+// exp, erf and tanh are polynomial approximations within a few units in the last place of float (erf: 1.5e-7
+// absolute, the form torch's own vectorised erf takes); the piecewise-linear activations (relu6, hardtanh,
+// hardswish, hardsigmoid, leaky_relu) are the scalar ActivationFn's operations in the same order, bit for bit.
+// NaN propagates and the infinities give torch's vectorised results (gelu(+-inf) and silu(-inf) are NaN, as there).
+#include "cpu/activation_span_x86.h"
+
+#if defined(__x86_64__)
+#include <cstring>
+
+namespace dlkernels {
+namespace cpu {
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
+namespace act_avx512 {
+
+struct O {
+  using V = __m512;
+  using M = __mmask16;
+  static constexpr int L = 16;
+  static DLK_ALWAYS_INLINE V zero() { return _mm512_setzero_ps(); }
+  static DLK_ALWAYS_INLINE V set1(float v) { return _mm512_set1_ps(v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
+  static DLK_ALWAYS_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static DLK_ALWAYS_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static DLK_ALWAYS_INLINE V div(V a, V b) { return _mm512_div_ps(a, b); }
+  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static DLK_ALWAYS_INLINE V min(V a, V b) { return _mm512_min_ps(a, b); }
+  static DLK_ALWAYS_INLINE V max(V a, V b) { return _mm512_max_ps(a, b); }
+  static DLK_ALWAYS_INLINE V neg(V a) { return _mm512_xor_ps(a, _mm512_set1_ps(-0.0f)); }
+  static DLK_ALWAYS_INLINE V abs(V a) { return _mm512_andnot_ps(_mm512_set1_ps(-0.0f), a); }
+  static DLK_ALWAYS_INLINE V copysign(V mag, V sign) {  // mag >= 0
+    return _mm512_or_ps(mag, _mm512_and_ps(sign, _mm512_set1_ps(-0.0f)));
+  }
+  static DLK_ALWAYS_INLINE V round(V a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  static DLK_ALWAYS_INLINE V floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  // 2^n for integral n in [-126, 127] (NaN n: any value; the product that uses it is NaN anyway)
+  static DLK_ALWAYS_INLINE V pow2(V n) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
+  static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
+  static DLK_ALWAYS_INLINE V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }
+  static DLK_ALWAYS_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
+  static DLK_ALWAYS_INLINE void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static DLK_ALWAYS_INLINE V loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static DLK_ALWAYS_INLINE void storen(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
+  static DLK_ALWAYS_INLINE __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
+};
+
+#include "cpu/activation_span_kernels.h"
+
+}  // namespace act_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace act_avx2 {
+
+struct O {
+  using V = __m256;
+  using M = __m256;
+  static constexpr int L = 8;
+  static DLK_ALWAYS_INLINE V zero() { return _mm256_setzero_ps(); }
+  static DLK_ALWAYS_INLINE V set1(float v) { return _mm256_set1_ps(v); }
+  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static DLK_ALWAYS_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static DLK_ALWAYS_INLINE V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static DLK_ALWAYS_INLINE V div(V a, V b) { return _mm256_div_ps(a, b); }
+  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static DLK_ALWAYS_INLINE V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static DLK_ALWAYS_INLINE V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static DLK_ALWAYS_INLINE V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
+  static DLK_ALWAYS_INLINE V abs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static DLK_ALWAYS_INLINE V copysign(V mag, V sign) {
+    return _mm256_or_ps(mag, _mm256_and_ps(sign, _mm256_set1_ps(-0.0f)));
+  }
+  static DLK_ALWAYS_INLINE V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static DLK_ALWAYS_INLINE V floor(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  static DLK_ALWAYS_INLINE V pow2(V n) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
+  static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
+  static DLK_ALWAYS_INLINE V select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
+  static DLK_ALWAYS_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
+  static DLK_ALWAYS_INLINE void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  // The tail: n < L lanes through a zero-padded buffer (plain moves; AVX2's masked ones are slow on some cores).
+  static DLK_ALWAYS_INLINE V loadn(const float* p, int n) {
+    alignas(32) float t[L] = {};
+    std::memcpy(t, p, n * sizeof(float));
+    return _mm256_load_ps(t);
+  }
+  static DLK_ALWAYS_INLINE void storen(float* p, V v, int n) {
+    alignas(32) float t[L];
+    _mm256_store_ps(t, v);
+    std::memcpy(p, t, n * sizeof(float));
+  }
+};
+
+#include "cpu/activation_span_kernels.h"
+
+}  // namespace act_avx2
+#pragma GCC pop_options
+
+#define DLK_ACTIVATION_SPAN_TABLE(NS, TARGET)                                                                          \
+  TARGET const ActivationSpanKernels& activation_span_kernels_##NS() {                                                 \
+    static const ActivationSpanKernels table = {                                                                       \
+        {nullptr, nullptr, &act_##NS::span<Activation::Sigmoid>, &act_##NS::span<Activation::Tanh>,                    \
+         &act_##NS::span<Activation::GELU>, &act_##NS::span<Activation::GELUTanh>, &act_##NS::span<Activation::SiLU>,  \
+         &act_##NS::span<Activation::ReLU6>, &act_##NS::span<Activation::Hardtanh>,                                    \
+         &act_##NS::span<Activation::Hardswish>, &act_##NS::span<Activation::Hardsigmoid>,                             \
+         &act_##NS::span<Activation::LeakyReLU>, &act_##NS::span<Activation::ELU>,                                     \
+         &act_##NS::span<Activation::Mish>}};                                                                          \
+    return table;                                                                                                      \
+  }
+DLK_ACTIVATION_SPAN_TABLE(avx512, DLK_TARGET_AVX512)
+DLK_ACTIVATION_SPAN_TABLE(avx2, DLK_TARGET_AVX2)
+#undef DLK_ACTIVATION_SPAN_TABLE
+
+}  // namespace cpu
+}  // namespace dlkernels
+#endif  // defined(__x86_64__)
