@@ -489,25 +489,33 @@ def test_cuda_conv_config_variable_is_checked_emulated(value, monkeypatch):
         dlkernels.ops.conv2d(x, weight, None, backend="cuda_emu")
 
 
-@pytest.mark.parametrize("activation", ["gelu", "silu", "sigmoid", "tanh", "hardswish", "mish", "elu"])
-def test_cpu_epilogue_activation_is_linear_acts(activation):
-    """conv2d's CPU epilogues (pointwise GEMM, depthwise, channels-last depthwise) apply a float activation as
-    linear_act's does: convolutions that pass x through unchanged (weights of 1 at the kernel's centre, 0 elsewhere)
-    give, in every channel, linear_act's bits for the same pre-activations, whatever the run lengths each path
-    applies the activation to."""
+
+
+@pytest.mark.parametrize("activation,params", [pytest.param(a, None, id=a) for a in BASE_ACTIVATIONS[2:]]
+                         + NEW_ACTIVATION_CASES)
+def test_cpu_epilogue_activation_same_bits_on_every_path(activation, params):
+    """conv2d's CPU epilogues (pointwise GEMM, depthwise, channels-last depthwise) apply a float activation to
+    runs of different lengths (GEMM tiles, planes, chunks of the output), whole vectors then a tail; an element's
+    result must not depend on where it lies: convolutions that pass x through unchanged (an identity 1x1 weight; a
+    depthwise 3x3 with 1 at its centre) on images of one value each (1 x 37 pixels, 3 channels; values from -120
+    to 120) give the same bits at every pixel, channel and path, within rounding of the float64 reference."""
     require_backend("native", "cpu")
-    plane = torch.linspace(-120.0, 120.0, 49 * 49).reshape(1, 1, 49, 49)
-    expected = dlkernels.ops.linear_act(plane.reshape(-1, 1), torch.ones(1, 1), None, activation,
-                                        backend="native").reshape(49, 49)
-    centre = torch.zeros(37, 1, 3, 3)
+    values = torch.linspace(-120.0, 120.0, 601)
+    x = values.reshape(-1, 1, 1, 1).expand(601, 3, 1, 37).contiguous()
+    centre = torch.zeros(3, 1, 3, 3)
     centre[:, :, 1, 1] = 1.0
-    many = plane.expand(1, 37, 49, 49).contiguous()
+    kw = dict(activation=activation, activation_params=params, backend="native")
     runs = {
-        "pointwise": dlkernels.ops.conv2d(plane, torch.ones(37, 1, 1, 1), activation=activation, backend="native"),
-        "depthwise": dlkernels.ops.conv2d(many, centre, padding=1, groups=37, activation=activation, backend="native"),
-        "depthwise channels-last": dlkernels.ops.conv2d(many.to(memory_format=torch.channels_last), centre, padding=1,
-                                                        groups=37, activation=activation, backend="native"),
+        "pointwise": dlkernels.ops.conv2d(x, torch.eye(3).reshape(3, 3, 1, 1), **kw),
+        "depthwise": dlkernels.ops.conv2d(x, centre, padding=1, groups=3, **kw),
+        "depthwise channels-last": dlkernels.ops.conv2d(x.to(memory_format=torch.channels_last), centre, padding=1,
+                                                        groups=3, **kw),
     }
+    first = runs["pointwise"][:, 0, 0, 0]
+    expected64 = reference.linear_act(values.double().unsqueeze(1), torch.ones(1, 1, dtype=torch.float64), None,
+                                      activation, params).squeeze(1)
+    assert_close_to_reference(first, expected64, torch.float32)
     for name, out in runs.items():
-        assert out.shape == (1, 37, 49, 49), name
-        assert torch.equal(out[0], expected.expand(37, 49, 49)), f"{name}: not linear_act's activation"
+        assert out.shape == (601, 3, 1, 37), name
+        same = first.reshape(-1, 1, 1, 1).expand_as(out)
+        assert torch.equal(out, same), f"{name}: an element's bits depend on its place"

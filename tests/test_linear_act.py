@@ -298,21 +298,27 @@ def test_cuda_gemm_config_variable_is_checked_emulated(value, monkeypatch):
         dlkernels.ops.linear_act(x, weight, None, "none", backend="cuda_emu")
 
 
+
 # Pre-activations from -120 to 120 (exp's underflow and overflow, erf's and tanh's saturation) and around 0.
 WIDE_VALUES = torch.cat([torch.linspace(-120.0, 120.0, 2401), torch.tensor([-1e-30, 1e-30, -0.0, 0.0, 1e-3, -1e-3])])
 EPILOGUE_ACTIVATION_CASES = [pytest.param(a, None, id=a) for a in BASE_ACTIVATIONS if a not in ("none", "relu")]
 EPILOGUE_ACTIVATION_CASES += NEW_ACTIVATION_CASES
+# linear_act's float activations that PyTorch's in-place op applies after the GEMM (linear_act_cpu.h); its
+# vectorised loop and its scalar tail may round an element differently.
+ATEN_APPLIED = ("sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "elu")
 
 
 @pytest.mark.parametrize("activation,params", EPILOGUE_ACTIVATION_CASES)
-def test_cpu_epilogue_activation_over_a_wide_range(activation, params):
-    """The CPU epilogue's float activations (vector kernels where the CPU has them) on pre-activations from -120
-    to 120, against the float64 reference; and an element's result does not depend on where it lies in a run: all
-    37 columns (whole vectors, then every position of a tail) hold the same pre-activation, so the same bits."""
+def test_cpu_activation_over_a_wide_range(activation, params):
+    """linear_act's float activations on the CPU on pre-activations from -120 to 120, against the float64
+    reference; those of the GEMM epilogue (vector kernels where the CPU has them) give an element the same bits
+    wherever it lies in a run: all 37 columns (whole vectors, then every position of a tail) hold the same
+    pre-activation."""
     require_backend("native", "cpu")
     x = WIDE_VALUES.unsqueeze(1)
     weight = torch.ones(37, 1)
     out = dlkernels.ops.linear_act(x, weight, None, activation, backend="native", activation_params=params)
     expected64 = reference.linear_act(x.double(), weight.double(), None, activation, params)
     assert_close_to_reference(out, expected64, torch.float32)
-    assert torch.equal(out, out[:, :1].expand_as(out)), "an element's result depends on its column"
+    if activation not in ATEN_APPLIED:
+        assert torch.equal(out, out[:, :1].expand_as(out)), "an element's result depends on its column"

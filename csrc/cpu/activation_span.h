@@ -12,18 +12,22 @@
 namespace dlkernels {
 namespace cpu {
 
-// y[i] = act(y[i]) for i < n by the vector kernel of this CPU (cpu_isa()); false, and nothing done, where there is
-// none (the portable ISA, or None and ReLU, which the GEMM epilogue applies itself).
-bool activation_span_f32(Activation act, float* y, int64_t n, const ActivationParams& p);
+// y[r * ld + i] = act(y[r * ld + i]) for r < rows, i < n (a tile of row stride ld) by the vector kernel of this CPU
+// (cpu_isa()); false, and nothing done, where there is none (the portable ISA, or None and ReLU, which the GEMM
+// epilogue applies itself).
+bool activation_span_f32(Activation act, float* y, int64_t rows, int64_t n, int64_t ld, const ActivationParams& p);
 
-// y[i] = A(y[i]) for i < n: activation_span_f32 for float, where it applies; ActivationFn<A> per element otherwise.
+// y[r * ld + i] = A(y[r * ld + i]) for r < rows, i < n: activation_span_f32 for float, where it applies;
+// ActivationFn<A> per element otherwise.
 template <Activation A, typename T>
-void activation_span(T* y, int64_t n, const ActivationParams& p) {
+void activation_span(T* y, int64_t rows, int64_t n, int64_t ld, const ActivationParams& p) {
   if constexpr (A == Activation::None) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (activation_span_f32(A, y, n, p)) return;
+    if (activation_span_f32(A, y, rows, n, ld, p)) return;
   }
-  for (int64_t i = 0; i < n; ++i) y[i] = ActivationFn<A>::forward(y[i], p);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < n; ++i) y[r * ld + i] = ActivationFn<A>::forward(y[r * ld + i], p);
+  }
 }
 
 }  // namespace cpu

@@ -3,13 +3,13 @@
 // (templates defined there get the ISA); no include guard for that reason.
 
 // exp(x) for the generic bodies below, on a vector-ops set O: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a
-// degree-6 polynomial, times 2^n as two powers of two (n = 128 does not overflow on the way); +inf above
-// ln(FLT_MAX), NaN stays NaN. 0 below ln(FLT_MIN) instead of the subnormals: arithmetic on subnormals takes a
-// microcode assist per operation on x86, which made gelu of large negative inputs several times slower.
+// degree-6 polynomial, times 2^n (O::ldexp); +inf above ln(FLT_MAX), NaN stays NaN. 0 below ln(FLT_MIN) instead of
+// the subnormals: arithmetic on subnormals takes a microcode assist per operation on x86, which made gelu of large
+// negative inputs several times slower.
 template <typename O>
 DLK_ALWAYS_INLINE typename O::V vexp(typename O::V x) {
   using V = typename O::V;
-  const V xc = O::min(O::set1(88.7228391f), O::max(O::set1(-87.3365479f), x));  // NaN passes (second operand)
+  const V xc = O::min(O::set1(O::kExpMax), O::max(O::set1(-87.3365479f), x));  // NaN passes (second operand)
   const V n = O::round(O::mul(xc, O::set1(1.44269504088896341f)));
   V r = O::fma(n, O::set1(-0.693359375f), xc);
   r = O::fma(n, O::set1(2.12194440e-4f), r);
@@ -20,10 +20,8 @@ DLK_ALWAYS_INLINE typename O::V vexp(typename O::V x) {
   p = O::fma(p, r, O::set1(1.6666665459e-1f));
   p = O::fma(p, r, O::set1(5.0000001201e-1f));
   p = O::fma(p, O::mul(r, r), O::add(r, O::set1(1.0f)));
-  const V half = O::floor(O::mul(n, O::set1(0.5f)));
-  const V y = O::mul(O::mul(p, O::pow2(half)), O::pow2(O::sub(n, half)));
-  const V y_hi = O::select(O::gt(x, O::set1(88.7228391f)), O::set1(__builtin_inff()), y);
-  return O::select(O::lt(x, O::set1(-87.3365479f)), O::zero(), y_hi);
+  const V y = O::select(O::gt(x, O::set1(88.7228391f)), O::set1(__builtin_inff()), O::ldexp(p, n));
+  return O::select(O::lt(x, O::set1(-87.3365479f)), O::zero(), y);
 }
 
 // tanh(x): x + x^3 P(x^2) below 0.625 in magnitude, else 1 - 2 / (exp(2|x|) + 1), with x's sign.
@@ -119,13 +117,18 @@ DLK_ALWAYS_INLINE typename O::V activation_vec(typename O::V z, float alpha, flo
   }
 }
 
-// y[i] = A(y[i]) for i < n, whole vectors then the tail as one more (O::loadn / O::storen).
+// y[r * ld + i] = A(y[r * ld + i]) for r < rows, i < n: per row whole vectors, then the tail as one more
+// (O::loadn / O::storen). Whole tiles per call: the epilogue's rows are short (32 floats of a GEMM tile), and a call
+// per row cost more than the row's activation.
 template <Activation A>
-void span(float* y, int64_t n, float alpha, float beta) {
-  int64_t i = 0;
-  for (; i + O::L <= n; i += O::L) O::store(y + i, activation_vec<A, O>(O::load(y + i), alpha, beta));
-  if (i < n) {
-    const int rest = static_cast<int>(n - i);
-    O::storen(y + i, activation_vec<A, O>(O::loadn(y + i, rest), alpha, beta), rest);
+void span(float* y, int64_t rows, int64_t n, int64_t ld, float alpha, float beta) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * ld;
+    int64_t i = 0;
+    for (; i + O::L <= n; i += O::L) O::store(row + i, activation_vec<A, O>(O::load(row + i), alpha, beta));
+    if (i < n) {
+      const int rest = static_cast<int>(n - i);
+      O::storen(row + i, activation_vec<A, O>(O::loadn(row + i, rest), alpha, beta), rest);
+    }
   }
 }

@@ -40,11 +40,9 @@ struct O {
   static DLK_ALWAYS_INLINE V round(V a) {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  static DLK_ALWAYS_INLINE V floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
-  // 2^n for integral n in [-126, 127] (NaN n: any value; the product that uses it is NaN anyway)
-  static DLK_ALWAYS_INLINE V pow2(V n) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  }
+  // p 2^n for integral n; overflow to inf (exp's top: n = 128 and p < 1 stays finite). exp clamps x to ln(FLT_MAX).
+  static constexpr float kExpMax = 88.7228391f;
+  static DLK_ALWAYS_INLINE V ldexp(V p, V n) { return _mm512_scalef_ps(p, n); }
   static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static DLK_ALWAYS_INLINE V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }
@@ -83,9 +81,12 @@ struct O {
     return _mm256_or_ps(mag, _mm256_and_ps(sign, _mm256_set1_ps(-0.0f)));
   }
   static DLK_ALWAYS_INLINE V round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static DLK_ALWAYS_INLINE V floor(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
-  static DLK_ALWAYS_INLINE V pow2(V n) {
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  // p 2^n for integral n in [-126, 127] through the exponent field: exp clamps x to ln(2^127.5), so n <= 127 (exp
+  // of x in (88.38, 88.72] comes out at 2.4e38 rather than up to 3.4e38; above it is inf).
+  static constexpr float kExpMax = 88.3762626f;
+  static DLK_ALWAYS_INLINE V ldexp(V p, V n) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
   }
   static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }

@@ -11,8 +11,9 @@ namespace dlkernels {
 namespace cpu {
 
 #if defined(__x86_64__)
-// y[i] = act(y[i]) for i < n; alpha, beta: the activation's parameters (ActivationParams).
-using ActivationSpanFn = void (*)(float* y, int64_t n, float alpha, float beta);
+// y[r * ld + i] = act(y[r * ld + i]) for r < rows, i < n; alpha, beta: the activation's parameters
+// (ActivationParams).
+using ActivationSpanFn = void (*)(float* y, int64_t rows, int64_t n, int64_t ld, float alpha, float beta);
 
 // The kernels of one ISA, indexed by Activation (null for None and ReLU, which the GEMM epilogue applies).
 struct ActivationSpanKernels {

@@ -1028,7 +1028,7 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
         if (act != Activation::None && act != Activation::ReLU) {  // elementwise: the layout does not matter
           dispatch_activation(act, [&](auto act_tag) {
             at::parallel_for(0, out.numel(), 16384, [&](int64_t i0, int64_t i1) {
-              activation_span<decltype(act_tag)::value>(z + i0, i1 - i0, params);
+              activation_span<decltype(act_tag)::value>(z + i0, 1, i1 - i0, 0, params);
             });
           });
         }
@@ -1048,11 +1048,11 @@ at::Tensor conv2d_forward(const at::Tensor& x, const at::Tensor& weight, const s
       // The activation in place on the finished tile (c: the output itself for float and double, else the float
       // buffer), then, where they differ, the move (and rounding) into the output.
       auto post = [&](int64_t p0, int64_t j0, int m, int n, acc_t* c, int64_t ld) {
+        if constexpr (!in_kernel) activation_span<A>(c, m, n, ld, params);
         for (int i = 0; i < m; ++i) {
-          acc_t* z = c + i * ld;
-          if constexpr (!in_kernel) activation_span<A>(z, n, params);
+          const acc_t* z = c + i * ld;
           scalar_t* o = y + (p0 + i) * plane + j0;
-          if (static_cast<void*>(o) != static_cast<void*>(z)) {
+          if (static_cast<const void*>(o) != static_cast<const void*>(z)) {
             for (int j = 0; j < n; ++j) o[j] = static_cast<scalar_t>(z[j]);
           }
         }

@@ -344,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor> conv2d_maxpool_forward(const at::Tensor& x, c
           if (static_cast<int64_t>(mv.size()) < count) mv.resize(count), mi.resize(count);
           if constexpr (!in_kernel || !direct) {
             const int64_t len = (std::min(s.OH, (q1 - 1) * b.sh - b.ph + b.kh) - r0) * ld;
-            if constexpr (!in_kernel) activation_span<A>(rows, len, params);  // as conv2d's epilogue applies it
+            if constexpr (!in_kernel) activation_span<A>(rows, 1, len, 0, params);  // as conv2d's epilogue applies it
             if constexpr (!direct) {
               for (int64_t j = 0; j < len; ++j) rows[j] = static_cast<acc_t>(static_cast<scalar_t>(rows[j]));
             }

@@ -81,8 +81,8 @@ struct NoPost {
 
 namespace {
 
-// The activations linear_act_forward_impl leaves out of its epilogue in double: PyTorch's in-place op applying
-// `act` to a finished output, or null for the activations the epilogue keeps.
+// The activations linear_act_forward_impl leaves out of its epilogue (float and double): PyTorch's in-place op
+// applying `act` to a finished output, or null for the activations the epilogue keeps.
 using InPlaceActivation = void (*)(at::Tensor& out, const ActivationParams& params);
 InPlaceActivation in_place_activation(Activation act) {
   switch (act) {
@@ -91,7 +91,6 @@ InPlaceActivation in_place_activation(Activation act) {
     case Activation::SiLU: return [](at::Tensor& out, const ActivationParams&) { at::silu_(out); };
     case Activation::Sigmoid: return [](at::Tensor& out, const ActivationParams&) { out.sigmoid_(); };
     case Activation::Tanh: return [](at::Tensor& out, const ActivationParams&) { out.tanh_(); };
-    case Activation::Mish: return [](at::Tensor& out, const ActivationParams&) { at::mish_(out); };
     case Activation::ELU: return [](at::Tensor& out, const ActivationParams& p) { at::elu_(out, p.alpha); };
     default: return nullptr;
   }
@@ -120,20 +119,18 @@ at::Tensor linear_act_forward_impl(const at::Tensor& x, const at::Tensor& weight
     constexpr bool direct = std::is_same_v<scalar_t, acc_t>;
     at::Tensor cbuf = direct ? out : empty_output({M, N}, out.options().dtype(acc_type));
     acc_t* C = cbuf.mutable_data_ptr<acc_t>();
-    const InPlaceActivation after =
-        vectorised_activation && std::is_same_v<scalar_t, double> ? in_place_activation(act) : nullptr;
+    const InPlaceActivation after = vectorised_activation && direct ? in_place_activation(act) : nullptr;
     dispatch_activation(after ? Activation::None : act, [&](auto act_tag) {
       constexpr Activation A = decltype(act_tag)::value;
       constexpr bool in_kernel = A == Activation::None || A == Activation::ReLU;  // vectorised in the kernel
       // Epilogue: bias (+ relu) in the micro-kernel; other activations in place on the finished tile (C is the
       // output itself for float and double), then the one rounding into the output for the half types.
       auto post = [&](int64_t i0, int64_t j0, int m, int n, acc_t* c, int64_t ldc) {
-        for (int i = 0; i < m; ++i) {
-          acc_t* z = c + i * ldc;
-          if constexpr (!in_kernel) activation_span<A>(z, n, params);
-          if constexpr (!direct) {
+        if constexpr (!in_kernel) activation_span<A>(c, m, n, ldc, params);
+        if constexpr (!direct) {
+          for (int i = 0; i < m; ++i) {
             scalar_t* row = y + (i0 + i) * N + j0;
-            for (int j = 0; j < n; ++j) row[j] = static_cast<scalar_t>(z[j]);
+            for (int j = 0; j < n; ++j) row[j] = static_cast<scalar_t>(c[i * ldc + j]);
           }
         }
       };
