@@ -1,5 +1,5 @@
 // The x86 kernels of activation_span.h (activation_span_x86.cpp, AVX-512 and AVX2+FMA intrinsics): one function per
-// activation and ISA, which applies it in place to a run of floats.
+// activation and ISA, which applies it in place to a tile of floats (rows of a given stride).
 #pragma once
 
 #include <cstdint>
