@@ -489,8 +489,6 @@ def test_cuda_conv_config_variable_is_checked_emulated(value, monkeypatch):
         dlkernels.ops.conv2d(x, weight, None, backend="cuda_emu")
 
 
-
-
 @pytest.mark.parametrize("activation,params", [pytest.param(a, None, id=a) for a in BASE_ACTIVATIONS[2:]]
                          + NEW_ACTIVATION_CASES)
 def test_cpu_epilogue_activation_same_bits_on_every_path(activation, params):

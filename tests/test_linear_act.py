@@ -298,7 +298,6 @@ def test_cuda_gemm_config_variable_is_checked_emulated(value, monkeypatch):
         dlkernels.ops.linear_act(x, weight, None, "none", backend="cuda_emu")
 
 
-
 # Pre-activations from -120 to 120 (exp's underflow and overflow, erf's and tanh's saturation) and around 0.
 WIDE_VALUES = torch.cat([torch.linspace(-120.0, 120.0, 2401), torch.tensor([-1e-30, 1e-30, -0.0, 0.0, 1e-3, -1e-3])])
 EPILOGUE_ACTIVATION_CASES = [pytest.param(a, None, id=a) for a in BASE_ACTIVATIONS if a not in ("none", "relu")]
