@@ -1,7 +1,8 @@
 // The vector activations of activation_span.h: one generic body per activation over a small set of vector ops,
-// instantiated for AVX-512 (16 lanes, masked tail) and AVX2+FMA (8 lanes, the tail through a padded buffer). Each
-// element's result depends on its value only, not on where it lies in the run, so the conv's output and the fused
-// conv2d_maxpool's, which apply the activation to runs of different lengths, agree bit for bit.
+// instantiated for AVX-512 (16 lanes) and AVX2+FMA (8 lanes), the tail as one masked vector (vector_ops.h's loadn /
+// storen: zeros in the lanes past it). Each element's result depends on its value only, not on where it lies in the
+// run, so the conv's output and the fused conv2d_maxpool's, which apply the activation to runs of different
+// lengths, agree bit for bit.
 //
 // exp and tanh are polynomial approximations within a few units in the last place of float, erf Abramowitz and
 // Stegun's 7.1.26 (1.5e-7 absolute; gelu comes out within 5e-7 of float64); the piecewise-linear activations (relu6,
@@ -11,7 +12,7 @@
 #include "cpu/activation_span_x86.h"
 
 #if defined(__x86_64__)
-#include <cstring>
+#include "cpu/vector_ops.h"
 
 namespace dlkernels {
 namespace cpu {
@@ -20,17 +21,12 @@ namespace cpu {
 #pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")
 namespace act_avx512 {
 
-struct O {
-  using V = __m512;
+// vector_ops.h's set (zero, set1, load, loadn, store, storen, add, fma) and what the activations need besides.
+struct O : vo_avx512::F32 {
   using M = __mmask16;
-  static constexpr int L = 16;
-  static DLK_ALWAYS_INLINE V zero() { return _mm512_setzero_ps(); }
-  static DLK_ALWAYS_INLINE V set1(float v) { return _mm512_set1_ps(v); }
-  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm512_add_ps(a, b); }
   static DLK_ALWAYS_INLINE V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static DLK_ALWAYS_INLINE V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   static DLK_ALWAYS_INLINE V div(V a, V b) { return _mm512_div_ps(a, b); }
-  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static DLK_ALWAYS_INLINE V min(V a, V b) { return _mm512_min_ps(a, b); }
   static DLK_ALWAYS_INLINE V max(V a, V b) { return _mm512_max_ps(a, b); }
   static DLK_ALWAYS_INLINE V neg(V a) { return _mm512_xor_ps(a, _mm512_set1_ps(-0.0f)); }
@@ -47,11 +43,6 @@ struct O {
   static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
   static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   static DLK_ALWAYS_INLINE V select(M m, V a, V b) { return _mm512_mask_blend_ps(m, b, a); }
-  static DLK_ALWAYS_INLINE V load(const float* p) { return _mm512_loadu_ps(p); }
-  static DLK_ALWAYS_INLINE void store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  static DLK_ALWAYS_INLINE V loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
-  static DLK_ALWAYS_INLINE void storen(float* p, V v, int n) { _mm512_mask_storeu_ps(p, mask(n), v); }
-  static DLK_ALWAYS_INLINE __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1); }
 };
 
 #include "cpu/activation_span_kernels.h"
@@ -63,17 +54,12 @@ struct O {
 #pragma GCC target("avx2,fma")
 namespace act_avx2 {
 
-struct O {
-  using V = __m256;
+// vector_ops.h's set (zero, set1, load, loadn, store, storen, add, fma) and what the activations need besides.
+struct O : vo_avx2::F32 {
   using M = __m256;
-  static constexpr int L = 8;
-  static DLK_ALWAYS_INLINE V zero() { return _mm256_setzero_ps(); }
-  static DLK_ALWAYS_INLINE V set1(float v) { return _mm256_set1_ps(v); }
-  static DLK_ALWAYS_INLINE V add(V a, V b) { return _mm256_add_ps(a, b); }
   static DLK_ALWAYS_INLINE V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static DLK_ALWAYS_INLINE V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static DLK_ALWAYS_INLINE V div(V a, V b) { return _mm256_div_ps(a, b); }
-  static DLK_ALWAYS_INLINE V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static DLK_ALWAYS_INLINE V min(V a, V b) { return _mm256_min_ps(a, b); }
   static DLK_ALWAYS_INLINE V max(V a, V b) { return _mm256_max_ps(a, b); }
   static DLK_ALWAYS_INLINE V neg(V a) { return _mm256_xor_ps(a, _mm256_set1_ps(-0.0f)); }
@@ -92,19 +78,6 @@ struct O {
   static DLK_ALWAYS_INLINE M lt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static DLK_ALWAYS_INLINE M gt(V a, V b) { return _mm256_cmp_ps(a, b, _CMP_GT_OQ); }
   static DLK_ALWAYS_INLINE V select(M m, V a, V b) { return _mm256_blendv_ps(b, a, m); }
-  static DLK_ALWAYS_INLINE V load(const float* p) { return _mm256_loadu_ps(p); }
-  static DLK_ALWAYS_INLINE void store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  // The tail: n < L lanes through a zero-padded buffer (plain moves; AVX2's masked ones are slow on some cores).
-  static DLK_ALWAYS_INLINE V loadn(const float* p, int n) {
-    alignas(32) float t[L] = {};
-    std::memcpy(t, p, n * sizeof(float));
-    return _mm256_load_ps(t);
-  }
-  static DLK_ALWAYS_INLINE void storen(float* p, V v, int n) {
-    alignas(32) float t[L];
-    _mm256_store_ps(t, v);
-    std::memcpy(p, t, n * sizeof(float));
-  }
 };
 
 #include "cpu/activation_span_kernels.h"
