@@ -517,3 +517,22 @@ def test_cpu_epilogue_activation_same_bits_on_every_path(activation, params):
         assert out.shape == (601, 3, 1, 37), name
         same = first.reshape(-1, 1, 1, 1).expand_as(out)
         assert torch.equal(out, same), f"{name}: an element's bits depend on its place"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("channels,size", [(40, (7, 9)), (700, (13, 13))], ids=["one-slice", "two-slices"])
+def test_cpu_pointwise_image_read_in_place(dtype, channels, size):
+    """A pointwise convolution with at most 128 output channels has its micro-kernel read the image in place (the
+    full column panels; a last, partial one is packed), one with more packs it: the first 128 channels of a
+    136-channel convolution equal, bit for bit, the 128-channel convolution with the same weights. Images of 63
+    and 169 pixels end in a partial panel; 700 input channels take two K slices (the second adds to the first's
+    sums); bias and activation run in the epilogue. Both within rounding of the float64 reference."""
+    require_backend("native", "cpu")
+    x = make_input(2, channels, *size, dtype=dtype, seed=1)
+    weight = make_input(136, channels, 1, 1, dtype=dtype, seed=2)
+    bias = make_input(136, dtype=dtype, seed=3)
+    packed = dlkernels.ops.conv2d(x, weight, bias, activation="silu", backend="native")
+    in_place = dlkernels.ops.conv2d(x, weight[:128], bias[:128], activation="silu", backend="native")
+    assert torch.equal(in_place, packed[:, :128])
+    expected = reference.conv2d(as64(x), as64(weight[:128]), as64(bias[:128]), 1, 0, 1, 1, "silu", None)
+    assert_close_to_reference(in_place, expected, dtype)

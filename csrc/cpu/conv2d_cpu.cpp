@@ -397,6 +397,12 @@ struct Conv2dForwardGemm {
                                              Hx, Wx, s.OW, folded ? P : N, j0, n, k0, kc, dst);
     });
   }
+  // A pointwise conv's image read in place by the micro-kernel (see gemm_run).
+  const acc_t* b_rows(int64_t b, int64_t* ldb) const {
+    if (!conv2d_is_pointwise(s) || folded) return nullptr;
+    *ldb = s.H * s.W;
+    return x + ((b / s.groups) * s.C + (b % s.groups) * s.Cg) * s.H * s.W;
+  }
   // The panels pack_b_block does not take: strides along W without phases (patchify kernels, grouped convs).
   void pack_image(int64_t n, int64_t g, int64_t j0, int nr, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     pack_im2col_fast(s, x + (n * s.C + g * s.Cg) * s.H * s.W, j0, nr, k0, kc, dst, NR);

@@ -40,11 +40,11 @@ MicroKernel<T> select_micro_kernel() {
 #if defined(__x86_64__)
   switch (cpu_isa()) {
     case Isa::Avx512:
-      if constexpr (f32) return {8, 32, &micro_f32_avx512, &micro_f32_avx512_half};
-      else return {8, 16, &micro_f64_avx512, &micro_f64_avx512_half};
+      if constexpr (f32) return {8, 32, &micro_f32_avx512, &micro_f32_avx512_half, &micro_f32_avx512_rows};
+      else return {8, 16, &micro_f64_avx512, &micro_f64_avx512_half, &micro_f64_avx512_rows};
     case Isa::Avx2:
-      if constexpr (f32) return {6, 16, &micro_f32_avx2, &micro_f32_avx2_half};
-      else return {6, 8, &micro_f64_avx2, &micro_f64_avx2_half};
+      if constexpr (f32) return {6, 16, &micro_f32_avx2, &micro_f32_avx2_half, &micro_f32_avx2_rows};
+      else return {6, 8, &micro_f64_avx2, &micro_f64_avx2_half, &micro_f64_avx2_rows};
     default: break;
   }
 #endif
@@ -87,7 +87,8 @@ const MicroKernel<T>& micro_kernel_for_rows(int64_t M) {
   const MicroKernel<T>& k = micro_kernel<T>();
 #if defined(__x86_64__)
   if constexpr (sizeof(T) == 4) {
-    static const MicroKernel<T> k10{10, 32, &micro_f32_avx512_m10, &micro_f32_avx512_m10_half};
+    static const MicroKernel<T> k10{10, 32, &micro_f32_avx512_m10, &micro_f32_avx512_m10_half,
+                                    &micro_f32_avx512_m10_rows};
     const auto padded = [M](int64_t mr) { return (M + mr - 1) / mr * mr; };
     if (k.run == &micro_f32_avx512 && padded(10) < padded(8)) return k10;
   }

@@ -5,6 +5,10 @@
 //   - A is packed once, up front, into panels of MR rows stored k-major (a[k * MR + i]), so the micro-kernel
 //     reads it contiguously; rows past M are zero. When each A panel serves at most two tasks, packing does
 //     not pay and the micro-kernel reads A's rows in place.
+//   - When B's rows are contiguous (a pointwise conv's image, [C, H*W]) and M is small, B is not packed: the
+//     micro-kernel reads its full-width panels in place (MicroKernelRowsFn) and only a last, partial panel is
+//     packed. Packing costs a pass over B (read and write) that only M / MR micro-kernel sweeps share; with few
+//     rows that pass costs more than the sweeps' strided reads of B's rows, prefetched ahead.
 //   - The work is split into tasks = (batch entry, block of MC rows, block of NC columns), cut finer when
 //     that leaves threads idle. A task walks K in
 //     slices of KC: it packs the KC x NC slice of B into panels of NR columns (b[k * NR + j], in L2), then
@@ -47,11 +51,20 @@ template <typename T>
 using MicroKernelFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n,
                                bool load_c, const T* bias_m, const T* bias_n, bool relu);
 
+// The same for a tile of all NR columns whose B is read in place, row k at b + k * ldb (NR contiguous elements
+// each), prefetching the row kBRowsPrefetch ahead: rows that lie a plane apart are past the reach of the
+// hardware's stride prefetchers.
+template <typename T>
+using MicroKernelRowsFn = void (*)(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                                   int m, bool load_c, const T* bias_m, const T* bias_n, bool relu);
+constexpr int kBRowsPrefetch = 10;
+
 template <typename T>
 struct MicroKernel {
   int mr, nr;
   MicroKernelFn<T> run;
-  MicroKernelFn<T> run_half;  // the same for tiles of at most nr / 2 columns (B panels still nr wide)
+  MicroKernelFn<T> run_half;           // the same for tiles of at most nr / 2 columns (B panels still nr wide)
+  MicroKernelRowsFn<T> run_rows = {};  // B in place; null where the ISA has none (the portable kernel)
 };
 
 // The micro-kernel for this CPU (float and double), chosen once from cpu_isa().
@@ -81,6 +94,10 @@ DLK_ALWAYS_INLINE void finish_edge_tile(const T* tile, int NR, T* c, int64_t ldc
     }
   }
 }
+
+// B is read in place (see gemm_run) for GEMMs of at most this many rows; with more, the packing is shared by
+// enough sweeps that the packed panels' contiguous reads win.
+constexpr int64_t kBRowsMaxM = 128;
 
 // Cache blocking (Zen 4: 32 KiB L1d, 1 MiB L2 per core). The A micro-panel (MR x KC, 20 KiB for float) stays
 // in L1 while a task sweeps its KC x NC block of B (up to 640 KiB) from L2. KC = 640 floats keeps a 3x3
@@ -271,6 +288,8 @@ inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m
 //   const T* a_rows(int64_t* lda) const;  A in place when its rows are contiguous along k: A number a,
 //                                          row i at a_rows + (a * M + i) * lda; null when they are not
 //   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
+//   optional: const T* b_rows(int64_t b, int64_t* ldb) const;   B(k, j) of batch entry b at b_rows + k * ldb + j
+//                                          (rows contiguous), or null: B is read in place (see above)
 //   optional: bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const;
 //                                          all panels of columns [j0, j0 + n) at once (as pack_b_rows), or
 //                                          false, nothing done, and pack_b is called per panel
@@ -345,14 +364,24 @@ void gemm_run(const P& p) {
       T* C = p.c(b);
       const T* bias_m = p.bias_m(b);
       const T* bias_n = p.bias_n(b);
+      int64_t ldb = 0;
+      const T* b_in_place = nullptr;
+      if constexpr (requires { p.b_rows(b, &ldb); }) {
+        if (uk.run_rows && M <= kBRowsMaxM) b_in_place = p.b_rows(b, &ldb);
+      }
       for (int64_t s = 0; s < k_slices; ++s) {
         const int64_t k0 = s * KC, kc = std::min(KC, K - k0);
         const bool last = s + 1 == k_slices;
-        bool packed = false;
+        // In place, only the last panel is packed, and only when partial.
+        const int64_t pack0 = b_in_place ? std::max(pn0, N / NR) : pn0;
+        bool packed = pack0 >= pn1;
         if constexpr (requires { p.pack_b_block(b, pn0, pn0, k0, kc, b_packed.get(), NR); }) {
-          packed = p.pack_b_block(b, pn0 * NR, std::min(N, pn1 * NR) - pn0 * NR, k0, kc, b_packed.get(), NR);
+          if (!packed) {
+            packed = p.pack_b_block(b, pack0 * NR, std::min(N, pn1 * NR) - pack0 * NR, k0, kc,
+                                    b_packed.get() + (pack0 - pn0) * kc * NR, NR);
+          }
         }
-        for (int64_t pn = pn0; pn < pn1 && !packed; ++pn) {
+        for (int64_t pn = pack0; pn < pn1 && !packed; ++pn) {
           const int nr = static_cast<int>(std::min<int64_t>(NR, N - pn * NR));
           p.pack_b(b, pn * NR, nr, k0, kc, b_packed.get() + (pn - pn0) * kc * NR, NR);
         }
@@ -364,9 +393,16 @@ void gemm_run(const P& p) {
             const int64_t j0 = pn * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, N - j0));
             T* c = C + i0 * p.ldc + j0;
-            const MicroKernelFn<T> run = 2 * nr <= NR ? uk.run_half : uk.run;
-            run(kc, a, lda, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0,
-                last && bias_m ? bias_m + i0 : nullptr, last && bias_n ? bias_n + j0 : nullptr, last && p.relu);
+            const T* bm_tile = last && bias_m ? bias_m + i0 : nullptr;
+            const T* bn_tile = last && bias_n ? bias_n + j0 : nullptr;
+            if (b_in_place && nr == NR) {
+              uk.run_rows(kc, a, lda, b_in_place + k0 * ldb + j0, ldb, c, p.ldc, mr, s > 0, bm_tile, bn_tile,
+                          last && p.relu);
+            } else {
+              const MicroKernelFn<T> run = 2 * nr <= NR ? uk.run_half : uk.run;
+              run(kc, a, lda, b_packed.get() + (pn - pn0) * kc * NR, c, p.ldc, mr, nr, s > 0, bm_tile, bn_tile,
+                  last && p.relu);
+            }
             if (last && p.has_post) p.post(b, i0, j0, mr, nr, c, p.ldc);
           }
         }
@@ -407,6 +443,11 @@ struct StridedGemm {
   }
   bool pack_b_block(int64_t, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const {
     return b_sn == 1 && pack_b_rows(B, b_sk, j0, n, k0, kc, dst, NR);
+  }
+  const T* b_rows(int64_t, int64_t* ldb) const {
+    if (b_sn != 1) return nullptr;
+    *ldb = b_sk;
+    return B;
   }
   T* c(int64_t) const { return C; }
   const T* bias_m(int64_t) const { return nullptr; }

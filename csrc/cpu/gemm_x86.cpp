@@ -12,8 +12,10 @@ namespace cpu {
 // vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
 // columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
 #define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)          \
-  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,      \
-                   const T* bias_m, const T* bias_n, bool relu) {                                                      \
+  template <bool PREFETCH>                                                                                             \
+  TARGET DLK_ALWAYS_INLINE void NAME##_impl(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,        \
+                                            int64_t ldc, int m, int n, bool load_c, const T* bias_m, const T* bias_n,  \
+                                            bool relu) {                                                               \
     constexpr int NR = NV * LANES;                                                                                     \
     VEC acc[MR][NV];                                                                                                   \
     _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                            \
@@ -25,7 +27,11 @@ namespace cpu {
     const int64_t astep = lda == 0 ? MR : 1;                                                                           \
     for (int64_t k = 0; k < kc; ++k) {                                                                                 \
       VEC bv[NV];                                                                                                      \
-      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * BS + v * LANES);                      \
+      if constexpr (PREFETCH) { /* the row's first and last lines (a prefetch never faults) */                         \
+        _mm_prefetch(reinterpret_cast<const char*>(b + (k + kBRowsPrefetch) * ldb), _MM_HINT_T0);                      \
+        _mm_prefetch(reinterpret_cast<const char*>(b + (k + kBRowsPrefetch) * ldb + NR - 1), _MM_HINT_T0);             \
+      }                                                                                                                \
+      _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) bv[v] = LOADU(b + k * ldb + v * LANES);                     \
       _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) {                                                          \
         const VEC av = SET1(arow[i][k * astep]);                                                                       \
         _Pragma("GCC unroll 4") for (int v = 0; v < NV; ++v) acc[i][v] = FMADD(av, bv[v], acc[i][v]);                  \
@@ -50,6 +56,16 @@ namespace cpu {
       }                                                                                                                \
       finish_edge_tile(tile, NR, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                          \
     }                                                                                                                  \
+  }                                                                                                                    \
+  TARGET void NAME(int64_t kc, const T* a, int64_t lda, const T* b, T* c, int64_t ldc, int m, int n, bool load_c,      \
+                   const T* bias_m, const T* bias_n, bool relu) {                                                      \
+    NAME##_impl<false>(kc, a, lda, b, BS, c, ldc, m, n, load_c, bias_m, bias_n, relu);                                 \
+  }
+// The full-width kernel again with B read in place (MicroKernelRowsFn).
+#define DLK_X86_MICRO_ROWS(NAME, TARGET, T, NR)                                                                        \
+  TARGET void NAME##_rows(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, int m,      \
+                          bool load_c, const T* bias_m, const T* bias_n, bool relu) {                                  \
+    NAME##_impl<true>(kc, a, lda, b, ldb, c, ldc, m, NR, load_c, bias_m, bias_n, relu);                                \
   }
 
 // AVX-512 (32 registers): 8 x 32 floats / 8 x 16 doubles = 16 accumulators (larger tiles that fit the
@@ -69,6 +85,12 @@ DLK_X86_MICRO_WIDTHS(micro_f32_avx512_m10, DLK_TARGET_AVX512, float, __m512, 10,
 DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
 DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)
 DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256, pd)
+DLK_X86_MICRO_ROWS(micro_f32_avx512, DLK_TARGET_AVX512, float, 32)
+DLK_X86_MICRO_ROWS(micro_f32_avx512_m10, DLK_TARGET_AVX512, float, 32)
+DLK_X86_MICRO_ROWS(micro_f64_avx512, DLK_TARGET_AVX512, double, 16)
+DLK_X86_MICRO_ROWS(micro_f32_avx2, DLK_TARGET_AVX2, float, 16)
+DLK_X86_MICRO_ROWS(micro_f64_avx2, DLK_TARGET_AVX2, double, 8)
+#undef DLK_X86_MICRO_ROWS
 #undef DLK_X86_MICRO_WIDTHS
 #undef DLK_X86_MICRO
 

@@ -25,6 +25,16 @@ DLK_DECLARE_X86_MICRO(micro_f32_avx2_half, DLK_TARGET_AVX2, float)          // 6
 DLK_DECLARE_X86_MICRO(micro_f64_avx2, DLK_TARGET_AVX2, double)              // 6 x 8
 DLK_DECLARE_X86_MICRO(micro_f64_avx2_half, DLK_TARGET_AVX2, double)         // 6 x 4
 #undef DLK_DECLARE_X86_MICRO
+// The full-width kernels with B read in place: the MicroKernelRowsFn signature of gemm.h.
+#define DLK_DECLARE_X86_MICRO_ROWS(NAME, TARGET, T)                                                                    \
+  TARGET DLK_INTERNAL void NAME##_rows(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,             \
+                                       int64_t ldc, int m, bool load_c, const T* bias_m, const T* bias_n, bool relu);
+DLK_DECLARE_X86_MICRO_ROWS(micro_f32_avx512, DLK_TARGET_AVX512, float)
+DLK_DECLARE_X86_MICRO_ROWS(micro_f32_avx512_m10, DLK_TARGET_AVX512, float)
+DLK_DECLARE_X86_MICRO_ROWS(micro_f64_avx512, DLK_TARGET_AVX512, double)
+DLK_DECLARE_X86_MICRO_ROWS(micro_f32_avx2, DLK_TARGET_AVX2, float)
+DLK_DECLARE_X86_MICRO_ROWS(micro_f64_avx2, DLK_TARGET_AVX2, double)
+#undef DLK_DECLARE_X86_MICRO_ROWS
 
 // pack_transpose_f32 of gemm.h (dst[k * P + r] = S[r][k]) through 8 x 8 transposes in AVX registers.
 DLK_TARGET_AVX2 DLK_INTERNAL void pack_transpose_f32_avx2(const float* const* S, int rows, int64_t kc, float* dst,
