@@ -440,10 +440,12 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
   // rather than one per image. Per image, each weight is used by fewer columns than a column block holds
   // (49 at 7x7), so the GEMM streams the whole weight matrix from memory once per image and pads its last
   // column panel. With weights that stay in L2 the per-image GEMMs measured as fast or faster (no move of
-  // the results to their images).
+  // the results to their images, and a pointwise conv's image read in place), except on planes smaller than
+  // one column panel (4x4 under AVX-512's 32 columns), where every tile of a per-image GEMM is a partial one.
   at::Tensor cbuf;
   const int64_t weight_bytes = s.Kg * s.Cg * s.KH * s.KW * static_cast<int64_t>(sizeof(acc_t));
-  if (s.N > 1 && P < GemmBlocking<acc_t>::NC && weight_bytes >= (int64_t(1) << 20)) {
+  const bool partial_panels = P < micro_kernel_for_rows<acc_t>(s.Kg).nr;
+  if (s.N > 1 && P < GemmBlocking<acc_t>::NC && (partial_panels || weight_bytes >= (int64_t(1) << 20))) {
     cbuf = empty_output({s.K, s.N * P}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
     g.folded = true, g.cbuf = cbuf.mutable_data_ptr<acc_t>(), g.P = P;
     g.batch = s.groups, g.N = s.N * P, g.ldc = s.N * P, g.has_post = true;
