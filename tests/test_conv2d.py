@@ -536,3 +536,20 @@ def test_cpu_pointwise_image_read_in_place(dtype, channels, size):
     assert torch.equal(in_place, packed[:, :128])
     expected = reference.conv2d(as64(x), as64(weight[:128]), as64(bias[:128]), 1, 0, 1, 1, "silu", None)
     assert_close_to_reference(in_place, expected, dtype)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_cpu_small_planes_batch_side_by_side(kernel):
+    """Planes smaller than one GEMM column panel (4x4, 3x3) take one GEMM over the batch's images side by side
+    (whatever the weights' size), a single image its own GEMM: the batch equals its images one at a time, bit
+    for bit, and the float64 reference within rounding."""
+    require_backend("native", "cpu")
+    x = make_input(5, 40, 4, 4, seed=1)
+    weight = make_input(24, 40, kernel, kernel, seed=2)
+    bias = make_input(24, seed=3)
+    kw = dict(padding=kernel // 2, activation="relu", backend="native")
+    batch = dlkernels.ops.conv2d(x, weight, bias, **kw)
+    alone = torch.cat([dlkernels.ops.conv2d(x[i:i + 1], weight, bias, **kw) for i in range(5)])
+    assert torch.equal(batch, alone)
+    expected = reference.conv2d(as64(x), as64(weight), as64(bias), 1, kernel // 2, 1, 1, "relu", None)
+    assert_close_to_reference(batch, expected, torch.float32)
