@@ -10,7 +10,8 @@ namespace cpu {
 
 // The x86 micro-kernels, one macro expanded per ISA and type (intrinsics: see simd.h for why). Per k: NV
 // vector loads of B, MR broadcasts of A, MR * NV FMAs into register accumulators. The tile is NV * LANES
-// columns wide; the B panel has BS columns (BS > NV * LANES for the half-width kernels of the last panel).
+// columns wide; B's row k is at b + k * ldb: ldb = BS, the packed panel's width (BS > NV * LANES for the
+// half-width kernels of the last panel), or B's own row stride when the `_rows` kernels read it in place.
 #define DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, NV, BS, LANES, SETZERO, LOADU, STOREU, SET1, FMADD, ADD, MAX)          \
   template <bool PREFETCH>                                                                                             \
   TARGET DLK_ALWAYS_INLINE void NAME##_impl(int64_t kc, const T* a, int64_t lda, const T* b, int64_t ldb, T* c,        \
