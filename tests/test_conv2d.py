@@ -540,9 +540,9 @@ def test_cpu_pointwise_image_read_in_place(dtype, channels, size):
 
 @pytest.mark.parametrize("kernel", [1, 3])
 def test_cpu_small_planes_batch_side_by_side(kernel):
-    """Planes smaller than one GEMM column panel (4x4, 3x3) take one GEMM over the batch's images side by side
-    (whatever the weights' size), a single image its own GEMM: the batch equals its images one at a time, bit
-    for bit, and the float64 reference within rounding."""
+    """Planes smaller than one GEMM column panel (4x4 under AVX-512's 32 columns) take one GEMM over the batch's
+    images side by side (whatever the weights' size; 1x1 and 3x3 kernels), a single image its own GEMM: the batch
+    equals its images one at a time, bit for bit, and the float64 reference within rounding."""
     require_backend("native", "cpu")
     x = make_input(5, 40, 4, 4, seed=1)
     weight = make_input(24, 40, kernel, kernel, seed=2)

@@ -289,7 +289,7 @@ inline std::pair<int64_t, int64_t> balanced_grid(int64_t batch, int64_t panels_m
 //                                          row i at a_rows + (a * M + i) * lda; null when they are not
 //   void pack_b(int64_t b, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const;
 //   optional: const T* b_rows(int64_t b, int64_t* ldb) const;   B(k, j) of batch entry b at b_rows + k * ldb + j
-//                                          (rows contiguous), or null: B is read in place (see above)
+//                                          (rows contiguous: read in place, see above); null when not
 //   optional: bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const;
 //                                          all panels of columns [j0, j0 + n) at once (as pack_b_rows), or
 //                                          false, nothing done, and pack_b is called per panel
