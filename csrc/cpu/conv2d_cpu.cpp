@@ -386,9 +386,8 @@ struct Conv2dForwardGemm {
   // rows sh input rows apart. Folded, the block's columns run over images.
   bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, acc_t* dst, int NR) const {
     const int64_t img = folded ? 0 : b / s.groups, g = folded ? b : b % s.groups;
-    if (conv2d_is_pointwise(s) && !folded) {
-      return pack_b_rows(x + (img * s.C + g * s.Cg) * s.H * s.W, s.H * s.W, j0, n, k0, kc, dst, NR);
-    }
+    int64_t ldb;
+    if (const acc_t* rows = b_rows(b, &ldb)) return pack_b_rows(rows, ldb, j0, n, k0, kc, dst, NR);
     if (!ktab) return false;
     const acc_t* src = xq ? xq : x;
     const int64_t Hx = xq ? Hq : s.H, Wx = xq ? Wq : s.W, channel = (xq ? s.sh * s.sw : 1) * Hx * Wx;

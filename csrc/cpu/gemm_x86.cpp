@@ -78,7 +78,8 @@ namespace cpu {
   DLK_X86_MICRO(NAME, TARGET, T, VEC, MR, 2, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,             \
                 _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)   \
   DLK_X86_MICRO(NAME##_half, TARGET, T, VEC, MR, 1, 2 * LANES, LANES, _mm##W##_setzero_##TY, _mm##W##_loadu_##TY,      \
-                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)
+                _mm##W##_storeu_##TY, _mm##W##_set1_##TY, _mm##W##_fmadd_##TY, _mm##W##_add_##TY, _mm##W##_max_##TY)   \
+  DLK_X86_MICRO_ROWS(NAME, TARGET, T, 2 * LANES)
 DLK_X86_MICRO_WIDTHS(micro_f32_avx512, DLK_TARGET_AVX512, float, __m512, 8, 16, 512, ps)
 // 10 x 32 floats (20 accumulators) for GEMMs of 10, 20, 30 ... rows, which 8-row panels pad by up to 60%
 // (TinyVGG's 10-channel convolutions: 16 rows computed for 10). See micro_kernel_for_rows.
@@ -86,11 +87,6 @@ DLK_X86_MICRO_WIDTHS(micro_f32_avx512_m10, DLK_TARGET_AVX512, float, __m512, 10,
 DLK_X86_MICRO_WIDTHS(micro_f64_avx512, DLK_TARGET_AVX512, double, __m512d, 8, 8, 512, pd)
 DLK_X86_MICRO_WIDTHS(micro_f32_avx2, DLK_TARGET_AVX2, float, __m256, 6, 8, 256, ps)
 DLK_X86_MICRO_WIDTHS(micro_f64_avx2, DLK_TARGET_AVX2, double, __m256d, 6, 4, 256, pd)
-DLK_X86_MICRO_ROWS(micro_f32_avx512, DLK_TARGET_AVX512, float, 32)
-DLK_X86_MICRO_ROWS(micro_f32_avx512_m10, DLK_TARGET_AVX512, float, 32)
-DLK_X86_MICRO_ROWS(micro_f64_avx512, DLK_TARGET_AVX512, double, 16)
-DLK_X86_MICRO_ROWS(micro_f32_avx2, DLK_TARGET_AVX2, float, 16)
-DLK_X86_MICRO_ROWS(micro_f64_avx2, DLK_TARGET_AVX2, double, 8)
 #undef DLK_X86_MICRO_ROWS
 #undef DLK_X86_MICRO_WIDTHS
 #undef DLK_X86_MICRO
