@@ -244,11 +244,15 @@ MODEL_CASES = [
     # 2 images (3 MiB of columns each) and then 1.
     pytest.param(((3, 64, 71, 71), (64, 3, 3), 2, 1, 1, 1), id="col2im-image-blocks"),
     pytest.param(((3, 520, 4, 4), (520, 1, 1), 1, 0, 1, 1), id="batched-1x1"),
-    # grad_x of a pointwise conv of one image with few pixels and a large weight as gz^T @ w (no transposed w): 63
-    # pixels (transposed back in 16-, 8- and 7-row groups), 203 channels (a partial group of 8); and a strided
-    # 1x1 conv, which runs as the pointwise conv of the 5x5 pixels it reads.
+    # grad_x over small planes (at most 64 output pixels, 256 in the batch) with 192 KiB of weights or more as
+    # cols^T = gz^T @ w (w read as it lies) and col2im: a pointwise conv of one image (63 pixels, 203 channels),
+    # a strided 1x1 conv, 3x3 convs of one image and of a batch (rows of 5 pixels; stride 2; dilated, padding 2).
+    # batched-7x7, batched-3x3s2, batched-1x1 and batched-4x4 above take it too.
     pytest.param(((1, 203, 7, 9), (260, 1, 1), 1, 0, 1, 1), id="1x1-one-image-large-weight"),
     pytest.param(((1, 150, 9, 9), (400, 1, 1), 2, 0, 1, 1), id="1x1s2-one-image-large-weight"),
+    pytest.param(((1, 96, 4, 5), (64, 3, 3), 1, 1, 1, 1), id="3x3-one-image-large-weight"),
+    pytest.param(((3, 80, 7, 7), (72, 3, 3), 2, 1, 1, 1), id="3x3s2-batch-large-weight"),
+    pytest.param(((2, 64, 6, 7), (100, 3, 3), 1, 2, 2, 1), id="3x3-dilated-batch-large-weight"),
     pytest.param(((2, 512, 5, 5), (256, 3, 3), 1, 1, 1, 2), id="batched-groups"),
     pytest.param(((5, 256, 4, 4), (128, 3, 3), 1, 1, 1, 1), id="batched-4x4"),
     # Groups of 8 or 16 channels (RegNet, ResNeXt), which the CPU computes directly, groups in blocks of 64

@@ -640,11 +640,19 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
   });
 }
 
-// grad_x of a pointwise convolution of one image as grad_x^T = gz^T @ w for up to this many pixels and from this
-// many bytes of weights on (smaller weights are transposed within the cache, and the forward GEMM's layout was as
-// fast or faster; over more pixels the transposition is a small part of the work).
-constexpr int64_t kPointwiseGradXMaxPixels = 64;
-constexpr int64_t kPointwiseGradXMinWeightBytes = int64_t(192) << 10;
+// grad_x as cols^T = gz^T @ w and col2im (conv2d_grad_input_by_w_rows) for output planes of up to this many
+// pixels, batches of up to this many output pixels, and from this many bytes of weights on (smaller weights are
+// transposed within the cache, and the other GEMMs' layouts were as fast or faster; over more pixels the pass
+// over w is a small part of the work).
+constexpr int64_t kGradXByWRowsMaxPixels = 64;
+constexpr int64_t kGradXByWRowsMaxBatchPixels = 256;
+constexpr int64_t kGradXByWRowsMinWeightBytes = int64_t(192) << 10;
+template <typename acc_t>
+bool grad_x_by_w_rows(const ConvShape& s) {
+  const int64_t P = s.OH * s.OW;
+  return s.groups == 1 && P <= kGradXByWRowsMaxPixels && s.N * P <= kGradXByWRowsMaxBatchPixels &&
+         s.K * s.C * s.KH * s.KW * static_cast<int64_t>(sizeof(acc_t)) >= kGradXByWRowsMinWeightBytes;
+}
 
 // A strided convolution's grad_x runs as a GEMM and col2im for up to this many input channels, or from this many
 // output channels on (the GEMM's reduction: with fewer, writing and reading the columns costs more than the phases'
@@ -706,6 +714,47 @@ void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* 
       }
     });
   }
+}
+
+// grad_x [N, C, H, W] (groups 1) from cols^T [N*P, C*KH*KW] = gz^T @ w: A is gz^T (gz itself for one image,
+// else gz transposed to [K, N*P]), B is w as it lies; then each plane (n, c) is zeroed and gets, output pixel
+// by output pixel and tap by tap, its columns' entries at their input pixels (a fixed order of additions).
+template <typename acc_t>
+void conv2d_grad_input_by_w_rows(const ConvShape& s, const acc_t* gz, const acc_t* w, acc_t* gx) {
+  const int64_t taps = s.KH * s.KW, rows = s.C * taps, P = s.OH * s.OW, M = s.N * P;
+  const Scratch t_buf(2, sizeof(acc_t) * M * rows);
+  const Scratch gzt_buf(3, s.N > 1 ? sizeof(acc_t) * s.K * M : 0);
+  acc_t* t = static_cast<acc_t*>(t_buf.get());
+  const acc_t* a = gz;
+  if (s.N > 1) {
+    acc_t* gzt = static_cast<acc_t*>(gzt_buf.get());
+    for (int64_t k = 0; k < s.K; ++k) {
+      for (int64_t n = 0; n < s.N; ++n) std::copy_n(gz + (n * s.K + k) * P, P, gzt + k * M + n * P);
+    }
+    a = gzt;
+  }
+  StridedGemm<acc_t, NoPost> g{1, M, rows, s.K, 1, a, 1, M, w, rows, 1, t, rows};
+  gemm_run<acc_t>(g);
+  at::parallel_for(0, s.N * s.C, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t q = p0; q < p1; ++q) {
+      const int64_t n = q / s.C, c = q % s.C;
+      acc_t* plane = gx + q * s.H * s.W;
+      std::fill(plane, plane + s.H * s.W, acc_t(0));
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          const acc_t* src = t + (n * P + oh * s.OW + ow) * rows + c * taps;
+          for (int64_t kh = 0; kh < s.KH; ++kh) {
+            const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
+            if (ih < 0 || ih >= s.H) continue;
+            for (int64_t kw = 0; kw < s.KW; ++kw) {
+              const int64_t iw = ow * s.sw - s.pw + kw * s.dw;
+              if (iw >= 0 && iw < s.W) plane[ih * s.W + iw] += src[kh * s.KW + kw];
+            }
+          }
+        }
+      }
+    }
+  });
 }
 
 // grad_w through the weight-gradient GEMM above (K = batch x positions), into gw [K, Cg, KH, KW] in acc_t, then
@@ -885,24 +934,13 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
       w_done = true;
     }
   }
-  // Step 2a, a pointwise convolution of one image with few pixels and a large weight: grad_x^T [P, C] = gz^T @ w,
-  // with w [K, C] read as it lies (B of the GEMM, row-major), then transposed into grad_x [C, P]; the forward
-  // GEMM below would first transpose w, a pass over it (read and written) that costs about as much as the product
-  // over a few pixels once w is larger than the cache.
-  if (!x_done && s.N == 1 && s.groups == 1 && conv2d_is_pointwise(s) && s.H * s.W <= kPointwiseGradXMaxPixels &&
-      s.K * s.C * static_cast<int64_t>(sizeof(acc_t)) >= kPointwiseGradXMinWeightBytes) {
-    direct_grad(grad_x, [&](acc_t* gx) {
-      const int64_t P = s.H * s.W;
-      const Scratch t_buf(2, sizeof(acc_t) * P * s.C);
-      acc_t* t = static_cast<acc_t*>(t_buf.get());
-      StridedGemm<acc_t, NoPost> g{1, P, s.C, s.K, 1, gz_p, 1, P, w_p, s.C, 1, t, s.C};
-      gemm_run<acc_t>(g);
-      bool done = false;
-      if constexpr (std::is_same_v<acc_t, float>) done = transpose_f32(t, P, s.C, gx, static_cast<int>(P));
-      for (int64_t c = 0; c < s.C && !done; ++c) {
-        for (int64_t q = 0; q < P; ++q) gx[c * P + q] = t[q * s.C + c];
-      }
-    });
+  // Step 2a, small planes and large weights: the columns' gradient, transposed, as one GEMM with w [K, C*KH*KW]
+  // read as it lies (B, row-major): cols^T [N*P, C*KH*KW] = gz^T @ w, then col2im from it (for a pointwise conv
+  // of stride 1, a transposition). The other ways first flip and transpose w (stride 1) or pack it transposed
+  // (col2im's A), a pass over w (read and written) that costs about as much as the product over few pixels
+  // once w is larger than the cache.
+  if (!x_done && grad_x_by_w_rows<acc_t>(s)) {
+    direct_grad(grad_x, [&](acc_t* gx) { conv2d_grad_input_by_w_rows<acc_t>(s, gz_p, w_p, gx); });
     x_done = true;
   }
   if (!x_done && x_by_gemm) {
