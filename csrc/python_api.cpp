@@ -22,9 +22,11 @@
 #include <optional>
 #include <tuple>
 
+#include <ATen/Parallel.h>
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/string_view.h>
 #include <pybind11/pybind11.h>
 #include <torch/csrc/Exceptions.h>
@@ -249,6 +251,47 @@ PyObject* max_pool2d_functional(PyObject* /*module*/, PyObject* const* args, Py_
   END_HANDLE_TH_ERRORS
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// auto_key(x, weight, bias): what of a call's tensors decides backend="auto"'s choice (dlkernels.ops._auto, whose
+// full key reads the same from Python at several times the cost, more than a small op itself): x's sizes, strides,
+// dtype and device, the weight's and bias's sizes (or their absence), which inputs autograd differentiates (none
+// when it records nothing), and the intra-op thread count, as bytes. None for anything but plain strided tensors
+// (and None for weight and bias): the caller takes its general path.
+PyObject* auto_key(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  const at::Tensor* x = nullptr;
+  std::optional<at::Tensor> weight, bias;
+  if (nargs != 3 || !read_tensor(args[0], x) || !read_optional_tensor(args[1], weight) ||
+      !read_optional_tensor(args[2], bias) || x->layout() != at::kStrided) {
+    Py_RETURN_NONE;
+  }
+  int64_t key[48];
+  int n = 0;
+  const auto put_sizes = [&](const std::optional<at::Tensor>& t) {
+    if (!t) {
+      key[n++] = -1;
+      return true;
+    }
+    if (t->dim() > 8) return false;
+    key[n++] = t->dim();
+    for (const int64_t size : t->sizes()) key[n++] = size;
+    return true;
+  };
+  if (x->dim() > 8) Py_RETURN_NONE;
+  key[n++] = x->dim();
+  for (const int64_t size : x->sizes()) key[n++] = size;
+  for (const int64_t stride : x->strides()) key[n++] = stride;
+  key[n++] = static_cast<int64_t>(x->scalar_type());
+  key[n++] = static_cast<int64_t>(x->device().type());
+  key[n++] = x->device().index();
+  if (!put_sizes(weight) || !put_sizes(bias)) Py_RETURN_NONE;
+  const bool rx = x->requires_grad(), rw = weight && weight->requires_grad(), rb = bias && bias->requires_grad();
+  key[n++] = at::GradMode::is_enabled() && (rx || rw || rb) ? 1 + rx + 2 * rw + 4 * rb : 0;
+  key[n++] = at::get_num_threads();
+  return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(key), static_cast<Py_ssize_t>(n * sizeof(int64_t)));
+  END_HANDLE_TH_ERRORS
+}
+
 template <PyObject* (*Fn)(PyObject*, PyObject* const*, Py_ssize_t)>
 PyCFunction fastcall() {
   return reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(Fn));
@@ -264,6 +307,9 @@ PyMethodDef kMethods[] = {
     {"max_pool2d_functional", fastcall<&max_pool2d_functional>(), METH_FASTCALL,
      "max_pool2d_functional(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices): "
      "dlkernels.ops.max_pool2d on the native backend; NotImplemented for a call it does not take"},
+    {"auto_key", fastcall<&auto_key>(), METH_FASTCALL,
+     "auto_key(x, weight, bias): bytes of what of the call's tensors decides backend='auto''s choice, or None "
+     "for anything but plain strided tensors (csrc/python_api.cpp)"},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -54,7 +54,9 @@ MAX_ROUNDS = 15
 BUDGET_S = 0.25
 
 _lock = threading.RLock()
-_choices = {}  # key tuple -> backend: what this process resolved, by measurement, the disk cache or the rules
+# key tuple -> backend: what this process resolved, by measurement, the disk cache or the rules; dlkernels.ops
+# also files each functional call's choice under a short key (op, signature, ops._memo_key), its next lookup
+_choices = {}
 _disk = None  # str(key) -> {"choice": backend, "us": {backend: median microseconds}}, loaded on first use
 _warned_unwritable = False
 

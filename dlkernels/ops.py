@@ -224,8 +224,7 @@ MIXED = "native+reference"
 def _call_key(x, weight, bias):
     """The part of auto's key that one layer's calls can change: x's shape, strides (its layout), dtype and
     device, the thread count, and which inputs autograd differentiates (None when it records nothing). None
-    when a tensor is not a plain one (subclasses, or not tensors at all): auto leaves those to the static rule.
-    dlkernels.nn layers look their remembered choices up by it (_DlkLayer._remember)."""
+    when a tensor is not a plain one (subclasses, or not tensors at all): auto leaves those to the static rule."""
     if (type(x) not in _PLAIN_TENSORS or (weight is not None and type(weight) not in _PLAIN_TENSORS)
             or (bias is not None and type(bias) not in _PLAIN_TENSORS)):
         return None
@@ -237,17 +236,31 @@ def _call_key(x, weight, bias):
     return (x.shape, x.stride(), x.dtype, x.device, _get_num_threads(), flags)
 
 
+def _memo_key(x, weight, bias):
+    """What the choices autotune remembered are looked up by, with the op and its other arguments (dlkernels.nn
+    layers' memos, and autotune's own map under the short key (op, signature, memo key)): the _call_key and the
+    weight's and bias's shapes read in one C call (_C.auto_key: bytes; None for tensors that are not plain), which
+    costs a fraction of building autotune's key in Python, more than a small op itself; the _call_key where the
+    extension did not load."""
+    return _call_key(x, weight, bias) if _ext._C is None else _ext._C.auto_key(x, weight, bias)
+
+
 def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=False):
     """The backend auto runs for this call (static: what it runs without a measurement). x, weight, bias: the
     call's tensors (weight and bias may be None); signature: the rest of what decides the speed, hashable
     plain data; call(backend, x, weight, bias): one call of the op with that backend (MIXED included when
     mixed_ok), returning the differentiable output. layer: a dlkernels.nn layer, told what ran (its
     ConversionReport entry) and, when autotune remembers the choice, keeping it for its next calls with the
-    same _call_key. mixed_ok: MIXED is a candidate of training calls (where native is one).
+    same _memo_key. mixed_ok: MIXED is a candidate of training calls (where native is one).
 
     The key: the op, the weight's and bias's shapes, the signature and the _call_key."""
     if _is_compiling():
         return static  # the static rule, a plain function of what the graph is specialised on (autotune)
+    memo_key = _memo_key(x, weight, bias)
+    if memo_key is not None and layer is None:  # a layer has its own memo (it looked there first)
+        chosen = autotune._choices.get((op, signature, memo_key))
+        if chosen is not None:
+            return chosen
     call_key = _call_key(x, weight, bias)
     if call_key is None:
         return static  # the op's own checks say what is wrong, if anything
@@ -263,9 +276,12 @@ def _auto(op, static, x, weight, bias, signature, call, layer=None, mixed_ok=Fal
         tensors = (x, weight, bias)
         chosen = autotune.choose(key, tensors, static, candidates, lambda backend: _step(backend, tensors, flags,
                                                                                           call))
+    # Only what autotune remembers is kept: a static choice (under a profiler's mode, say) is not final.
+    final = memo_key is not None and autotune._choices.get(key) == chosen
     if layer is not None:
-        # Only what autotune remembers is kept: a static choice (under a profiler's mode, say) is not final.
-        layer._remember(call_key, chosen, autotune._choices.get(key) == chosen)
+        layer._remember(memo_key, flags is not None, chosen, final)
+    elif final:
+        autotune._choices[op, signature, memo_key] = chosen  # the short key of the next such call
     return chosen
 
 

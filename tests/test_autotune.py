@@ -312,6 +312,51 @@ def test_static_rule_without_measuring(monkeypatch, tmp_path, channels, groups, 
 
 
 @needs_native
+@needs_native
+def test_memo_key_tells_apart_what_the_key_does(one_thread):
+    """ops._memo_key (the C read of what auto's key takes from the tensors) differs wherever the key differs: x's
+    shape, layout, dtype, which inputs autograd differentiates, the thread count, the weight's and bias's shapes
+    or absence; equal tensors of the same metadata give the same; None for what is not a plain tensor."""
+    memo_key = dlkernels.ops._memo_key
+    x, w, b = torch.zeros(2, 3, 4, 4), torch.zeros(5, 3, 1, 1), torch.zeros(5)
+    base = memo_key(x, w, b)
+    assert isinstance(base, bytes) and memo_key(x.clone(), w.clone(), b.clone()) == base
+    others = [memo_key(torch.zeros(2, 3, 4, 5), w, b), memo_key(x.to(memory_format=torch.channels_last), w, b),
+              memo_key(x.double(), w, b), memo_key(x, torch.zeros(5, 3, 3, 3), b), memo_key(x, w, None),
+              memo_key(x, w, torch.zeros(6)), memo_key(x, None, None), memo_key(x.clone().requires_grad_(), w, b),
+              memo_key(x, w.clone().requires_grad_(), b)]
+    with torch.no_grad():  # autograd records nothing: the key of no gradients
+        assert memo_key(x.clone().requires_grad_(), w.clone().requires_grad_(), b) == base
+    torch.set_num_threads(2)
+    try:
+        others.append(memo_key(x, w, b))
+    finally:
+        torch.set_num_threads(1)
+    assert None not in others and len({base, *others}) == len(others) + 1
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert memo_key(x.as_subclass(Sub), w, b) is None and memo_key([1.0], w, b) is None
+
+
+@needs_native
+def test_functional_calls_find_their_choice_by_the_short_key(tuning, one_thread, monkeypatch):
+    """After its first call, a functional call's choice is found by (op, signature, memo key) without building
+    auto's key; autotune.clear() forgets it too (the next call measures again)."""
+    x, w, b = conv_args()
+    built = []
+    call_key = dlkernels.ops._call_key
+    monkeypatch.setattr(dlkernels.ops, "_call_key", lambda *args: built.append(1) or call_key(*args))
+    monkeypatch.setattr(autotune, "choose", forcing("reference", {}))
+    for _ in range(3):
+        torch.testing.assert_close(dlkernels.ops.conv2d(x, w, b, padding=1), F.conv2d(x, w, b, padding=1))
+    assert len(built) == 1
+    autotune.clear()
+    dlkernels.ops.conv2d(x, w, b, padding=1)
+    assert len(built) == 2
+
+
 def test_layers_remember_their_choices(tuning, monkeypatch):
     """A layer keeps auto's final choices by call key (the input's shape, layout, dtype, device, threads and
     autograd flags): its next such call asks nothing, another call key asks again; any attribute assignment,
@@ -346,7 +391,7 @@ def test_layers_remember_their_choices(tuning, monkeypatch):
         with torch.no_grad():
             run()
             run()
-            assert len(asked) == 1 and layer._plan.choices == {dlkernels.ops._call_key(x, *(
+            assert len(asked) == 1 and layer._plan.choices == {dlkernels.ops._memo_key(x, *(
                 (layer.weight, layer.bias) if hasattr(layer, "weight") else (None, None))): "reference"}
             run(x.to(memory_format=torch.channels_last))  # another layout: another key
             run(x.to(memory_format=torch.channels_last))

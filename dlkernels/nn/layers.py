@@ -140,7 +140,7 @@ def _rebuild(module, cls, drop=()):
 class _Plan:
     """What a layer's calls reuse while its attributes stay as they are: the op's arguments after the tensors
     (None where the layer's attributes need the functional op's normalising and checks), and the backends
-    autotune remembered for the layer, by ops._call_key (what its calls can change: the input's shape, layout,
+    autotune remembered for the layer, by ops._memo_key (what its calls can change: the input's shape, layout,
     dtype and device, the thread count, which inputs autograd differentiates)."""
 
     __slots__ = ("args", "choices")
@@ -186,23 +186,24 @@ class _DlkLayer:
             self.__dict__["_plan"] = plan
         return plan
 
-    def _remember(self, call_key, chosen, final):
-        """auto ran `chosen` for a call with this ops._call_key (dlkernels.ops._auto): the conversion report's
-        entry, and when the choice is final (autotune remembers it) the one the layer's next such calls run."""
-        self.__dict__.setdefault("_implementations", {})["training" if call_key[-1] else "inference"] = chosen
+    def _remember(self, memo_key, training, chosen, final):
+        """auto ran `chosen` for a call with this ops._memo_key (dlkernels.ops._auto), training when autograd
+        records it: the conversion report's entry, and when the choice is final (autotune remembers it) the one
+        the layer's next such calls run."""
+        self.__dict__.setdefault("_implementations", {})["training" if training else "inference"] = chosen
         if final:
             plan = self._plan
             if plan is None:
                 plan = self._new_plan()
             if plan.choices is _NO_CHOICES:
                 plan.choices = autotune.memo()
-            plan.choices[call_key] = chosen
+            plan.choices[memo_key] = chosen
 
     def _remembered(self, plan, input, weight=None, bias=None):
         """The backend auto chose before for a call like this one, else None (then ops decides)."""
         if self.backend != "auto" or ops._is_compiling():
             return None
-        return plan.choices.get(ops._call_key(input, weight, bias))
+        return plan.choices.get(ops._memo_key(input, weight, bias))
 
     @classmethod
     def from_torch(cls, layer, activation="none", backend="auto", activation_params=None):
