@@ -247,7 +247,7 @@ MODEL_CASES = [
     # grad_x over small planes (at most 64 output pixels, 256 in the batch) with 192 KiB of weights or more as
     # cols^T = gz^T @ w (w read as it lies) and col2im: a pointwise conv of one image (63 pixels, 203 channels),
     # a strided 1x1 conv, 3x3 convs of one image and of a batch (rows of 5 pixels; stride 2; dilated, padding 2).
-    # batched-7x7, batched-3x3s2, batched-1x1 and batched-4x4 above take it too.
+    # batched-7x7, batched-3x3s2 and batched-4x4 above take it too (batched-1x1 does not: 1x1 over a batch).
     pytest.param(((1, 203, 7, 9), (260, 1, 1), 1, 0, 1, 1), id="1x1-one-image-large-weight"),
     pytest.param(((1, 150, 9, 9), (400, 1, 1), 2, 0, 1, 1), id="1x1s2-one-image-large-weight"),
     pytest.param(((1, 96, 4, 5), (64, 3, 3), 1, 1, 1, 1), id="3x3-one-image-large-weight"),

@@ -643,14 +643,16 @@ void conv2d_grad_input_kernel(const ConvShape& s, const acc_t* gz, const acc_t* 
 // grad_x as cols^T = gz^T @ w and col2im (conv2d_grad_input_by_w_rows) for output planes of up to this many
 // pixels, batches of up to this many output pixels, and from this many bytes of weights on (smaller weights are
 // transposed within the cache, and the other GEMMs' layouts were as fast or faster; over more pixels the pass
-// over w is a small part of the work).
+// over w is a small part of the work). Not for 1x1 kernels over a batch: there transposing w is a transposition
+// of one matrix, and the forward GEMM of gz over the batch's images side by side measured faster.
 constexpr int64_t kGradXByWRowsMaxPixels = 64;
 constexpr int64_t kGradXByWRowsMaxBatchPixels = 256;
 constexpr int64_t kGradXByWRowsMinWeightBytes = int64_t(192) << 10;
 template <typename acc_t>
 bool grad_x_by_w_rows(const ConvShape& s) {
   const int64_t P = s.OH * s.OW;
-  return s.groups == 1 && P <= kGradXByWRowsMaxPixels && s.N * P <= kGradXByWRowsMaxBatchPixels &&
+  return s.groups == 1 && (s.KH * s.KW > 1 || s.N == 1) && P <= kGradXByWRowsMaxPixels &&
+         s.N * P <= kGradXByWRowsMaxBatchPixels &&
          s.K * s.C * s.KH * s.KW * static_cast<int64_t>(sizeof(acc_t)) >= kGradXByWRowsMinWeightBytes;
 }
 
