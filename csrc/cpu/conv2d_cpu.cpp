@@ -719,8 +719,8 @@ void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* 
 }
 
 // grad_x [N, C, H, W] (groups 1) from cols^T [N*P, C*KH*KW] = gz^T @ w: A is gz^T (gz itself for one image,
-// else gz transposed to [K, N*P]), B is w as it lies; then each plane (n, c) is zeroed and gets, output pixel
-// by output pixel and tap by tap, its columns' entries at their input pixels (a fixed order of additions).
+// else gz transposed to [K, N*P]), B is w as it lies; then col2im, or for a pointwise conv of one image a
+// transposition (faster than any scalar loop over the columns).
 template <typename acc_t>
 void conv2d_grad_input_by_w_rows(const ConvShape& s, const acc_t* gz, const acc_t* w, acc_t* gx) {
   const int64_t taps = s.KH * s.KW, rows = s.C * taps, P = s.OH * s.OW, M = s.N * P;
@@ -737,20 +737,36 @@ void conv2d_grad_input_by_w_rows(const ConvShape& s, const acc_t* gz, const acc_
   }
   StridedGemm<acc_t, NoPost> g{1, M, rows, s.K, 1, a, 1, M, w, rows, 1, t, rows};
   gemm_run<acc_t>(g);
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t p0, int64_t p1) {
+  if (conv2d_is_pointwise(s) && s.N == 1) {  // the columns are grad_x transposed: 8 x 8 register transposes
+    bool done = false;
+    if constexpr (std::is_same_v<acc_t, float>) done = transpose_f32(t, P, s.C, gx, static_cast<int>(P));
+    for (int64_t c = 0; c < s.C && !done; ++c) {
+      for (int64_t q = 0; q < P; ++q) gx[c * P + q] = t[q * s.C + c];
+    }
+    return;
+  }
+  // Per image and block of channels: output pixel by output pixel, the pixel's row of cols^T (read in order) is
+  // added into the block's planes (in the cache: small planes). Every element of grad_x gets its terms in the
+  // same order (output pixel, then tap) whatever the split.
+  constexpr int64_t kChannels = 64;
+  const int64_t blocks = (s.C + kChannels - 1) / kChannels, HW = s.H * s.W;
+  at::parallel_for(0, s.N * blocks, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t q = p0; q < p1; ++q) {
-      const int64_t n = q / s.C, c = q % s.C;
-      acc_t* plane = gx + q * s.H * s.W;
-      std::fill(plane, plane + s.H * s.W, acc_t(0));
+      const int64_t n = q / blocks, c0 = q % blocks * kChannels, c1 = std::min(s.C, c0 + kChannels);
+      acc_t* image = gx + n * s.C * HW;
+      std::fill(image + c0 * HW, image + c1 * HW, acc_t(0));
       for (int64_t oh = 0; oh < s.OH; ++oh) {
         for (int64_t ow = 0; ow < s.OW; ++ow) {
-          const acc_t* src = t + (n * P + oh * s.OW + ow) * rows + c * taps;
+          const acc_t* src = t + (n * P + oh * s.OW + ow) * rows;
           for (int64_t kh = 0; kh < s.KH; ++kh) {
             const int64_t ih = oh * s.sh - s.ph + kh * s.dh;
             if (ih < 0 || ih >= s.H) continue;
             for (int64_t kw = 0; kw < s.KW; ++kw) {
               const int64_t iw = ow * s.sw - s.pw + kw * s.dw;
-              if (iw >= 0 && iw < s.W) plane[ih * s.W + iw] += src[kh * s.KW + kw];
+              if (iw < 0 || iw >= s.W) continue;
+              acc_t* dst = image + ih * s.W + iw;
+              const acc_t* from = src + kh * s.KW + kw;
+              for (int64_t c = c0; c < c1; ++c) dst[c * HW] += from[c * taps];
             }
           }
         }
