@@ -255,8 +255,8 @@ PyObject* max_pool2d_functional(PyObject* /*module*/, PyObject* const* args, Py_
 // auto_key(x, weight, bias): what of a call's tensors decides backend="auto"'s choice (dlkernels.ops._auto, whose
 // full key reads the same from Python at several times the cost, more than a small op itself): x's sizes, strides,
 // dtype and device, the weight's and bias's sizes (or their absence), which inputs autograd differentiates (none
-// when it records nothing), and the intra-op thread count, as bytes. None for anything but plain strided tensors
-// (and None for weight and bias): the caller takes its general path.
+// when it records nothing), and the intra-op thread count, as bytes; weight and bias may be None. None for
+// anything but plain strided tensors: the caller takes its general path.
 PyObject* auto_key(PyObject* /*module*/, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   const at::Tensor* x = nullptr;

@@ -312,7 +312,6 @@ def test_static_rule_without_measuring(monkeypatch, tmp_path, channels, groups, 
 
 
 @needs_native
-@needs_native
 def test_memo_key_tells_apart_what_the_key_does(one_thread):
     """ops._memo_key (the C read of what auto's key takes from the tensors) differs wherever the key differs: x's
     shape, layout, dtype, which inputs autograd differentiates, the thread count, the weight's and bias's shapes
@@ -357,6 +356,7 @@ def test_functional_calls_find_their_choice_by_the_short_key(tuning, one_thread,
     assert len(built) == 2
 
 
+@needs_native
 def test_layers_remember_their_choices(tuning, monkeypatch):
     """A layer keeps auto's final choices by call key (the input's shape, layout, dtype, device, threads and
     autograd flags): its next such call asks nothing, another call key asks again; any attribute assignment,

@@ -954,7 +954,7 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
   }
   // Step 2a, small planes and large weights: the columns' gradient, transposed, as one GEMM with w [K, C*KH*KW]
   // read as it lies (B, row-major): cols^T [N*P, C*KH*KW] = gz^T @ w, then col2im from it (for a pointwise conv
-  // of stride 1, a transposition). The other ways first flip and transpose w (stride 1) or pack it transposed
+  // of one image, a transposition). The other ways first flip and transpose w (stride 1) or pack it transposed
   // (col2im's A), a pass over w (read and written) that costs about as much as the product over few pixels
   // once w is larger than the cache.
   if (!x_done && grad_x_by_w_rows<acc_t>(s)) {
