@@ -672,6 +672,16 @@ int64_t col2im_image_bytes(const ConvShape& s) {
   return static_cast<int64_t>(sizeof(acc_t)) * s.C * s.KH * s.KW * s.OH * s.OW;
 }
 
+// dst [K, N*P] = src [N, K, P] with the images side by side: one GEMM's B (or A transposed) over a batch of gz.
+template <typename acc_t>
+void images_side_by_side(const acc_t* src, int64_t N, int64_t K, int64_t P, acc_t* dst) {
+  at::parallel_for(0, K, 16, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t n = 0; n < N; ++n) std::copy_n(src + (n * K + k) * P, P, dst + (k * N + n) * P);
+    }
+  });
+}
+
 // grad_x of a strided convolution as a GEMM and col2im, for the stems over RGB or grey images (the phases'
 // convolutions would have only C output channels, a fraction of the smallest register tile) and for small
 // planes (the phases' convolutions have a few pixels each, a fraction of a column panel, and take their
@@ -691,11 +701,7 @@ void conv2d_grad_input_col2im(const ConvShape& s, const acc_t* gz, const acc_t* 
     const int64_t nn = std::min(nb, s.N - n0), ld = nn * P;
     const acc_t* b = gz + n0 * s.K * P;
     if (nn > 1) {
-      at::parallel_for(0, s.K, 16, [&](int64_t k0, int64_t k1) {
-        for (int64_t k = k0; k < k1; ++k) {
-          for (int64_t i = 0; i < nn; ++i) std::copy_n(b + (i * s.K + k) * P, P, gzt + k * ld + i * P);
-        }
-      });
+      images_side_by_side(b, nn, s.K, P, gzt);
       b = gzt;
     }
     StridedGemm<acc_t, NoPost> g{1, rows, ld, s.K, 1, w, 1, rows, b, ld, 1, cols, ld};
@@ -730,9 +736,7 @@ void conv2d_grad_input_by_w_rows(const ConvShape& s, const acc_t* gz, const acc_
   const acc_t* a = gz;
   if (s.N > 1) {
     acc_t* gzt = static_cast<acc_t*>(gzt_buf.get());
-    for (int64_t k = 0; k < s.K; ++k) {
-      for (int64_t n = 0; n < s.N; ++n) std::copy_n(gz + (n * s.K + k) * P, P, gzt + k * M + n * P);
-    }
+    images_side_by_side(gz, s.N, s.K, P, gzt);
     a = gzt;
   }
   StridedGemm<acc_t, NoPost> g{1, M, rows, s.K, 1, a, 1, M, w, rows, 1, t, rows};

@@ -441,8 +441,10 @@ struct StridedGemm {
   void pack_b(int64_t, int64_t j0, int nr, int64_t k0, int64_t kc, T* dst, int NR) const {
     pack_b_strided(B, b_sk, b_sn, j0, nr, k0, kc, dst, NR);
   }
-  bool pack_b_block(int64_t, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const {
-    return b_sn == 1 && pack_b_rows(B, b_sk, j0, n, k0, kc, dst, NR);
+  bool pack_b_block(int64_t b, int64_t j0, int64_t n, int64_t k0, int64_t kc, T* dst, int NR) const {
+    int64_t ldb;
+    const T* rows = b_rows(b, &ldb);
+    return rows && pack_b_rows(rows, ldb, j0, n, k0, kc, dst, NR);
   }
   const T* b_rows(int64_t, int64_t* ldb) const {
     if (b_sn != 1) return nullptr;
