@@ -40,6 +40,7 @@ struct WinogradGeom {
   int64_t blocks;  // tasks per image
   int64_t Tpad;    // columns of a task's B operands (R * TW tiles rounded up to whole panels)
   int64_t KP;      // output-channel panels
+  int64_t UX;      // floats between the transformed filter's 16 operands (see transform_filter)
   int MR, NR;
   int64_t LDM;  // row stride of the product tiles: NR rounded up to whole 16-float vectors
 };
@@ -54,30 +55,42 @@ WinogradGeom geometry(const ConvShape& s, const MicroKernel<float>& uk) {
   g.blocks = (g.TH + g.R - 1) / g.R;
   g.Tpad = (g.R * g.TW + g.NR - 1) / g.NR * g.NR;
   g.KP = (s.K + g.MR - 1) / g.MR;
+  // One line more than the operand: a power-of-two distance would put the 16 write streams of
+  // transform_filter in the same cache sets, which thrashed them.
+  g.UX = g.KP * s.C * g.MR + 16;
   g.LDM = (g.NR + 15) / 16 * 16;
   return g;
 }
 
-// U: for xi, for output-channel panel kp, the panel [C][MR] (k-major for the micro-kernel, zero rows past K).
+// U: for xi (UX floats apart), for output-channel panel kp, the panel [C][MR] (k-major for the micro-kernel, zero rows
+// past K). Panel by panel, input channel by input channel: the 16 panels of kp are written in order (MR floats each per
+// c), where filter by filter would write 16 floats 16 panels apart, each in another page.
 void transform_filter(const ConvShape& s, const WinogradGeom& g, const float* w, float* U) {
   const int64_t panel = s.C * g.MR;
-  std::memset(U, 0, sizeof(float) * kXi * g.KP * panel);
-  at::parallel_for(0, s.K, 16, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) {
-      const int64_t kp = k / g.MR, i = k % g.MR;
+  at::parallel_for(0, g.KP, 1, [&](int64_t kp0, int64_t kp1) {
+    for (int64_t kp = kp0; kp < kp1; ++kp) {
+      const int m = static_cast<int>(std::min<int64_t>(g.MR, s.K - kp * g.MR));
       for (int64_t c = 0; c < s.C; ++c) {
-        const float* f = w + (k * s.C + c) * 9;
-        float gg[4][3];  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
-        for (int b = 0; b < 3; ++b) {
-          gg[0][b] = f[b];
-          gg[1][b] = 0.5f * (f[b] + f[3 + b] + f[6 + b]);
-          gg[2][b] = 0.5f * (f[b] - f[3 + b] + f[6 + b]);
-          gg[3][b] = f[6 + b];
+        float* dst[kXi];
+        for (int xi = 0; xi < kXi; ++xi) {
+          dst[xi] = U + xi * g.UX + kp * panel + c * g.MR;
+          std::fill(dst[xi] + m, dst[xi] + g.MR, 0.f);
         }
-        for (int a = 0; a < 4; ++a) {  // (G g) G^T: the same along the columns
-          const float u[4] = {gg[a][0], 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]),
-                              0.5f * (gg[a][0] - gg[a][1] + gg[a][2]), gg[a][2]};
-          for (int b = 0; b < 4; ++b) U[((a * 4 + b) * g.KP + kp) * panel + c * g.MR + i] = u[b];
+        for (int i = 0; i < m; ++i) {
+          const float* f = w + ((kp * g.MR + i) * s.C + c) * 9;
+          float gg[4][3];  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+          for (int b = 0; b < 3; ++b) {
+            gg[0][b] = f[b];
+            gg[1][b] = 0.5f * (f[b] + f[3 + b] + f[6 + b]);
+            gg[2][b] = 0.5f * (f[b] - f[3 + b] + f[6 + b]);
+            gg[3][b] = f[6 + b];
+          }
+          for (int a = 0; a < 4; ++a) {  // (G g) G^T: the same along the columns
+            dst[a * 4 + 0][i] = gg[a][0];
+            dst[a * 4 + 1][i] = 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]);
+            dst[a * 4 + 2][i] = 0.5f * (gg[a][0] - gg[a][1] + gg[a][2]);
+            dst[a * 4 + 3][i] = gg[a][2];
+          }
         }
       }
     }
@@ -199,8 +212,8 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
     for (int64_t kp = 0; kp < g.KP; ++kp) {
       const int m = static_cast<int>(std::min<int64_t>(MR, s.K - kp * MR));
       for (int xi = 0; xi < kXi; ++xi) {
-        run(C, U + (xi * g.KP + kp) * C * MR, 0, V + (xi * P + p) * C * NR, M + xi * MR * LDM, LDM, m, nt, false,
-            nullptr, nullptr, false);
+        run(C, U + xi * g.UX + kp * C * MR, 0, V + (xi * P + p) * C * NR, M + xi * MR * LDM, LDM, m, nt, false, nullptr,
+            nullptr, false);
       }
       for (int i = 0; i < m; ++i) {
         const int64_t k = kp * MR + i;
@@ -302,8 +315,9 @@ bool conv2d_winograd_applies(const ConvShape& s) {
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu) {
   const MicroKernel<float>& uk = micro_kernel<float>();
   const WinogradGeom g = geometry(s, uk);
-  std::vector<float> U(static_cast<size_t>(kXi) * g.KP * s.C * g.MR);
-  transform_filter(s, g, w, U.data());
+  // Every float of U is written (zero rows included): scratch memory that stays mapped from call to call.
+  Scratch U(2, sizeof(float) * kXi * g.UX);
+  transform_filter(s, g, w, static_cast<float*>(U.get()));
   const TaskFn task = task_for_isa();
   const int64_t rowf = row_floats(g);
   const size_t v_floats = static_cast<size_t>(kXi) * g.Tpad * s.C;
@@ -312,8 +326,8 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
     std::vector<float> m(static_cast<size_t>(kXi) * g.MR * g.LDM), row(rowf);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / g.blocks, th0 = t % g.blocks * g.R;
-      task(s, g, uk, x, U.data(), bias, z, relu, n, th0, std::min(g.R, g.TH - th0), static_cast<float*>(v.get()),
-           m.data(), row.data());
+      task(s, g, uk, x, static_cast<const float*>(U.get()), bias, z, relu, n, th0, std::min(g.R, g.TH - th0),
+           static_cast<float*>(v.get()), m.data(), row.data());
     }
   });
 }
