@@ -2,11 +2,11 @@
 //
 // Layout. The filter is transformed once per call into 16 A operands (one per entry xi of the 4x4
 // transformed tile), each [K x C], packed in the micro-kernel's MR-row panels. The work is split into tasks
-// of (image, block of whole tile rows); a task transforms its input tiles into 16 B operands [C x tiles],
-// stored as the micro-kernel's NR-column panels (the tile index is the column), then for each panel of NR
-// tiles and each MR-row panel of output channels runs the 16 products into a small L1 buffer and transforms
-// them straight into output pixels (bias and relu there). The block is sized so that its 16 B operands stay
-// in L2 while every output-channel panel sweeps them.
+// of whole tile rows, counted over the batch (a task's rows run on from one image into the next); a task transforms its
+// input tiles into 16 B operands [C x tiles], stored as the micro-kernel's NR-column panels (the tile index is the
+// column), then for each panel of NR tiles and each MR-row panel of output channels runs the 16 products into a small
+// L1 buffer and transforms them straight into output pixels (bias and relu there). The block is sized so that its 16 B
+// operands stay in L2 while every output-channel panel sweeps them.
 //
 // Input transform B^T d B of a tile d (4x4) at input rows 2th - ph + a and columns 2tw - pw + b. Along a
 // tile row the 4 input rows are split once into their even and odd columns (E, O: E[t] is column 2t - pw),
@@ -36,8 +36,8 @@ constexpr int kXi = 16;  // entries of a transformed 4x4 tile
 
 struct WinogradGeom {
   int64_t TH, TW;  // tiles per image (2x2 output pixels each)
-  int64_t R;       // tile rows per task
-  int64_t blocks;  // tasks per image
+  int64_t R;       // tile rows per task, counted over the batch (image n's tile row th is row n * TH + th)
+  int64_t tasks;   // tasks over the batch
   int64_t Tpad;    // columns of a task's B operands (R * TW tiles rounded up to whole panels)
   int64_t KP;      // output-channel panels
   int64_t UX;      // floats between the transformed filter's 16 operands (see transform_filter)
@@ -49,10 +49,17 @@ WinogradGeom geometry(const ConvShape& s, const MicroKernel<float>& uk) {
   WinogradGeom g{};
   g.MR = uk.mr, g.NR = uk.nr;
   g.TH = (s.OH + 1) / 2, g.TW = (s.OW + 1) / 2;
-  // 16 B operands of C x tiles floats: about 512 KiB, and at least one panel of tiles.
-  const int64_t target = std::max<int64_t>(g.NR, 8192 / s.C);
-  g.R = std::clamp<int64_t>(target / g.TW, 1, g.TH);
-  g.blocks = (g.TH + g.R - 1) / g.R;
+  // 16 B operands of C x tiles floats: about 512 KiB, and at least one panel of tiles. Of the row counts
+  // that fit, the one that leaves the least of its last panel empty (the micro-kernel computes whole
+  // panels), the larger on a tie. Rows run on from one image into the next: small images fill panels too.
+  const int64_t target = std::max<int64_t>(g.NR, 8192 / s.C), rows = s.N * g.TH;
+  const int64_t most = std::clamp<int64_t>(target / g.TW, 1, rows);
+  double best = 0;
+  for (int64_t r = 1; r <= most; ++r) {
+    const double used = double(r * g.TW) / double((r * g.TW + g.NR - 1) / g.NR * g.NR);
+    if (used >= best) best = used, g.R = r;
+  }
+  g.tasks = (rows + g.R - 1) / g.R;
   g.Tpad = (g.R * g.TW + g.NR - 1) / g.NR * g.NR;
   g.KP = (s.K + g.MR - 1) / g.MR;
   // One line more than the operand: a power-of-two distance would put the 16 write streams of
@@ -103,6 +110,33 @@ typedef float vf __attribute__((vector_size(64), aligned(4)));
 constexpr int kL = 16;
 DLK_ALWAYS_INLINE vf ld(const float* p) { return *reinterpret_cast<const vf*>(p); }
 DLK_ALWAYS_INLINE void st(float* p, vf v) { *reinterpret_cast<vf*>(p) = v; }
+// 8 and 4 floats: the tails of rows narrower than 16 tiles (the tiles of a 28x28 plane's row are 14).
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+// Loads and stores of V at any float's alignment (a template argument loses the typedefs' aligned(4)).
+template <typename V>
+DLK_ALWAYS_INLINE V ldv(const float* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V>
+DLK_ALWAYS_INLINE void stv(float* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+// The column transform of one run of a tile row from q on, L tiles at a time while L fit: v0..v3 get
+// e[t] - e[t+1], o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1].
+template <typename V>
+DLK_ALWAYS_INLINE void column_transform(const float* __restrict e, const float* __restrict o, int64_t& q, int64_t len,
+                                        float* __restrict v0, float* __restrict v1, float* __restrict v2,
+                                        float* __restrict v3) {
+  constexpr int L = sizeof(V) / sizeof(float);
+  for (; q + L <= len; q += L) {
+    const V e0 = ldv<V>(e + q), e1 = ldv<V>(e + q + 1), o0 = ldv<V>(o + q), o1 = ldv<V>(o + q + 1);
+    stv(v0 + q, e0 - e1), stv(v1 + q, o0 + e1), stv(v2 + q, e1 - o0), stv(v3 + q, o0 - o1);
+  }
+}
 
 // e[t] = src[2t], o[t] = src[2t + 1] for t < n (src[0 .. 2n) readable): the even / odd split of a row.
 DLK_ALWAYS_INLINE void split_even_odd(const float* __restrict src, int64_t n, float* __restrict e,
@@ -116,17 +150,26 @@ DLK_ALWAYS_INLINE void split_even_odd(const float* __restrict src, int64_t n, fl
   for (; t < n; ++t) e[t] = src[2 * t], o[t] = src[2 * t + 1];
 }
 
-// One task: image n, tile rows [th0, th0 + rows). V: 16 B operands of Tpad columns (panel p of xi at
-// V + (xi * P + p) * C * NR); M: the 16 product tiles of one panel (MR x LDM each); row: scratch of
-// row_floats(g) floats.
-int64_t row_stride(const WinogradGeom& g) { return (g.TW + 1 + kL) / kL * kL; }
-int64_t row_floats(const WinogradGeom& g) {
-  return std::max<int64_t>(8 * row_stride(g), 4 * g.LDM) + 2 * (2 * g.TW + 2 + 2 * kL);
+// out[2u] = a[u], out[2u + 1] = b[u] for u < n: a tile row's two output columns, 8 tiles at a time.
+DLK_ALWAYS_INLINE void interleave(const float* __restrict a, const float* __restrict b, int64_t n,
+                                  float* __restrict out) {
+  int64_t u = 0;
+  for (; u + 8 <= n; u += 8) {
+    st(out + 2 * u,
+       __builtin_shufflevector(ldv<vf8>(a + u), ldv<vf8>(b + u), 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15));
+  }
+  for (; u < n; ++u) out[2 * u] = a[u], out[2 * u + 1] = b[u];
 }
 
+// One task: the tile rows [r0, r0 + rows) of the batch (see WinogradGeom::R). V: 16 B operands of Tpad columns (panel p
+// of xi at V + (xi * P + p) * C * NR); M: the 16 product tiles of one panel (MR x LDM each); row: scratch of
+// row_floats(g) floats.
+int64_t row_stride(const WinogradGeom& g) { return (g.TW + 1 + kL) / kL * kL; }
+int64_t row_floats(const WinogradGeom& g) { return std::max<int64_t>(8 * row_stride(g), 4 * g.LDM); }
+
 DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
-                                     const float* x, const float* U, const float* bias, float* z, bool relu, int64_t n,
-                                     int64_t th0, int64_t rows, float* V, float* M, float* row) {
+                                     const float* x, const float* U, const float* bias, float* z, bool relu, int64_t r0,
+                                     int64_t rows, float* V, float* M, float* row) {
   const int64_t TW = g.TW, NR = g.NR, MR = g.MR, C = s.C;
   const int64_t P = g.Tpad / NR;
   const int64_t tiles = rows * TW;
@@ -135,11 +178,13 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
   float* E[4];
   float* O[4];
   for (int a = 0; a < 4; ++a) E[a] = row + a * 2 * RS, O[a] = row + (a * 2 + 1) * RS;
-  // One input row with the padding as zeros: column col of the image at padded[col + pw]; 2 * E1 columns.
-  float* padded = row + std::max<int64_t>(8 * RS, 4 * g.LDM);
-  std::fill(padded, padded + 2 * E1 + 2 * kL, 0.f);
   const int64_t pw = s.pw, W = s.W;
   const int64_t wcopy = std::min(W, 2 * E1 - pw);  // the image columns a tile row reads
+  // Image column col goes to E[(col + pw) / 2] if col + pw is even, else to O: column 0 to `first` at
+  // `first_at`, column 1 to `second` at `second_at`, and so on in pairs. The split reads the image row
+  // itself (a copy into a padded row first stalled every vector load on the copy's narrower stores).
+  const int64_t first_at = pw / 2, second_at = (pw + 1) / 2, pairs = wcopy / 2;
+  const bool first_is_e = pw % 2 == 0;
   // The columns of the last panel past the tiles are zeroed: the micro-kernel reads whole panels and drops
   // those columns' products, which scratch memory left from other work could make slow (denormals).
   if (tiles % NR != 0) {
@@ -149,9 +194,9 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
     }
   }
   for (int64_t c = 0; c < C; ++c) {
-    const float* xc = x + (n * C + c) * s.H * W;
     for (int64_t r = 0; r < rows; ++r) {
-      const int64_t th = th0 + r;
+      const int64_t n = (r0 + r) / g.TH, th = (r0 + r) % g.TH;
+      const float* xc = x + (n * C + c) * s.H * W;
       for (int a = 0; a < 4; ++a) {
         const int64_t y = 2 * th - s.ph + a;
         if (y < 0 || y >= s.H) {
@@ -159,8 +204,16 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
           std::fill(O[a], O[a] + RS, 0.f);
           continue;
         }
-        std::memcpy(padded + pw, xc + y * W, sizeof(float) * wcopy);
-        split_even_odd(padded, E1, E[a], O[a]);
+        float* first = first_is_e ? E[a] : O[a];
+        float* second = first_is_e ? O[a] : E[a];
+        const float* src = xc + y * W;
+        std::fill(first, first + first_at, 0.f);
+        std::fill(second, second + second_at, 0.f);
+        split_even_odd(src, pairs, first + first_at, second + second_at);
+        int64_t f_end = first_at + pairs;
+        if (wcopy % 2 != 0) first[f_end++] = src[wcopy - 1];
+        std::fill(first + f_end, first + E1, 0.f);
+        std::fill(second + second_at + pairs, second + E1, 0.f);
       }
       // Row transform in place: rows 0..3 become d0 - d2, d1 + d2, d2 - d1, d1 - d3.
       for (float** h : {E, O}) {
@@ -182,10 +235,9 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
           float* __restrict v2 = V + ((a * 4 + 2) * P + p) * C * NR + c * NR + jj;
           float* __restrict v3 = V + ((a * 4 + 3) * P + p) * C * NR + c * NR + jj;
           int64_t q = 0;
-          for (; q + kL <= len; q += kL) {
-            const vf e0 = ld(e + t + q), e1 = ld(e + t + q + 1), o0 = ld(o + t + q), o1 = ld(o + t + q + 1);
-            st(v0 + q, e0 - e1), st(v1 + q, o0 + e1), st(v2 + q, e1 - o0), st(v3 + q, o0 - o1);
-          }
+          column_transform<vf>(e + t, o + t, q, len, v0, v1, v2, v3);
+          column_transform<vf8>(e + t, o + t, q, len, v0, v1, v2, v3);
+          column_transform<vf4>(e + t, o + t, q, len, v0, v1, v2, v3);
           for (; q < len; ++q) {
             const float e0 = e[t + q], e1 = e[t + q + 1], o0 = o[t + q], o1 = o[t + q + 1];
             v0[q] = e0 - e1, v1[q] = o0 + e1, v2[q] = e1 - o0, v3[q] = o0 - o1;
@@ -236,19 +288,19 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
           st(y00 + q, v00), st(y01 + q, v01), st(y10 + q, v10), st(y11 + q, v11);
         }
         // The tiles of the panel, tile row by tile row, into the output rows 2 th and 2 th + 1.
-        float* zk = z + (n * s.K + k) * OH * OW;
         for (int q = 0; q < nt;) {
-          const int64_t j = j0 + q, th = th0 + j / TW, tw0 = j % TW;
+          const int64_t j = j0 + q, n = (r0 + j / TW) / g.TH, th = (r0 + j / TW) % g.TH, tw0 = j % TW;
+          float* zk = z + (n * s.K + k) * OH * OW;
           const int len = static_cast<int>(std::min<int64_t>(nt - q, TW - tw0));
           const int64_t oh = 2 * th;
           // Whole tiles (both columns inside the output), then a last half tile where OW is odd.
           const int full = static_cast<int>(std::min<int64_t>(len, OW / 2 - tw0));
           float* __restrict top = zk + oh * OW + 2 * tw0;
-          for (int u = 0; u < full; ++u) top[2 * u] = y00[q + u], top[2 * u + 1] = y01[q + u];
+          interleave(y00 + q, y01 + q, full, top);
           if (full < len) top[2 * full] = y00[q + full];
           if (oh + 1 < OH) {
             float* __restrict bottom = top + OW;
-            for (int u = 0; u < full; ++u) bottom[2 * u] = y10[q + u], bottom[2 * u + 1] = y11[q + u];
+            interleave(y10 + q, y11 + q, full, bottom);
             if (full < len) bottom[2 * full] = y10[q + full];
           }
           q += len;
@@ -259,24 +311,24 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
 }
 
 using TaskFn = void (*)(const ConvShape&, const WinogradGeom&, const MicroKernel<float>&, const float*, const float*,
-                        const float*, float*, bool, int64_t, int64_t, int64_t, float*, float*, float*);
+                        const float*, float*, bool, int64_t, int64_t, float*, float*, float*);
 
 #if defined(__x86_64__)
 DLK_TARGET_AVX512 void winograd_task_avx512(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
                                             const float* x, const float* U, const float* bias, float* z, bool relu,
-                                            int64_t n, int64_t th0, int64_t rows, float* V, float* M, float* row) {
-  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+                                            int64_t r0, int64_t rows, float* V, float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, r0, rows, V, M, row);
 }
 DLK_TARGET_AVX2 void winograd_task_avx2(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk,
                                         const float* x, const float* U, const float* bias, float* z, bool relu,
-                                        int64_t n, int64_t th0, int64_t rows, float* V, float* M, float* row) {
-  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+                                        int64_t r0, int64_t rows, float* V, float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, r0, rows, V, M, row);
 }
 #endif
 void winograd_task_base(const ConvShape& s, const WinogradGeom& g, const MicroKernel<float>& uk, const float* x,
-                        const float* U, const float* bias, float* z, bool relu, int64_t n, int64_t th0, int64_t rows,
-                        float* V, float* M, float* row) {
-  winograd_task(s, g, uk, x, U, bias, z, relu, n, th0, rows, V, M, row);
+                        const float* U, const float* bias, float* z, bool relu, int64_t r0, int64_t rows, float* V,
+                        float* M, float* row) {
+  winograd_task(s, g, uk, x, U, bias, z, relu, r0, rows, V, M, row);
 }
 
 TaskFn task_for_isa() {
@@ -301,15 +353,12 @@ bool winograd_enabled() {
 }
 
 bool conv2d_winograd_applies(const ConvShape& s) {
-  // At least a panel of tiles per image (a task covers one image). With AVX-512 also enough pixels in the
-  // batch (4 images of 16x16): below that its implicit GEMM, with the wider micro-kernel, measured as fast
-  // on small batches; the narrower kernels of AVX2 and the portable path lose to Winograd from the first
-  // panel of tiles.
-  const int64_t tiles = (s.OH + 1) / 2 * ((s.OW + 1) / 2);
-  const int64_t min_pixels = cpu_isa() == Isa::Avx512 ? 1024 : 0;
+  // At least two panels of tiles over the batch (tasks run on from one image into the next): below that the
+  // filter's transform, which costs as much as the products of a few tiles, and U's pass through the cache (16
+  // times the filter's size) outweigh the 2.25 times fewer products.
+  const int64_t tiles = s.N * ((s.OH + 1) / 2) * ((s.OW + 1) / 2);
   return winograd_enabled() && s.KH == 3 && s.KW == 3 && s.sh == 1 && s.sw == 1 && s.dh == 1 && s.dw == 1 &&
-         s.groups == 1 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16 && tiles >= 32 &&
-         s.N * s.OH * s.OW >= min_pixels;
+         s.groups == 1 && s.ph <= 2 && s.pw <= 2 && s.C >= 16 && s.K >= 16 && tiles >= 64;
 }
 
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu) {
@@ -321,12 +370,11 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
   const TaskFn task = task_for_isa();
   const int64_t rowf = row_floats(g);
   const size_t v_floats = static_cast<size_t>(kXi) * g.Tpad * s.C;
-  at::parallel_for(0, s.N * g.blocks, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, g.tasks, 1, [&](int64_t t0, int64_t t1) {
     Scratch v(1, sizeof(float) * v_floats);
     std::vector<float> m(static_cast<size_t>(kXi) * g.MR * g.LDM), row(rowf);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / g.blocks, th0 = t % g.blocks * g.R;
-      task(s, g, uk, x, static_cast<const float*>(U.get()), bias, z, relu, n, th0, std::min(g.R, g.TH - th0),
+      task(s, g, uk, x, static_cast<const float*>(U.get()), bias, z, relu, t * g.R, std::min(g.R, s.N * g.TH - t * g.R),
            static_cast<float*>(v.get()), m.data(), row.data());
     }
   });

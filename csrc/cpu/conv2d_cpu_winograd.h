@@ -23,8 +23,8 @@ namespace cpu {
 bool winograd_enabled();
 
 // Whether conv2d takes the Winograd path for this shape (float): 3x3, stride 1, dilation 1, one group,
-// padding at most 2, and enough channels that the transforms, which cost per channel, stay small next to
-// the products, which cost per channel pair.
+// padding at most 2, 16 channels or more in and out (the transforms, which cost per channel, stay small next to
+// the products, which cost per channel pair), and 64 tiles or more over the batch.
 bool conv2d_winograd_applies(const ConvShape& s);
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null; NCHW-contiguous buffers.
