@@ -1039,8 +1039,14 @@ void conv2d_input_weight_grads(const ConvShape& s, const at::opmath_type<scalar_
     conv2d_grad_input_kernel<scalar_t, acc_t>(s, gz_p, w_p, grad_x.mutable_data_ptr<scalar_t>());
   }
 
-  // Step 2b: grad_w through the weight-gradient GEMM (K = batch x positions; for strides along W, packed
-  // from the phases of x).
+  // Step 2b: grad_w by Winograd where the forward takes it, else through the weight-gradient GEMM (K = batch x
+  // positions; for strides along W, packed from the phases of x).
+  if (!w_done && winograd_grad_weight_applies<acc_t>(s)) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      direct_grad(grad_w, [&](float* gw) { winograd_grad_weight(s, gz_p, x_p, gw); });
+    }
+    w_done = true;
+  }
   if (!w_done) {
     const int64_t cols = s.Cg * s.KH * s.KW;
     at::Tensor gwa = direct ? grad_w : empty_output(grad_w.sizes(), opts);

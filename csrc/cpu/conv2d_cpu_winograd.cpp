@@ -161,6 +161,65 @@ DLK_ALWAYS_INLINE void interleave(const float* __restrict a, const float* __rest
   for (; u < n; ++u) out[2 * u] = a[u], out[2 * u + 1] = b[u];
 }
 
+// E[a], O[a] (a < 4; E1 floats each, rows RS floats long): input row 2 th - ph + a of the plane xc split into its
+// even and odd columns (E[t] is column 2t - pw, zeros outside the image), then the row transform in place (rows
+// 0..3 become d0 - d2, d1 + d2, d2 - d1, d1 - d3).
+DLK_ALWAYS_INLINE void load_tile_rows(const ConvShape& s, const float* xc, int64_t th, int64_t E1, int64_t RS,
+                                      float* const* E, float* const* O) {
+  const int64_t pw = s.pw, W = s.W;
+  const int64_t wcopy = std::min(W, 2 * E1 - pw);  // the image columns a tile row reads
+  // Image column col goes to E[(col + pw) / 2] if col + pw is even, else to O: column 0 to `first` at
+  // `first_at`, column 1 to `second` at `second_at`, and so on in pairs. The split reads the image row
+  // itself (a copy into a padded row first stalled every vector load on the copy's narrower stores).
+  const int64_t first_at = pw / 2, second_at = (pw + 1) / 2, pairs = wcopy / 2;
+  const bool first_is_e = pw % 2 == 0;
+  for (int a = 0; a < 4; ++a) {
+    const int64_t y = 2 * th - s.ph + a;
+    if (y < 0 || y >= s.H) {
+      std::fill(E[a], E[a] + RS, 0.f);
+      std::fill(O[a], O[a] + RS, 0.f);
+      continue;
+    }
+    float* first = first_is_e ? E[a] : O[a];
+    float* second = first_is_e ? O[a] : E[a];
+    const float* src = xc + y * W;
+    std::fill(first, first + first_at, 0.f);
+    std::fill(second, second + second_at, 0.f);
+    split_even_odd(src, pairs, first + first_at, second + second_at);
+    int64_t f_end = first_at + pairs;
+    if (wcopy % 2 != 0) first[f_end++] = src[wcopy - 1];
+    std::fill(first + f_end, first + E1, 0.f);
+    std::fill(second + second_at + pairs, second + E1, 0.f);
+  }
+  for (float* const* h : {E, O}) {
+    for (int64_t t = 0; t < E1; t += kL) {
+      const vf d0 = ld(h[0] + t), d1 = ld(h[1] + t), d2 = ld(h[2] + t), d3 = ld(h[3] + t);
+      st(h[0] + t, d0 - d2), st(h[1] + t, d1 + d2), st(h[2] + t, d2 - d1), st(h[3] + t, d1 - d3);
+    }
+  }
+}
+
+// The column transform of tiles [t, t + len) of a tile row (E, O from load_tile_rows): entry a * 4 + b of tile
+// t + q to v[a * 4 + b][q].
+DLK_ALWAYS_INLINE void transform_tiles(float* const* E, float* const* O, int64_t t, int64_t len, float* const* v) {
+  for (int a = 0; a < 4; ++a) {
+    const float* __restrict e = E[a] + t;
+    const float* __restrict o = O[a] + t;
+    float* __restrict v0 = v[a * 4];
+    float* __restrict v1 = v[a * 4 + 1];
+    float* __restrict v2 = v[a * 4 + 2];
+    float* __restrict v3 = v[a * 4 + 3];
+    int64_t q = 0;
+    column_transform<vf>(e, o, q, len, v0, v1, v2, v3);
+    column_transform<vf8>(e, o, q, len, v0, v1, v2, v3);
+    column_transform<vf4>(e, o, q, len, v0, v1, v2, v3);
+    for (; q < len; ++q) {
+      const float e0 = e[q], e1 = e[q + 1], o0 = o[q], o1 = o[q + 1];
+      v0[q] = e0 - e1, v1[q] = o0 + e1, v2[q] = e1 - o0, v3[q] = o0 - o1;
+    }
+  }
+}
+
 // One task: the tile rows [r0, r0 + rows) of the batch (see WinogradGeom::R). V: 16 B operands of Tpad columns (panel p
 // of xi at V + (xi * P + p) * C * NR); M: the 16 product tiles of one panel (MR x LDM each); row: scratch of
 // row_floats(g) floats.
@@ -178,13 +237,6 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
   float* E[4];
   float* O[4];
   for (int a = 0; a < 4; ++a) E[a] = row + a * 2 * RS, O[a] = row + (a * 2 + 1) * RS;
-  const int64_t pw = s.pw, W = s.W;
-  const int64_t wcopy = std::min(W, 2 * E1 - pw);  // the image columns a tile row reads
-  // Image column col goes to E[(col + pw) / 2] if col + pw is even, else to O: column 0 to `first` at
-  // `first_at`, column 1 to `second` at `second_at`, and so on in pairs. The split reads the image row
-  // itself (a copy into a padded row first stalled every vector load on the copy's narrower stores).
-  const int64_t first_at = pw / 2, second_at = (pw + 1) / 2, pairs = wcopy / 2;
-  const bool first_is_e = pw % 2 == 0;
   // The columns of the last panel past the tiles are zeroed: the micro-kernel reads whole panels and drops
   // those columns' products, which scratch memory left from other work could make slow (denormals).
   if (tiles % NR != 0) {
@@ -196,54 +248,15 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
   for (int64_t c = 0; c < C; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = (r0 + r) / g.TH, th = (r0 + r) % g.TH;
-      const float* xc = x + (n * C + c) * s.H * W;
-      for (int a = 0; a < 4; ++a) {
-        const int64_t y = 2 * th - s.ph + a;
-        if (y < 0 || y >= s.H) {
-          std::fill(E[a], E[a] + RS, 0.f);
-          std::fill(O[a], O[a] + RS, 0.f);
-          continue;
-        }
-        float* first = first_is_e ? E[a] : O[a];
-        float* second = first_is_e ? O[a] : E[a];
-        const float* src = xc + y * W;
-        std::fill(first, first + first_at, 0.f);
-        std::fill(second, second + second_at, 0.f);
-        split_even_odd(src, pairs, first + first_at, second + second_at);
-        int64_t f_end = first_at + pairs;
-        if (wcopy % 2 != 0) first[f_end++] = src[wcopy - 1];
-        std::fill(first + f_end, first + E1, 0.f);
-        std::fill(second + second_at + pairs, second + E1, 0.f);
-      }
-      // Row transform in place: rows 0..3 become d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-      for (float** h : {E, O}) {
-        for (int64_t t = 0; t < E1; t += kL) {
-          const vf d0 = ld(h[0] + t), d1 = ld(h[1] + t), d2 = ld(h[2] + t), d3 = ld(h[3] + t);
-          st(h[0] + t, d0 - d2), st(h[1] + t, d1 + d2), st(h[2] + t, d2 - d1), st(h[3] + t, d1 - d3);
-        }
-      }
+      load_tile_rows(s, x + (n * C + c) * s.H * s.W, th, E1, RS, E, O);
       // Column transform into the B operands, tile index j = r * TW + t, in runs that stay in one panel.
-      for (int a = 0; a < 4; ++a) {
-        const float* __restrict e = E[a];
-        const float* __restrict o = O[a];
-        int64_t t = 0;
-        while (t < TW) {
-          const int64_t j = r * TW + t, p = j / NR, jj = j % NR;
-          const int64_t len = std::min(TW - t, NR - jj);
-          float* __restrict v0 = V + ((a * 4 + 0) * P + p) * C * NR + c * NR + jj;
-          float* __restrict v1 = V + ((a * 4 + 1) * P + p) * C * NR + c * NR + jj;
-          float* __restrict v2 = V + ((a * 4 + 2) * P + p) * C * NR + c * NR + jj;
-          float* __restrict v3 = V + ((a * 4 + 3) * P + p) * C * NR + c * NR + jj;
-          int64_t q = 0;
-          column_transform<vf>(e + t, o + t, q, len, v0, v1, v2, v3);
-          column_transform<vf8>(e + t, o + t, q, len, v0, v1, v2, v3);
-          column_transform<vf4>(e + t, o + t, q, len, v0, v1, v2, v3);
-          for (; q < len; ++q) {
-            const float e0 = e[t + q], e1 = e[t + q + 1], o0 = o[t + q], o1 = o[t + q + 1];
-            v0[q] = e0 - e1, v1[q] = o0 + e1, v2[q] = e1 - o0, v3[q] = o0 - o1;
-          }
-          t += len;
-        }
+      for (int64_t t = 0; t < TW;) {
+        const int64_t j = r * TW + t, p = j / NR, jj = j % NR;
+        const int64_t len = std::min(TW - t, NR - jj);
+        float* v[kXi];
+        for (int xi = 0; xi < kXi; ++xi) v[xi] = V + (xi * P + p) * C * NR + c * NR + jj;
+        transform_tiles(E, O, t, len, v);
+        t += len;
       }
     }
   }
@@ -342,6 +355,100 @@ TaskFn task_for_isa() {
   return winograd_task_base;
 }
 
+// The weight gradient's transforms. Forward, tile t's output is A^T m A with m = sum_c U[c] . V[c] (entrywise,
+// 4x4), U = G g G^T, V = B^T d B; so dU[xi][k][c] = sum_t dM[xi][k][t] V[xi][c][t] with dM = A dz A^T (dz: the
+// tile's 2x2 block of gz), and dg = G^T dU G.
+//
+// V of the batch's tile rows [r0, r1) for channel c: V[xi * VX + c * T + t], t the tile's index in the batch.
+DLK_ALWAYS_INLINE void grad_weight_input_rows(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c,
+                                              int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
+  const int64_t E1 = g.TW + 1, RS = row_stride(g);
+  float* E[4];
+  float* O[4];
+  for (int a = 0; a < 4; ++a) E[a] = row + a * 2 * RS, O[a] = row + (a * 2 + 1) * RS;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.TH, th = r % g.TH;
+    load_tile_rows(s, x + (n * s.C + c) * s.H * s.W, th, E1, RS, E, O);
+    float* v[kXi];
+    for (int xi = 0; xi < kXi; ++xi) v[xi] = V + xi * VX + c * T + r * g.TW;
+    transform_tiles(E, O, 0, g.TW, v);
+  }
+}
+
+// dM of the batch's tile rows [r0, r1): dM[xi * MX + t * K + k], the tile's 2x2 block of gz plane (n, k) with
+// zeros outside the output. A dz A^T: rows (z0, z0 + z1, z0 - z1, -z1), then the same along the columns.
+DLK_ALWAYS_INLINE void grad_weight_gz_rows(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0,
+                                           int64_t r1, float* dM, int64_t MX) {
+  const int64_t K = s.K, OH = s.OH, OW = s.OW, TW = g.TW, full = OW / 2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.TH, th = r % g.TH;
+    const bool second_row = 2 * th + 1 < OH;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* z0 = gz + ((n * K + k) * OH + 2 * th) * OW;
+      const float* z1 = z0 + OW;
+      float* d = dM + r * TW * K + k;
+      for (int64_t tw = 0; tw < TW; ++tw, d += K) {
+        const bool second_col = tw < full;
+        const float a0 = z0[2 * tw], a1 = second_col ? z0[2 * tw + 1] : 0.f;
+        const float b0 = second_row ? z1[2 * tw] : 0.f, b1 = second_row && second_col ? z1[2 * tw + 1] : 0.f;
+        const float rows[4][2] = {{a0, a1}, {a0 + b0, a1 + b1}, {a0 - b0, a1 - b1}, {-b0, -b1}};
+        for (int i = 0; i < 4; ++i) {
+          d[(i * 4 + 0) * MX] = rows[i][0];
+          d[(i * 4 + 1) * MX] = rows[i][0] + rows[i][1];
+          d[(i * 4 + 2) * MX] = rows[i][0] - rows[i][1];
+          d[(i * 4 + 3) * MX] = -rows[i][1];
+        }
+      }
+    }
+  }
+}
+
+using GradWeightInputFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, int64_t, int64_t, int64_t,
+                                   float*, int64_t, int64_t, float*);
+using GradWeightGzFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, int64_t, int64_t, float*, int64_t);
+
+#if defined(__x86_64__)
+DLK_TARGET_AVX512 void grad_weight_input_rows_avx512(const ConvShape& s, const WinogradGeom& g, const float* x,
+                                                     int64_t c, int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T,
+                                                     float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+}
+DLK_TARGET_AVX2 void grad_weight_input_rows_avx2(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c,
+                                                 int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+}
+DLK_TARGET_AVX512 void grad_weight_gz_rows_avx512(const ConvShape& s, const WinogradGeom& g, const float* gz,
+                                                  int64_t r0, int64_t r1, float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+}
+DLK_TARGET_AVX2 void grad_weight_gz_rows_avx2(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0,
+                                              int64_t r1, float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+}
+#endif
+void grad_weight_input_rows_base(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c, int64_t r0,
+                                 int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+}
+void grad_weight_gz_rows_base(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0, int64_t r1,
+                              float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+}
+
+std::pair<GradWeightInputFn, GradWeightGzFn> grad_weight_fns_for_isa() {
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512: return {grad_weight_input_rows_avx512, grad_weight_gz_rows_avx512};
+    case Isa::Avx2: return {grad_weight_input_rows_avx2, grad_weight_gz_rows_avx2};
+    case Isa::Base: break;
+  }
+#endif
+  return {grad_weight_input_rows_base, grad_weight_gz_rows_base};
+}
+
+struct NoPost {
+  void operator()(int64_t, int64_t, int, int, float*, int64_t) const {}
+};
 }  // namespace
 
 bool winograd_enabled() {
@@ -376,6 +483,57 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
     for (int64_t t = t0; t < t1; ++t) {
       task(s, g, uk, x, static_cast<const float*>(U.get()), bias, z, relu, t * g.R, std::min(g.R, s.N * g.TH - t * g.R),
            static_cast<float*>(v.get()), m.data(), row.data());
+    }
+  });
+}
+
+void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, float* gw) {
+  const MicroKernel<float>& uk = micro_kernel<float>();
+  const WinogradGeom g = geometry(s, uk);
+  const int64_t rows = s.N * g.TH, T = rows * g.TW;
+  // The 16 operands of V and dM one line more than their size apart (see WinogradGeom::UX).
+  const int64_t VX = s.C * T + 16, MX = T * s.K + 16;
+  Scratch v(2, sizeof(float) * kXi * VX), dm(3, sizeof(float) * kXi * MX);
+  float* V = static_cast<float*>(v.get());
+  float* dM = static_cast<float*>(dm.get());
+  const auto fns = grad_weight_fns_for_isa();
+  const int64_t row_block = std::max<int64_t>(1, 64 / g.TW);
+  const int64_t blocks = (rows + row_block - 1) / row_block;
+  at::parallel_for(0, s.C * blocks, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<float> row(static_cast<size_t>(row_floats(g)));
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p / blocks, r0 = p % blocks * row_block;
+      fns.first(s, g, x, c, r0, std::min(rows, r0 + row_block), V, VX, T, row.data());
+    }
+  });
+  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) { fns.second(s, g, gz, r0, r1, dM, MX); });
+  // dU^T [C, K] = V [C, T] @ dM [T, K], per entry xi.
+  const at::Tensor dut_buffer = empty_output({kXi * s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
+  const float* dut = dut_buffer.const_data_ptr<float>();
+  for (int xi = 0; xi < kXi; ++xi) {
+    StridedGemm<float, NoPost> p{1,  s.C, s.K,          T,   1, V + xi * VX,
+                                 T,  1,   dM + xi * MX, s.K, 1, dut_buffer.mutable_data_ptr<float>() + xi * s.C * s.K,
+                                 s.K};
+    gemm_run<float>(p);
+  }
+  // gw[k, c] = G^T dU G: (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3) along the rows, then the columns.
+  at::parallel_for(0, s.C, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t k = 0; k < s.K; ++k) {
+        float u[4][4], t[4][3];
+        for (int xi = 0; xi < kXi; ++xi) u[xi / 4][xi % 4] = dut[(xi * s.C + c) * s.K + k];
+        for (int a = 0; a < 4; ++a) {
+          t[a][0] = u[a][0] + 0.5f * (u[a][1] + u[a][2]);
+          t[a][1] = 0.5f * (u[a][1] - u[a][2]);
+          t[a][2] = 0.5f * (u[a][1] + u[a][2]) + u[a][3];
+        }
+        float* out = gw + (k * s.C + c) * 9;
+        for (int b = 0; b < 3; ++b) {
+          out[b] = t[0][b] + 0.5f * (t[1][b] + t[2][b]);
+          out[3 + b] = 0.5f * (t[1][b] - t[2][b]);
+          out[6 + b] = 0.5f * (t[1][b] + t[2][b]) + t[3][b];
+        }
+      }
     }
   });
 }

@@ -4,7 +4,8 @@
 // transformed input tile (B^T d B) times those of the transformed filter (G g G^T), summed over the input
 // channels, are 16 independent GEMMs [K x C] @ [C x tiles] on the GEMM micro-kernel (gemm.h), and the output
 // transform (A^T m A) gives the tile's 4 pixels. 2.25 times fewer multiply-adds than the direct (im2col)
-// GEMM; the transforms are additions, shared across all output (input) channels.
+// GEMM; the transforms are additions, shared across all output (input) channels. The backward's grad_x is the
+// forward of the flipped filter; its grad_w (winograd_grad_weight) is the same products turned around.
 //
 // Rounding: the transforms reorder the sum of the 9 taps and scale by halves, so results differ from the
 // direct convolution's in the last bits (float accumulation over C, like any other order); deterministic:
@@ -29,6 +30,18 @@ bool conv2d_winograd_applies(const ConvShape& s);
 
 // z [N, K, OH, OW] = conv(x, w) + bias (relu applied if asked); bias may be null; NCHW-contiguous buffers.
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu);
+
+// gw [K, C, 3, 3] = the weight gradient of a convolution that conv2d_winograd_applies to, from gz [N, K, OH, OW] and
+// x [N, C, H, W] (NCHW-contiguous): the transformed input tiles and the transformed gz tiles of the whole batch,
+// then per entry of the 4x4 tile one GEMM [C x tiles] @ [tiles x K], then G^T dU G. 2.25 times fewer
+// multiply-adds than the implicit GEMM (as the forward); deterministic.
+void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, float* gw);
+
+// Whether conv2d's backward takes winograd_grad_weight for grad_w: float, where the forward takes Winograd.
+template <typename T>
+bool winograd_grad_weight_applies(const ConvShape& s) {
+  return std::is_same_v<T, float> && conv2d_winograd_applies(s);
+}
 
 // winograd_forward where conv2d_winograd_applies and T is float; false, and nothing done, otherwise.
 template <typename T>
