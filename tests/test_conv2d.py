@@ -236,6 +236,8 @@ MODEL_CASES = [
     # Tasks whose tile rows run on from one image into the next, starting inside an image (5 x 4 tiles per
     # image, 19 tile rows per task).
     pytest.param(((12, 80, 7, 9), (72, 3, 3), 1, 1, 1, 1), id="winograd-images"),
+    # grad_w in chunks of the batch's tile rows (42 rows of 64 tiles each here; chunks end inside an image).
+    pytest.param(((2, 24, 130, 128), (24, 3, 3), 1, 1, 1, 1), id="winograd-chunks"),
     pytest.param(((6, 40, 1, 1), (10, 1, 1), 1, 0, 1, 1), id="1x1-images"),  # squeeze-and-excitation
     pytest.param(((3, 10, 1, 1), (33, 1, 1), 2, 0, 3, 1), id="1x1-images-s2"),
     # Batches of small planes with 1 MiB of weights or more, which the CPU's GEMM takes as one product over

@@ -359,9 +359,11 @@ TaskFn task_for_isa() {
 // 4x4), U = G g G^T, V = B^T d B; so dU[xi][k][c] = sum_t dM[xi][k][t] V[xi][c][t] with dM = A dz A^T (dz: the
 // tile's 2x2 block of gz), and dg = G^T dU G.
 //
-// V of the batch's tile rows [r0, r1) for channel c: V[xi * VX + c * T + t], t the tile's index in the batch.
+// V of the batch's tile rows [r0, r1) for channel c: V[xi * VX + c * T + t], t the tile's index from tile row
+// `base` on.
 DLK_ALWAYS_INLINE void grad_weight_input_rows(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c,
-                                              int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
+                                              int64_t r0, int64_t r1, int64_t base, float* V, int64_t VX, int64_t T,
+                                              float* row) {
   const int64_t E1 = g.TW + 1, RS = row_stride(g);
   float* E[4];
   float* O[4];
@@ -370,15 +372,16 @@ DLK_ALWAYS_INLINE void grad_weight_input_rows(const ConvShape& s, const Winograd
     const int64_t n = r / g.TH, th = r % g.TH;
     load_tile_rows(s, x + (n * s.C + c) * s.H * s.W, th, E1, RS, E, O);
     float* v[kXi];
-    for (int xi = 0; xi < kXi; ++xi) v[xi] = V + xi * VX + c * T + r * g.TW;
+    for (int xi = 0; xi < kXi; ++xi) v[xi] = V + xi * VX + c * T + (r - base) * g.TW;
     transform_tiles(E, O, 0, g.TW, v);
   }
 }
 
-// dM of the batch's tile rows [r0, r1): dM[xi * MX + t * K + k], the tile's 2x2 block of gz plane (n, k) with
-// zeros outside the output. A dz A^T: rows (z0, z0 + z1, z0 - z1, -z1), then the same along the columns.
+// dM of the batch's tile rows [r0, r1): dM[xi * MX + t * K + k] (t from tile row `base` on), the tile's 2x2 block of gz
+// plane (n, k) with zeros outside the output. A dz A^T: rows (z0, z0 + z1, z0 - z1, -z1), then the same along the
+// columns.
 DLK_ALWAYS_INLINE void grad_weight_gz_rows(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0,
-                                           int64_t r1, float* dM, int64_t MX) {
+                                           int64_t r1, int64_t base, float* dM, int64_t MX) {
   const int64_t K = s.K, OH = s.OH, OW = s.OW, TW = g.TW, full = OW / 2;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t n = r / g.TH, th = r % g.TH;
@@ -386,7 +389,7 @@ DLK_ALWAYS_INLINE void grad_weight_gz_rows(const ConvShape& s, const WinogradGeo
     for (int64_t k = 0; k < K; ++k) {
       const float* z0 = gz + ((n * K + k) * OH + 2 * th) * OW;
       const float* z1 = z0 + OW;
-      float* d = dM + r * TW * K + k;
+      float* d = dM + (r - base) * TW * K + k;
       for (int64_t tw = 0; tw < TW; ++tw, d += K) {
         const bool second_col = tw < full;
         const float a0 = z0[2 * tw], a1 = second_col ? z0[2 * tw + 1] : 0.f;
@@ -404,35 +407,37 @@ DLK_ALWAYS_INLINE void grad_weight_gz_rows(const ConvShape& s, const WinogradGeo
 }
 
 using GradWeightInputFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, int64_t, int64_t, int64_t,
-                                   float*, int64_t, int64_t, float*);
-using GradWeightGzFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, int64_t, int64_t, float*, int64_t);
+                                   int64_t, float*, int64_t, int64_t, float*);
+using GradWeightGzFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, int64_t, int64_t, int64_t, float*,
+                                int64_t);
 
 #if defined(__x86_64__)
 DLK_TARGET_AVX512 void grad_weight_input_rows_avx512(const ConvShape& s, const WinogradGeom& g, const float* x,
-                                                     int64_t c, int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T,
-                                                     float* row) {
-  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+                                                     int64_t c, int64_t r0, int64_t r1, int64_t base, float* V,
+                                                     int64_t VX, int64_t T, float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, base, V, VX, T, row);
 }
 DLK_TARGET_AVX2 void grad_weight_input_rows_avx2(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c,
-                                                 int64_t r0, int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
-  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+                                                 int64_t r0, int64_t r1, int64_t base, float* V, int64_t VX, int64_t T,
+                                                 float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, base, V, VX, T, row);
 }
 DLK_TARGET_AVX512 void grad_weight_gz_rows_avx512(const ConvShape& s, const WinogradGeom& g, const float* gz,
-                                                  int64_t r0, int64_t r1, float* dM, int64_t MX) {
-  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+                                                  int64_t r0, int64_t r1, int64_t base, float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, base, dM, MX);
 }
 DLK_TARGET_AVX2 void grad_weight_gz_rows_avx2(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0,
-                                              int64_t r1, float* dM, int64_t MX) {
-  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+                                              int64_t r1, int64_t base, float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, base, dM, MX);
 }
 #endif
 void grad_weight_input_rows_base(const ConvShape& s, const WinogradGeom& g, const float* x, int64_t c, int64_t r0,
-                                 int64_t r1, float* V, int64_t VX, int64_t T, float* row) {
-  grad_weight_input_rows(s, g, x, c, r0, r1, V, VX, T, row);
+                                 int64_t r1, int64_t base, float* V, int64_t VX, int64_t T, float* row) {
+  grad_weight_input_rows(s, g, x, c, r0, r1, base, V, VX, T, row);
 }
 void grad_weight_gz_rows_base(const ConvShape& s, const WinogradGeom& g, const float* gz, int64_t r0, int64_t r1,
-                              float* dM, int64_t MX) {
-  grad_weight_gz_rows(s, g, gz, r0, r1, dM, MX);
+                              int64_t base, float* dM, int64_t MX) {
+  grad_weight_gz_rows(s, g, gz, r0, r1, base, dM, MX);
 }
 
 std::pair<GradWeightInputFn, GradWeightGzFn> grad_weight_fns_for_isa() {
@@ -446,9 +451,8 @@ std::pair<GradWeightInputFn, GradWeightGzFn> grad_weight_fns_for_isa() {
   return {grad_weight_input_rows_base, grad_weight_gz_rows_base};
 }
 
-struct NoPost {
-  void operator()(int64_t, int64_t, int, int, float*, int64_t) const {}
-};
+// V and dM of the weight gradient's chunks at most this large together (see winograd_grad_weight).
+constexpr int64_t kGradWeightChunkBytes = int64_t(8) << 20;
 }  // namespace
 
 bool winograd_enabled() {
@@ -490,31 +494,49 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
 void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, float* gw) {
   const MicroKernel<float>& uk = micro_kernel<float>();
   const WinogradGeom g = geometry(s, uk);
-  const int64_t rows = s.N * g.TH, T = rows * g.TW;
+  const int64_t rows = s.N * g.TH;
+  // The batch in chunks of tile rows whose V and dM take at most kGradWeightChunkBytes: V and dM of a large
+  // batch would take 16 times the input and gz (a 64-channel 224x224 batch of 8: 800 MB); dU sums the chunks'
+  // products in chunk order (deterministic).
+  const int64_t chunk_rows =
+      std::clamp<int64_t>(kGradWeightChunkBytes / (int64_t(sizeof(float)) * kXi * g.TW * (s.C + s.K)), 1, rows);
+  const int64_t T = chunk_rows * g.TW;
   // The 16 operands of V and dM one line more than their size apart (see WinogradGeom::UX).
   const int64_t VX = s.C * T + 16, MX = T * s.K + 16;
   Scratch v(2, sizeof(float) * kXi * VX), dm(3, sizeof(float) * kXi * MX);
   float* V = static_cast<float*>(v.get());
   float* dM = static_cast<float*>(dm.get());
+  const at::Tensor dut_buffer = empty_output({kXi * s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
+  float* dut = dut_buffer.mutable_data_ptr<float>();
+  at::Tensor part;  // a later chunk's products, added into dut tile by tile
   const auto fns = grad_weight_fns_for_isa();
   const int64_t row_block = std::max<int64_t>(1, 64 / g.TW);
-  const int64_t blocks = (rows + row_block - 1) / row_block;
-  at::parallel_for(0, s.C * blocks, 1, [&](int64_t p0, int64_t p1) {
-    std::vector<float> row(static_cast<size_t>(row_floats(g)));
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t c = p / blocks, r0 = p % blocks * row_block;
-      fns.first(s, g, x, c, r0, std::min(rows, r0 + row_block), V, VX, T, row.data());
+  for (int64_t base = 0; base < rows; base += chunk_rows) {
+    const int64_t end = std::min(rows, base + chunk_rows), tiles = (end - base) * g.TW;
+    const int64_t blocks = (end - base + row_block - 1) / row_block;
+    at::parallel_for(0, s.C * blocks, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<float> row(static_cast<size_t>(row_floats(g)));
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p / blocks, r0 = base + p % blocks * row_block;
+        fns.first(s, g, x, c, r0, std::min(end, r0 + row_block), base, V, VX, T, row.data());
+      }
+    });
+    at::parallel_for(base, end, 1, [&](int64_t r0, int64_t r1) { fns.second(s, g, gz, r0, r1, base, dM, MX); });
+    // dU^T [C, K] = V [C, tiles] @ dM [tiles, K], per entry xi.
+    if (base > 0 && !part.defined()) part = empty_output({s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
+    for (int xi = 0; xi < kXi; ++xi) {
+      float* sum = dut + xi * s.C * s.K;
+      const auto add = [sum, K = s.K](int64_t i0, int64_t j0, int m, int n, float* c, int64_t ldc) {
+        for (int i = 0; i < m; ++i) {
+          for (int j = 0; j < n; ++j) sum[(i0 + i) * K + j0 + j] += c[i * ldc + j];
+        }
+      };
+      StridedGemm<float, decltype(add)> p{
+          1,   s.C,     s.K,          tiles,    1,  V + xi * VX,
+          T,   1,       dM + xi * MX, s.K,      1,  base > 0 ? part.mutable_data_ptr<float>() : sum,
+          s.K, nullptr, false,        base > 0, add};
+      gemm_run<float>(p);
     }
-  });
-  at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) { fns.second(s, g, gz, r0, r1, dM, MX); });
-  // dU^T [C, K] = V [C, T] @ dM [T, K], per entry xi.
-  const at::Tensor dut_buffer = empty_output({kXi * s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
-  const float* dut = dut_buffer.const_data_ptr<float>();
-  for (int xi = 0; xi < kXi; ++xi) {
-    StridedGemm<float, NoPost> p{1,  s.C, s.K,          T,   1, V + xi * VX,
-                                 T,  1,   dM + xi * MX, s.K, 1, dut_buffer.mutable_data_ptr<float>() + xi * s.C * s.K,
-                                 s.K};
-    gemm_run<float>(p);
   }
   // gw[k, c] = G^T dU G: (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3) along the rows, then the columns.
   at::parallel_for(0, s.C, 1, [&](int64_t c0, int64_t c1) {
