@@ -510,7 +510,7 @@ void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, f
   float* dut = dut_buffer.mutable_data_ptr<float>();
   at::Tensor part;  // a later chunk's products, added into dut tile by tile
   const auto fns = grad_weight_fns_for_isa();
-  const int64_t row_block = std::max<int64_t>(1, 64 / g.TW);
+  const int64_t row_block = std::max<int64_t>(1, 64 / g.TW);  // input-transform work items of about 64 tiles
   for (int64_t base = 0; base < rows; base += chunk_rows) {
     const int64_t end = std::min(rows, base + chunk_rows), tiles = (end - base) * g.TW;
     const int64_t blocks = (end - base + row_block - 1) / row_block;
