@@ -234,7 +234,7 @@ MODEL_CASES = [
     pytest.param(((2, 20, 27, 29), (24, 3, 3), 1, 2, 1, 1), id="winograd-pad2"),
     pytest.param(((1, 64, 46, 46), (20, 3, 3), 1, 1, 1, 1), id="winograd-blocks"),
     # Tasks whose tile rows run on from one image into the next, starting inside an image (5 x 4 tiles per
-    # image, 19 tile rows per task).
+    # image; with AVX-512's 32-tile panels, 19 tile rows per task).
     pytest.param(((12, 80, 7, 9), (72, 3, 3), 1, 1, 1, 1), id="winograd-images"),
     # grad_w in chunks of the batch's tile rows (42 rows of 64 tiles each here; chunks end inside an image).
     pytest.param(((2, 24, 130, 128), (24, 3, 3), 1, 1, 1, 1), id="winograd-chunks"),

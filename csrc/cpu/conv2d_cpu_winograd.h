@@ -32,8 +32,8 @@ bool conv2d_winograd_applies(const ConvShape& s);
 void winograd_forward(const ConvShape& s, const float* x, const float* w, const float* bias, float* z, bool relu);
 
 // gw [K, C, 3, 3] = the weight gradient of a convolution that conv2d_winograd_applies to, from gz [N, K, OH, OW] and
-// x [N, C, H, W] (NCHW-contiguous): the transformed input tiles and the transformed gz tiles of the whole batch,
-// then per entry of the 4x4 tile one GEMM [C x tiles] @ [tiles x K], then G^T dU G. 2.25 times fewer
+// x [N, C, H, W] (NCHW-contiguous): the transformed input tiles and the transformed gz tiles of the batch (in
+// chunks of tile rows), per entry of the 4x4 tile one GEMM [C x tiles] @ [tiles x K], then G^T dU G. 2.25 times fewer
 // multiply-adds than the implicit GEMM (as the forward); deterministic.
 void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, float* gw);
 
