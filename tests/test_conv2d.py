@@ -331,6 +331,9 @@ SMALL_CASES = [
     pytest.param(((2, 16, 9, 11), (3, 3, 3), (2, 1), 1, 1, 1), id="row-stride"),
     pytest.param(((1, 16, 6, 40), (14, 3, 3), 1, 1, 1, 1), id="16to14-wide"),
     pytest.param(((2, 12, 8, 7), (2, 3, 3), 1, 1, 1, 1), id="two-outputs"),
+    # One output channel (and grad_x of one input channel, the same kernel), stride 1 and 2.
+    pytest.param(((2, 12, 8, 9), (1, 3, 3), 1, 1, 1, 1), id="one-output"),
+    pytest.param(((1, 5, 11, 13), (1, 5, 5), 2, 2, 1, 1), id="one-output-s2"),
     pytest.param(((2, 8, 7, 9), (32, 3, 3), 1, 1, 1, 1), id="8to32"),
     pytest.param(((1, 40, 6, 19), (12, 2, 2), 1, 0, 1, 1), id="40to12-2x2"),
     pytest.param(((2, 3, 17, 19), (16, 3, 3), 2, 1, 1, 1), id="stem3x3s2"),

@@ -34,14 +34,14 @@ inline ConvShape small_kernel_shape(const ConvShape& s) {
   return k;
 }
 
-// Shapes the direct kernels take: where they measured faster than the implicit GEMM, forward and backward
-// (up to 16 outputs from up to 64 inputs, or 32 from up to 16; at 32 x 32 the two are even, beyond it the
-// GEMM's register tile is full and its packing is spread over enough multiply-adds). 1x1 kernels are a
-// plain GEMM without packing, and with one output channel half of the smallest register tile would be
-// padding. Strides along W run as small_kernel_shape's phases where the kernel is at least as wide as the
-// stride (narrower kernels would skip columns: mostly zero taps).
+// Shapes the direct kernels take: where they measured faster than the implicit GEMM, forward and backward (up to 16
+// outputs from up to 64 inputs, or 32 from up to 16; at 32 x 32 the two are even, beyond it the GEMM's register tile is
+// full and its packing is spread over enough multiply-adds). 1x1 kernels are a plain GEMM without packing. One output
+// channel too (a grad_x of one input channel is such a convolution): the GEMM pads it to a whole row panel and packs
+// every input element for one multiply-add. Strides along W run as small_kernel_shape's phases where the kernel is at
+// least as wide as the stride (narrower kernels would skip columns: mostly zero taps).
 inline bool conv2d_is_small(const ConvShape& s) {
-  if (s.groups != 1 || s.KH * s.KW == 1 || s.K < 2) return false;
+  if (s.groups != 1 || s.KH * s.KW == 1) return false;
   if (s.sw > 1 && (s.dw != 1 || s.KW < s.sw)) return false;
   const ConvShape k = small_kernel_shape(s);
   return (k.K <= 16 && k.C <= 64) || (k.K <= 32 && k.C <= 16);
