@@ -215,6 +215,9 @@ MODEL_CASES = [
     # ones; the last row and column get a zero grad_x), with a rectangular kernel
     pytest.param(((2, 20, 9, 11), (24, 2, 3), (2, 3), 0, 1, 1), id="patchify2x3-crop"),
     pytest.param(((1, 4, 9, 8), (4, 3, 3), 3, 1, 1, 1), id="3x3s3"),
+    # Patchify kernels too wide for the few-channel kernel: the GEMM packs them from the phases of x.
+    pytest.param(((2, 8, 12, 14), (40, 2, 2), 2, 0, 1, 1), id="patchify2x2-phases"),
+    pytest.param(((1, 3, 16, 21), (40, 4, 4), 4, 0, 1, 1), id="patchify4x4-phases"),
     # Strided convolutions too wide for the few-channel kernel: the GEMM packs them from the phases of x (the
     # rows and columns of each tap's phase that fall outside it are zeros).
     pytest.param(((2, 16, 13, 15), (40, 3, 3), 2, 1, 1, 1), id="3x3s2-phases"),

@@ -1,6 +1,6 @@
 // The x86 im2col packers of the conv2d forward GEMM (AVX-512 and AVX2 masked loads and stores); conv2d_cpu.cpp
 // calls them for float and stride 1 along W, panel by panel (the fused conv + max-pool's GEMM), on CPUs that
-// have them.
+// have them; and the column-block packer of conv2d_cpu_im2col.h built for each of them.
 #include "cpu/conv2d_cpu_x86.h"
 
 #include <algorithm>
@@ -8,6 +8,8 @@
 #include <vector>
 
 #include <c10/util/Exception.h>
+
+#include "cpu/conv2d_cpu_im2col.h"
 
 #if defined(__x86_64__)
 namespace dlkernels {
@@ -112,6 +114,20 @@ DLK_PACK_IM2COL_S1(conv2d_pack_im2col_f32_s1_avx2, DLK_TARGET_AVX2, int64_t(8), 
 #undef DLK_LOAD256
 #undef DLK_STORE256
 #undef DLK_PACK_IM2COL_S1
+
+// The column-block packer, compiled for the target (its copies inlined: flatten).
+#define DLK_PACK_IM2COL_BLOCK(NAME, TARGET)                                                                            \
+  TARGET bool NAME(const float* planes, int64_t image, const int64_t* tab, int64_t row_step, int64_t Hx, int64_t Wx,   \
+                   int64_t OW, int64_t P, int64_t j0, int64_t n, int64_t k0, int64_t kc, float* dst, int NR) {         \
+    switch (NR) {                                                                                                      \
+      case 16: return pack_im2col_block<16>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;    \
+      case 32: return pack_im2col_block<32>(planes, image, tab, row_step, Hx, Wx, OW, P, j0, n, k0, kc, dst), true;    \
+      default: return false;                                                                                           \
+    }                                                                                                                  \
+  }
+DLK_PACK_IM2COL_BLOCK(conv2d_pack_im2col_block_f32_avx512, DLK_TARGET_AVX512)
+DLK_PACK_IM2COL_BLOCK(conv2d_pack_im2col_block_f32_avx2, DLK_TARGET_AVX2)
+#undef DLK_PACK_IM2COL_BLOCK
 
 }  // namespace cpu
 }  // namespace dlkernels

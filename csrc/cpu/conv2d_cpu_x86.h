@@ -21,6 +21,19 @@ DLK_TARGET_AVX512 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx512(const ConvS
                                                                      int NR);
 DLK_TARGET_AVX2 DLK_INTERNAL void conv2d_pack_im2col_f32_s1_avx2(const ConvShape& s, const float* xg, int64_t j0,
                                                                  int nr, int64_t k0, int64_t kc, float* dst, int NR);
+// pack_im2col_block (conv2d_cpu_im2col.h) for float compiled for AVX-512 or AVX2: the B panels of columns [j0,
+// j0 + n) of one image-group's im2col matrix (or the images side by side), rows [k0, k0 + kc). False, and nothing
+// done, for a panel width NR other than 16 and 32.
+DLK_TARGET_AVX512 DLK_INTERNAL bool conv2d_pack_im2col_block_f32_avx512(const float* planes, int64_t image,
+                                                                        const int64_t* tab, int64_t row_step,
+                                                                        int64_t Hx, int64_t Wx, int64_t OW, int64_t P,
+                                                                        int64_t j0, int64_t n, int64_t k0, int64_t kc,
+                                                                        float* dst, int NR);
+DLK_TARGET_AVX2 DLK_INTERNAL bool conv2d_pack_im2col_block_f32_avx2(const float* planes, int64_t image,
+                                                                    const int64_t* tab, int64_t row_step, int64_t Hx,
+                                                                    int64_t Wx, int64_t OW, int64_t P, int64_t j0,
+                                                                    int64_t n, int64_t k0, int64_t kc, float* dst,
+                                                                    int NR);
 #endif
 
 }  // namespace cpu
