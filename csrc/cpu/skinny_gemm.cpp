@@ -43,9 +43,9 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
           const float* a = A + i0 * a_sm;
           float* c = C + i0 * ldc;
           if (j + 4 <= N) {
-            k->dot4[mr - 1](K, a, a_sm, B, b_sn, c, ldc, j);
+            k->dot4[mr - 1](K, a, a_sm, B, b_sn, c, ldc, j, 1, 0, 0);
           } else {
-            for (int64_t jj = j; jj < N; ++jj) k->dot1[mr - 1](K, a, a_sm, B, b_sn, c, ldc, jj);
+            for (int64_t jj = j; jj < N; ++jj) k->dot1[mr - 1](K, a, a_sm, B, b_sn, c, ldc, jj, 1, 0, 0);
           }
         }
       }
@@ -88,6 +88,32 @@ bool skinny_gemm_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_
 #endif
   (void)M, (void)N, (void)K, (void)A, (void)a_sm, (void)a_sk, (void)B, (void)b_sk, (void)b_sn, (void)C, (void)ldc;
   return false;
+}
+
+bool dot_rows_f32(int64_t M, int64_t N, int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn, float* C,
+                  int64_t ldc, int64_t batch, int64_t a_sb, int64_t b_sb) {
+#if defined(__x86_64__)
+  const SkinnyKernels* k = skinny_kernels();
+  if (k == nullptr) return false;
+  const int64_t blocks = (M + kMaxSkinny - 1) / kMaxSkinny;
+  const int64_t macs = std::max<int64_t>(1, batch * K * kMaxSkinny * N);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kTaskMacs / macs), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * kMaxSkinny;
+      const int mr = static_cast<int>(std::min<int64_t>(kMaxSkinny, M - i0));
+      const float* a = A + i0 * a_sm;
+      float* c = C + i0 * ldc;
+      int64_t j = 0;
+      for (; j + 4 <= N; j += 4) k->dot4[mr - 1](K, a, a_sm, B, b_sn, c, ldc, j, batch, a_sb, b_sb);
+      for (; j < N; ++j) k->dot1[mr - 1](K, a, a_sm, B, b_sn, c, ldc, j, batch, a_sb, b_sb);
+    }
+  });
+  return true;
+#else
+  (void)M, (void)N, (void)K, (void)A, (void)a_sm, (void)B, (void)b_sn, (void)C, (void)ldc, (void)batch, (void)a_sb,
+      (void)b_sb;
+  return false;
+#endif
 }
 
 }  // namespace cpu

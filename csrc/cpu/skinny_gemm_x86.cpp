@@ -10,22 +10,27 @@ namespace dlkernels {
 namespace cpu {
 namespace {
 
-// Dot form: C[i, j] = sum_k A[i * a_sm + k] * B[j * b_sn + k] for i < MR, j in [j, j + NJ): MR x NJ dot
-// products side by side, 16 k at a time, the last partial vector masked.
+// Dot form: C[i, j] = sum_e sum_k A[e * a_sb + i * a_sm + k] * B[e * b_sb + j * b_sn + k] for i < MR, j in [j,
+// j + NJ): MR x NJ dot products side by side over `batch` pairs of matrices (e), 16 k at a time, the last partial
+// vector masked; one sum per element at the end.
 template <int MR, int NJ>
 DLK_TARGET_AVX512 void dot_tile_avx512(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn, float* C,
-                                       int64_t ldc, int64_t j) {
+                                       int64_t ldc, int64_t j, int64_t batch, int64_t a_sb, int64_t b_sb) {
   __m512 acc[MR][NJ];
   for (int r = 0; r < MR; ++r) {
     for (int c = 0; c < NJ; ++c) acc[r][c] = _mm512_setzero_ps();
   }
-  for (int64_t k = 0; k < K; k += 16) {
-    const __mmask16 mask = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
-    __m512 a[MR];
-    for (int r = 0; r < MR; ++r) a[r] = _mm512_maskz_loadu_ps(mask, A + r * a_sm + k);
-    for (int c = 0; c < NJ; ++c) {
-      const __m512 b = _mm512_maskz_loadu_ps(mask, B + (j + c) * b_sn + k);
-      for (int r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(a[r], b, acc[r][c]);
+  for (int64_t e = 0; e < batch; ++e) {
+    const float* Ae = A + e * a_sb;
+    const float* Be = B + e * b_sb;
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 mask = K - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - k)) - 1);
+      __m512 a[MR];
+      for (int r = 0; r < MR; ++r) a[r] = _mm512_maskz_loadu_ps(mask, Ae + r * a_sm + k);
+      for (int c = 0; c < NJ; ++c) {
+        const __m512 b = _mm512_maskz_loadu_ps(mask, Be + (j + c) * b_sn + k);
+        for (int r = 0; r < MR; ++r) acc[r][c] = _mm512_fmadd_ps(a[r], b, acc[r][c]);
+      }
     }
   }
   for (int r = 0; r < MR; ++r) {
@@ -33,21 +38,25 @@ DLK_TARGET_AVX512 void dot_tile_avx512(int64_t K, const float* A, int64_t a_sm, 
   }
 }
 
-// 8 k at a time; the k past the last multiple of 8 are added after the vector sum.
+// 8 k at a time; the k past the last multiple of 8 (of every pair) are added after the vector sum.
 template <int MR, int NJ>
 DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, const float* B, int64_t b_sn, float* C,
-                                   int64_t ldc, int64_t j) {
+                                   int64_t ldc, int64_t j, int64_t batch, int64_t a_sb, int64_t b_sb) {
   __m256 acc[MR][NJ];
   for (int r = 0; r < MR; ++r) {
     for (int c = 0; c < NJ; ++c) acc[r][c] = _mm256_setzero_ps();
   }
   const int64_t kv = K / 8 * 8;
-  for (int64_t k = 0; k < kv; k += 8) {
-    __m256 a[MR];
-    for (int r = 0; r < MR; ++r) a[r] = _mm256_loadu_ps(A + r * a_sm + k);
-    for (int c = 0; c < NJ; ++c) {
-      const __m256 b = _mm256_loadu_ps(B + (j + c) * b_sn + k);
-      for (int r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(a[r], b, acc[r][c]);
+  for (int64_t e = 0; e < batch; ++e) {
+    const float* Ae = A + e * a_sb;
+    const float* Be = B + e * b_sb;
+    for (int64_t k = 0; k < kv; k += 8) {
+      __m256 a[MR];
+      for (int r = 0; r < MR; ++r) a[r] = _mm256_loadu_ps(Ae + r * a_sm + k);
+      for (int c = 0; c < NJ; ++c) {
+        const __m256 b = _mm256_loadu_ps(Be + (j + c) * b_sn + k);
+        for (int r = 0; r < MR; ++r) acc[r][c] = _mm256_fmadd_ps(a[r], b, acc[r][c]);
+      }
     }
   }
   for (int r = 0; r < MR; ++r) {
@@ -55,7 +64,9 @@ DLK_TARGET_AVX2 void dot_tile_avx2(int64_t K, const float* A, int64_t a_sm, cons
       const __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r][c]), _mm256_extractf128_ps(acc[r][c], 1));
       const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
       float s = _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
-      for (int64_t k = kv; k < K; ++k) s += A[r * a_sm + k] * B[(j + c) * b_sn + k];
+      for (int64_t e = 0; e < batch; ++e) {
+        for (int64_t k = kv; k < K; ++k) s += A[e * a_sb + r * a_sm + k] * B[e * b_sb + (j + c) * b_sn + k];
+      }
       C[r * ldc + j + c] = s;
     }
   }

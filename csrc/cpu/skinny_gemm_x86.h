@@ -12,14 +12,16 @@ namespace cpu {
 constexpr int kMaxSkinny = 4;  // rows of C, or inner dimension, that count as skinny
 
 #if defined(__x86_64__)
-// Dot form (dot4: 4 columns of C at a time, dot1: one): C[i, j] = sum_k A[i * a_sm + k] * B[j * b_sn + k] for
-// the MR rows and the columns from j, called as dot(K, A, a_sm, B, b_sn, C, ldc, j).
+// Dot form (dot4: 4 columns of C at a time, dot1: one): C[i, j] = sum_e sum_k A[e * a_sb + i * a_sm + k] *
+// B[e * b_sb + j * b_sn + k] for the MR rows and the columns from j, e < batch, called as dot(K, A, a_sm, B, b_sn,
+// C, ldc, j, batch, a_sb, b_sb).
 // Axpy form: C[i, j] = sum_k A[i * a_sm + k * a_sk] * B[k * b_sk + j] for the MR rows and the columns [j, n)
 // in strips of at most `strip` columns, added to C when `load`, called as axpy(K, A, a_sm, a_sk, B, b_sk, C, ldc,
 // j, n, load).
 // The kernels of one ISA, by MR - 1 (and NJ 4 or 1 for the dot form).
 struct SkinnyKernels {
-  using Dot = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t);
+  using Dot = void (*)(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, int64_t,
+                       int64_t, int64_t);
   using Axpy = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*, int64_t, int64_t,
                         int64_t, bool);
   Dot dot4[kMaxSkinny], dot1[kMaxSkinny];
