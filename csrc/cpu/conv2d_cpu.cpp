@@ -843,8 +843,9 @@ bool pointwise_grad_weight_by_dots_applies(const ConvShape& s) {
 void pointwise_grad_weight_by_dots(const ConvShape& s, const float* gz, const float* x, float* gw) {
   const int64_t P = s.H * s.W;
   for (int64_t g = 0; g < s.groups; ++g) {
-    dot_rows_f32(s.Kg, s.Cg, P, gz + g * s.Kg * P, P, x + g * s.Cg * P, P, gw + g * s.Kg * s.Cg, s.Cg, s.N, s.K * P,
-                 s.C * P);
+    // The rule above holds only where dot_rows_f32 has kernels; a false here would leave gw unwritten.
+    TORCH_INTERNAL_ASSERT(dot_rows_f32(s.Kg, s.Cg, P, gz + g * s.Kg * P, P, x + g * s.Cg * P, P, gw + g * s.Kg * s.Cg,
+                                       s.Cg, s.N, s.K * P, s.C * P));
   }
 }
 
