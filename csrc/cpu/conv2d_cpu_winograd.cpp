@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/conv2d_cpu_im2col.h"
 #include "cpu/gemm.h"
 #include "cpu/memory.h"
 #include "cpu/simd.h"
@@ -69,41 +70,6 @@ WinogradGeom geometry(const ConvShape& s, const MicroKernel<float>& uk) {
   return g;
 }
 
-// U: for xi (UX floats apart), for output-channel panel kp, the panel [C][MR] (k-major for the micro-kernel, zero rows
-// past K). Panel by panel, input channel by input channel: the 16 panels of kp are written in order (MR floats each per
-// c), where filter by filter would write 16 floats 16 panels apart, each in another page.
-void transform_filter(const ConvShape& s, const WinogradGeom& g, const float* w, float* U) {
-  const int64_t panel = s.C * g.MR;
-  at::parallel_for(0, g.KP, 1, [&](int64_t kp0, int64_t kp1) {
-    for (int64_t kp = kp0; kp < kp1; ++kp) {
-      const int m = static_cast<int>(std::min<int64_t>(g.MR, s.K - kp * g.MR));
-      for (int64_t c = 0; c < s.C; ++c) {
-        float* dst[kXi];
-        for (int xi = 0; xi < kXi; ++xi) {
-          dst[xi] = U + xi * g.UX + kp * panel + c * g.MR;
-          std::fill(dst[xi] + m, dst[xi] + g.MR, 0.f);
-        }
-        for (int i = 0; i < m; ++i) {
-          const float* f = w + ((kp * g.MR + i) * s.C + c) * 9;
-          float gg[4][3];  // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
-          for (int b = 0; b < 3; ++b) {
-            gg[0][b] = f[b];
-            gg[1][b] = 0.5f * (f[b] + f[3 + b] + f[6 + b]);
-            gg[2][b] = 0.5f * (f[b] - f[3 + b] + f[6 + b]);
-            gg[3][b] = f[6 + b];
-          }
-          for (int a = 0; a < 4; ++a) {  // (G g) G^T: the same along the columns
-            dst[a * 4 + 0][i] = gg[a][0];
-            dst[a * 4 + 1][i] = 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]);
-            dst[a * 4 + 2][i] = 0.5f * (gg[a][0] - gg[a][1] + gg[a][2]);
-            dst[a * 4 + 3][i] = gg[a][2];
-          }
-        }
-      }
-    }
-  });
-}
-
 // 16 floats as one GCC vector: one AVX-512 register, two AVX2 ones, or four SSE ones, depending on the target
 // the calling function is compiled for.
 typedef float vf __attribute__((vector_size(64), aligned(4)));
@@ -123,6 +89,90 @@ DLK_ALWAYS_INLINE V ldv(const float* p) {
 template <typename V>
 DLK_ALWAYS_INLINE void stv(float* p, V v) {
   std::memcpy(p, &v, sizeof(V));
+}
+
+// U: for xi (UX floats apart), for output-channel panel kp, the panel [C][MR] (k-major for the micro-kernel, zero rows
+// past K). The filters of 8 rows of a panel (output channels, C * 9 contiguous floats each) are first transposed, a
+// block of channels at a time, to [c][tap][8 rows] (8 x 8 register transposes), so that the transform then runs on
+// 8-float vectors, one lane per row, and writes each panel's row of MR floats for (xi, c) whole. Filter by filter in
+// scalars, the transform cost a large part of the products on small planes (a 7x7 plane has few tiles per filter).
+// transform_filter_panels does the panels [kp0, kp1); it is compiled for each ISA so that a vector is one register.
+constexpr int64_t kChannelBlock = 64;  // channels per transposed block: 64 x 9 x 8 floats (18 KiB)
+DLK_ALWAYS_INLINE void transform_filter_panels(const ConvShape& s, const WinogradGeom& g, const float* w, float* U,
+                                               int64_t kp0, int64_t kp1) {
+  const int64_t panel = s.C * g.MR;
+  alignas(64) float t[kChannelBlock * 9 * 8];
+  for (int64_t kp = kp0; kp < kp1; ++kp) {
+    const int m = static_cast<int>(std::min<int64_t>(g.MR, s.K - kp * g.MR));
+    for (int i0 = 0; i0 < g.MR; i0 += 8) {
+      const int rows = std::clamp(m - i0, 0, 8), lanes = std::min(8, g.MR - i0);
+      for (int64_t c0 = 0; c0 < s.C; c0 += kChannelBlock) {
+        const int64_t cb = std::min(kChannelBlock, s.C - c0), kc = cb * 9;
+        const float* src[8];
+        for (int r = 0; r < rows; ++r) src[r] = w + ((kp * g.MR + i0 + r) * s.C + c0) * 9;
+        if (rows < 8) std::fill(t, t + kc * 8, 0.f);  // the lanes past K
+        if (rows > 0 && !pack_transpose_f32(src, rows, kc, t, 8)) {
+          for (int r = 0; r < rows; ++r) {
+            for (int64_t k = 0; k < kc; ++k) t[k * 8 + r] = src[r][k];
+          }
+        }
+        for (int64_t c = 0; c < cb; ++c) {
+          const float* f = t + c * 72;  // tap j of the 8 rows at f + 8 j
+          vf8 gg[4][3];                 // G g: rows g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+          for (int b = 0; b < 3; ++b) {
+            const vf8 f0 = ldv<vf8>(f + 8 * b), f1 = ldv<vf8>(f + 8 * (3 + b)), f2 = ldv<vf8>(f + 8 * (6 + b));
+            gg[0][b] = f0;
+            gg[1][b] = 0.5f * (f0 + f1 + f2);
+            gg[2][b] = 0.5f * (f0 - f1 + f2);
+            gg[3][b] = f2;
+          }
+          float* dst = U + kp * panel + (c0 + c) * g.MR + i0;
+          const auto put = [&](int xi, vf8 v) {
+            float* d = dst + xi * g.UX;
+            if (lanes == 8) {
+              stv(d, v);
+            } else {
+              for (int l = 0; l < lanes; ++l) d[l] = v[l];
+            }
+          };
+          for (int a = 0; a < 4; ++a) {  // (G g) G^T: the same along the columns
+            put(a * 4 + 0, gg[a][0]);
+            put(a * 4 + 1, 0.5f * (gg[a][0] + gg[a][1] + gg[a][2]));
+            put(a * 4 + 2, 0.5f * (gg[a][0] - gg[a][1] + gg[a][2]));
+            put(a * 4 + 3, gg[a][2]);
+          }
+        }
+      }
+    }
+  }
+}
+
+using FilterFn = void (*)(const ConvShape&, const WinogradGeom&, const float*, float*, int64_t, int64_t);
+#if defined(__x86_64__)
+DLK_TARGET_AVX512 void transform_filter_avx512(const ConvShape& s, const WinogradGeom& g, const float* w, float* U,
+                                               int64_t kp0, int64_t kp1) {
+  transform_filter_panels(s, g, w, U, kp0, kp1);
+}
+DLK_TARGET_AVX2 void transform_filter_avx2(const ConvShape& s, const WinogradGeom& g, const float* w, float* U,
+                                           int64_t kp0, int64_t kp1) {
+  transform_filter_panels(s, g, w, U, kp0, kp1);
+}
+#endif
+void transform_filter_base(const ConvShape& s, const WinogradGeom& g, const float* w, float* U, int64_t kp0,
+                           int64_t kp1) {
+  transform_filter_panels(s, g, w, U, kp0, kp1);
+}
+
+void transform_filter(const ConvShape& s, const WinogradGeom& g, const float* w, float* U) {
+  FilterFn fn = transform_filter_base;
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512: fn = transform_filter_avx512; break;
+    case Isa::Avx2: fn = transform_filter_avx2; break;
+    case Isa::Base: break;
+  }
+#endif
+  at::parallel_for(0, g.KP, 1, [&](int64_t kp0, int64_t kp1) { fn(s, g, w, U, kp0, kp1); });
 }
 
 // The column transform of one run of a tile row from q on, L tiles at a time while L fit: v0..v3 get
@@ -183,13 +233,14 @@ DLK_ALWAYS_INLINE void load_tile_rows(const ConvShape& s, const float* xc, int64
     float* first = first_is_e ? E[a] : O[a];
     float* second = first_is_e ? O[a] : E[a];
     const float* src = xc + y * W;
-    std::fill(first, first + first_at, 0.f);
-    std::fill(second, second + second_at, 0.f);
+    // Runs of a float or two: fixed-size stores, not a library call each (one per channel and tile row).
+    copy_short<float>(nullptr, first_at, first);
+    copy_short<float>(nullptr, second_at, second);
     split_even_odd(src, pairs, first + first_at, second + second_at);
     int64_t f_end = first_at + pairs;
     if (wcopy % 2 != 0) first[f_end++] = src[wcopy - 1];
-    std::fill(first + f_end, first + E1, 0.f);
-    std::fill(second + second_at + pairs, second + E1, 0.f);
+    copy_short<float>(nullptr, E1 - f_end, first + f_end);
+    copy_short<float>(nullptr, E1 - second_at - pairs, second + second_at + pairs);
   }
   for (float* const* h : {E, O}) {
     for (int64_t t = 0; t < E1; t += kL) {
@@ -440,6 +491,74 @@ void grad_weight_gz_rows_base(const ConvShape& s, const WinogradGeom& g, const f
   grad_weight_gz_rows(s, g, gz, r0, r1, base, dM, MX);
 }
 
+// gw[k, c] = G^T dU G for the channels [c0, c1): (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3) along the
+// rows, then the columns, on vectors of kL output channels (dU^T's rows hold them side by side). Blocks of kL channels
+// by kL output channels: each of gw's rows k gets kL x 9 contiguous floats at a time, where channel by channel over
+// all of K wrote 9 floats per line of a gw larger than the cache.
+DLK_ALWAYS_INLINE void grad_weight_finish(const ConvShape& s, const float* dut, float* gw, int64_t c0, int64_t c1) {
+  const int64_t C = s.C, K = s.K;
+  alignas(64) float part[kL];
+  alignas(64) float out[9][kL];
+  for (int64_t cb = c0; cb < c1; cb += kL) {
+    for (int64_t k0 = 0; k0 < K; k0 += kL) {
+      const int n = static_cast<int>(std::min<int64_t>(kL, K - k0));
+      for (int64_t c = cb; c < std::min(c1, cb + kL); ++c) {
+        vf u[4][4];
+        for (int xi = 0; xi < kXi; ++xi) {
+          const float* src = dut + (xi * C + c) * K + k0;
+          if (n == kL) {
+            u[xi / 4][xi % 4] = ld(src);
+          } else {
+            std::fill(part, part + kL, 0.f);
+            std::copy_n(src, n, part);
+            u[xi / 4][xi % 4] = ld(part);
+          }
+        }
+        vf t[4][3];
+        for (int a = 0; a < 4; ++a) {
+          t[a][0] = u[a][0] + 0.5f * (u[a][1] + u[a][2]);
+          t[a][1] = 0.5f * (u[a][1] - u[a][2]);
+          t[a][2] = 0.5f * (u[a][1] + u[a][2]) + u[a][3];
+        }
+        for (int b = 0; b < 3; ++b) {
+          st(out[b], t[0][b] + 0.5f * (t[1][b] + t[2][b]));
+          st(out[3 + b], 0.5f * (t[1][b] - t[2][b]));
+          st(out[6 + b], 0.5f * (t[1][b] + t[2][b]) + t[3][b]);
+        }
+        for (int l = 0; l < n; ++l) {
+          float* o = gw + ((k0 + l) * C + c) * 9;
+          for (int j = 0; j < 9; ++j) o[j] = out[j][l];
+        }
+      }
+    }
+  }
+}
+
+using GradWeightFinishFn = void (*)(const ConvShape&, const float*, float*, int64_t, int64_t);
+#if defined(__x86_64__)
+DLK_TARGET_AVX512 void grad_weight_finish_avx512(const ConvShape& s, const float* dut, float* gw, int64_t c0,
+                                                 int64_t c1) {
+  grad_weight_finish(s, dut, gw, c0, c1);
+}
+DLK_TARGET_AVX2 void grad_weight_finish_avx2(const ConvShape& s, const float* dut, float* gw, int64_t c0, int64_t c1) {
+  grad_weight_finish(s, dut, gw, c0, c1);
+}
+#endif
+void grad_weight_finish_base(const ConvShape& s, const float* dut, float* gw, int64_t c0, int64_t c1) {
+  grad_weight_finish(s, dut, gw, c0, c1);
+}
+
+GradWeightFinishFn grad_weight_finish_for_isa() {
+#if defined(__x86_64__)
+  switch (cpu_isa()) {
+    case Isa::Avx512: return grad_weight_finish_avx512;
+    case Isa::Avx2: return grad_weight_finish_avx2;
+    case Isa::Base: break;
+  }
+#endif
+  return grad_weight_finish_base;
+}
+
 std::pair<GradWeightInputFn, GradWeightGzFn> grad_weight_fns_for_isa() {
 #if defined(__x86_64__)
   switch (cpu_isa()) {
@@ -538,26 +657,8 @@ void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, f
       gemm_run<float>(p);
     }
   }
-  // gw[k, c] = G^T dU G: (u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3) along the rows, then the columns.
-  at::parallel_for(0, s.C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      for (int64_t k = 0; k < s.K; ++k) {
-        float u[4][4], t[4][3];
-        for (int xi = 0; xi < kXi; ++xi) u[xi / 4][xi % 4] = dut[(xi * s.C + c) * s.K + k];
-        for (int a = 0; a < 4; ++a) {
-          t[a][0] = u[a][0] + 0.5f * (u[a][1] + u[a][2]);
-          t[a][1] = 0.5f * (u[a][1] - u[a][2]);
-          t[a][2] = 0.5f * (u[a][1] + u[a][2]) + u[a][3];
-        }
-        float* out = gw + (k * s.C + c) * 9;
-        for (int b = 0; b < 3; ++b) {
-          out[b] = t[0][b] + 0.5f * (t[1][b] + t[2][b]);
-          out[3 + b] = 0.5f * (t[1][b] - t[2][b]);
-          out[6 + b] = 0.5f * (t[1][b] + t[2][b]) + t[3][b];
-        }
-      }
-    }
-  });
+  const GradWeightFinishFn finish = grad_weight_finish_for_isa();
+  at::parallel_for(0, s.C, kL, [&](int64_t c0, int64_t c1) { finish(s, dut, gw, c0, c1); });
 }
 
 }  // namespace cpu
