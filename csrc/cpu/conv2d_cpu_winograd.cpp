@@ -271,6 +271,54 @@ DLK_ALWAYS_INLINE void transform_tiles(float* const* E, float* const* O, int64_t
   }
 }
 
+// The 16 tiles of a plane whose tile grid is 4 x 4 (7x7 and 8x8 outputs) at once, entry xi of tile th * 4 + tw to
+// v[xi][th * 4 + tw]: per entry one 16-lane vector, where tile row by tile row the fixed costs of each run of 4 tiles
+// (the split into even and odd columns, the operands' pointers) outweighed its few operations. The plane's rows,
+// padded, are stored split by row parity and by column offset b (q[y % 2][b][(y / 2) * 4 + tw] = padded (y, 2 tw + b)),
+// so that the input value d[a][b] at padded row 2 th + a and column 2 tw + b, over the 16 tiles, is one load. The
+// same operations, in the same order, as load_tile_rows and transform_tiles.
+DLK_ALWAYS_INLINE void transform_plane_4x4(const ConvShape& s, const float* xc, float* const* v) {
+  alignas(64) float q[2][4][20];
+  alignas(64) float padded[kL];
+  for (int y = 0; y < 10; ++y) {
+    const int64_t iy = y - s.ph;
+    st(padded, vf{});
+    if (iy >= 0 && iy < s.H) copy_short(xc + iy * s.W, std::min<int64_t>(s.W, kL - s.pw), padded + s.pw);
+    for (int b = 0; b < 4; ++b) {
+      for (int tw = 0; tw < 4; ++tw) q[y % 2][b][(y / 2) * 4 + tw] = padded[2 * tw + b];
+    }
+  }
+  vf r[4][4];  // the row transform: d0 - d2, d1 + d2, d2 - d1, d1 - d3
+  for (int b = 0; b < 4; ++b) {
+    const vf d0 = ld(q[0][b]), d1 = ld(q[1][b]), d2 = ld(q[0][b] + 4), d3 = ld(q[1][b] + 4);
+    r[0][b] = d0 - d2, r[1][b] = d1 + d2, r[2][b] = d2 - d1, r[3][b] = d1 - d3;
+  }
+  for (int a = 0; a < 4; ++a) {  // the column transform
+    st(v[a * 4 + 0], r[a][0] - r[a][2]);
+    st(v[a * 4 + 1], r[a][1] + r[a][2]);
+    st(v[a * 4 + 2], r[a][2] - r[a][1]);
+    st(v[a * 4 + 3], r[a][1] - r[a][3]);
+  }
+}
+
+// Output rows 2 TH and 2 TH + 1 (the latter where it exists) of a plane with a 4 x 4 tile grid, from its 16 tiles'
+// results: row 2 TH interleaves lanes 4 TH .. 4 TH + 3 of a0 (even columns) and a1 (odd ones), row 2 TH + 1 those of
+// b0 and b1; OW is 7 or 8.
+template <int TH>
+DLK_ALWAYS_INLINE void store_plane_row_pair(vf a0, vf a1, vf b0, vf b1, int64_t OH, int64_t OW, float* zk) {
+  constexpr int l = 4 * TH;
+  const vf8 top = __builtin_shufflevector(a0, a1, l, 16 + l, l + 1, 17 + l, l + 2, 18 + l, l + 3, 19 + l);
+  const vf8 bottom = __builtin_shufflevector(b0, b1, l, 16 + l, l + 1, 17 + l, l + 2, 18 + l, l + 3, 19 + l);
+  float* row = zk + 2 * TH * OW;
+  if (OW == 8) {
+    stv(row, top);
+    if (2 * TH + 1 < OH) stv(row + OW, bottom);
+  } else {
+    std::memcpy(row, &top, 7 * sizeof(float));
+    if (2 * TH + 1 < OH) std::memcpy(row + OW, &bottom, 7 * sizeof(float));
+  }
+}
+
 // One task: the tile rows [r0, r0 + rows) of the batch (see WinogradGeom::R). V: 16 B operands of Tpad columns (panel p
 // of xi at V + (xi * P + p) * C * NR); M: the 16 product tiles of one panel (MR x LDM each); row: scratch of
 // row_floats(g) floats.
@@ -296,7 +344,17 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
       for (int64_t c = 0; c < C; ++c) std::fill(last + c * NR + tiles % NR, last + (c + 1) * NR, 0.f);
     }
   }
-  for (int64_t c = 0; c < C; ++c) {
+  // Whole planes of 16 tiles where the task holds whole images and 16 tiles never straddle a panel.
+  const bool planes = g.TW == 4 && g.TH == 4 && NR % kL == 0 && r0 % 4 == 0 && rows % 4 == 0;
+  for (int64_t c = 0; c < C && planes; ++c) {
+    for (int64_t r = 0; r < rows; r += 4) {
+      const int64_t n = (r0 + r) / 4, j = r * 4, p = j / NR, jj = j % NR;
+      float* v[kXi];
+      for (int xi = 0; xi < kXi; ++xi) v[xi] = V + (xi * P + p) * C * NR + c * NR + jj;
+      transform_plane_4x4(s, x + (n * C + c) * s.H * s.W, v);
+    }
+  }
+  for (int64_t c = 0; c < C && !planes; ++c) {
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t n = (r0 + r) / g.TH, th = (r0 + r) % g.TH;
       load_tile_rows(s, x + (n * C + c) * s.H * s.W, th, E1, RS, E, O);
@@ -351,8 +409,18 @@ DLK_ALWAYS_INLINE void winograd_task(const ConvShape& s, const WinogradGeom& g, 
           }
           st(y00 + q, v00), st(y01 + q, v01), st(y10 + q, v10), st(y11 + q, v11);
         }
+        // Whole planes: each image's 16 tiles (a whole vector of y00 .. y11) into its 7 or 8 output rows.
+        for (int q = 0; q < nt && planes; q += kL) {
+          const int64_t n = (r0 + (j0 + q) / 4) / 4;
+          float* zk = z + (n * s.K + k) * OH * OW;
+          const vf a0 = ld(y00 + q), a1 = ld(y01 + q), b0 = ld(y10 + q), b1 = ld(y11 + q);
+          store_plane_row_pair<0>(a0, a1, b0, b1, OH, OW, zk);
+          store_plane_row_pair<1>(a0, a1, b0, b1, OH, OW, zk);
+          store_plane_row_pair<2>(a0, a1, b0, b1, OH, OW, zk);
+          store_plane_row_pair<3>(a0, a1, b0, b1, OH, OW, zk);
+        }
         // The tiles of the panel, tile row by tile row, into the output rows 2 th and 2 th + 1.
-        for (int q = 0; q < nt;) {
+        for (int q = 0; q < nt && !planes;) {
           const int64_t j = j0 + q, n = (r0 + j / TW) / g.TH, th = (r0 + j / TW) % g.TH, tw0 = j % TW;
           float* zk = z + (n * s.K + k) * OH * OW;
           const int len = static_cast<int>(std::min<int64_t>(nt - q, TW - tw0));
