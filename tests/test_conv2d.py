@@ -240,7 +240,7 @@ MODEL_CASES = [
     # image; with AVX-512's 32-tile panels, 19 tile rows per task).
     pytest.param(((12, 80, 7, 9), (72, 3, 3), 1, 1, 1, 1), id="winograd-images"),
     # 7x7 and 8x8 outputs (a 4 x 4 tile grid), whose planes are transformed 16 tiles at once: padding 0 to 2,
-    # output channels past a whole panel, two tasks of 16 and 4 tile rows.
+    # output channels past a whole panel, with AVX-512's 32-tile panels two tasks of 16 and 4 tile rows.
     pytest.param(((5, 24, 7, 7), (20, 3, 3), 1, 1, 1, 1), id="winograd-planes7"),
     pytest.param(((4, 16, 10, 10), (24, 3, 3), 1, 0, 1, 1), id="winograd-planes8-pad0"),
     pytest.param(((6, 20, 5, 5), (16, 3, 3), 1, 2, 1, 1), id="winograd-planes7-pad2"),
