@@ -35,6 +35,15 @@ namespace {
 
 constexpr int kXi = 16;  // entries of a transformed 4x4 tile
 
+// The version of `name` for cpu_isa() among those compiled per ISA: name_avx512, name_avx2 or name_base (the vector
+// code of this file is one DLK_ALWAYS_INLINE function per step, wrapped once per ISA).
+#if defined(__x86_64__)
+#define DLK_WINOGRAD_FOR_ISA(name)                                                                                     \
+  (cpu_isa() == Isa::Avx512 ? name##_avx512 : cpu_isa() == Isa::Avx2 ? name##_avx2 : name##_base)
+#else
+#define DLK_WINOGRAD_FOR_ISA(name) name##_base
+#endif
+
 struct WinogradGeom {
   int64_t TH, TW;  // tiles per image (2x2 output pixels each)
   int64_t R;       // tile rows per task, counted over the batch (image n's tile row th is row n * TH + th)
@@ -164,14 +173,7 @@ void transform_filter_base(const ConvShape& s, const WinogradGeom& g, const floa
 }
 
 void transform_filter(const ConvShape& s, const WinogradGeom& g, const float* w, float* U) {
-  FilterFn fn = transform_filter_base;
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512: fn = transform_filter_avx512; break;
-    case Isa::Avx2: fn = transform_filter_avx2; break;
-    case Isa::Base: break;
-  }
-#endif
+  const FilterFn fn = DLK_WINOGRAD_FOR_ISA(transform_filter);
   at::parallel_for(0, g.KP, 1, [&](int64_t kp0, int64_t kp1) { fn(s, g, w, U, kp0, kp1); });
 }
 
@@ -463,17 +465,6 @@ void winograd_task_base(const ConvShape& s, const WinogradGeom& g, const MicroKe
   winograd_task(s, g, uk, x, U, bias, z, relu, r0, rows, V, M, row);
 }
 
-TaskFn task_for_isa() {
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512: return winograd_task_avx512;
-    case Isa::Avx2: return winograd_task_avx2;
-    case Isa::Base: break;
-  }
-#endif
-  return winograd_task_base;
-}
-
 // The weight gradient's transforms. Forward, tile t's output is A^T m A with m = sum_c U[c] . V[c] (entrywise,
 // 4x4), U = G g G^T, V = B^T d B; so dU[xi][k][c] = sum_t dM[xi][k][t] V[xi][c][t] with dM = A dz A^T (dz: the
 // tile's 2x2 block of gz), and dg = G^T dU G.
@@ -616,28 +607,6 @@ void grad_weight_finish_base(const ConvShape& s, const float* dut, float* gw, in
   grad_weight_finish(s, dut, gw, c0, c1);
 }
 
-GradWeightFinishFn grad_weight_finish_for_isa() {
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512: return grad_weight_finish_avx512;
-    case Isa::Avx2: return grad_weight_finish_avx2;
-    case Isa::Base: break;
-  }
-#endif
-  return grad_weight_finish_base;
-}
-
-std::pair<GradWeightInputFn, GradWeightGzFn> grad_weight_fns_for_isa() {
-#if defined(__x86_64__)
-  switch (cpu_isa()) {
-    case Isa::Avx512: return {grad_weight_input_rows_avx512, grad_weight_gz_rows_avx512};
-    case Isa::Avx2: return {grad_weight_input_rows_avx2, grad_weight_gz_rows_avx2};
-    case Isa::Base: break;
-  }
-#endif
-  return {grad_weight_input_rows_base, grad_weight_gz_rows_base};
-}
-
 // V and dM of the weight gradient's chunks at most this large together (see winograd_grad_weight).
 constexpr int64_t kGradWeightChunkBytes = int64_t(8) << 20;
 }  // namespace
@@ -665,7 +634,7 @@ void winograd_forward(const ConvShape& s, const float* x, const float* w, const 
   // Every float of U is written (zero rows included): scratch memory that stays mapped from call to call.
   Scratch U(2, sizeof(float) * kXi * g.UX);
   transform_filter(s, g, w, static_cast<float*>(U.get()));
-  const TaskFn task = task_for_isa();
+  const TaskFn task = DLK_WINOGRAD_FOR_ISA(winograd_task);
   const int64_t rowf = row_floats(g);
   const size_t v_floats = static_cast<size_t>(kXi) * g.Tpad * s.C;
   at::parallel_for(0, g.tasks, 1, [&](int64_t t0, int64_t t1) {
@@ -696,7 +665,8 @@ void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, f
   const at::Tensor dut_buffer = empty_output({kXi * s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
   float* dut = dut_buffer.mutable_data_ptr<float>();
   at::Tensor part;  // a later chunk's products, added into dut tile by tile
-  const auto fns = grad_weight_fns_for_isa();
+  const GradWeightInputFn input_rows = DLK_WINOGRAD_FOR_ISA(grad_weight_input_rows);
+  const GradWeightGzFn gz_rows = DLK_WINOGRAD_FOR_ISA(grad_weight_gz_rows);
   const int64_t row_block = std::max<int64_t>(1, 64 / g.TW);  // input-transform work items of about 64 tiles
   for (int64_t base = 0; base < rows; base += chunk_rows) {
     const int64_t end = std::min(rows, base + chunk_rows), tiles = (end - base) * g.TW;
@@ -705,10 +675,10 @@ void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, f
       std::vector<float> row(static_cast<size_t>(row_floats(g)));
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p / blocks, r0 = base + p % blocks * row_block;
-        fns.first(s, g, x, c, r0, std::min(end, r0 + row_block), base, V, VX, T, row.data());
+        input_rows(s, g, x, c, r0, std::min(end, r0 + row_block), base, V, VX, T, row.data());
       }
     });
-    at::parallel_for(base, end, 1, [&](int64_t r0, int64_t r1) { fns.second(s, g, gz, r0, r1, base, dM, MX); });
+    at::parallel_for(base, end, 1, [&](int64_t r0, int64_t r1) { gz_rows(s, g, gz, r0, r1, base, dM, MX); });
     // dU^T [C, K] = V [C, tiles] @ dM [tiles, K], per entry xi.
     if (base > 0 && !part.defined()) part = empty_output({s.C * s.K}, at::TensorOptions().dtype(at::kFloat));
     for (int xi = 0; xi < kXi; ++xi) {
@@ -725,7 +695,7 @@ void winograd_grad_weight(const ConvShape& s, const float* gz, const float* x, f
       gemm_run<float>(p);
     }
   }
-  const GradWeightFinishFn finish = grad_weight_finish_for_isa();
+  const GradWeightFinishFn finish = DLK_WINOGRAD_FOR_ISA(grad_weight_finish);
   at::parallel_for(0, s.C, kL, [&](int64_t c0, int64_t c1) { finish(s, dut, gw, c0, c1); });
 }
 
