@@ -16,18 +16,6 @@
 namespace dlkernels {
 namespace cpu {
 
-// dst[0, n) = src[0, n) (src null: zeros), n small: copies of fixed sizes (a few vector moves), not a library
-// call per run of an output row.
-template <typename T>
-DLK_ALWAYS_INLINE void copy_short(const T* src, int64_t n, T* dst) {
-  constexpr T zeros[8] = {};
-  int64_t t = 0;
-  for (; t + 8 <= n; t += 8) std::memcpy(dst + t, src ? src + t : zeros, 8 * sizeof(T));
-  if (t + 4 <= n) std::memcpy(dst + t, src ? src + t : zeros, 4 * sizeof(T)), t += 4;
-  if (t + 2 <= n) std::memcpy(dst + t, src ? src + t : zeros, 2 * sizeof(T)), t += 2;
-  if (t < n) dst[t] = src ? src[t] : T(0);
-}
-
 // The im2col B panels of a block of columns [j0, j0 + n), k in [k0, k0 + kc), as gemm.h's pack_b_block. Column
 // j is output position j % P of image j / P (one image per GEMM, or the images side by side), whose planes
 // start `image` elements apart from `planes`. Row k = (c, kh, kw) reads plane tab[3k] (Hx x Wx) at row

@@ -24,7 +24,6 @@
 #include <string>
 #include <vector>
 
-#include "cpu/conv2d_cpu_im2col.h"
 #include "cpu/gemm.h"
 #include "cpu/memory.h"
 #include "cpu/simd.h"

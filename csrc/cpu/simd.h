@@ -16,6 +16,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 // GCC notes that passing vectors by value changes the ABI outside a target that has them; our vector
 // helpers are always inlined.
@@ -68,6 +69,18 @@ const K& kernels_for_isa(const K& base, const K& (*avx512)(), const K& (*avx2)()
 // goes to glibc's `rep stosb`, and the page faults of new memory taken inside it cost more than inside
 // ordinary stores (profiled in max_pool2d's backward).
 void zero_fill(void* p, size_t bytes);
+
+// dst[0, n) = src[0, n) (src null: zeros), n small: copies of fixed sizes (a few vector moves), not a library
+// call per run (an output row of im2col, the padding of a Winograd tile row).
+template <typename T>
+DLK_ALWAYS_INLINE void copy_short(const T* src, int64_t n, T* dst) {
+  constexpr T zeros[8] = {};
+  int64_t t = 0;
+  for (; t + 8 <= n; t += 8) std::memcpy(dst + t, src ? src + t : zeros, 8 * sizeof(T));
+  if (t + 4 <= n) std::memcpy(dst + t, src ? src + t : zeros, 4 * sizeof(T)), t += 4;
+  if (t + 2 <= n) std::memcpy(dst + t, src ? src + t : zeros, 2 * sizeof(T)), t += 2;
+  if (t < n) dst[t] = src ? src[t] : T(0);
+}
 
 // GCC vector of `Bytes / sizeof(T)` lanes, for the portable kernels.
 template <typename T, int Bytes>
