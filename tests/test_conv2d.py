@@ -218,6 +218,14 @@ MODEL_CASES = [
     # Patchify kernels too wide for the few-channel kernel: the GEMM packs them from the phases of x.
     pytest.param(((2, 8, 12, 14), (40, 2, 2), 2, 0, 1, 1), id="patchify2x2-phases"),
     pytest.param(((1, 3, 16, 21), (40, 4, 4), 4, 0, 1, 1), id="patchify4x4-phases"),
+    # Patches that tile the image exactly: its phases are the output planes, a pointwise conv over C * 16 (4x4) or
+    # C * 4 (2x2) channels read in place. Rows of 136 and 140 columns: whole vectors of the phase split's permutes
+    # and a partial last one (34 and 35 columns a phase).
+    pytest.param(((2, 3, 8, 136), (40, 4, 4), 4, 0, 1, 1), id="patchify4x4-pointwise"),
+    pytest.param(((1, 6, 6, 140), (36, 2, 2), 2, 0, 1, 1), id="patchify2x2-pointwise"),
+    # Phases split at stride 2 and 4 for a padded kernel (not a patchify one), rows of 70 and 134 columns.
+    pytest.param(((1, 8, 7, 70), (36, 3, 3), 2, 1, 1, 1), id="3x3s2-phases-wide"),
+    pytest.param(((1, 4, 9, 134), (36, 5, 5), 4, 2, 1, 1), id="5x5s4-phases-wide"),
     # Strided convolutions too wide for the few-channel kernel: the GEMM packs them from the phases of x (the
     # rows and columns of each tap's phase that fall outside it are zeros).
     pytest.param(((2, 16, 13, 15), (40, 3, 3), 2, 1, 1, 1), id="3x3s2-phases"),

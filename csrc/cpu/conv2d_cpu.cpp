@@ -177,6 +177,18 @@ inline at::Tensor patch_weight(const ConvShape& s, const at::Tensor& w) {
   return w.permute({0, 2, 3, 1}).reshape({s.K, s.KH * s.KW * s.C});
 }
 
+// An NCHW convolution whose patches tile the image exactly (kernel == stride > 1, no padding, dilation 1, groups 1,
+// H and W multiples of the stride: convnext's 4x4/4 stem): its phases (phase_split) are its output planes.
+inline bool conv2d_is_patchify(const ConvShape& s) {
+  return s.groups == 1 && s.KH == s.sh && s.KW == s.sw && s.sh * s.sw > 1 && s.ph == 0 && s.pw == 0 && s.dh == 1 &&
+         s.dw == 1 && s.H % s.sh == 0 && s.W % s.sw == 0;
+}
+inline ConvShape patchify_as_pointwise(const ConvShape& s) {
+  ConvShape t = s;
+  t.C = t.Cg = s.C * s.KH * s.KW, t.H = s.OH, t.W = s.OW, t.KH = t.KW = 1, t.sh = t.sw = 1;
+  return t;
+}
+
 // A strided 1x1 convolution without padding reads only the pixels (oh * sh, ow * sw): it is the pointwise
 // convolution of those pixels, gathered once (x[:, :, ::sh, ::sw]); its grad_x is zero elsewhere.
 inline bool conv2d_is_strided_pointwise(const ConvShape& s) {
@@ -204,26 +216,39 @@ at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
   at::Tensor xq =
       empty_output({s.N, s.C, s.sh, s.sw, Hq, Wq}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* q = xq.mutable_data_ptr<acc_t>();
+  const int64_t phase = Hq * Wq;
+  // A row's sw phases with the x86 kernels where the CPU and the stride allow (float, sw 2 or 4), else here.
+  auto split_row = [&](const acc_t* row, acc_t* dst) {
+#if defined(__x86_64__)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      switch (cpu_isa()) {
+        case Isa::Avx512:
+          if (conv2d_phase_split_row_f32_avx512(row, s.W, s.sw, dst, phase)) return;
+          break;
+        case Isa::Avx2:
+          if (conv2d_phase_split_row_f32_avx2(row, s.W, s.sw, dst, phase)) return;
+          break;
+        default: break;
+      }
+    }
+#endif
+    for (int64_t b = 0; b < s.sw; ++b, dst += phase) {
+      const int64_t vn = (s.W - b + s.sw - 1) / s.sw;  // columns inside the image: b + sw * v < W
+      for (int64_t v = 0; v < vn; ++v) dst[v] = row[b + s.sw * v];
+      std::fill(dst + vn, dst + Wq, acc_t(0));
+    }
+  };
   at::parallel_for(0, s.N * s.C, std::max<int64_t>(1, 16384 / (s.H * s.W)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const acc_t* src = x + p * s.H * s.W;
       for (int64_t a = 0; a < s.sh; ++a) {
-        for (int64_t b = 0; b < s.sw; ++b) {
-          acc_t* dst = q + ((p * s.sh + a) * s.sw + b) * Hq * Wq;
-          const int64_t vn = (s.W - b + s.sw - 1) / s.sw;  // columns inside the image: b + sw * v < W
-          for (int64_t u = 0; u < Hq; ++u, dst += Wq) {
-            const int64_t ih = a + s.sh * u;
-            if (ih >= s.H) {
-              std::fill(dst, dst + Wq, acc_t(0));
-              continue;
-            }
-            const acc_t* row = src + ih * s.W + b;
-            if (s.sw == 2) {  // a constant stride, which the compiler vectorises
-              for (int64_t v = 0; v < vn; ++v) dst[v] = row[2 * v];
-            } else {
-              for (int64_t v = 0; v < vn; ++v) dst[v] = row[s.sw * v];
-            }
-            std::fill(dst + vn, dst + Wq, acc_t(0));
+        acc_t* dst = q + p * s.sh * s.sw * phase + a * s.sw * phase;
+        for (int64_t u = 0; u < Hq; ++u, dst += Wq) {
+          const int64_t ih = a + s.sh * u;
+          if (ih < s.H) {
+            split_row(src + ih * s.W, dst);
+          } else {
+            for (int64_t b = 0; b < s.sw; ++b) std::fill(dst + b * phase, dst + b * phase + Wq, acc_t(0));
           }
         }
       }
@@ -384,6 +409,14 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
     g.batch = s.groups, g.N = s.N * P, g.ldc = s.N * P, g.has_post = true;
   }
   at::Tensor xq;
+  if (conv2d_is_patchify(s)) {
+    // The phases of x are then the output planes (phase (c, kh, kw) at (oh, ow) is x[c, sh * oh + kh, sw * ow + kw]):
+    // a pointwise conv over C * KH * KW channels whose weights are w as it lies, and whose B the GEMM reads in
+    // place, where the phase table would pack it run by run (output rows of a few dozen elements).
+    xq = phase_split<acc_t>(s, x);
+    return conv2d_forward_kernel<acc_t>(patchify_as_pointwise(s), xq.const_data_ptr<acc_t>(), w, bias, out, relu,
+                                        has_post, post);
+  }
   std::vector<int64_t> ktab;
   // Phases pay wherever the kernel is at least as wide as the stride: each row of k is then one run of step 1 per
   // output row, which the block packer copies whole (patchify kernels, kernel == stride, included: packed column by

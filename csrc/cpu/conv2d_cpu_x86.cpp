@@ -129,6 +129,81 @@ DLK_PACK_IM2COL_BLOCK(conv2d_pack_im2col_block_f32_avx512, DLK_TARGET_AVX512)
 DLK_PACK_IM2COL_BLOCK(conv2d_pack_im2col_block_f32_avx2, DLK_TARGET_AVX2)
 #undef DLK_PACK_IM2COL_BLOCK
 
+// One input row into its sw column phases (phase_split of conv2d_cpu.cpp): dst[b * phase + v] = row[b + sw * v] for
+// v < Wq = ceil(W / sw), zero past the row. Whole vectors of each phase come from sw vectors of the row through
+// two-source permutes (the even and the odd lanes of a pair, twice for a stride of 4), not one element at a time.
+DLK_TARGET_AVX512 bool conv2d_phase_split_row_f32_avx512(const float* row, int64_t W, int64_t sw, float* dst,
+                                                         int64_t phase) {
+  if (sw != 2 && sw != 4) return false;
+  const int64_t Wq = (W + sw - 1) / sw;
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  auto load = [row, W](int64_t i) DLK_TARGET_AVX512 {  // 16 elements from row[i], zeros past W
+    const int64_t left = W - i;
+    return left >= 16 ? _mm512_loadu_ps(row + i)
+                      : _mm512_maskz_loadu_ps(static_cast<__mmask16>(left <= 0 ? 0u : (1u << left) - 1), row + i);
+  };
+  for (int64_t v = 0; v < Wq; v += 16) {
+    const int64_t left = Wq - v;
+    const __mmask16 m = static_cast<__mmask16>(left >= 16 ? 0xFFFFu : (1u << left) - 1);
+    const int64_t i = sw * v;
+    if (sw == 2) {
+      const __m512 a = load(i), b = load(i + 16);
+      _mm512_mask_storeu_ps(dst + v, m, _mm512_permutex2var_ps(a, even, b));
+      _mm512_mask_storeu_ps(dst + phase + v, m, _mm512_permutex2var_ps(a, odd, b));
+    } else {
+      const __m512 a = load(i), b = load(i + 16), c = load(i + 32), d = load(i + 48);
+      const __m512 ev0 = _mm512_permutex2var_ps(a, even, b),
+                   od0 = _mm512_permutex2var_ps(a, odd, b);  // 0 mod 2, 1 mod 2
+      const __m512 ev1 = _mm512_permutex2var_ps(c, even, d), od1 = _mm512_permutex2var_ps(c, odd, d);
+      _mm512_mask_storeu_ps(dst + v, m, _mm512_permutex2var_ps(ev0, even, ev1));
+      _mm512_mask_storeu_ps(dst + phase + v, m, _mm512_permutex2var_ps(od0, even, od1));
+      _mm512_mask_storeu_ps(dst + 2 * phase + v, m, _mm512_permutex2var_ps(ev0, odd, ev1));
+      _mm512_mask_storeu_ps(dst + 3 * phase + v, m, _mm512_permutex2var_ps(od0, odd, od1));
+    }
+  }
+  return true;
+}
+
+// The same with AVX2 for whole vectors of each phase (8 lanes; the even and odd lanes of a pair by an in-lane
+// shuffle and a cross-lane permute), the rest of the row element by element: AVX2's masked stores are slow on
+// some CPUs.
+DLK_TARGET_AVX2 bool conv2d_phase_split_row_f32_avx2(const float* row, int64_t W, int64_t sw, float* dst,
+                                                     int64_t phase) {
+  if (sw != 2 && sw != 4) return false;
+  const int64_t Wq = (W + sw - 1) / sw;
+  // Lanes 0-3 of the result from a, 4-7 from b: a's even (odd) lanes, then b's.
+  auto evens = [](__m256 a, __m256 b) DLK_TARGET_AVX2 {
+    return _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+  };
+  auto odds = [](__m256 a, __m256 b) DLK_TARGET_AVX2 {
+    return _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+  };
+  int64_t v = 0;
+  for (; sw * (v + 8) <= W; v += 8) {
+    const float* r = row + sw * v;
+    if (sw == 2) {
+      const __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8);
+      _mm256_storeu_ps(dst + v, evens(a, b));
+      _mm256_storeu_ps(dst + phase + v, odds(a, b));
+    } else {
+      const __m256 a = _mm256_loadu_ps(r), b = _mm256_loadu_ps(r + 8), c = _mm256_loadu_ps(r + 16),
+                   d = _mm256_loadu_ps(r + 24);
+      const __m256 ev0 = evens(a, b), od0 = odds(a, b), ev1 = evens(c, d), od1 = odds(c, d);
+      _mm256_storeu_ps(dst + v, evens(ev0, ev1));
+      _mm256_storeu_ps(dst + phase + v, evens(od0, od1));
+      _mm256_storeu_ps(dst + 2 * phase + v, odds(ev0, ev1));
+      _mm256_storeu_ps(dst + 3 * phase + v, odds(od0, od1));
+    }
+  }
+  for (; v < Wq; ++v) {
+    for (int64_t b = 0; b < sw; ++b) dst[b * phase + v] = b + sw * v < W ? row[b + sw * v] : 0.0f;
+  }
+  return true;
+}
+
 }  // namespace cpu
 }  // namespace dlkernels
 #endif  // defined(__x86_64__)

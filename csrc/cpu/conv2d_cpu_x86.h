@@ -34,6 +34,12 @@ DLK_TARGET_AVX2 DLK_INTERNAL bool conv2d_pack_im2col_block_f32_avx2(const float*
                                                                     int64_t Wx, int64_t OW, int64_t P, int64_t j0,
                                                                     int64_t n, int64_t k0, int64_t kc, float* dst,
                                                                     int NR);
+// One row of x into its sw column phases, for phase_split of conv2d_cpu.cpp: dst[b * phase + v] = row[b + sw * v]
+// for v < ceil(W / sw), zeros past the row. False, and nothing done, for strides other than 2 and 4.
+DLK_TARGET_AVX512 DLK_INTERNAL bool conv2d_phase_split_row_f32_avx512(const float* row, int64_t W, int64_t sw,
+                                                                      float* dst, int64_t phase);
+DLK_TARGET_AVX2 DLK_INTERNAL bool conv2d_phase_split_row_f32_avx2(const float* row, int64_t W, int64_t sw, float* dst,
+                                                                  int64_t phase);
 #endif
 
 }  // namespace cpu

@@ -222,8 +222,8 @@ DLK_ALWAYS_INLINE void row_to_panels(const T* src, int64_t n, int64_t panel, T* 
   for (int64_t q = 0; q < full; ++q) std::memcpy(dst + q * panel, src + q * NR, NR * sizeof(T));
   if (rem) {
     T* t = dst + full * panel;
-    std::memcpy(t, src + full * NR, rem * sizeof(T));
-    std::fill(t + rem, t + NR, T(0));
+    copy_short(src + full * NR, rem, t);
+    copy_short<T>(nullptr, NR - rem, t + rem);
   }
 }
 

@@ -76,7 +76,12 @@ template <typename T>
 DLK_ALWAYS_INLINE void copy_short(const T* src, int64_t n, T* dst) {
   constexpr T zeros[8] = {};
   int64_t t = 0;
-  for (; t + 8 <= n; t += 8) std::memcpy(dst + t, src ? src + t : zeros, 8 * sizeof(T));
+  for (; t + 8 <= n; t += 8) {
+    std::memcpy(dst + t, src ? src + t : zeros, 8 * sizeof(T));
+    // GCC's -O3 turns this loop back into one memcpy / memset call of n / 8 * 8 elements (loop distribution); an
+    // empty statement that may touch memory keeps the moves in line.
+    __asm__("" : : "r"(dst) : "memory");
+  }
   if (t + 4 <= n) std::memcpy(dst + t, src ? src + t : zeros, 4 * sizeof(T)), t += 4;
   if (t + 2 <= n) std::memcpy(dst + t, src ? src + t : zeros, 2 * sizeof(T)), t += 2;
   if (t < n) dst[t] = src ? src[t] : T(0);
