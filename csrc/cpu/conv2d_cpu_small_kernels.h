@@ -49,16 +49,16 @@ void sc_fill(const ConvShape& s, const SmallGeom& g, const typename VO::T* xn, i
 // output row's first input row; wt: the tile's packed weights; out: channel 0's output row; nk: the tile's
 // real channels (the rest are padding of the packed weights and are not stored); room: how many elements
 // after the row the call writes later (a last partial vector may spill that far: a whole store, where AVX2's
-// masked one is slow). FK: the kernel's height and width when fixed at compile time (3: the taps unrolled,
+// masked one is slow). FKH, FKW: the kernel's height and width when fixed at compile time (the taps unrolled,
 // no loop overhead between the few FMAs of a tap), 0 when read from s.
-template <class VO, int KB, int U, int FK>
+template <class VO, int KB, int U, int FKH, int FKW>
 DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const typename VO::T* P,
                                 const typename VO::T* wt, const typename VO::T* bt, typename VO::T* out, int64_t ldk,
                                 int64_t ow0, int nk, bool relu, int64_t room) {
   using T = typename VO::T;
   using V = typename VO::V;
   constexpr int L = VO::L;
-  const int64_t KH = FK ? FK : s.KH, KW = FK ? FK : s.KW, C = s.C;
+  const int64_t KH = FKH ? FKH : s.KH, KW = FKW ? FKW : s.KW, C = s.C;
   const int64_t plane = g.plane, hstep = s.dh * g.RS, dw = s.dw;
   V acc[KB][U];
   for (int k = 0; k < KB; ++k) {
@@ -95,7 +95,7 @@ DLK_ALWAYS_INLINE void sc_block(const ConvShape& s, const SmallGeom& g, const ty
 }
 
 // Output rows [oh0, oh1) of every output channel, tile by tile (see SmallConv::rows).
-template <class VO, int KB, int FK>
+template <class VO, int KB, int FKH, int FKW>
 void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
                 const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
   constexpr int L = VO::L;
@@ -115,9 +115,9 @@ void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* bu
       // padding; stored only into the next rows, which are written after this one).
       const int64_t room = (oh1 - oh - 1) * s.OW;
       for (; ow0 + (U - 1) * L < s.OW; ow0 += U * L) {
-        sc_block<VO, KB, U, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
+        sc_block<VO, KB, U, FKH, FKW>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
       }
-      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1, FK>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
+      for (; ow0 < s.OW; ow0 += L) sc_block<VO, KB, 1, FKH, FKW>(s, g, P, wt, bt, o, ldk, ow0, nk, relu, room);
     }
   }
 }
@@ -125,11 +125,13 @@ void sc_rows_kb(const ConvShape& s, const SmallGeom& g, const typename VO::T* bu
 template <class VO>
 void sc_rows(const ConvShape& s, const SmallGeom& g, const typename VO::T* buf, const typename VO::T* wp,
              const typename VO::T* bp, typename VO::T* out, int64_t ldk, int64_t oh0, int64_t oh1, bool relu) {
-  const bool k3 = s.KH == 3 && s.KW == 3;
+  // 3x3 taps, and 3x2 ones: a stride-2 3x3 kernel's (two column phases of two and one taps, small_kernel_shape).
+  const bool k3 = s.KH == 3 && s.KW == 3, k32 = s.KH == 3 && s.KW == 2;
   const auto run = [&](auto kb) {
     constexpr int KB = decltype(kb)::value;
-    if (k3) return sc_rows_kb<VO, KB, 3>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
-    sc_rows_kb<VO, KB, 0>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    if (k3) return sc_rows_kb<VO, KB, 3, 3>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    if (k32) return sc_rows_kb<VO, KB, 3, 2>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
+    sc_rows_kb<VO, KB, 0, 0>(s, g, buf, wp, bp, out, ldk, oh0, oh1, relu);
   };
   switch (g.KB) {
     case 2: return run(std::integral_constant<int, 2>{});
