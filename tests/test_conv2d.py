@@ -223,6 +223,8 @@ MODEL_CASES = [
     # and a partial last one (34 and 35 columns a phase).
     pytest.param(((2, 3, 8, 136), (40, 4, 4), 4, 0, 1, 1), id="patchify4x4-pointwise"),
     pytest.param(((1, 6, 6, 140), (36, 2, 2), 2, 0, 1, 1), id="patchify2x2-pointwise"),
+    # ... and that pointwise conv on 4x4 planes, narrower than a column panel: the images side by side (folded).
+    pytest.param(((3, 40, 8, 8), (36, 2, 2), 2, 0, 1, 1), id="patchify2x2-folded"),
     # Phases split at stride 2 and 4 for a padded kernel (not a patchify one), rows of 70 and 134 columns.
     pytest.param(((1, 8, 7, 70), (36, 3, 3), 2, 1, 1, 1), id="3x3s2-phases-wide"),
     pytest.param(((1, 4, 9, 134), (36, 5, 5), 4, 2, 1, 1), id="5x5s4-phases-wide"),

@@ -391,6 +391,14 @@ struct Conv2dForwardGemm {
 template <typename acc_t, typename Post>
 void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, const acc_t* bias, acc_t* out, bool relu,
                            bool has_post, const Post& post) {
+  if (conv2d_is_patchify(s)) {
+    // The phases of x are then the output planes (phase (c, kh, kw) at (oh, ow) is x[c, sh * oh + kh, sw * ow + kw]):
+    // a pointwise conv over C * KH * KW channels whose weights are w as it lies, and whose B the GEMM reads in
+    // place, where the phase table would pack it run by run (output rows of a few dozen elements).
+    const at::Tensor xq = phase_split<acc_t>(s, x);
+    return conv2d_forward_kernel<acc_t>(patchify_as_pointwise(s), xq.const_data_ptr<acc_t>(), w, bias, out, relu,
+                                        has_post, post);
+  }
   const int64_t P = s.OH * s.OW;
   Conv2dForwardGemm<acc_t, Post> g{s.N * s.groups, s.Kg,     P,   s.Cg * s.KH * s.KW, s.groups, s, x, w, bias, out, P,
                                    relu,           has_post, post};
@@ -409,14 +417,6 @@ void conv2d_forward_kernel(const ConvShape& s, const acc_t* x, const acc_t* w, c
     g.batch = s.groups, g.N = s.N * P, g.ldc = s.N * P, g.has_post = true;
   }
   at::Tensor xq;
-  if (conv2d_is_patchify(s)) {
-    // The phases of x are then the output planes (phase (c, kh, kw) at (oh, ow) is x[c, sh * oh + kh, sw * ow + kw]):
-    // a pointwise conv over C * KH * KW channels whose weights are w as it lies, and whose B the GEMM reads in
-    // place, where the phase table would pack it run by run (output rows of a few dozen elements).
-    xq = phase_split<acc_t>(s, x);
-    return conv2d_forward_kernel<acc_t>(patchify_as_pointwise(s), xq.const_data_ptr<acc_t>(), w, bias, out, relu,
-                                        has_post, post);
-  }
   std::vector<int64_t> ktab;
   // Phases pay wherever the kernel is at least as wide as the stride: each row of k is then one run of step 1 per
   // output row, which the block packer copies whole (patchify kernels, kernel == stride, included: packed column by
