@@ -153,9 +153,12 @@ inline at::Tensor as_images(const at::Tensor& t, const at::Tensor& like) {
 // or one copy of it, and the output rows [N * OH * OW, K] are the channels-last output as it lies. The weight
 // is read in the patches' order (kh, kw, c): one small copy. Rows and columns past the last whole patch are
 // not read (their grad_x is zero).
+inline bool conv2d_patches_tile(const ConvShape& s) {
+  return s.groups == 1 && s.KH == s.sh && s.KW == s.sw && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1;
+}
 inline bool conv2d_is_nhwc_patchify(const ConvShape& s, const at::Tensor& x) {
-  return s.groups == 1 && s.KH == s.sh && s.KW == s.sw && s.ph == 0 && s.pw == 0 && s.dh == 1 && s.dw == 1 &&
-         x.suggest_memory_format() == at::MemoryFormat::ChannelsLast && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return conv2d_patches_tile(s) && x.suggest_memory_format() == at::MemoryFormat::ChannelsLast &&
+         x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 // The patch rows [N * OH * OW, KH * KW * C] of a channels-last x (a view for 1x1 kernels).
 inline at::Tensor nhwc_patches(const ConvShape& s, const at::Tensor& x) {
@@ -177,11 +180,10 @@ inline at::Tensor patch_weight(const ConvShape& s, const at::Tensor& w) {
   return w.permute({0, 2, 3, 1}).reshape({s.K, s.KH * s.KW * s.C});
 }
 
-// An NCHW convolution whose patches tile the image exactly (kernel == stride > 1, no padding, dilation 1, groups 1,
-// H and W multiples of the stride: convnext's 4x4/4 stem): its phases (phase_split) are its output planes.
+// An NCHW convolution whose patches tile the image exactly (conv2d_patches_tile with a kernel larger than 1x1, H and
+// W multiples of the stride: convnext's 4x4/4 stem): its phases (phase_split) are its output planes.
 inline bool conv2d_is_patchify(const ConvShape& s) {
-  return s.groups == 1 && s.KH == s.sh && s.KW == s.sw && s.sh * s.sw > 1 && s.ph == 0 && s.pw == 0 && s.dh == 1 &&
-         s.dw == 1 && s.H % s.sh == 0 && s.W % s.sw == 0;
+  return conv2d_patches_tile(s) && s.sh * s.sw > 1 && s.H % s.sh == 0 && s.W % s.sw == 0;
 }
 inline ConvShape patchify_as_pointwise(const ConvShape& s) {
   ConvShape t = s;
@@ -217,21 +219,23 @@ at::Tensor phase_split(const ConvShape& s, const acc_t* x) {
       empty_output({s.N, s.C, s.sh, s.sw, Hq, Wq}, at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value));
   acc_t* q = xq.mutable_data_ptr<acc_t>();
   const int64_t phase = Hq * Wq;
-  // A row's sw phases with the x86 kernels where the CPU and the stride allow (float, sw 2 or 4), else here.
-  auto split_row = [&](const acc_t* row, acc_t* dst) {
+  // A row's sw phases with the x86 kernel of the CPU's ISA where the stride allows (float, sw 2 or 4), else here.
+  bool (*x86_row)(const float*, int64_t, int64_t, float*, int64_t) = nullptr;
 #if defined(__x86_64__)
-    if constexpr (std::is_same_v<acc_t, float>) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (s.sw == 2 || s.sw == 4) {
       switch (cpu_isa()) {
-        case Isa::Avx512:
-          if (conv2d_phase_split_row_f32_avx512(row, s.W, s.sw, dst, phase)) return;
-          break;
-        case Isa::Avx2:
-          if (conv2d_phase_split_row_f32_avx2(row, s.W, s.sw, dst, phase)) return;
-          break;
+        case Isa::Avx512: x86_row = conv2d_phase_split_row_f32_avx512; break;
+        case Isa::Avx2: x86_row = conv2d_phase_split_row_f32_avx2; break;
         default: break;
       }
     }
+  }
 #endif
+  auto split_row = [&](const acc_t* row, acc_t* dst) {
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (x86_row && x86_row(row, s.W, s.sw, dst, phase)) return;
+    }
     for (int64_t b = 0; b < s.sw; ++b, dst += phase) {
       const int64_t vn = (s.W - b + s.sw - 1) / s.sw;  // columns inside the image: b + sw * v < W
       for (int64_t v = 0; v < vn; ++v) dst[v] = row[b + s.sw * v];
